@@ -1,0 +1,461 @@
+//! Tandem's configuration: one serde tree with embedded defaults, overridden by a file, then by
+//! `TANDEM__SECTION__KEY` environment variables, then by `--set section.key=value` flags.
+//!
+//! [`load`] reads and checks everything and reports every problem at once, each naming its key
+//! and where the value came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults.
+pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The lake (object storage).
+    pub lake: LakeConfig,
+    /// The event bus.
+    pub bus: BusConfig,
+    /// The online store.
+    pub online_store: OnlineStoreConfig,
+    /// The HTTP API.
+    pub server: ServerConfig,
+    /// Event acceptance and epochs.
+    pub events: EventsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[lake]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Lake URL (`file://`, `memory://`, `s3://`, `gs://`, `az://`) or a local path.
+    pub url: String,
+    /// Rows per Parquet file.
+    pub file_max_rows: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level of the Parquet files.
+    pub zstd_level: i32,
+    /// How long an ingest run's record stays valid without a refresh.
+    #[serde(with = "humantime_serde")]
+    pub ingest_lease: Duration,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// `local://PATH` or `fluvio://HOST:PORT/TOPIC`.
+    pub url: String,
+    /// Partitions of the topic.
+    pub partitions: u32,
+}
+
+/// `[online_store]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineStoreConfig {
+    /// `redis://`, `rediss://`, `redis+cluster://` or `memory://`; a password in it is never printed.
+    pub url: Secret,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address, `host:port`.
+    pub listen: String,
+    /// Bearer API keys.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// One API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name for logs (never the key itself).
+    pub name: String,
+    /// The bearer token.
+    pub key: Secret,
+    /// What the key may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `POST /v1/events`.
+    Ingest,
+    /// The `GET` routes.
+    Read,
+    /// Erasure and operations.
+    Admin,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Length of an ingest-time epoch.
+    #[serde(with = "humantime_serde")]
+    pub epoch: Duration,
+    /// Largest accepted lead of event time over ingest time.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object a line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// A secret string: printed as `***` by `Debug`, `Display` and `Serialize`; URLs keep all
+/// but their password visible.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is used, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// What may be printed: a URL with its password replaced by `***`, anything else `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.has_host() || u.scheme() == "memory" => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            _ => "***".to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// Where to read configuration from, beyond the embedded defaults and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// `section.key=value` overrides, applied last; values are TOML (`8`, `true`, `"x"`) or bare text.
+    pub overrides: Vec<String>,
+    /// Environment variables to read instead of the process's (for tests).
+    pub env: Option<Vec<(String, String)>>,
+}
+
+/// Every problem found while loading and checking the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigErrors> for crate::Error {
+    fn from(e: ConfigErrors) -> Self {
+        crate::Error::Config(e.to_string())
+    }
+}
+
+const ENV_PREFIX: &str = "TANDEM__";
+
+fn figment(sources: &Sources, problems: &mut Vec<String>) -> Figment {
+    let mut f = Figment::from(Toml::string(DEFAULT_TOML));
+    if let Some(path) = &sources.file {
+        if path.is_file() {
+            f = f.merge(Toml::file_exact(path));
+        } else {
+            problems.push(format!("config file {}: not found", path.display()));
+        }
+    }
+    let env = Env::prefixed(ENV_PREFIX).split("__");
+    f = match &sources.env {
+        Some(vars) => {
+            let vars = vars.clone();
+            // figment reads the process environment; for an explicit list, feed the same
+            // key mapping through a Serialized provider per variable.
+            let mut f = f;
+            for (k, v) in vars {
+                if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
+                    let key = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
+                    f = f.merge(Serialized::global(&key, parse_value(&v)));
+                }
+            }
+            f
+        }
+        None => f.merge(env),
+    };
+    for o in &sources.overrides {
+        match o.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                f = f.merge(Serialized::global(k.trim(), parse_value(v.trim())));
+            }
+            _ => problems.push(format!("--set {o}: expected section.key=value")),
+        }
+    }
+    f
+}
+
+/// A flag or variable value as TOML when it reads as TOML (`8`, `true`, `[1]`), else as text.
+fn parse_value(v: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(v.to_string()))
+}
+
+/// Where a key's value came from, for error messages: the last source that set it.
+fn origin(f: &Figment, sources: &Sources, key: &str) -> String {
+    let set_by_flag = sources
+        .overrides
+        .iter()
+        .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim()))
+        .any(|k| k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}.")));
+    if set_by_flag {
+        return " (from --set)".into();
+    }
+    let var = format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase());
+    let in_env = match &sources.env {
+        Some(vars) => vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(&var)),
+        None => std::env::var_os(&var).is_some(),
+    };
+    if in_env {
+        return format!(" (from {var})");
+    }
+    match f.find_metadata(key).and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(p)) => format!(" (from {})", p.display()),
+        _ => String::new(),
+    }
+}
+
+/// Loads the configuration and checks it, reporting every problem at once.
+pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let f = figment(sources, &mut problems);
+
+    // Extract section by section so that a bad value in one does not hide those in another.
+    const SECTIONS: [&str; 6] = ["lake", "bus", "online_store", "server", "events", "log"];
+    match f.extract::<toml::Table>() {
+        Ok(table) => {
+            for k in table.keys() {
+                if !SECTIONS.contains(&k.as_str()) {
+                    problems.push(format!(
+                        "unknown section `{k}`{}; expected one of {}",
+                        origin(&f, sources, k),
+                        SECTIONS.join(", ")
+                    ));
+                }
+            }
+        }
+        Err(e) => problems.extend(e.into_iter().map(|e| e.to_string())),
+    }
+    fn section<T: serde::de::DeserializeOwned>(f: &Figment, sources: &Sources, name: &str, problems: &mut Vec<String>) -> Option<T> {
+        match f.extract_inner::<T>(name) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                for e in e {
+                    // figment's path order varies with where the error arose; rebuild it.
+                    let rest: Vec<&str> = e.path.iter().map(String::as_str).filter(|p| *p != name).collect();
+                    let key = if rest.is_empty() { name.to_string() } else { format!("{name}.{}", rest.join(".")) };
+                    problems.push(format!("{key}: {}{}", e.kind, origin(f, sources, &key)));
+                }
+                None
+            }
+        }
+    }
+    let lake = section::<LakeConfig>(&f, sources, "lake", &mut problems);
+    let bus = section::<BusConfig>(&f, sources, "bus", &mut problems);
+    let online_store = section::<OnlineStoreConfig>(&f, sources, "online_store", &mut problems);
+    let server = section::<ServerConfig>(&f, sources, "server", &mut problems);
+    let events = section::<EventsConfig>(&f, sources, "events", &mut problems);
+    let log = section::<LogConfig>(&f, sources, "log", &mut problems);
+    // Sections that did not parse stand in with their defaults, so the semantic checks of the
+    // others still run; problems of a stand-in are not reported (it is the defaults).
+    let complete = lake.is_some() && bus.is_some() && online_store.is_some() && server.is_some() && events.is_some() && log.is_some();
+    let d: Config = Figment::from(Toml::string(DEFAULT_TOML))
+        .extract()
+        .expect("the embedded defaults parse");
+    let failed: Vec<&str> = [
+        ("lake", lake.is_none()),
+        ("bus", bus.is_none()),
+        ("online_store", online_store.is_none()),
+        ("server", server.is_none()),
+        ("events", events.is_none()),
+        ("log", log.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(n, f)| f.then_some(n))
+    .collect();
+    let merged = Config {
+        lake: lake.unwrap_or(d.lake),
+        bus: bus.unwrap_or(d.bus),
+        online_store: online_store.unwrap_or(d.online_store),
+        server: server.unwrap_or(d.server),
+        events: events.unwrap_or(d.events),
+        log: log.unwrap_or(d.log),
+    };
+    for (key, p) in merged.problems() {
+        if !failed.iter().any(|s| key.starts_with(&format!("{s}."))) {
+            problems.push(format!("{key}: {p}{}", origin(&f, sources, key)));
+        }
+    }
+    let config = complete.then_some(merged);
+    match config {
+        Some(c) if problems.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+impl Config {
+    /// The embedded defaults alone (what `tandem demo` and tests start from).
+    pub fn defaults() -> Config {
+        load(&Sources {
+            env: Some(Vec::new()),
+            ..Sources::default()
+        })
+        .expect("the embedded defaults are valid")
+    }
+
+    /// Semantic problems of a well-typed configuration, as (key, problem).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        let scheme_of = |url: &str| url.split_once("://").map(|(s, _)| s.to_string());
+        match scheme_of(&self.lake.url).as_deref() {
+            None | Some("file" | "memory" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure") => {}
+            Some(s) => p.push(("lake.url", format!("unsupported scheme `{s}`; expected file, memory, s3, gs, az or a path"))),
+        }
+        if self.lake.row_group_rows < 1024 {
+            p.push(("lake.row_group_rows", format!("must be ≥ 1024, got {}", self.lake.row_group_rows)));
+        }
+        if self.lake.file_max_rows < self.lake.row_group_rows {
+            p.push(("lake.file_max_rows", format!("must be ≥ lake.row_group_rows ({}), got {}", self.lake.row_group_rows, self.lake.file_max_rows)));
+        }
+        if !(1..=22).contains(&self.lake.zstd_level) {
+            p.push(("lake.zstd_level", format!("must be 1–22, got {}", self.lake.zstd_level)));
+        }
+        if self.lake.ingest_lease < Duration::from_secs(60) {
+            p.push(("lake.ingest_lease", "must be at least 1m".to_string()));
+        }
+        match scheme_of(&self.bus.url).as_deref() {
+            Some("local") => {
+                if self.bus.url.len() <= "local://".len() {
+                    p.push(("bus.url", "local:// needs a path, e.g. local://./tandem-data/bus".to_string()));
+                }
+            }
+            Some("fluvio") => match url::Url::parse(&self.bus.url) {
+                Ok(u) if u.host_str().is_some() && u.path().trim_matches('/').len() > 0 => {}
+                _ => p.push(("bus.url", "expected fluvio://HOST:PORT/TOPIC".to_string())),
+            },
+            other => p.push(("bus.url", format!("unsupported bus `{}`; expected local://PATH or fluvio://HOST:PORT/TOPIC", other.unwrap_or(&self.bus.url)))),
+        }
+        if !(1..=4096).contains(&self.bus.partitions) {
+            p.push(("bus.partitions", format!("must be 1–4096, got {}", self.bus.partitions)));
+        }
+        match scheme_of(self.online_store.url.expose()).as_deref() {
+            Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "memory") => {}
+            _ => p.push(("online_store.url", format!("unsupported store `{}`; expected redis://, rediss://, redis+cluster:// or memory://", self.online_store.url.redacted()))),
+        }
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            p.push(("server.listen", format!("`{}` is not host:port (e.g. 127.0.0.1:8080)", self.server.listen)));
+        }
+        let mut names = std::collections::HashSet::new();
+        for k in &self.server.api_keys {
+            if !names.insert(k.name.as_str()) {
+                p.push(("server.api_keys", format!("name `{}` is used twice", k.name)));
+            }
+            if k.key.expose().len() < 16 {
+                p.push(("server.api_keys", format!("key `{}` is shorter than 16 characters", k.name)));
+            }
+            if k.scopes.is_empty() {
+                p.push(("server.api_keys", format!("key `{}` has no scopes", k.name)));
+            }
+        }
+        let day = Duration::from_secs(86_400);
+        let epoch = self.events.epoch;
+        if epoch < Duration::from_secs(60) || epoch > day || day.as_millis() % epoch.as_millis().max(1) != 0 {
+            p.push(("events.epoch", format!("must be between 1m and 24h and divide a day evenly, got {}", humantime::format_duration(epoch))));
+        }
+        if self.events.max_future > Duration::from_secs(86_400) {
+            p.push(("events.max_future", "must be at most 24h".to_string()));
+        }
+        p
+    }
+
+    /// The configuration as TOML, secrets hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}"))
+    }
+
+    /// Acceptance bounds for events stamped at `now_ms`.
+    pub fn acceptance(&self, now_ms: i64) -> crate::event::Acceptance {
+        crate::event::Acceptance {
+            now_ms,
+            max_future_ms: self.events.max_future.as_millis() as i64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! Time helpers: the clock, and RFC 3339 in and out at millisecond precision.
+
+use chrono::{DateTime, SecondsFormat};
+
+/// The current time, epoch milliseconds UTC.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Parses RFC 3339 (any offset) to epoch milliseconds, truncating finer precision.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+///
+/// Hand-written for years 1970–9999 because the generator formats millions of times a second;
+/// anything else goes through chrono.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    if !(0..=super::MAX_TS_MS).contains(&ms) {
+        return DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+            .unwrap_or_else(|| ms.to_string());
+    }
+    let mut buf = [0u8; 24];
+    write_rfc3339_ms(ms, &mut buf);
+    // The buffer holds ASCII digits and separators only.
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` for `0 <= ms <= MAX_TS_MS` into `out`.
+pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss, mmm) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let put = |out: &mut [u8; 24], at: usize, v: i64, width: usize| {
+        let mut v = v;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(out, 0, y, 4);
+    out[4] = b'-';
+    put(out, 5, m, 2);
+    out[7] = b'-';
+    put(out, 8, d, 2);
+    out[10] = b'T';
+    put(out, 11, hh, 2);
+    out[13] = b':';
+    put(out, 14, mm, 2);
+    out[16] = b':';
+    put(out, 17, ss, 2);
+    out[19] = b'.';
+    put(out, 20, mmm, 3);
+    out[23] = b'Z';
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The UTC date of epoch milliseconds as `YYYY-MM-DD`.
+pub fn date_of_ms(ms: i64) -> String {
+    let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn formatter_matches_chrono(ms in 0i64..=crate::event::MAX_TS_MS) {
+            let ours = format_rfc3339_ms(ms);
+            let chrono = DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
+            prop_assert_eq!(&ours, &chrono);
+            prop_assert_eq!(parse_rfc3339_ms(&ours), Some(ms));
+            prop_assert_eq!(date_of_ms(ms), chrono[..10].to_string());
+        }
+    }
+}

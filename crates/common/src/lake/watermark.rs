@@ -1,0 +1,101 @@
+//! The lake's ingest watermark: the ingest time below which every bulk-loaded event is in the lake.
+//!
+//! Each ingest run keeps a record at `_meta/ingest/<run_id>.json`. It is written *before* the
+//! run stamps its first event and refreshed each time a file becomes visible, with `watermark`
+//! = the lowest `ingest_ts` the run may still write. Events are stamped in increasing order and
+//! files close in that order, so everything the run stamped below its watermark is visible.
+//! The lake's watermark is the least watermark of the runs still going (or `now` when none is):
+//! a batch cutoff at or below it reads every bulk-loaded event it should. A run whose record
+//! has not been refreshed for the configured lease is taken for dead; every file it completed
+//! is whole, and the rest were never visible, so it holds nothing back.
+
+use serde::{Deserialize, Serialize};
+
+use super::{INGEST_RUNS_DIR, Lake};
+use crate::error::Result;
+
+/// The record of one ingest run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestRun {
+    /// Unique id of the run; also the prefix of its file names.
+    pub run_id: String,
+    /// When it started, epoch ms.
+    pub started_at: i64,
+    /// When this record was last written, epoch ms.
+    pub updated_at: i64,
+    /// The lowest ingest time the run may still write, epoch ms.
+    pub watermark: i64,
+    /// True once the run has closed its last file.
+    pub finished: bool,
+    /// Events written into visible files so far.
+    pub events: u64,
+    /// Files made visible so far.
+    pub files: u64,
+}
+
+impl IngestRun {
+    /// Registers a run starting at `now_ms`; call before stamping any event.
+    pub async fn start(lake: &Lake, run_id: &str, now_ms: i64) -> Result<IngestRun> {
+        let run = IngestRun {
+            run_id: run_id.to_string(),
+            started_at: now_ms,
+            updated_at: now_ms,
+            watermark: now_ms,
+            finished: false,
+            events: 0,
+            files: 0,
+        };
+        run.save(lake).await?;
+        Ok(run)
+    }
+
+    /// Records progress: files are visible up to `files`/`events`, and nothing below
+    /// `watermark` will be written any more.
+    pub async fn advance(&mut self, lake: &Lake, now_ms: i64, watermark: i64, files: u64, events: u64) -> Result<()> {
+        self.updated_at = now_ms;
+        self.watermark = self.watermark.max(watermark);
+        self.files = files;
+        self.events = events;
+        self.save(lake).await
+    }
+
+    /// Marks the run finished.
+    pub async fn finish(&mut self, lake: &Lake, now_ms: i64, files: u64, events: u64) -> Result<()> {
+        self.finished = true;
+        self.advance(lake, now_ms, now_ms, files, events).await
+    }
+
+    async fn save(&self, lake: &Lake) -> Result<()> {
+        lake.put_json(&format!("{INGEST_RUNS_DIR}/{}.json", self.run_id), self).await
+    }
+
+    /// Every run recorded in the lake.
+    pub async fn list(lake: &Lake) -> Result<Vec<IngestRun>> {
+        use futures::TryStreamExt;
+        let prefix = lake.path(INGEST_RUNS_DIR);
+        let metas: Vec<_> = lake.store().list(Some(&prefix)).try_collect().await?;
+        let mut runs = Vec::with_capacity(metas.len());
+        for m in metas {
+            let Some(name) = m.location.filename().and_then(|f| f.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Some(run) = lake.get_json::<IngestRun>(&format!("{INGEST_RUNS_DIR}/{name}.json")).await? {
+                runs.push(run);
+            }
+        }
+        runs.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(runs)
+    }
+}
+
+/// The lake's ingest watermark at `now_ms`: the least watermark of the live unfinished runs,
+/// or `now_ms` when there is none. Runs not refreshed within `lease_ms` are ignored.
+pub async fn ingest_watermark(lake: &Lake, now_ms: i64, lease_ms: i64) -> Result<i64> {
+    let runs = IngestRun::list(lake).await?;
+    Ok(runs
+        .iter()
+        .filter(|r| !r.finished && now_ms - r.updated_at <= lease_ms)
+        .map(|r| r.watermark)
+        .min()
+        .unwrap_or(now_ms))
+}

@@ -1,0 +1,49 @@
+//! The ground every Tandem layer stands on.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`event`] | the event of DESIGN §2: wire type, validation with messages naming the field |
+//! | [`schema`] | the lake's Arrow schema and conversion between events and record batches |
+//! | [`config`] | the configuration tree: embedded defaults, file, `TANDEM__…` variables, flags |
+//! | [`lake`] | the Parquet lake in object storage: layout, whole-or-invisible files, ingest watermark |
+//! | [`ingest`] | bulk loading of JSON lines and CSV into the lake, streaming |
+//! | [`generate`] | a synthetic storefront, deterministic by seed |
+//! | [`error`] | the error type and the error kinds all crates share |
+//! | `testkit` | (feature `testkit`) a real `redis-server` per test |
+//!
+//! # Example
+//!
+//! Generate a day of a small storefront, ingest it as JSON lines into an in-memory lake and
+//! read it back:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use tandem_common::generate::{GenerateOptions, Generator};
+//! use tandem_common::ingest::{ingest, IngestOptions, InputFormat, Quiet};
+//! use tandem_common::{config::Config, lake::Lake};
+//!
+//! let mut generator = Generator::new(GenerateOptions::new(50, 1, 7, 1_763_800_000_000)).unwrap();
+//! let mut jsonl = Vec::new();
+//! while generator.next_json(&mut jsonl) {}
+//!
+//! let lake = Lake::open("memory://").unwrap();
+//! let options = IngestOptions::from_config(&Config::defaults(), InputFormat::Jsonl);
+//! let summary = ingest(&lake, Box::new(std::io::Cursor::new(jsonl)), options, &mut Quiet).await.unwrap();
+//! assert_eq!(summary.accepted, generator.emitted());
+//! let rows: usize = lake.read_events().await.unwrap().iter().map(|b| b.num_rows()).sum();
+//! assert_eq!(rows as u64, summary.accepted);
+//! # });
+//! ```
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod generate;
+pub mod ingest;
+pub mod lake;
+pub mod schema;
+pub mod sys;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,43 @@
+//! The stream crate's errors.
+
+pub use tandem_common::ErrorKind;
+
+/// Errors of the bus and the speed layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bus URL or option is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The bus's files are not what they should be (another partition count, a damaged sealed segment).
+    #[error("bus data: {0}")]
+    Corrupt(String),
+    /// Local I/O failed.
+    #[error("bus i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A background task failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// An error of the common crate.
+    #[error(transparent)]
+    Common(#[from] tandem_common::Error),
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::User,
+            Error::Io(_) => ErrorKind::External,
+            Error::Corrupt(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Common(e) => e.kind(),
+        }
+    }
+
+    /// True when retrying may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::External
+    }
+}
+
+/// The stream crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,374 @@
+//! `tandem`: the one binary. A thin clap front: it parses flags, loads the configuration and
+//! calls the library crates, which hold the logic.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tandem_common::config::{self, Config, LogFormat, Sources};
+use tandem_common::event::{now_ms, parse_rfc3339_ms};
+use tandem_common::generate::{GenerateOptions, Generator};
+use tandem_common::ingest::{self, IngestObserver, IngestOptions, InputFormat, Reject};
+use tandem_common::lake::{IngestRun, Lake, ingest_watermark};
+
+mod progress;
+
+/// Tandem: real-time personalization, batch plus stream.
+#[derive(Parser)]
+#[command(name = "tandem", version, about, propagate_version = true)]
+struct Cli {
+    /// A TOML configuration file (over the embedded defaults; see `tandem config show`).
+    #[arg(long, global = true, env = "TANDEM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set lake.url=s3://bucket/tandem`; repeatable; wins over
+    /// the file and TANDEM__SECTION__KEY variables.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check or print the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Generate a synthetic storefront's events, as JSON lines or straight into the lake.
+    Generate(GenerateArgs),
+    /// Bulk-load JSON lines or CSV into the lake, stamping ingest time.
+    Ingest(IngestArgs),
+    /// Inspect the lake.
+    #[command(subcommand)]
+    Lake(LakeCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load the configuration and print every problem at once; exit 1 if there is one.
+    Check,
+    /// Print the configuration in effect, secrets hidden.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum LakeCommand {
+    /// Event files, rows, bytes and the ingest watermark, as JSON.
+    Status,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of users.
+    #[arg(long, default_value_t = 10_000)]
+    users: u32,
+    /// Number of items [default: users / 2, at least 100].
+    #[arg(long)]
+    items: Option<u32>,
+    /// Number of categories.
+    #[arg(long, default_value_t = 24)]
+    categories: u32,
+    /// Days of history.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    /// Average sessions per user per day.
+    #[arg(long, default_value_t = 0.5)]
+    sessions_per_day: f64,
+    /// Seed: the same flags give the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of invalid events to mix in (JSON lines only), e.g. 0.01.
+    #[arg(long, default_value_t = 0.0)]
+    bad_rate: f64,
+    /// Share of events sent twice with the same event_id, as by a retrying producer.
+    #[arg(long, default_value_t = 0.0)]
+    dup_rate: f64,
+    /// End of the history: RFC 3339 or epoch ms [default: the start of the current hour].
+    #[arg(long)]
+    end: Option<String>,
+    /// Stop after this many events.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Write into this lake (URL) instead of printing JSON lines; `config` means lake.url.
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
+    /// Write JSON lines to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "lake")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// The input file, or `-` for standard input.
+    input: String,
+    /// Input format [default: csv for *.csv, else jsonl].
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Write rejected lines here, as they were, to fix and load again.
+    #[arg(long, value_name = "FILE")]
+    reject_file: Option<PathBuf>,
+    /// The lake URL [default: lake.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
+    /// How many rejected lines to describe on standard error (all are counted).
+    #[arg(long, default_value_t = 100)]
+    show_rejects: u64,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let sources = Sources {
+        file: cli.config.clone(),
+        overrides: cli.set.clone(),
+        env: None,
+    };
+    if let Command::Config(cmd) = &cli.command {
+        return config_command(cmd, &sources);
+    }
+    let config = config::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Config(_) => unreachable!("handled above"),
+            Command::Generate(args) => generate(args, &config).await,
+            Command::Ingest(args) => ingest_command(args, &config).await,
+            Command::Lake(LakeCommand::Status) => lake_status(&config).await,
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_command(cmd: &ConfigCommand, sources: &Sources) -> Result<ExitCode> {
+    match (cmd, config::load(sources)) {
+        (ConfigCommand::Check, Ok(_)) => {
+            println!("configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        (ConfigCommand::Show, Ok(c)) => {
+            print!("{}", c.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        (_, Err(e)) => {
+            eprint!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn open_lake(flag: Option<&str>, config: &Config) -> Result<Lake> {
+    let url = match flag {
+        None | Some("config") => config.lake.url.as_str(),
+        Some(u) => u,
+    };
+    Ok(Lake::open(url)?)
+}
+
+fn parse_time(s: &str, what: &str) -> Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    parse_rfc3339_ms(s).with_context(|| format!("{what} `{s}`: expected RFC 3339 (2026-11-22T10:00:00Z) or epoch ms"))
+}
+
+async fn generate(args: GenerateArgs, config: &Config) -> Result<()> {
+    let end_ms = match &args.end {
+        Some(s) => parse_time(s, "--end")?,
+        None => now_ms() / 3_600_000 * 3_600_000,
+    };
+    let mut opts = GenerateOptions::new(args.users, args.days, args.seed, end_ms);
+    if let Some(items) = args.items {
+        opts.items = items;
+    }
+    opts.categories = args.categories;
+    opts.sessions_per_user_day = args.sessions_per_day;
+    opts.bad_rate = args.bad_rate;
+    opts.dup_rate = args.dup_rate;
+    opts.max_events = args.events;
+    if args.lake.is_some() && args.bad_rate > 0.0 {
+        bail!("--bad-rate makes invalid events, which only JSON lines can carry; drop --lake or --bad-rate");
+    }
+    let generator = Generator::new(opts)?;
+    if let Some(url) = &args.lake {
+        let lake = open_lake(Some(url), config)?;
+        let options = IngestOptions::from_config(config, InputFormat::Jsonl);
+        let summary = tandem_common::generate::write_to_lake(generator, &lake, options).await?;
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    let out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("--output {}", path.display()))?),
+        None => Box::new(std::io::stdout()),
+    };
+    tokio::task::spawn_blocking(move || write_jsonl(generator, out)).await?
+}
+
+fn write_jsonl(mut generator: Generator, mut out: Box<dyn Write + Send>) -> Result<()> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    loop {
+        let more = generator.next_json(&mut buf);
+        if buf.len() >= (1 << 20) - 4096 || !more {
+            match out.write_all(&buf) {
+                Ok(()) => {}
+                // A closed pipe (`tandem generate | head`) ends generation quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e).context("writing events"),
+            }
+            buf.clear();
+        }
+        if !more {
+            break;
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing events"),
+        _ => Ok(()),
+    }
+}
+
+/// Prints rejects (the first few) and keeps them all in the reject file.
+struct Rejects {
+    shown: u64,
+    show: u64,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    csv_header: Option<Vec<u8>>,
+    progress: progress::Progress,
+    error: Option<std::io::Error>,
+}
+
+impl IngestObserver for Rejects {
+    fn rejected(&mut self, r: &Reject) {
+        if self.shown < self.show {
+            self.progress.println(&format!("line {}: {}", r.line, r.message));
+        }
+        self.shown += 1;
+        if let Some(f) = &mut self.file {
+            let mut res = Ok(());
+            if let Some(h) = self.csv_header.take() {
+                res = f.write_all(&h).and_then(|_| f.write_all(b"\n"));
+            }
+            if let Err(e) = res.and_then(|_| f.write_all(&r.raw)).and_then(|_| f.write_all(b"\n"))
+                && self.error.is_none()
+            {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn progress(&mut self, input_bytes: u64, accepted: u64, rejected: u64) {
+        self.progress.update(input_bytes, accepted, rejected);
+    }
+}
+
+async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
+    let lake = open_lake(args.lake.as_deref(), config)?;
+    let format = match args.format {
+        Some(Format::Jsonl) => InputFormat::Jsonl,
+        Some(Format::Csv) => InputFormat::Csv,
+        None => InputFormat::from_path(&args.input),
+    };
+    let (input, total): (Box<dyn Read + Send>, Option<u64>) = if args.input == "-" {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let f = std::fs::File::open(&args.input).with_context(|| format!("input file {}", args.input))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let csv_header = match (format, args.input.as_str()) {
+        // The reject file of a CSV input starts with the input's header, so it loads again.
+        (InputFormat::Csv, path) if path != "-" => {
+            let text = std::fs::read(path).unwrap_or_default();
+            text.split(|b| *b == b'\n').next().map(|h| h.strip_suffix(b"\r").unwrap_or(h).to_vec())
+        }
+        _ => None,
+    };
+    let file = match &args.reject_file {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--reject-file {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let show_bar = !args.no_progress && std::io::stderr().is_terminal();
+    let mut observer = Rejects {
+        shown: 0,
+        show: args.show_rejects,
+        file,
+        csv_header,
+        progress: progress::Progress::new(show_bar, total),
+        error: None,
+    };
+    let summary = ingest::ingest(&lake, input, IngestOptions::from_config(config, format), &mut observer).await?;
+    observer.progress.finish();
+    if let Some(f) = &mut observer.file {
+        f.flush().context("writing the reject file")?;
+    }
+    if let Some(e) = observer.error {
+        return Err(e).context("writing the reject file");
+    }
+    if summary.rejected > observer.show {
+        eprintln!(
+            "… and {} more rejected lines not described{}",
+            summary.rejected - observer.show,
+            if args.reject_file.is_some() { " (all are in the reject file)" } else { "" }
+        );
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn lake_status(config: &Config) -> Result<()> {
+    let lake = open_lake(None, config)?;
+    let files = lake.event_files().await?;
+    let runs = IngestRun::list(&lake).await?;
+    let now = now_ms();
+    let watermark = ingest_watermark(&lake, now, config.lake.ingest_lease.as_millis() as i64).await?;
+    let status = serde_json::json!({
+        "lake": lake.url(),
+        "event_files": files.len(),
+        "event_bytes": files.iter().map(|f| f.size).sum::<u64>(),
+        "events_in_finished_runs": runs.iter().filter(|r| r.finished).map(|r| r.events).sum::<u64>(),
+        "ingest_runs": runs.len(),
+        "ingest_runs_unfinished": runs.iter().filter(|r| !r.finished).count(),
+        "ingest_watermark": tandem_common::event::format_rfc3339_ms(watermark),
+    });
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
