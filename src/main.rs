@@ -147,7 +147,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     let config = config::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&config);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Config(_) => unreachable!("handled above"),
@@ -186,7 +188,9 @@ fn init_logging(config: &Config) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -206,7 +210,9 @@ fn parse_time(s: &str, what: &str) -> Result<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    parse_rfc3339_ms(s).with_context(|| format!("{what} `{s}`: expected RFC 3339 (2026-11-22T10:00:00Z) or epoch ms"))
+    parse_rfc3339_ms(s).with_context(|| {
+        format!("{what} `{s}`: expected RFC 3339 (2026-11-22T10:00:00Z) or epoch ms")
+    })
 }
 
 async fn generate(args: GenerateArgs, config: &Config) -> Result<()> {
@@ -224,7 +230,9 @@ async fn generate(args: GenerateArgs, config: &Config) -> Result<()> {
     opts.dup_rate = args.dup_rate;
     opts.max_events = args.events;
     if args.lake.is_some() && args.bad_rate > 0.0 {
-        bail!("--bad-rate makes invalid events, which only JSON lines can carry; drop --lake or --bad-rate");
+        bail!(
+            "--bad-rate makes invalid events, which only JSON lines can carry; drop --lake or --bad-rate"
+        );
     }
     let generator = Generator::new(opts)?;
     if let Some(url) = &args.lake {
@@ -235,7 +243,9 @@ async fn generate(args: GenerateArgs, config: &Config) -> Result<()> {
         return Ok(());
     }
     let out: Box<dyn Write + Send> = match &args.output {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("--output {}", path.display()))?),
+        Some(path) => Box::new(
+            std::fs::File::create(path).with_context(|| format!("--output {}", path.display()))?,
+        ),
         None => Box::new(std::io::stdout()),
     };
     tokio::task::spawn_blocking(move || write_jsonl(generator, out)).await?
@@ -277,7 +287,8 @@ struct Rejects {
 impl IngestObserver for Rejects {
     fn rejected(&mut self, r: &Reject) {
         if self.shown < self.show {
-            self.progress.println(&format!("line {}: {}", r.line, r.message));
+            self.progress
+                .println(&format!("line {}: {}", r.line, r.message));
         }
         self.shown += 1;
         if let Some(f) = &mut self.file {
@@ -285,7 +296,9 @@ impl IngestObserver for Rejects {
             if let Some(h) = self.csv_header.take() {
                 res = f.write_all(&h).and_then(|_| f.write_all(b"\n"));
             }
-            if let Err(e) = res.and_then(|_| f.write_all(&r.raw)).and_then(|_| f.write_all(b"\n"))
+            if let Err(e) = res
+                .and_then(|_| f.write_all(&r.raw))
+                .and_then(|_| f.write_all(b"\n"))
                 && self.error.is_none()
             {
                 self.error = Some(e);
@@ -308,7 +321,8 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
     let (input, total): (Box<dyn Read + Send>, Option<u64>) = if args.input == "-" {
         (Box::new(std::io::stdin()), None)
     } else {
-        let f = std::fs::File::open(&args.input).with_context(|| format!("input file {}", args.input))?;
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("input file {}", args.input))?;
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(f), len)
     };
@@ -316,7 +330,9 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
         // The reject file of a CSV input starts with the input's header, so it loads again.
         (InputFormat::Csv, path) if path != "-" => {
             let text = std::fs::read(path).unwrap_or_default();
-            text.split(|b| *b == b'\n').next().map(|h| h.strip_suffix(b"\r").unwrap_or(h).to_vec())
+            text.split(|b| *b == b'\n')
+                .next()
+                .map(|h| h.strip_suffix(b"\r").unwrap_or(h).to_vec())
         }
         _ => None,
     };
@@ -335,7 +351,13 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
         progress: progress::Progress::new(show_bar, total),
         error: None,
     };
-    let summary = ingest::ingest(&lake, input, IngestOptions::from_config(config, format), &mut observer).await?;
+    let summary = ingest::ingest(
+        &lake,
+        input,
+        IngestOptions::from_config(config, format),
+        &mut observer,
+    )
+    .await?;
     observer.progress.finish();
     if let Some(f) = &mut observer.file {
         f.flush().context("writing the reject file")?;
@@ -347,7 +369,11 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
         eprintln!(
             "… and {} more rejected lines not described{}",
             summary.rejected - observer.show,
-            if args.reject_file.is_some() { " (all are in the reject file)" } else { "" }
+            if args.reject_file.is_some() {
+                " (all are in the reject file)"
+            } else {
+                ""
+            }
         );
     }
     println!("{}", serde_json::to_string(&summary)?);
@@ -359,7 +385,8 @@ async fn lake_status(config: &Config) -> Result<()> {
     let files = lake.event_files().await?;
     let runs = IngestRun::list(&lake).await?;
     let now = now_ms();
-    let watermark = ingest_watermark(&lake, now, config.lake.ingest_lease.as_millis() as i64).await?;
+    let watermark =
+        ingest_watermark(&lake, now, config.lake.ingest_lease.as_millis() as i64).await?;
     let status = serde_json::json!({
         "lake": lake.url(),
         "event_files": files.len(),

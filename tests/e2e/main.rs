@@ -1,1 +1,6 @@
-fn main(){}
+//! End-to-end tests: the real `tandem` binary, started as a user would start it.
+//!
+//! One test binary with modules (each extra integration-test file would link everything again).
+
+mod cli;
+mod harness;

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The embedded defaults.
@@ -239,7 +239,11 @@ fn figment(sources: &Sources, problems: &mut Vec<String>) -> Figment {
             let mut f = f;
             for (k, v) in vars {
                 if let Some(rest) = k.strip_prefix(ENV_PREFIX) {
-                    let key = rest.split("__").map(str::to_lowercase).collect::<Vec<_>>().join(".");
+                    let key = rest
+                        .split("__")
+                        .map(str::to_lowercase)
+                        .collect::<Vec<_>>()
+                        .join(".");
                     f = f.merge(Serialized::global(&key, parse_value(&v)));
                 }
             }
@@ -272,7 +276,9 @@ fn origin(f: &Figment, sources: &Sources, key: &str) -> String {
         .overrides
         .iter()
         .filter_map(|o| o.split_once('=').map(|(k, _)| k.trim()))
-        .any(|k| k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}.")));
+        .any(|k| {
+            k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+        });
     if set_by_flag {
         return " (from --set)".into();
     }
@@ -311,14 +317,28 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         }
         Err(e) => problems.extend(e.into_iter().map(|e| e.to_string())),
     }
-    fn section<T: serde::de::DeserializeOwned>(f: &Figment, sources: &Sources, name: &str, problems: &mut Vec<String>) -> Option<T> {
+    fn section<T: serde::de::DeserializeOwned>(
+        f: &Figment,
+        sources: &Sources,
+        name: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<T> {
         match f.extract_inner::<T>(name) {
             Ok(v) => Some(v),
             Err(e) => {
                 for e in e {
                     // figment's path order varies with where the error arose; rebuild it.
-                    let rest: Vec<&str> = e.path.iter().map(String::as_str).filter(|p| *p != name).collect();
-                    let key = if rest.is_empty() { name.to_string() } else { format!("{name}.{}", rest.join(".")) };
+                    let rest: Vec<&str> = e
+                        .path
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|p| *p != name)
+                        .collect();
+                    let key = if rest.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{name}.{}", rest.join("."))
+                    };
                     problems.push(format!("{key}: {}{}", e.kind, origin(f, sources, &key)));
                 }
                 None
@@ -333,7 +353,12 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let log = section::<LogConfig>(&f, sources, "log", &mut problems);
     // Sections that did not parse stand in with their defaults, so the semantic checks of the
     // others still run; problems of a stand-in are not reported (it is the defaults).
-    let complete = lake.is_some() && bus.is_some() && online_store.is_some() && server.is_some() && events.is_some() && log.is_some();
+    let complete = lake.is_some()
+        && bus.is_some()
+        && online_store.is_some()
+        && server.is_some()
+        && events.is_some()
+        && log.is_some();
     let d: Config = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
         .expect("the embedded defaults parse");
@@ -383,17 +408,34 @@ impl Config {
         let mut p = Vec::new();
         let scheme_of = |url: &str| url.split_once("://").map(|(s, _)| s.to_string());
         match scheme_of(&self.lake.url).as_deref() {
-            None | Some("file" | "memory" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure") => {}
-            Some(s) => p.push(("lake.url", format!("unsupported scheme `{s}`; expected file, memory, s3, gs, az or a path"))),
+            None
+            | Some("file" | "memory" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure") => {
+            }
+            Some(s) => p.push((
+                "lake.url",
+                format!("unsupported scheme `{s}`; expected file, memory, s3, gs, az or a path"),
+            )),
         }
         if self.lake.row_group_rows < 1024 {
-            p.push(("lake.row_group_rows", format!("must be ≥ 1024, got {}", self.lake.row_group_rows)));
+            p.push((
+                "lake.row_group_rows",
+                format!("must be ≥ 1024, got {}", self.lake.row_group_rows),
+            ));
         }
         if self.lake.file_max_rows < self.lake.row_group_rows {
-            p.push(("lake.file_max_rows", format!("must be ≥ lake.row_group_rows ({}), got {}", self.lake.row_group_rows, self.lake.file_max_rows)));
+            p.push((
+                "lake.file_max_rows",
+                format!(
+                    "must be ≥ lake.row_group_rows ({}), got {}",
+                    self.lake.row_group_rows, self.lake.file_max_rows
+                ),
+            ));
         }
         if !(1..=22).contains(&self.lake.zstd_level) {
-            p.push(("lake.zstd_level", format!("must be 1–22, got {}", self.lake.zstd_level)));
+            p.push((
+                "lake.zstd_level",
+                format!("must be 1–22, got {}", self.lake.zstd_level),
+            ));
         }
         if self.lake.ingest_lease < Duration::from_secs(60) {
             p.push(("lake.ingest_lease", "must be at least 1m".to_string()));
@@ -401,32 +443,56 @@ impl Config {
         match scheme_of(&self.bus.url).as_deref() {
             Some("local") => {
                 if self.bus.url.len() <= "local://".len() {
-                    p.push(("bus.url", "local:// needs a path, e.g. local://./tandem-data/bus".to_string()));
+                    p.push((
+                        "bus.url",
+                        "local:// needs a path, e.g. local://./tandem-data/bus".to_string(),
+                    ));
                 }
             }
             Some("fluvio") => match url::Url::parse(&self.bus.url) {
-                Ok(u) if u.host_str().is_some() && u.path().trim_matches('/').len() > 0 => {}
+                Ok(u) if u.host_str().is_some() && !u.path().trim_matches('/').is_empty() => {}
                 _ => p.push(("bus.url", "expected fluvio://HOST:PORT/TOPIC".to_string())),
             },
-            other => p.push(("bus.url", format!("unsupported bus `{}`; expected local://PATH or fluvio://HOST:PORT/TOPIC", other.unwrap_or(&self.bus.url)))),
+            other => p.push((
+                "bus.url",
+                format!(
+                    "unsupported bus `{}`; expected local://PATH or fluvio://HOST:PORT/TOPIC",
+                    other.unwrap_or(&self.bus.url)
+                ),
+            )),
         }
         if !(1..=4096).contains(&self.bus.partitions) {
-            p.push(("bus.partitions", format!("must be 1–4096, got {}", self.bus.partitions)));
+            p.push((
+                "bus.partitions",
+                format!("must be 1–4096, got {}", self.bus.partitions),
+            ));
         }
         match scheme_of(self.online_store.url.expose()).as_deref() {
             Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "memory") => {}
             _ => p.push(("online_store.url", format!("unsupported store `{}`; expected redis://, rediss://, redis+cluster:// or memory://", self.online_store.url.redacted()))),
         }
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            p.push(("server.listen", format!("`{}` is not host:port (e.g. 127.0.0.1:8080)", self.server.listen)));
+            p.push((
+                "server.listen",
+                format!(
+                    "`{}` is not host:port (e.g. 127.0.0.1:8080)",
+                    self.server.listen
+                ),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for k in &self.server.api_keys {
             if !names.insert(k.name.as_str()) {
-                p.push(("server.api_keys", format!("name `{}` is used twice", k.name)));
+                p.push((
+                    "server.api_keys",
+                    format!("name `{}` is used twice", k.name),
+                ));
             }
             if k.key.expose().len() < 16 {
-                p.push(("server.api_keys", format!("key `{}` is shorter than 16 characters", k.name)));
+                p.push((
+                    "server.api_keys",
+                    format!("key `{}` is shorter than 16 characters", k.name),
+                ));
             }
             if k.scopes.is_empty() {
                 p.push(("server.api_keys", format!("key `{}` has no scopes", k.name)));
@@ -434,8 +500,17 @@ impl Config {
         }
         let day = Duration::from_secs(86_400);
         let epoch = self.events.epoch;
-        if epoch < Duration::from_secs(60) || epoch > day || day.as_millis() % epoch.as_millis().max(1) != 0 {
-            p.push(("events.epoch", format!("must be between 1m and 24h and divide a day evenly, got {}", humantime::format_duration(epoch))));
+        if epoch < Duration::from_secs(60)
+            || epoch > day
+            || !day.as_millis().is_multiple_of(epoch.as_millis().max(1))
+        {
+            p.push((
+                "events.epoch",
+                format!(
+                    "must be between 1m and 24h and divide a day evenly, got {}",
+                    humantime::format_duration(epoch)
+                ),
+            ));
         }
         if self.events.max_future > Duration::from_secs(86_400) {
             p.push(("events.max_future", "must be at most 24h".to_string()));
@@ -445,7 +520,8 @@ impl Config {
 
     /// The configuration as TOML, secrets hidden.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}"))
     }
 
     /// Acceptance bounds for events stamped at `now_ms`.

@@ -13,8 +13,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 mod time;
-pub use time::{date_of_ms, format_rfc3339_ms, now_ms, parse_rfc3339_ms};
 pub(crate) use time::write_rfc3339_ms;
+pub use time::{date_of_ms, format_rfc3339_ms, now_ms, parse_rfc3339_ms};
 
 /// Longest `event_id`, `user_id`, `item_id`, `category`, `session_id` and property key, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -244,7 +244,10 @@ pub fn parse_event(json: &[u8], at: Acceptance) -> Result<Event<'_>, EventError>
 }
 
 /// Parses a JSON value already in memory (one element of an HTTP batch) and validates it.
-pub fn event_from_value(value: &serde_json::Value, at: Acceptance) -> Result<Event<'_>, EventError> {
+pub fn event_from_value(
+    value: &serde_json::Value,
+    at: Acceptance,
+) -> Result<Event<'_>, EventError> {
     let raw = RawEvent::deserialize(value).map_err(json_error)?;
     raw.validate(at)
 }
@@ -357,7 +360,9 @@ impl<'de> Deserialize<'de> for RawTs {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTs, E> {
                 Ok(RawTs(parse_rfc3339_ms(v).ok_or_else(|| {
-                    format!("`{v}` is neither RFC 3339 (2026-11-22T10:00:00Z) nor epoch milliseconds")
+                    format!(
+                        "`{v}` is neither RFC 3339 (2026-11-22T10:00:00Z) nor epoch milliseconds"
+                    )
                 })))
             }
         }
@@ -422,7 +427,8 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
                         _ => {
                             let props: Option<BTreeMap<CowStr<'de>, CowStr<'de>>> =
                                 map.next_value().map_err(in_field)?;
-                            ev.props = props.map(|p| p.into_iter().map(|(k, v)| (k.0, v.0)).collect());
+                            ev.props =
+                                props.map(|p| p.into_iter().map(|(k, v)| (k.0, v.0)).collect());
                         }
                     }
                 }
@@ -480,7 +486,10 @@ impl<'a> RawEvent<'a> {
                 Some(kind) => Some(kind),
                 None => {
                     let all: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-                    p.add("kind", format!("unknown kind `{k}`; expected one of {}", all.join(", ")));
+                    p.add(
+                        "kind",
+                        format!("unknown kind `{k}`; expected one of {}", all.join(", ")),
+                    );
                     None
                 }
             },
@@ -495,7 +504,9 @@ impl<'a> RawEvent<'a> {
             p.text("category", v, 1, MAX_ID_CHARS);
         }
         match self.price {
-            Some(v) if !(v.is_finite() && v >= 0.0) => p.add("price", format!("must be a finite number ≥ 0, got {v}")),
+            Some(v) if !(v.is_finite() && v >= 0.0) => {
+                p.add("price", format!("must be a finite number ≥ 0, got {v}"))
+            }
             None if kind == Some(Kind::Purchase) => p.add("price", "required for purchase"),
             _ => {}
         }
@@ -503,7 +514,9 @@ impl<'a> RawEvent<'a> {
             p.add("quantity", "must be ≥ 1");
         }
         match self.rating {
-            Some(v) if !v.is_finite() => p.add("rating", format!("must be a finite number, got {v}")),
+            Some(v) if !v.is_finite() => {
+                p.add("rating", format!("must be a finite number, got {v}"))
+            }
             None if kind == Some(Kind::Rate) => p.add("rating", "required for rate"),
             _ => {}
         }
@@ -527,7 +540,11 @@ impl<'a> RawEvent<'a> {
                     p.add("ts", format!("{ts} is before 1970-01-01"));
                     None
                 } else if ts > latest.min(MAX_TS_MS) {
-                    let shown = if ts <= MAX_TS_MS { format_rfc3339_ms(ts) } else { ts.to_string() };
+                    let shown = if ts <= MAX_TS_MS {
+                        format_rfc3339_ms(ts)
+                    } else {
+                        ts.to_string()
+                    };
                     p.add(
                         "ts",
                         format!(
@@ -547,7 +564,10 @@ impl<'a> RawEvent<'a> {
         }
         if let Some(props) = &self.props {
             if props.len() > MAX_PROPS {
-                p.add("props", format!("at most {MAX_PROPS} entries, got {}", props.len()));
+                p.add(
+                    "props",
+                    format!("at most {MAX_PROPS} entries, got {}", props.len()),
+                );
             }
             for (k, v) in props {
                 p.text("props", k, 1, MAX_ID_CHARS);
@@ -573,7 +593,10 @@ impl<'a> RawEvent<'a> {
                 session_id: self.session_id,
                 props: self.props,
             }),
-            _ => Err(EventError::one(None, "internal: incomplete event passed validation")),
+            _ => Err(EventError::one(
+                None,
+                "internal: incomplete event passed validation",
+            )),
         }
     }
 }

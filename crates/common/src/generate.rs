@@ -21,9 +21,30 @@ use crate::event::{Event, Kind, write_rfc3339_ms};
 const DAY_MS: i64 = 86_400_000;
 
 const CATEGORY_NAMES: [&str; 24] = [
-    "electronics", "books", "fashion", "home", "beauty", "sports", "toys", "grocery", "garden",
-    "automotive", "music", "movies", "games", "office", "pets", "baby", "health", "jewelry",
-    "shoes", "tools", "kitchen", "outdoors", "art", "travel",
+    "electronics",
+    "books",
+    "fashion",
+    "home",
+    "beauty",
+    "sports",
+    "toys",
+    "grocery",
+    "garden",
+    "automotive",
+    "music",
+    "movies",
+    "games",
+    "office",
+    "pets",
+    "baby",
+    "health",
+    "jewelry",
+    "shoes",
+    "tools",
+    "kitchen",
+    "outdoors",
+    "art",
+    "travel",
 ];
 const SEARCH_WORDS: [&str; 12] = [
     "cheap", "best", "new", "gift", "sale", "premium", "small", "large", "black", "wireless",
@@ -147,10 +168,15 @@ impl Generator {
     pub fn new(opts: GenerateOptions) -> crate::Result<Generator> {
         let bad = |m: String| crate::Error::Config(m);
         if opts.users == 0 || opts.items == 0 || opts.categories == 0 || opts.days == 0 {
-            return Err(bad("users, items, categories and days must all be at least 1".into()));
+            return Err(bad(
+                "users, items, categories and days must all be at least 1".into(),
+            ));
         }
         if opts.categories > opts.items {
-            return Err(bad(format!("{} categories need at least as many items", opts.categories)));
+            return Err(bad(format!(
+                "{} categories need at least as many items",
+                opts.categories
+            )));
         }
         if !(0.0..=1.0).contains(&opts.bad_rate) || !(0.0..=1.0).contains(&opts.dup_rate) {
             return Err(bad("bad_rate and dup_rate must be between 0 and 1".into()));
@@ -164,12 +190,22 @@ impl Generator {
         let mut items = Vec::with_capacity(opts.items as usize);
         let mut by_category = vec![Vec::new(); opts.categories as usize];
         // Every category gets one item; the rest follow category popularity.
-        let median_price: Vec<f64> = (0..opts.categories).map(|_| 5.0 * 60f64.powf(rng.random::<f64>())).collect();
+        let median_price: Vec<f64> = (0..opts.categories)
+            .map(|_| 5.0 * 60f64.powf(rng.random::<f64>()))
+            .collect();
         for i in 0..opts.items {
-            let c = if i < opts.categories { i } else { category_zipf.sample(&mut rng) as u32 - 1 };
-            let price = LogNormal::new(median_price[c as usize].ln(), 0.6).map_err(|e| bad(e.to_string()))?;
+            let c = if i < opts.categories {
+                i
+            } else {
+                category_zipf.sample(&mut rng) as u32 - 1
+            };
+            let price = LogNormal::new(median_price[c as usize].ln(), 0.6)
+                .map_err(|e| bad(e.to_string()))?;
             let cents = (price.sample(&mut rng) * 100.0).round().max(99.0) as u64;
-            items.push(Item { category: c, price_cents: cents });
+            items.push(Item {
+                category: c,
+                price_cents: cents,
+            });
             by_category[c as usize].push(i);
         }
         let item_zipf = by_category
@@ -197,13 +233,17 @@ impl Generator {
                     prefs,
                     buyer: 0.4 + rng.random::<f64>() * 1.2,
                     loyal,
-                    first_day: if rng.random_bool(0.7) { 0 } else { rng.random_range(0..opts.days) },
+                    first_day: if rng.random_bool(0.7) {
+                        0
+                    } else {
+                        rng.random_range(0..opts.days)
+                    },
                     bought: Vec::new(),
                 }
             })
             .collect();
         Ok(Generator {
-            id_salt: splitmix(opts.seed ^ 0x7A4D_E3),
+            id_salt: splitmix(opts.seed ^ 0x007A_4DE3),
             opts,
             rng,
             items,
@@ -226,7 +266,11 @@ impl Generator {
         let c = if rng.random_bool(0.75) {
             let x: f64 = rng.random();
             let prefs = &self.users[user].prefs;
-            prefs.iter().find(|p| x <= p.1).unwrap_or(&prefs[prefs.len() - 1]).0
+            prefs
+                .iter()
+                .find(|p| x <= p.1)
+                .unwrap_or(&prefs[prefs.len() - 1])
+                .0
         } else {
             self.category_zipf.sample(rng) as u32 - 1
         };
@@ -242,8 +286,26 @@ impl Generator {
         let mut cart: Vec<u32> = Vec::new();
         let buyer = self.users[user].buyer;
         let loyal = self.users[user].loyal;
-        let push = |out: &mut Vec<Gen>, t: i64, kind: Kind, item: u32, quantity: u32, rating: u8, query: Option<(u8, u8)>| {
-            out.push(Gen { id: 0, user: user as u32, kind, item, ts: t, session, quantity, rating, query, first_of_session: false, bad: None });
+        let push = |out: &mut Vec<Gen>,
+                    t: i64,
+                    kind: Kind,
+                    item: u32,
+                    quantity: u32,
+                    rating: u8,
+                    query: Option<(u8, u8)>| {
+            out.push(Gen {
+                id: 0,
+                user: user as u32,
+                kind,
+                item,
+                ts: t,
+                session,
+                quantity,
+                rating,
+                query,
+                first_of_session: false,
+                bad: None,
+            });
         };
         // Loyal users come back for what they bought before.
         if loyal && !self.users[user].bought.is_empty() && self.rng.random_bool(0.25) {
@@ -274,7 +336,11 @@ impl Generator {
             push(&mut out, t, Kind::View, item, 1, 0, None);
             if self.rng.random_bool((0.09 * buyer).min(1.0)) {
                 t += gap.sample(&mut self.rng) as i64 / 2 + 1000;
-                let q = if self.rng.random_bool(0.85) { 1 } else { self.rng.random_range(2..=4) };
+                let q = if self.rng.random_bool(0.85) {
+                    1
+                } else {
+                    self.rng.random_range(2..=4)
+                };
                 push(&mut out, t, Kind::AddToCart, item, q, 0, None);
                 cart.push(item);
             }
@@ -283,7 +349,11 @@ impl Generator {
         for item in cart {
             t += gap.sample(&mut self.rng) as i64 + 1000;
             if self.rng.random_bool(p_buy) {
-                let q = if self.rng.random_bool(0.9) { 1 } else { self.rng.random_range(2..=3) };
+                let q = if self.rng.random_bool(0.9) {
+                    1
+                } else {
+                    self.rng.random_range(2..=3)
+                };
                 push(&mut out, t, Kind::Purchase, item, q, 0, None);
                 let bought = &mut self.users[user].bought;
                 if bought.len() < 32 && !bought.contains(&item) {
@@ -318,7 +388,9 @@ impl Generator {
                 continue;
             }
             let rate = self.users[u].rate;
-            let n = Poisson::new(rate).map(|p| p.sample(&mut self.rng) as u32).unwrap_or(0);
+            let n = Poisson::new(rate)
+                .map(|p| p.sample(&mut self.rng) as u32)
+                .unwrap_or(0);
             for _ in 0..n {
                 let mut x = self.rng.random::<f64>() * hourly_total;
                 let mut hour = 0;
@@ -326,7 +398,8 @@ impl Generator {
                     x -= HOURLY[hour];
                     hour += 1;
                 }
-                let start = day_start + hour as i64 * 3_600_000 + self.rng.random_range(0..3_600_000);
+                let start =
+                    day_start + hour as i64 * 3_600_000 + self.rng.random_range(0..3_600_000);
                 self.session(u, start);
             }
         }
@@ -349,7 +422,10 @@ impl Generator {
         if self.opts.max_events.is_some_and(|m| self.emitted >= m) {
             return None;
         }
-        if self.opts.dup_rate > 0.0 && self.last.is_some() && self.rng.random_bool(self.opts.dup_rate) {
+        if self.opts.dup_rate > 0.0
+            && self.last.is_some()
+            && self.rng.random_bool(self.opts.dup_rate)
+        {
             self.emitted += 1;
             return self.last.take();
         }
@@ -397,39 +473,65 @@ impl Generator {
     }
 
     fn event_id(&self, id: u64) -> String {
-        format!("{:016x}{:016x}", splitmix(self.id_salt ^ id), id)
+        // splitmix64 is a bijection, so distinct ids give distinct `h`: unique, and random-looking.
+        let h = splitmix(self.id_salt ^ id);
+        format!("{h:016x}{:016x}", splitmix(h))
     }
 
     fn to_event(&self, g: &Gen) -> Event<'static> {
         let item = &self.items[g.item as usize];
-        let priced = matches!(g.kind, Kind::AddToCart | Kind::Purchase | Kind::RemoveFromCart);
+        let priced = matches!(
+            g.kind,
+            Kind::AddToCart | Kind::Purchase | Kind::RemoveFromCart
+        );
         Event {
             event_id: Cow::Owned(self.event_id(g.id)),
             user_id: Cow::Owned(format!("u{:07}", g.user)),
             kind: g.kind,
             item_id: (g.kind != Kind::Search).then(|| Cow::Owned(format!("i{:06}", g.item))),
-            category: Some(Cow::Borrowed(self.category_name(if g.kind == Kind::Search { g.query.map_or(0, |q| q.0 as u32) } else { item.category }))),
+            category: Some(Cow::Borrowed(self.category_name(
+                if g.kind == Kind::Search {
+                    g.query.map_or(0, |q| q.0 as u32)
+                } else {
+                    item.category
+                },
+            ))),
             price: priced.then(|| item.price_cents as f64 / 100.0),
             quantity: g.quantity,
             rating: (g.kind == Kind::Rate).then_some(g.rating as f64),
-            query: g.query.map(|(c, w)| Cow::Owned(format!("{} {}", SEARCH_WORDS[w as usize], self.category_name(c as u32)))),
+            query: g.query.map(|(c, w)| {
+                Cow::Owned(format!(
+                    "{} {}",
+                    SEARCH_WORDS[w as usize],
+                    self.category_name(c as u32)
+                ))
+            }),
             ts: g.ts,
             session_id: Some(Cow::Owned(format!("s{:016x}", g.session))),
             props: g.first_of_session.then(|| {
                 let d = DEVICES[(g.session % 3) as usize];
                 let c = CHANNELS[(g.session / 3 % 5) as usize];
-                BTreeMap::from([(Cow::Borrowed("channel"), Cow::Borrowed(c)), (Cow::Borrowed("device"), Cow::Borrowed(d))])
+                BTreeMap::from([
+                    (Cow::Borrowed("channel"), Cow::Borrowed(c)),
+                    (Cow::Borrowed("device"), Cow::Borrowed(d)),
+                ])
             }),
         }
     }
 
     fn category_name(&self, c: u32) -> &'static str {
-        if (c as usize) < CATEGORY_NAMES.len() && self.opts.categories as usize <= CATEGORY_NAMES.len() {
+        if (c as usize) < CATEGORY_NAMES.len()
+            && self.opts.categories as usize <= CATEGORY_NAMES.len()
+        {
             CATEGORY_NAMES[c as usize]
         } else {
             // Leaked once per category name beyond the built-in list; bounded by `categories`.
-            static EXTRA: std::sync::OnceLock<std::sync::Mutex<Vec<&'static str>>> = std::sync::OnceLock::new();
-            let mut v = EXTRA.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+            static EXTRA: std::sync::OnceLock<std::sync::Mutex<Vec<&'static str>>> =
+                std::sync::OnceLock::new();
+            let mut v = EXTRA
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             while v.len() <= c as usize {
                 let n = v.len();
                 v.push(Box::leak(format!("category{n:04}").into_boxed_str()));
@@ -511,7 +613,10 @@ impl Generator {
             }
             1 => {
                 o.insert("kind".into(), "purchase".into());
-                o.insert("price".into(), (-(self.items[g.item as usize].price_cents as f64) / 100.0).into());
+                o.insert(
+                    "price".into(),
+                    (-(self.items[g.item as usize].price_cents as f64) / 100.0).into(),
+                );
                 o.insert("item_id".into(), format!("i{:06}", g.item).into());
             }
             2 => {
@@ -555,7 +660,13 @@ pub async fn write_to_lake(
     use crate::lake::{RunWriter, new_run_id};
     use crate::schema::{EventBatchBuilder, Stamp};
     let started = std::time::Instant::now();
-    let mut writer = RunWriter::start(lake, &new_run_id("generate"), options.writer.clone(), options.lease).await?;
+    let mut writer = RunWriter::start(
+        lake,
+        &new_run_id("generate"),
+        options.writer.clone(),
+        options.lease,
+    )
+    .await?;
     let run_id = writer.run_id().to_string();
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let make = tokio::task::spawn_blocking(move || {
@@ -584,7 +695,8 @@ pub async fn write_to_lake(
         writer.write(&batch, stamp).await?;
         accepted += batch.num_rows() as u64;
     }
-    make.await.map_err(|e| crate::Error::Internal(format!("generator failed: {e}")))?;
+    make.await
+        .map_err(|e| crate::Error::Internal(format!("generator failed: {e}")))?;
     let files = writer.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(crate::ingest::IngestSummary {

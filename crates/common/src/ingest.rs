@@ -147,7 +147,13 @@ pub async fn ingest(
     observer: &mut dyn IngestObserver,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    let mut writer = RunWriter::start(lake, &new_run_id("ingest"), options.writer.clone(), options.lease).await?;
+    let mut writer = RunWriter::start(
+        lake,
+        &new_run_id("ingest"),
+        options.writer.clone(),
+        options.lease,
+    )
+    .await?;
     let run_id = writer.run_id().to_string();
     let bytes_read = Arc::new(AtomicU64::new(0));
 
@@ -156,7 +162,10 @@ pub async fn ingest(
         let bytes_read = bytes_read.clone();
         let (format, chunk_bytes) = (options.format, options.chunk_bytes);
         tokio::task::spawn_blocking(move || {
-            let counted = CountingReader { inner: input, count: bytes_read };
+            let counted = CountingReader {
+                inner: input,
+                count: bytes_read,
+            };
             let res = match format {
                 InputFormat::Jsonl => read_jsonl(counted, chunk_bytes, &tx),
                 InputFormat::Csv => csv_input::read_csv(counted, chunk_bytes, &tx),
@@ -168,14 +177,15 @@ pub async fn ingest(
     };
 
     let max_future_ms = options.max_future_ms;
-    let parsed = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
-        .map(move |chunk| async move {
-            let chunk = chunk?;
-            tokio::task::spawn_blocking(move || parse_chunk(chunk, max_future_ms))
-                .await
-                .map_err(|e| Error::Internal(format!("parse task failed: {e}")))
-        })
-        .buffered(2);
+    let parsed =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .map(move |chunk| async move {
+                let chunk = chunk?;
+                tokio::task::spawn_blocking(move || parse_chunk(chunk, max_future_ms))
+                    .await
+                    .map_err(|e| Error::Internal(format!("parse task failed: {e}")))
+            })
+            .buffered(2);
     let mut parsed = std::pin::pin!(parsed);
 
     let (mut accepted, mut rejected) = (0u64, 0u64);
@@ -233,7 +243,11 @@ impl Stamper {
     }
 }
 
-fn read_jsonl(input: CountingReader, chunk_bytes: usize, tx: &tokio::sync::mpsc::Sender<Result<Chunk>>) -> Result<()> {
+fn read_jsonl(
+    input: CountingReader,
+    chunk_bytes: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
+) -> Result<()> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let mut stamper = Stamper::new();
     let mut next_line = 1u64;
@@ -290,7 +304,11 @@ fn parse_chunk(chunk: Chunk, max_future_ms: i64) -> Parsed {
             rejects.push(Reject {
                 line,
                 message,
-                raw: chunk.originals.as_ref().and_then(|o| o.get(i).cloned()).unwrap_or_default(),
+                raw: chunk
+                    .originals
+                    .as_ref()
+                    .and_then(|o| o.get(i).cloned())
+                    .unwrap_or_default(),
             });
             continue;
         }
@@ -306,7 +324,9 @@ fn parse_chunk(chunk: Chunk, max_future_ms: i64) -> Parsed {
             }),
         }
     }
-    let batch = builder.finish().expect("the builder's columns match the event schema");
+    let batch = builder
+        .finish()
+        .expect("the builder's columns match the event schema");
     Parsed {
         batch,
         rejects,

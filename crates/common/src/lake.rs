@@ -62,7 +62,8 @@ impl Lake {
             }),
             "file" => {
                 let dir = std::path::PathBuf::from(if rest.is_empty() { "." } else { rest });
-                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
                 let dir = dir
                     .canonicalize()
                     .map_err(|e| bad(format!("cannot resolve {}: {e}", dir.display())))?;
@@ -78,10 +79,15 @@ impl Lake {
             _ => {
                 let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
                 let opts: Vec<(String, String)> = std::env::vars()
-                    .filter(|(k, _)| ["AWS_", "GOOGLE_", "AZURE_"].iter().any(|p| k.starts_with(p)))
+                    .filter(|(k, _)| {
+                        ["AWS_", "GOOGLE_", "AZURE_"]
+                            .iter()
+                            .any(|p| k.starts_with(p))
+                    })
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     .collect();
-                let (store, root) = object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(e.to_string()))?;
+                let (store, root) =
+                    object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(e.to_string()))?;
                 Ok(Lake {
                     store: Arc::from(store),
                     root,
@@ -146,12 +152,17 @@ impl Lake {
     /// Writes a small JSON document in one put (atomic on every backend).
     pub async fn put_json<T: Serialize>(&self, relative: &str, value: &T) -> Result<()> {
         let body = serde_json::to_vec_pretty(value)?;
-        self.store.put(&self.path(relative), PutPayload::from(body)).await?;
+        self.store
+            .put(&self.path(relative), PutPayload::from(body))
+            .await?;
         Ok(())
     }
 
     /// Reads a small JSON document; `None` when it does not exist.
-    pub async fn get_json<T: for<'de> Deserialize<'de>>(&self, relative: &str) -> Result<Option<T>> {
+    pub async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        relative: &str,
+    ) -> Result<Option<T>> {
         match self.store.get(&self.path(relative)).await {
             Ok(r) => {
                 let bytes = r.bytes().await?;

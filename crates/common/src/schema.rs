@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames,
-    RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    Array, ArrayRef, AsArray, Float64Builder, Int32Builder, Int64Builder, MapBuilder,
+    MapFieldNames, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{
     DataType, Field, Fields, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
@@ -227,7 +227,9 @@ pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<(Event<'static>, Sta
     let price = col("price")?.as_primitive::<Float64Type>().clone();
     let rating = col("rating")?.as_primitive::<Float64Type>().clone();
     let quantity = col("quantity")?.as_primitive::<UInt32Type>().clone();
-    let ts = col("ts")?.as_primitive::<TimestampMillisecondType>().clone();
+    let ts = col("ts")?
+        .as_primitive::<TimestampMillisecondType>()
+        .clone();
     let ingest_ts = col("ingest_ts")?
         .as_primitive::<TimestampMillisecondType>()
         .clone();
@@ -239,7 +241,8 @@ pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<(Event<'static>, Sta
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let k = kind[i].as_deref().unwrap_or_default();
-        let kind = Kind::parse(k).ok_or_else(|| Error::Input(format!("unknown kind `{k}` in row {i}")))?;
+        let kind =
+            Kind::parse(k).ok_or_else(|| Error::Input(format!("unknown kind `{k}` in row {i}")))?;
         let props = if props.is_valid(i) {
             let entries = props.value(i);
             let keys = entries.column(0).as_string::<i32>();

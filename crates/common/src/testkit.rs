@@ -26,7 +26,16 @@ impl RedisServer {
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
             let port = free_port();
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
@@ -34,7 +43,9 @@ impl RedisServer {
                 .spawn();
             let mut child = match child {
                 Ok(c) => c,
-                Err(e) => panic!("cannot start redis-server ({e}); install it (apt-get install redis-server) or run `make test`"),
+                Err(e) => panic!(
+                    "cannot start redis-server ({e}); install it (apt-get install redis-server) or run `make test`"
+                ),
             };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -106,7 +117,10 @@ pub fn ping(port: u16) -> std::io::Result<()> {
     if &buf == b"+PONG\r\n" {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("unexpected reply {:?}", String::from_utf8_lossy(&buf))))
+        Err(std::io::Error::other(format!(
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&buf)
+        )))
     }
 }
 

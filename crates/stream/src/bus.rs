@@ -57,7 +57,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Up to `max` records of `partition` from `offset` on, in offset order. When there are none
     /// yet, waits up to `wait` for some to arrive; an empty answer is not an error.
-    async fn fetch(&self, partition: u32, offset: u64, max: usize, wait: Duration) -> Result<Vec<Record>>;
+    async fn fetch(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>>;
 
     /// The offset the next record of `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<u64>;

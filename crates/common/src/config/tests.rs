@@ -2,7 +2,11 @@ use super::*;
 
 fn env(vars: &[(&str, &str)]) -> Sources {
     Sources {
-        env: Some(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        env: Some(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
         ..Sources::default()
     }
 }
@@ -20,15 +24,28 @@ fn the_defaults_are_valid() {
 fn file_then_env_then_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tandem.toml");
-    std::fs::write(&file, "[bus]\npartitions = 4\nurl = \"local:///tmp/bus\"\n[lake]\nurl = \"memory://\"\n").unwrap();
-    let mut s = env(&[("TANDEM__BUS__PARTITIONS", "16"), ("TANDEM__EVENTS__EPOCH", "30m")]);
+    std::fs::write(
+        &file,
+        "[bus]\npartitions = 4\nurl = \"local:///tmp/bus\"\n[lake]\nurl = \"memory://\"\n",
+    )
+    .unwrap();
+    let mut s = env(&[
+        ("TANDEM__BUS__PARTITIONS", "16"),
+        ("TANDEM__EVENTS__EPOCH", "30m"),
+    ]);
     s.file = Some(file);
     let c = load(&s).unwrap();
     assert_eq!(c.bus.partitions, 16, "the environment wins over the file");
-    assert_eq!(c.bus.url, "local:///tmp/bus", "the file wins over the defaults");
+    assert_eq!(
+        c.bus.url, "local:///tmp/bus",
+        "the file wins over the defaults"
+    );
     assert_eq!(c.lake.url, "memory://");
     assert_eq!(c.events.epoch, Duration::from_secs(1800));
-    s.overrides = vec!["bus.partitions=2".into(), "server.listen=0.0.0.0:9000".into()];
+    s.overrides = vec![
+        "bus.partitions=2".into(),
+        "server.listen=0.0.0.0:9000".into(),
+    ];
     let c = load(&s).unwrap();
     assert_eq!(c.bus.partitions, 2, "flags win over everything");
     assert_eq!(c.server.listen, "0.0.0.0:9000");
@@ -62,7 +79,11 @@ fn every_problem_is_reported_at_once() {
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
-    assert_eq!(errs.0.len(), 7, "lake.url is not checked while [lake] does not parse:\n{text}");
+    assert_eq!(
+        errs.0.len(),
+        7,
+        "lake.url is not checked while [lake] does not parse:\n{text}"
+    );
     assert!(!text.contains("config.rs"), "{text}");
 }
 
@@ -71,19 +92,31 @@ fn a_missing_config_file_is_a_problem() {
     let mut s = env(&[]);
     s.file = Some("/nonexistent/tandem.toml".into());
     let errs = load(&s).unwrap_err();
-    assert!(errs.0[0].contains("config file /nonexistent/tandem.toml: not found"), "{errs}");
+    assert!(
+        errs.0[0].contains("config file /nonexistent/tandem.toml: not found"),
+        "{errs}"
+    );
 }
 
 #[test]
 fn secrets_never_print() {
-    let mut s = env(&[("TANDEM__ONLINE_STORE__URL", "redis://:hunter2hunter2@redis.internal:6379/0")]);
+    let mut s = env(&[(
+        "TANDEM__ONLINE_STORE__URL",
+        "redis://:hunter2hunter2@redis.internal:6379/0",
+    )]);
     s.overrides = vec![r#"server.api_keys=[{name="shop",key="sk_live_0123456789abcdef",scopes=["ingest","read"]}]"#.into()];
     let c = load(&s).unwrap();
-    assert_eq!(c.server.api_keys[0].key.expose(), "sk_live_0123456789abcdef");
+    assert_eq!(
+        c.server.api_keys[0].key.expose(),
+        "sk_live_0123456789abcdef"
+    );
     let shown = format!("{}\n{:?}", c.to_redacted_toml(), c);
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(!shown.contains("sk_live"), "{shown}");
-    assert!(shown.contains("redis://:***@redis.internal:6379/0"), "{shown}");
+    assert!(
+        shown.contains("redis://:***@redis.internal:6379/0"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -94,7 +127,10 @@ fn api_keys_are_checked() {
         ..Sources::default()
     };
     let text = load(&s).unwrap_err().to_string();
-    assert!(text.contains("key `a` is shorter than 16 characters"), "{text}");
+    assert!(
+        text.contains("key `a` is shorter than 16 characters"),
+        "{text}"
+    );
     assert!(text.contains("key `a` has no scopes"), "{text}");
     assert!(text.contains("name `a` is used twice"), "{text}");
 }

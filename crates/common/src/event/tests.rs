@@ -68,11 +68,18 @@ fn through_parquet(events: &[Event<'_>], stamp: Stamp) -> Vec<(Event<'static>, S
     let mut w = ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap().build().unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .unwrap()
+        .build()
+        .unwrap();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
-        assert_eq!(batch.schema(), crate::schema::event_schema(), "the schema survives Parquet");
+        assert_eq!(
+            batch.schema(),
+            crate::schema::event_schema(),
+            "the schema survives Parquet"
+        );
         out.extend(events_from_batch(&batch).unwrap());
     }
     out
@@ -129,22 +136,50 @@ proptest! {
 #[test]
 fn messages_read_well() {
     let cases: Vec<(&str, &str)> = vec![
-        (r#"{"event_id":"e","user_id":"u","kind":"purchase","item_id":"i","ts":1}"#, "field `price`: required for purchase"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","ts":1}"#, "field `item_id`: required for view"),
-        (r#"{"event_id":"e","user_id":"u","kind":"like","item_id":"i","ts":1}"#,
-         "field `kind`: unknown kind `like`; expected one of view, click, add_to_cart, remove_from_cart, purchase, search, rate"),
-        (r#"{"event_id":"e","kind":"view","item_id":"i"}"#, "field `user_id`: required; field `ts`: required"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":"2025-11-22T09:00:00Z"}"#,
-         "field `ts`: 2025-11-22T09:00:00.000Z is more than 300s in the future (accepted at 2025-11-22T08:26:40.000Z)"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"colour":"red"}"#,
-         "unknown field `colour`; expected one of event_id, user_id, kind, item_id, category, price, quantity, rating, query, ts, session_id, props (column 73)"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"ts":2}"#, "field `ts`: appears twice (column 69)"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"price":"3"}"#,
-         "field `price`: invalid type: string \"3\", expected f64 (column 76)"),
-        (r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{"a":1}}"#,
-         "field `props`: invalid type: integer `1`, expected a string (column 79)"),
-        (r#"{"event_id":"e","user_id":"u""#, "EOF while parsing an object (column 29)"),
-        (r#"[1,2]"#, "invalid type: sequence, expected an event object"),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"purchase","item_id":"i","ts":1}"#,
+            "field `price`: required for purchase",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","ts":1}"#,
+            "field `item_id`: required for view",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"like","item_id":"i","ts":1}"#,
+            "field `kind`: unknown kind `like`; expected one of view, click, add_to_cart, remove_from_cart, purchase, search, rate",
+        ),
+        (
+            r#"{"event_id":"e","kind":"view","item_id":"i"}"#,
+            "field `user_id`: required; field `ts`: required",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":"2025-11-22T09:00:00Z"}"#,
+            "field `ts`: 2025-11-22T09:00:00.000Z is more than 300s in the future (accepted at 2025-11-22T08:26:40.000Z)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"colour":"red"}"#,
+            "unknown field `colour`; expected one of event_id, user_id, kind, item_id, category, price, quantity, rating, query, ts, session_id, props (column 73)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"ts":2}"#,
+            "field `ts`: appears twice (column 69)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"price":"3"}"#,
+            "field `price`: invalid type: string \"3\", expected f64 (column 76)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{"a":1}}"#,
+            "field `props`: invalid type: integer `1`, expected a string (column 79)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u""#,
+            "EOF while parsing an object (column 29)",
+        ),
+        (
+            r#"[1,2]"#,
+            "invalid type: sequence, expected an event object",
+        ),
     ];
     for (json, want) in cases {
         let err = parse_event(json.as_bytes(), at()).expect_err(json);
@@ -155,25 +190,65 @@ fn messages_read_well() {
 #[test]
 fn accepted_forms() {
     let rfc = parse_event(br#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":"2025-11-22T09:26:40+01:00","category":null}"#, at()).unwrap();
-    let ms = parse_event(br#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1763800000000}"#, at()).unwrap();
-    assert_eq!(rfc, ms, "an offset and epoch ms mean the same instant; null is absent");
+    let ms = parse_event(
+        br#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1763800000000}"#,
+        at(),
+    )
+    .unwrap();
+    assert_eq!(
+        rfc, ms,
+        "an offset and epoch ms mean the same instant; null is absent"
+    );
     assert_eq!(rfc.quantity, 1, "quantity defaults to 1");
-    let search = parse_event(br#"{"event_id":"e","user_id":"u","kind":"search","query":"red shoes","ts":1}"#, at()).unwrap();
+    let search = parse_event(
+        br#"{"event_id":"e","user_id":"u","kind":"search","query":"red shoes","ts":1}"#,
+        at(),
+    )
+    .unwrap();
     assert_eq!(search.item_id, None, "search needs no item");
-    let escaped = parse_event(br#"{"event_id":"e\"1","user_id":"u","kind":"view","item_id":"i","ts":1}"#, at()).unwrap();
+    let escaped = parse_event(
+        br#"{"event_id":"e\"1","user_id":"u","kind":"view","item_id":"i","ts":1}"#,
+        at(),
+    )
+    .unwrap();
     assert_eq!(escaped.event_id, "e\"1");
-    let plain = parse_event(br#"{"event_id":"e1","user_id":"u","kind":"view","item_id":"i","ts":1}"#, at()).unwrap();
-    assert!(matches!(plain.event_id, Cow::Borrowed(_)), "strings without escapes are borrowed from the input");
-    let five_min = format!(r#"{{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":{}}}"#, NOW + 300_000);
-    assert!(parse_event(five_min.as_bytes(), at()).is_ok(), "exactly five minutes ahead is accepted");
+    let plain = parse_event(
+        br#"{"event_id":"e1","user_id":"u","kind":"view","item_id":"i","ts":1}"#,
+        at(),
+    )
+    .unwrap();
+    assert!(
+        matches!(plain.event_id, Cow::Borrowed(_)),
+        "strings without escapes are borrowed from the input"
+    );
+    let five_min = format!(
+        r#"{{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":{}}}"#,
+        NOW + 300_000
+    );
+    assert!(
+        parse_event(five_min.as_bytes(), at()).is_ok(),
+        "exactly five minutes ahead is accepted"
+    );
     let props = parse_event(br#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{"b":"2","a":"1"}}"#, at()).unwrap();
-    assert_eq!(props.props, Some(BTreeMap::from([(Cow::Borrowed("a"), Cow::Borrowed("1")), (Cow::Borrowed("b"), Cow::Borrowed("2"))])));
+    assert_eq!(
+        props.props,
+        Some(BTreeMap::from([
+            (Cow::Borrowed("a"), Cow::Borrowed("1")),
+            (Cow::Borrowed("b"), Cow::Borrowed("2"))
+        ]))
+    );
 }
 
 #[test]
 fn values_from_a_parsed_document() {
-    let v: Value = serde_json::from_str(r#"{"event_id":"e","user_id":"u","kind":"rate","item_id":"i","rating":4.5,"ts":1}"#).unwrap();
+    let v: Value = serde_json::from_str(
+        r#"{"event_id":"e","user_id":"u","kind":"rate","item_id":"i","rating":4.5,"ts":1}"#,
+    )
+    .unwrap();
     assert_eq!(event_from_value(&v, at()).unwrap().rating, Some(4.5));
     let bad: Value = json!({"event_id":"e","user_id":"u","kind":"rate","item_id":"i","ts":1});
-    assert_eq!(event_from_value(&bad, at()).unwrap_err().to_string(), "field `rating`: required for rate");
+    assert_eq!(
+        event_from_value(&bad, at()).unwrap_err().to_string(),
+        "field `rating`: required for rate"
+    );
 }

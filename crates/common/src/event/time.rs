@@ -35,7 +35,12 @@ pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss, mmm) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let (hh, mm, ss, mmm) = (
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000,
+    );
     let put = |out: &mut [u8; 24], at: usize, v: i64, width: usize| {
         let mut v = v;
         for i in (0..width).rev() {

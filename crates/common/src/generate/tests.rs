@@ -9,7 +9,11 @@ fn lines(opts: GenerateOptions) -> Vec<String> {
     let mut g = Generator::new(opts).unwrap();
     let mut out = Vec::new();
     while g.next_json(&mut out) {}
-    String::from_utf8(out).unwrap().lines().map(str::to_string).collect()
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -25,8 +29,7 @@ fn the_same_seed_gives_the_same_events() {
 fn hand_written_json_matches_serde() {
     let mut g = Generator::new(GenerateOptions::new(100, 2, 3, END)).unwrap();
     let mut n = 0;
-    loop {
-        let Some(gen_) = g.next_gen() else { break };
+    while let Some(gen_) = g.next_gen() {
         let mut ours = Vec::new();
         g.write_json(&gen_, &mut ours);
         let serde = g.to_event(&gen_).to_json() + "\n";
@@ -41,7 +44,10 @@ fn a_storefront_that_looks_real() {
     let opts = GenerateOptions::new(2000, 14, 1, END);
     let all = lines(opts);
     let at = Acceptance::at(END);
-    let events: Vec<_> = all.iter().map(|l| parse_event(l.as_bytes(), at).expect(l).into_owned()).collect();
+    let events: Vec<_> = all
+        .iter()
+        .map(|l| parse_event(l.as_bytes(), at).expect(l).into_owned())
+        .collect();
     let mut kinds: HashMap<Kind, usize> = HashMap::new();
     for e in &events {
         *kinds.entry(e.kind).or_default() += 1;
@@ -50,8 +56,16 @@ fn a_storefront_that_looks_real() {
         assert!(kinds.get(&k).copied().unwrap_or(0) > 0, "some {k} events");
     }
     // The funnel narrows.
-    let (v, c, a, p) = (kinds[&Kind::View], kinds[&Kind::Click], kinds[&Kind::AddToCart], kinds[&Kind::Purchase]);
-    assert!(v > c && c > a && a > p, "view {v} > click {c} > cart {a} > purchase {p}");
+    let (v, c, a, p) = (
+        kinds[&Kind::View],
+        kinds[&Kind::Click],
+        kinds[&Kind::AddToCart],
+        kinds[&Kind::Purchase],
+    );
+    assert!(
+        v > c && c > a && a > p,
+        "view {v} > click {c} > cart {a} > purchase {p}"
+    );
     // Time order, inside the window.
     assert!(events.windows(2).all(|w| w[0].ts <= w[1].ts));
     assert!(events.first().unwrap().ts >= END - 14 * DAY_MS && events.last().unwrap().ts <= END);
@@ -63,15 +77,29 @@ fn a_storefront_that_looks_real() {
     let mut counts: Vec<usize> = views.values().copied().collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let top: usize = counts.iter().take(counts.len() / 100 + 1).sum();
-    assert!(top * 100 / v >= 8, "top 1% of items have {}% of views", top * 100 / v);
+    assert!(
+        top * 100 / v >= 8,
+        "top 1% of items have {}% of views",
+        top * 100 / v
+    );
     // Repeat buyers exist.
     let mut buys: HashMap<&str, usize> = HashMap::new();
     for e in events.iter().filter(|e| e.kind == Kind::Purchase) {
         *buys.entry(&e.user_id).or_default() += 1;
     }
-    assert!(buys.values().filter(|n| **n >= 2).count() > 10, "repeat buyers");
+    assert!(
+        buys.values().filter(|n| **n >= 2).count() > 10,
+        "repeat buyers"
+    );
     // event_ids are unique without --dup-rate.
-    assert_eq!(events.iter().map(|e| e.event_id.as_ref()).collect::<HashSet<_>>().len(), events.len());
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.event_id.as_ref())
+            .collect::<HashSet<_>>()
+            .len(),
+        events.len()
+    );
 }
 
 #[test]

@@ -48,7 +48,9 @@ pub(super) fn read_csv(
             )));
         }
         if names.contains(&h) {
-            return Err(Error::Input(format!("CSV header (line 1): column `{h}` appears twice")));
+            return Err(Error::Input(format!(
+                "CSV header (line 1): column `{h}` appears twice"
+            )));
         }
         names.push(h);
     }
@@ -70,7 +72,9 @@ pub(super) fn read_csv(
                     if record.len() != names.len() {
                         // A JSON text that cannot parse as an event, carrying the reason.
                         let why = format!("expected {} columns, got {}", names.len(), record.len());
-                        data.extend_from_slice(serde_json::to_string(&why).unwrap_or_default().as_bytes());
+                        data.extend_from_slice(
+                            serde_json::to_string(&why).unwrap_or_default().as_bytes(),
+                        );
                     } else {
                         to_json(&names, &record, &mut data);
                     }
@@ -80,7 +84,9 @@ pub(super) fn read_csv(
                     lines.push(line);
                     originals.push(Vec::new());
                     let why = format!("unreadable CSV record: {e}");
-                    data.extend_from_slice(serde_json::to_string(&why).unwrap_or_default().as_bytes());
+                    data.extend_from_slice(
+                        serde_json::to_string(&why).unwrap_or_default().as_bytes(),
+                    );
                     data.push(b'\n');
                 }
             }
@@ -102,7 +108,9 @@ pub(super) fn read_csv(
 
 /// The record as CSV text again, for the reject file.
 fn original(record: &csv::ByteRecord) -> Vec<u8> {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
     let _ = w.write_byte_record(record);
     let mut out = w.into_inner().unwrap_or_default();
     if out.last() == Some(&b'\n') {
@@ -130,7 +138,9 @@ fn to_json(names: &[String], record: &csv::ByteRecord, out: &mut Vec<u8>) {
             "price" | "rating" => text.parse::<f64>().is_ok_and(f64::is_finite),
             "quantity" => text.parse::<u64>().is_ok(),
             "ts" => text.bytes().all(|b| b.is_ascii_digit()),
-            "props" => serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).is_ok(),
+            "props" => {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).is_ok()
+            }
             _ => false,
         };
         if raw_ok {

@@ -20,7 +20,14 @@ fn options(format: InputFormat) -> IngestOptions {
 async fn run(input: &str, format: InputFormat) -> (Lake, IngestSummary, Vec<Reject>) {
     let lake = Lake::open("memory://").unwrap();
     let mut c = Collect(Vec::new());
-    let s = ingest(&lake, Box::new(Cursor::new(input.to_string().into_bytes())), options(format), &mut c).await.unwrap();
+    let s = ingest(
+        &lake,
+        Box::new(Cursor::new(input.to_string().into_bytes())),
+        options(format),
+        &mut c,
+    )
+    .await
+    .unwrap();
     (lake, s, c.0)
 }
 
@@ -40,7 +47,10 @@ async fn good_lines_are_kept_beside_bad_ones() {
     assert_eq!(rejects[0].line, 2);
     assert_eq!(rejects[0].message, "field `price`: required for purchase");
     assert_eq!(rejects[1].line, 5);
-    assert_eq!(rejects[1].raw, br#"{"event_id":"e4","user_id":"u2"#.to_vec());
+    assert_eq!(
+        rejects[1].raw,
+        br#"{"event_id":"e4","user_id":"u2"#.to_vec()
+    );
     let mut ids = Vec::new();
     for b in lake.read_events().await.unwrap() {
         for (e, stamp) in events_from_batch(&b).unwrap() {
@@ -63,24 +73,51 @@ async fn csv_shares_the_json_rules() {
                  \"e5\nwith newline\",u3,view,i3,,,1000,\n";
     let (lake, s, rejects) = run(input, InputFormat::Csv).await;
     assert_eq!((s.accepted, s.rejected), (2, 3), "{rejects:?}");
-    let msgs: Vec<(u64, &str)> = rejects.iter().map(|r| (r.line, r.message.as_str())).collect();
+    let msgs: Vec<(u64, &str)> = rejects
+        .iter()
+        .map(|r| (r.line, r.message.as_str()))
+        .collect();
     assert_eq!(msgs[0], (3, "field `price`: required for purchase"));
     assert_eq!(msgs[1], (4, "expected 8 columns, got 7"));
-    assert!(msgs[2].0 == 5 && msgs[2].1.starts_with("field `price`: invalid type: string \"abc\""), "{msgs:?}");
+    assert!(
+        msgs[2].0 == 5
+            && msgs[2]
+                .1
+                .starts_with("field `price`: invalid type: string \"abc\""),
+        "{msgs:?}"
+    );
     assert_eq!(rejects[0].raw, b"e2,u1,purchase,i1,,1,1000,".to_vec());
-    let events: Vec<_> = lake.read_events().await.unwrap().iter().flat_map(|b| events_from_batch(b).unwrap()).collect();
+    let events: Vec<_> = lake
+        .read_events()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|b| events_from_batch(b).unwrap())
+        .collect();
     assert_eq!(events[0].0.quantity, 2);
     assert_eq!(events[0].0.props.as_ref().unwrap()["device"], "mobile");
-    assert_eq!(events[1].0.event_id, "e5\nwith newline", "quoted newlines stay in the field");
+    assert_eq!(
+        events[1].0.event_id, "e5\nwith newline",
+        "quoted newlines stay in the field"
+    );
 }
 
 #[tokio::test]
 async fn an_unknown_csv_column_stops_before_anything_is_written() {
     let lake = Lake::open("memory://").unwrap();
-    let err = ingest(&lake, Box::new(Cursor::new(b"event_id,colour\ne1,red\n".to_vec())), options(InputFormat::Csv), &mut Quiet)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("column 2: unknown column `colour`"), "{err}");
+    let err = ingest(
+        &lake,
+        Box::new(Cursor::new(b"event_id,colour\ne1,red\n".to_vec())),
+        options(InputFormat::Csv),
+        &mut Quiet,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("column 2: unknown column `colour`"),
+        "{err}"
+    );
     assert!(lake.event_files().await.unwrap().is_empty());
 }
 
@@ -98,9 +135,15 @@ async fn generated_history_round_trips_in_count_and_content() {
     let mut o = options(InputFormat::Jsonl);
     o.chunk_bytes = 64 << 10;
     let mut c = Collect(Vec::new());
-    let s = ingest(&lake, Box::new(Cursor::new(jsonl)), o, &mut c).await.unwrap();
+    let s = ingest(&lake, Box::new(Cursor::new(jsonl)), o, &mut c)
+        .await
+        .unwrap();
     assert_eq!(s.accepted + s.rejected, lines);
-    assert!(s.rejected > 0 && s.rejected < lines / 20, "about 2% bad: {} of {lines}", s.rejected);
+    assert!(
+        s.rejected > 0 && s.rejected < lines / 20,
+        "about 2% bad: {} of {lines}",
+        s.rejected
+    );
     // The valid events of the same generator are exactly what the lake holds.
     opts.bad_rate = 0.02;
     let mut again = Generator::new(opts).unwrap();
@@ -108,7 +151,17 @@ async fn generated_history_round_trips_in_count_and_content() {
     while let Some(e) = again.next_event() {
         expected.push(e);
     }
-    let got: Vec<_> = lake.read_events().await.unwrap().iter().flat_map(|b| events_from_batch(b).unwrap()).map(|(e, _)| e).collect();
+    let got: Vec<_> = lake
+        .read_events()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|b| events_from_batch(b).unwrap())
+        .map(|(e, _)| e)
+        .collect();
     assert_eq!(got.len(), expected.len());
-    assert!(got == expected, "the lake holds the generator's valid events, in order");
+    assert!(
+        got == expected,
+        "the lake holds the generator's valid events, in order"
+    );
 }

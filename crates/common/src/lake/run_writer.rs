@@ -23,7 +23,12 @@ pub struct RunWriter {
 
 impl RunWriter {
     /// Registers a new run and opens its writer. Stamp events only after this returns.
-    pub async fn start(lake: &Lake, run_id: &str, options: WriterOptions, lease: std::time::Duration) -> Result<RunWriter> {
+    pub async fn start(
+        lake: &Lake,
+        run_id: &str,
+        options: WriterOptions,
+        lease: std::time::Duration,
+    ) -> Result<RunWriter> {
         let now = now_ms();
         let run = IngestRun::start(lake, run_id, now).await?;
         Ok(RunWriter {
@@ -71,7 +76,9 @@ impl RunWriter {
         if !closed.is_empty() || now - self.run.updated_at > REFRESH_MS {
             let watermark = self.oldest_pending.unwrap_or(self.last_stamp);
             let files = self.writer.written().len() as u64;
-            self.run.advance(&self.lake, now, watermark, files, self.visible).await?;
+            self.run
+                .advance(&self.lake, now, watermark, files, self.visible)
+                .await?;
         }
         Ok(())
     }
@@ -80,7 +87,9 @@ impl RunWriter {
     pub async fn finish(mut self) -> Result<Vec<FileWritten>> {
         let files = self.writer.finish().await?;
         let events = files.iter().map(|f| f.rows).sum();
-        self.run.finish(&self.lake, now_ms(), files.len() as u64, events).await?;
+        self.run
+            .finish(&self.lake, now_ms(), files.len() as u64, events)
+            .await?;
         Ok(files)
     }
 }
@@ -88,5 +97,9 @@ impl RunWriter {
 /// A fresh run id: `<prefix>-<UTC time>-<random>`, sortable by start time.
 pub fn new_run_id(prefix: &str) -> String {
     let now = chrono::Utc::now();
-    format!("{prefix}-{}-{:08x}", now.format("%Y%m%dT%H%M%S%3f"), rand::random::<u32>())
+    format!(
+        "{prefix}-{}-{:08x}",
+        now.format("%Y%m%dT%H%M%S%3f"),
+        rand::random::<u32>()
+    )
 }

@@ -51,7 +51,14 @@ impl IngestRun {
 
     /// Records progress: files are visible up to `files`/`events`, and nothing below
     /// `watermark` will be written any more.
-    pub async fn advance(&mut self, lake: &Lake, now_ms: i64, watermark: i64, files: u64, events: u64) -> Result<()> {
+    pub async fn advance(
+        &mut self,
+        lake: &Lake,
+        now_ms: i64,
+        watermark: i64,
+        files: u64,
+        events: u64,
+    ) -> Result<()> {
         self.updated_at = now_ms;
         self.watermark = self.watermark.max(watermark);
         self.files = files;
@@ -60,13 +67,20 @@ impl IngestRun {
     }
 
     /// Marks the run finished.
-    pub async fn finish(&mut self, lake: &Lake, now_ms: i64, files: u64, events: u64) -> Result<()> {
+    pub async fn finish(
+        &mut self,
+        lake: &Lake,
+        now_ms: i64,
+        files: u64,
+        events: u64,
+    ) -> Result<()> {
         self.finished = true;
         self.advance(lake, now_ms, now_ms, files, events).await
     }
 
     async fn save(&self, lake: &Lake) -> Result<()> {
-        lake.put_json(&format!("{INGEST_RUNS_DIR}/{}.json", self.run_id), self).await
+        lake.put_json(&format!("{INGEST_RUNS_DIR}/{}.json", self.run_id), self)
+            .await
     }
 
     /// Every run recorded in the lake.
@@ -79,7 +93,10 @@ impl IngestRun {
             let Some(name) = m.location.filename().and_then(|f| f.strip_suffix(".json")) else {
                 continue;
             };
-            if let Some(run) = lake.get_json::<IngestRun>(&format!("{INGEST_RUNS_DIR}/{name}.json")).await? {
+            if let Some(run) = lake
+                .get_json::<IngestRun>(&format!("{INGEST_RUNS_DIR}/{name}.json"))
+                .await?
+            {
                 runs.push(run);
             }
         }

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
+use object_store::path::Path;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -115,7 +115,8 @@ impl EventFileWriter {
                 self.seq += 1;
                 let path = self.lake.event_file(&date, &name);
                 let object = BufWriter::new(self.lake.store().clone(), path.clone());
-                let writer = AsyncArrowWriter::try_new(object, event_schema(), Some((*self.props).clone()))?;
+                let writer =
+                    AsyncArrowWriter::try_new(object, event_schema(), Some((*self.props).clone()))?;
                 self.open = Some(OpenFile {
                     date: date.clone(),
                     path,

@@ -123,7 +123,11 @@ impl LocalBus {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_atomic(&meta_path, &serde_json::to_vec(&Meta { partitions }).map_err(|e| Error::Internal(e.to_string()))?)?;
+                write_atomic(
+                    &meta_path,
+                    &serde_json::to_vec(&Meta { partitions })
+                        .map_err(|e| Error::Internal(e.to_string()))?,
+                )?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -138,7 +142,9 @@ impl LocalBus {
                 segment_bytes,
                 writer: Mutex::new(None),
                 notify: (0..partitions).map(|_| Notify::new()).collect(),
-                cursors: (0..partitions).map(|_| Mutex::new(HashMap::new())).collect(),
+                cursors: (0..partitions)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
             }),
         })
     }
@@ -174,7 +180,10 @@ fn segments(dir: &Path, p: u32) -> Result<Vec<u64>> {
     for entry in fs::read_dir(part_dir(dir, p))? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+        if let Some(base) = name
+            .strip_suffix(".log")
+            .and_then(|b| b.parse::<u64>().ok())
+        {
             bases.push(base);
         }
     }
@@ -282,7 +291,12 @@ impl Inner {
             let bases = segments(&self.dir, p)?;
             let base = bases.last().copied().unwrap_or(0);
             let path = segment_path(&self.dir, p, base);
-            let mut file = OpenOptions::new().create(true).truncate(false).read(true).append(true).open(&path)?;
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .append(true)
+                .open(&path)?;
             let len = file.metadata()?.len();
             let (valid, n) = scan_valid(&mut file, base)?;
             if valid < len {
@@ -295,13 +309,21 @@ impl Inner {
                 file.set_len(valid)?;
                 file.sync_all()?;
             }
-            parts.push(PartWriter { file, base, next: base + n, size: valid });
+            parts.push(PartWriter {
+                file,
+                base,
+                next: base + n,
+                size: valid,
+            });
         }
         Ok(Writer { _lock: lock, parts })
     }
 
     fn produce_blocking(&self, records: Vec<(Bytes, Bytes)>) -> Result<Vec<Position>> {
-        let mut guard = self.writer.lock().map_err(|_| Error::Internal("bus writer lock poisoned".into()))?;
+        let mut guard = self
+            .writer
+            .lock()
+            .map_err(|_| Error::Internal("bus writer lock poisoned".into()))?;
         if guard.is_none() {
             *guard = Some(self.open_writer()?);
         }
@@ -312,7 +334,13 @@ impl Inner {
         for (i, (key, _)) in records.iter().enumerate() {
             by_part[partition_for(key, self.partitions) as usize].push(i);
         }
-        let mut placed = vec![Position { partition: 0, offset: 0 }; records.len()];
+        let mut placed = vec![
+            Position {
+                partition: 0,
+                offset: 0
+            };
+            records.len()
+        ];
         let mut buf = Vec::new();
         for (p, idx) in by_part.iter().enumerate() {
             if idx.is_empty() {
@@ -330,7 +358,10 @@ impl Inner {
                 }
                 let (key, value) = &records[i];
                 encode(&mut buf, pw.next, ts, key, value);
-                placed[i] = Position { partition: p as u32, offset: pw.next };
+                placed[i] = Position {
+                    partition: p as u32,
+                    offset: pw.next,
+                };
                 pw.next += 1;
             }
             Self::append(pw, &buf, self.fsync)?;
@@ -357,7 +388,12 @@ impl Inner {
     fn roll(&self, p: u32, pw: &mut PartWriter) -> Result<()> {
         pw.file.sync_all()?;
         let path = segment_path(&self.dir, p, pw.next);
-        pw.file = OpenOptions::new().create(true).truncate(false).read(true).append(true).open(&path)?;
+        pw.file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(&path)?;
         pw.base = pw.next;
         pw.size = 0;
         Ok(())
@@ -368,9 +404,16 @@ impl Inner {
         let Some(seg_idx) = bases.iter().rposition(|b| *b <= offset) else {
             return Ok(Vec::new());
         };
-        let cached = self.cursors[p as usize].lock().ok().and_then(|c| c.get(&offset).copied());
+        let cached = self.cursors[p as usize]
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&offset).copied());
         let (mut base, mut pos, mut seg_idx) = match cached {
-            Some((base, pos)) => (base, pos, bases.iter().position(|b| *b == base).unwrap_or(seg_idx)),
+            Some((base, pos)) => (
+                base,
+                pos,
+                bases.iter().position(|b| *b == base).unwrap_or(seg_idx),
+            ),
             None => (bases[seg_idx], 0, seg_idx),
         };
         let mut out = Vec::new();
@@ -417,7 +460,8 @@ impl Inner {
                 }
                 if !progressed && n >= HEADER {
                     // A record larger than the buffer: grow it and read again.
-                    let body_len = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
+                    let body_len =
+                        u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
                     if HEADER + body_len > buf.len() && n == buf.len() {
                         buf.resize(HEADER + body_len, 0);
                         continue;
@@ -461,10 +505,18 @@ fn chrono_now_ms() -> i64 {
 }
 
 fn check_group(group: &str) -> Result<()> {
-    if !group.is_empty() && group.len() <= 64 && group.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !group.starts_with('.') {
+    if !group.is_empty()
+        && group.len() <= 64
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && !group.starts_with('.')
+    {
         Ok(())
     } else {
-        Err(Error::Config(format!("consumer group `{group}`: use 1–64 of A-Z a-z 0-9 - _ .")))
+        Err(Error::Config(format!(
+            "consumer group `{group}`: use 1–64 of A-Z a-z 0-9 - _ ."
+        )))
     }
 }
 
@@ -488,7 +540,13 @@ impl Bus for LocalBus {
         blocking(move || inner.produce_blocking(records)).await
     }
 
-    async fn fetch(&self, partition: u32, offset: u64, max: usize, wait: Duration) -> Result<Vec<Record>> {
+    async fn fetch(
+        &self,
+        partition: u32,
+        offset: u64,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Record>> {
         self.check_partition(partition)?;
         let deadline = Instant::now() + wait;
         loop {
@@ -497,7 +555,8 @@ impl Bus for LocalBus {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let inner = self.inner.clone();
-            let records = blocking(move || inner.read_blocking(partition, offset, max.max(1))).await?;
+            let records =
+                blocking(move || inner.read_blocking(partition, offset, max.max(1))).await?;
             let now = Instant::now();
             if !records.is_empty() || now >= deadline {
                 return Ok(records);
@@ -520,7 +579,9 @@ impl Bus for LocalBus {
         let inner = self.inner.clone();
         blocking(move || {
             let bases = segments(&inner.dir, partition)?;
-            let Some(&base) = bases.last() else { return Ok(0) };
+            let Some(&base) = bases.last() else {
+                return Ok(0);
+            };
             let mut file = File::open(segment_path(&inner.dir, partition, base))?;
             Ok(base + scan_valid(&mut file, base)?.1)
         })
@@ -530,7 +591,12 @@ impl Bus for LocalBus {
     async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>> {
         check_group(group)?;
         self.check_partition(partition)?;
-        let path = self.inner.dir.join("consumers").join(group).join(format!("p-{partition:04}"));
+        let path = self
+            .inner
+            .dir
+            .join("consumers")
+            .join(group)
+            .join(format!("p-{partition:04}"));
         match fs::read_to_string(&path) {
             Ok(s) => s
                 .trim()
@@ -548,7 +614,10 @@ impl Bus for LocalBus {
         let dir = self.inner.dir.join("consumers").join(group);
         blocking(move || {
             fs::create_dir_all(&dir)?;
-            write_atomic(&dir.join(format!("p-{partition:04}")), next_offset.to_string().as_bytes())
+            write_atomic(
+                &dir.join(format!("p-{partition:04}")),
+                next_offset.to_string().as_bytes(),
+            )
         })
         .await
     }

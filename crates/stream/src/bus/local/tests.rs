@@ -14,7 +14,11 @@ struct Local {
 
 impl Local {
     fn new(segment_bytes: u64) -> Self {
-        Local { root: tempfile::tempdir().unwrap(), n: AtomicU32::new(0), segment_bytes }
+        Local {
+            root: tempfile::tempdir().unwrap(),
+            n: AtomicU32::new(0),
+            segment_bytes,
+        }
     }
 }
 
@@ -22,7 +26,10 @@ impl Local {
 impl Harness for Local {
     type Id = PathBuf;
     async fn fresh(&self, partitions: u32) -> (PathBuf, Arc<dyn Bus>) {
-        let dir = self.root.path().join(self.n.fetch_add(1, Ordering::Relaxed).to_string());
+        let dir = self
+            .root
+            .path()
+            .join(self.n.fetch_add(1, Ordering::Relaxed).to_string());
         let bus = LocalBus::open(&dir, partitions, false, self.segment_bytes).unwrap();
         (dir, Arc::new(bus))
     }
@@ -51,32 +58,56 @@ fn last_segment(dir: &Path, p: u32) -> PathBuf {
 async fn a_torn_tail_is_never_returned_and_is_cut_by_the_next_producer() {
     let dir = tempfile::tempdir().unwrap();
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
-    bus.produce((0..10).map(|i| (Bytes::from("k"), Bytes::from(format!("v{i}")))).collect()).await.unwrap();
+    bus.produce(
+        (0..10)
+            .map(|i| (Bytes::from("k"), Bytes::from(format!("v{i}"))))
+            .collect(),
+    )
+    .await
+    .unwrap();
     drop(bus);
     let seg = last_segment(dir.path(), 0);
     let whole = fs::metadata(&seg).unwrap().len();
     // Half of an eleventh record, as a crash mid-write leaves it.
     let mut rec = Vec::new();
     encode(&mut rec, 10, 0, b"k", b"torn-value");
-    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&rec[..rec.len() / 2]).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&rec[..rec.len() / 2])
+        .unwrap();
 
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     let got = bus.fetch(0, 0, 100, Duration::ZERO).await.unwrap();
     assert_eq!(got.len(), 10, "readers stop before the torn record");
     assert_eq!(bus.end_offset(0).await.unwrap(), 10);
-    let pos = bus.produce(vec![(Bytes::from("k"), Bytes::from("after"))]).await.unwrap();
+    let pos = bus
+        .produce(vec![(Bytes::from("k"), Bytes::from("after"))])
+        .await
+        .unwrap();
     assert_eq!(pos[0].offset, 10, "the torn record's offset is reused");
     let got = bus.fetch(0, 0, 100, Duration::ZERO).await.unwrap();
     assert_eq!(got.len(), 11);
     assert_eq!(&got[10].value[..], b"after");
-    assert_eq!(fs::metadata(&seg).unwrap().len(), whole + (rec.len() as u64 - 10 + 5), "the tail was cut before appending");
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len(),
+        whole + (rec.len() as u64 - 10 + 5),
+        "the tail was cut before appending"
+    );
 }
 
 #[tokio::test]
 async fn a_record_with_a_bad_checksum_ends_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
-    bus.produce((0..3).map(|i| (Bytes::from("k"), Bytes::from(format!("v{i}")))).collect()).await.unwrap();
+    bus.produce(
+        (0..3)
+            .map(|i| (Bytes::from("k"), Bytes::from(format!("v{i}"))))
+            .collect(),
+    )
+    .await
+    .unwrap();
     drop(bus);
     let seg = last_segment(dir.path(), 0);
     let mut bytes = fs::read(&seg).unwrap();
@@ -85,7 +116,10 @@ async fn a_record_with_a_bad_checksum_ends_the_log() {
     fs::write(&seg, &bytes).unwrap();
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     assert_eq!(bus.fetch(0, 0, 10, Duration::ZERO).await.unwrap().len(), 2);
-    let pos = bus.produce(vec![(Bytes::from("k"), Bytes::from("v2-again"))]).await.unwrap();
+    let pos = bus
+        .produce(vec![(Bytes::from("k"), Bytes::from("v2-again"))])
+        .await
+        .unwrap();
     assert_eq!(pos[0].offset, 2);
 }
 
@@ -93,7 +127,9 @@ async fn a_record_with_a_bad_checksum_ends_the_log() {
 async fn the_partition_count_is_fixed_at_creation() {
     let dir = tempfile::tempdir().unwrap();
     LocalBus::open(dir.path(), 4, false, DEFAULT_SEGMENT_BYTES).unwrap();
-    let err = LocalBus::open(dir.path(), 8, false, DEFAULT_SEGMENT_BYTES).err().unwrap();
+    let err = LocalBus::open(dir.path(), 8, false, DEFAULT_SEGMENT_BYTES)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("has 4 partitions, not 8"), "{err}");
 }
 
@@ -102,9 +138,17 @@ async fn one_producer_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let a = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     let b = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
-    a.produce(vec![(Bytes::from("k"), Bytes::from("a"))]).await.unwrap();
-    let err = b.produce(vec![(Bytes::from("k"), Bytes::from("b"))]).await.unwrap_err();
-    assert!(err.to_string().contains("another process is producing"), "{err}");
+    a.produce(vec![(Bytes::from("k"), Bytes::from("a"))])
+        .await
+        .unwrap();
+    let err = b
+        .produce(vec![(Bytes::from("k"), Bytes::from("b"))])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("another process is producing"),
+        "{err}"
+    );
     // A reader beside the producer is fine.
     assert_eq!(b.fetch(0, 0, 10, Duration::ZERO).await.unwrap().len(), 1);
 }
@@ -112,13 +156,25 @@ async fn one_producer_at_a_time() {
 #[tokio::test]
 async fn urls_and_groups_are_checked() {
     assert!(LocalBus::open_url("local://", 1).is_err());
-    let err = LocalBus::open_url("local:///tmp/x?fsync=sometimes", 1).err().unwrap();
+    let err = LocalBus::open_url("local:///tmp/x?fsync=sometimes", 1)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("fsync=sometimes"), "{err}");
     let dir = tempfile::tempdir().unwrap();
-    let bus = LocalBus::open_url(&format!("local://{}?fsync=never", dir.path().display()), 2).unwrap();
+    let bus =
+        LocalBus::open_url(&format!("local://{}?fsync=never", dir.path().display()), 2).unwrap();
     assert!(bus.commit("../evil", 0, 1).await.is_err());
-    assert!(bus.fetch(2, 0, 1, Duration::ZERO).await.is_err(), "partition out of range");
-    assert!(crate::bus::open("fluvio://localhost:9003/events", 2).err().unwrap().to_string().contains("not built yet"));
+    assert!(
+        bus.fetch(2, 0, 1, Duration::ZERO).await.is_err(),
+        "partition out of range"
+    );
+    assert!(
+        crate::bus::open("fluvio://localhost:9003/events", 2)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("not built yet")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,8 +188,14 @@ async fn a_reader_follows_a_writer_in_another_handle() {
         let mut next = 0u64;
         let mut values = Vec::new();
         while next < total {
-            let got = reader.fetch(0, next, 64, Duration::from_secs(30)).await.unwrap();
-            assert!(!got.is_empty(), "the reader waited 30s with records still to come");
+            let got = reader
+                .fetch(0, next, 64, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(
+                !got.is_empty(),
+                "the reader waited 30s with records still to come"
+            );
             for r in got {
                 assert_eq!(r.offset, next);
                 values.push(r.value);
@@ -143,7 +205,9 @@ async fn a_reader_follows_a_writer_in_another_handle() {
         values
     });
     for chunk in 0..(total / 50) {
-        let batch = (0..50).map(|i| (Bytes::from("k"), Bytes::from(format!("{}", chunk * 50 + i)))).collect();
+        let batch = (0..50)
+            .map(|i| (Bytes::from("k"), Bytes::from(format!("{}", chunk * 50 + i))))
+            .collect();
         writer.produce(batch).await.unwrap();
         tokio::task::yield_now().await;
     }
@@ -156,7 +220,9 @@ async fn a_reader_follows_a_writer_in_another_handle() {
 /// Does nothing unless started by that test with `TANDEM_KILL9_BUS`.
 #[test]
 fn kill9_child_entry() {
-    let Ok(dir) = std::env::var("TANDEM_KILL9_BUS") else { return };
+    let Ok(dir) = std::env::var("TANDEM_KILL9_BUS") else {
+        return;
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let bus = LocalBus::open(Path::new(&dir), 2, false, 64 << 10).unwrap();
@@ -166,7 +232,10 @@ fn kill9_child_entry() {
             let batch: Vec<_> = (0..8)
                 .map(|j| {
                     let n = i * 8 + j;
-                    (Bytes::from(format!("u{}", n % 13)), Bytes::from(format!("{n}:{}", "x".repeat((n % 997) as usize * 7))))
+                    (
+                        Bytes::from(format!("u{}", n % 13)),
+                        Bytes::from(format!("{n}:{}", "x".repeat((n % 997) as usize * 7))),
+                    )
                 })
                 .collect();
             let pos = bus.produce(batch).await.unwrap();
@@ -184,7 +253,12 @@ async fn survives_kill_9() {
     let mut acked: Vec<(u64, u32, u64)> = Vec::new();
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["bus::local::tests::kill9_child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "bus::local::tests::kill9_child_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("TANDEM_KILL9_BUS", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -194,7 +268,10 @@ async fn survives_kill_9() {
         let mut n = 0;
         let goal = 3000 + round * 1000;
         while n < goal {
-            let line = lines.next().expect("the child acknowledges records").unwrap();
+            let line = lines
+                .next()
+                .expect("the child acknowledges records")
+                .unwrap();
             if let Some(rest) = line.strip_prefix("ack ") {
                 let v: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
                 acked.push((v[0] + round as u64 * 1_000_000_000, v[1] as u32, v[2]));
@@ -209,7 +286,10 @@ async fn survives_kill_9() {
     for p in 0..2 {
         let mut all = Vec::new();
         loop {
-            let got = bus.fetch(p, all.len() as u64, 500, Duration::ZERO).await.unwrap();
+            let got = bus
+                .fetch(p, all.len() as u64, 500, Duration::ZERO)
+                .await
+                .unwrap();
             if got.is_empty() {
                 break;
             }
@@ -221,11 +301,20 @@ async fn survives_kill_9() {
         logs.push(all);
     }
     for (n, p, off) in &acked {
-        let r = logs[*p as usize].get(*off as usize).unwrap_or_else(|| panic!("acknowledged record {n} at {p}/{off} was lost"));
+        let r = logs[*p as usize]
+            .get(*off as usize)
+            .unwrap_or_else(|| panic!("acknowledged record {n} at {p}/{off} was lost"));
         let v = String::from_utf8_lossy(&r.value);
-        assert_eq!(v.split(':').next().unwrap(), (n % 1_000_000_000).to_string(), "record at {p}/{off}");
+        assert_eq!(
+            v.split(':').next().unwrap(),
+            (n % 1_000_000_000).to_string(),
+            "record at {p}/{off}"
+        );
     }
     // And the log takes new records after the last kill.
-    let pos = bus.produce(vec![(Bytes::from("u0"), Bytes::from("after"))]).await.unwrap();
+    let pos = bus
+        .produce(vec![(Bytes::from("u0"), Bytes::from("after"))])
+        .await
+        .unwrap();
     assert_eq!(pos[0].offset, logs[pos[0].partition as usize].len() as u64);
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Tandem benchmarks. Prints figures and ratios against a peer run in the same script and writes
+# bench/results/latest.md. Machines are shared and noisy: each figure is the median of
+# BENCH_RUNS runs (default 3).
+#
+#   EVENTS=10000000 BENCH_RUNS=3 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS="${EVENTS:-10000000}"
+RUNS="${BENCH_RUNS:-3}"
+BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
+WORK="${BENCH_DIR:-$(mktemp -d /tmp/tandem-bench.XXXXXX)}"
+OUT=bench/results/latest.md
+END="2026-11-01T00:00:00Z"
+USERS=$(( EVENTS / 110 + 1 ))   # about 135 events per user over 30 days with the default knobs: a margin to reach EVENTS
+trap 'rm -rf "$WORK"' EXIT
+[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+python3 -c "import duckdb, pyarrow" 2>/dev/null || pip install --quiet duckdb pyarrow
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+now() { date +%s.%N; }
+GEN=(generate --users "$USERS" --days 30 --seed 1 --end "$END" --events "$EVENTS")
+
+echo "== tandem bench: $EVENTS events, median of $RUNS runs, $(nproc) cores =="
+# 1. generate: JSON lines to a file.
+gen_rates=()
+for _ in $(seq "$RUNS"); do
+  t0=$(now); "$BIN" "${GEN[@]}" -o "$WORK/events.jsonl"; t1=$(now)
+  gen_rates+=("$(echo "$EVENTS / ($t1 - $t0)" | bc -l)")
+done
+GEN_RATE=$(printf '%s\n' "${gen_rates[@]}" | median)
+JSON_BYTES=$(stat -c %s "$WORK/events.jsonl")
+printf 'generate: %.0f events/s (%.0f MB of JSON lines)\n' "$GEN_RATE" "$(echo "$JSON_BYTES/1000000" | bc -l)"
+
+# 2. ingest: JSON lines file -> Parquet lake; summary line has rate and peak RSS.
+ing_rates=(); ing_rss=()
+for i in $(seq "$RUNS"); do
+  rm -rf "$WORK/lake"
+  "$BIN" ingest "$WORK/events.jsonl" --lake "file://$WORK/lake" > "$WORK/ingest.json"
+  ing_rates+=("$(python3 -c "import json;print(json.load(open('$WORK/ingest.json'))['events_per_s'])")")
+  ing_rss+=("$(python3 -c "import json;print(json.load(open('$WORK/ingest.json'))['peak_rss_mb'])")")
+done
+ING_RATE=$(printf '%s\n' "${ing_rates[@]}" | median)
+ING_RSS=$(printf '%s\n' "${ing_rss[@]}" | median)
+read -r ACCEPTED LAKE_BYTES FILES < <(python3 -c "import json;s=json.load(open('$WORK/ingest.json'));print(s['accepted'],s['bytes'],s['files'])")
+BYTES_PER_M=$(echo "$LAKE_BYTES * 1000000 / $ACCEPTED" | bc -l)
+printf 'ingest:   %.0f events/s, peak RSS %.0f MiB, %s files, %.1f MB per million events\n' "$ING_RATE" "$ING_RSS" "$FILES" "$(echo "$BYTES_PER_M/1000000" | bc -l)"
+
+# 3. memory flat in input size: the same ingest on a tenth of the input.
+head -n $(( EVENTS / 10 )) "$WORK/events.jsonl" > "$WORK/small.jsonl"
+"$BIN" ingest "$WORK/small.jsonl" --lake "file://$WORK/lake-small" > "$WORK/small.json"
+SMALL_RSS=$(python3 -c "import json;print(json.load(open('$WORK/small.json'))['peak_rss_mb'])")
+printf 'ingest memory: %.0f MiB for %d events, %.0f MiB for %d events (ratio %.2f)\n' "$SMALL_RSS" $(( EVENTS / 10 )) "$ING_RSS" "$EVENTS" "$(echo "$ING_RSS/$SMALL_RSS" | bc -l)"
+
+# 4. the peer and the independent reader: DuckDB reads our Parquet, and converts the same
+#    JSON lines to zstd Parquet itself, on the same cores.
+python3 bench/peer.py "$WORK" "$ACCEPTED" "$RUNS" > "$WORK/peer.json"
+read -r DUCK_ROWS DUCK_RATE PYARROW_ROWS < <(python3 -c "import json;s=json.load(open('$WORK/peer.json'));print(s['duckdb_rows'],s['duckdb_json_to_parquet_events_per_s'],s['pyarrow_rows'])")
+printf 'independent readers: DuckDB %s rows, pyarrow %s rows, ingest reported %s\n' "$DUCK_ROWS" "$PYARROW_ROWS" "$ACCEPTED"
+printf 'peer: DuckDB JSON->Parquet %.0f events/s; tandem ingest / DuckDB = %.2f\n' "$DUCK_RATE" "$(echo "$ING_RATE/$DUCK_RATE" | bc -l)"
+[ "$DUCK_ROWS" = "$ACCEPTED" ] && [ "$PYARROW_ROWS" = "$ACCEPTED" ] || { echo "ROW COUNT MISMATCH"; exit 1; }
+
+mkdir -p bench/results
+cat > "$OUT" <<MD
+# Tandem benchmark results
+
+Written by \`make bench\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB,
+commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUNS runs.
+
+## Foundation (issue #2): generate and ingest, $EVENTS events
+
+| figure | value | target |
+|---|---|---|
+| generate (JSON lines to a file) | $(printf '%.0f' "$GEN_RATE") events/s | ≥ 500,000 |
+| ingest (JSON lines file → zstd Parquet lake) | $(printf '%.0f' "$ING_RATE") events/s | ≥ 300,000 |
+| DuckDB, same JSON → zstd Parquet (peer) | $(printf '%.0f' "$DUCK_RATE") events/s | |
+| tandem ingest / DuckDB | $(printf '%.2f' "$(echo "$ING_RATE/$DUCK_RATE" | bc -l)") | |
+| lake bytes per million events | $(printf '%.1f' "$(echo "$BYTES_PER_M/1000000" | bc -l)") MB | |
+| JSON bytes per million events | $(printf '%.1f' "$(echo "$JSON_BYTES*1000000/$EVENTS/1000000" | bc -l)") MB | |
+| ingest peak RSS, $EVENTS events | $(printf '%.0f' "$ING_RSS") MiB | flat in input size |
+| ingest peak RSS, $(( EVENTS / 10 )) events | $(printf '%.0f' "$SMALL_RSS") MiB | |
+| rows read back by DuckDB / pyarrow / reported by ingest | $DUCK_ROWS / $PYARROW_ROWS / $ACCEPTED | equal |
+MD
+echo "wrote $OUT"
