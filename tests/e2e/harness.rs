@@ -1,7 +1,7 @@
 //! Running the real binary in a scratch directory of its own.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 /// A scratch directory; every `tandem` run in it uses its own lake and bus there.
@@ -89,9 +89,4 @@ pub fn lake_rows(url: &str) -> u64 {
             .map(|b| b.num_rows() as u64)
             .sum()
     })
-}
-
-#[allow(dead_code)]
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

@@ -145,6 +145,8 @@ pub struct Generator {
     category_zipf: Zipf<f64>,
     item_zipf: Vec<Zipf<f64>>,
     users: Vec<User>,
+    /// Real names while they last, then `category0024`, ….
+    category_names: Vec<String>,
     day: u32,
     today: Vec<Gen>,
     next: usize,
@@ -242,7 +244,14 @@ impl Generator {
                 }
             })
             .collect();
+        let category_names = (0..opts.categories as usize)
+            .map(|c| match CATEGORY_NAMES.get(c) {
+                Some(name) => name.to_string(),
+                None => format!("category{c:04}"),
+            })
+            .collect();
         Ok(Generator {
+            category_names,
             id_salt: splitmix(opts.seed ^ 0x007A_4DE3),
             opts,
             rng,
@@ -467,7 +476,7 @@ impl Generator {
         loop {
             let g = self.next_gen()?;
             if g.bad.is_none() {
-                return Some(self.to_event(&g));
+                return Some(self.to_event(&g).into_owned());
             }
         }
     }
@@ -478,7 +487,7 @@ impl Generator {
         format!("{h:016x}{:016x}", splitmix(h))
     }
 
-    fn to_event(&self, g: &Gen) -> Event<'static> {
+    fn to_event(&self, g: &Gen) -> Event<'_> {
         let item = &self.items[g.item as usize];
         let priced = matches!(
             g.kind,
@@ -519,25 +528,8 @@ impl Generator {
         }
     }
 
-    fn category_name(&self, c: u32) -> &'static str {
-        if (c as usize) < CATEGORY_NAMES.len()
-            && self.opts.categories as usize <= CATEGORY_NAMES.len()
-        {
-            CATEGORY_NAMES[c as usize]
-        } else {
-            // Leaked once per category name beyond the built-in list; bounded by `categories`.
-            static EXTRA: std::sync::OnceLock<std::sync::Mutex<Vec<&'static str>>> =
-                std::sync::OnceLock::new();
-            let mut v = EXTRA
-                .get_or_init(Default::default)
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            while v.len() <= c as usize {
-                let n = v.len();
-                v.push(Box::leak(format!("category{n:04}").into_boxed_str()));
-            }
-            v[c as usize]
-        }
+    fn category_name(&self, c: u32) -> &str {
+        &self.category_names[c as usize]
     }
 
     fn write_json(&self, g: &Gen, out: &mut Vec<u8>) {
@@ -698,18 +690,9 @@ pub async fn write_to_lake(
     make.await
         .map_err(|e| crate::Error::Internal(format!("generator failed: {e}")))?;
     let files = writer.finish().await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(crate::ingest::IngestSummary {
-        run_id,
-        accepted,
-        rejected: 0,
-        files: files.len() as u64,
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        input_bytes: 0,
-        seconds,
-        events_per_s: accepted as f64 / seconds.max(1e-9),
-        peak_rss_mb: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
-    })
+    Ok(crate::ingest::IngestSummary::new(
+        run_id, accepted, 0, &files, 0, started,
+    ))
 }
 
 #[cfg(test)]

@@ -103,6 +103,31 @@ pub struct IngestSummary {
     pub peak_rss_mb: Option<f64>,
 }
 
+impl IngestSummary {
+    /// The summary of a run that wrote `files` and started at `started`; reads the peak RSS now.
+    pub fn new(
+        run_id: String,
+        accepted: u64,
+        rejected: u64,
+        files: &[crate::lake::FileWritten],
+        input_bytes: u64,
+        started: Instant,
+    ) -> Self {
+        let seconds = started.elapsed().as_secs_f64();
+        IngestSummary {
+            run_id,
+            accepted,
+            rejected,
+            files: files.len() as u64,
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            input_bytes,
+            seconds,
+            events_per_s: accepted as f64 / seconds.max(1e-9),
+            peak_rss_mb: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
+        }
+    }
+}
+
 /// Called as the ingest goes: each rejected line, and progress after each chunk.
 pub trait IngestObserver: Send {
     /// A line was rejected.
@@ -203,18 +228,14 @@ pub async fn ingest(
         .await
         .map_err(|e| Error::Internal(format!("reader task failed: {e}")))?;
     let files = writer.finish().await?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(IngestSummary {
+    Ok(IngestSummary::new(
         run_id,
         accepted,
         rejected,
-        files: files.len() as u64,
-        bytes: files.iter().map(|f| f.bytes).sum(),
-        input_bytes: bytes_read.load(Ordering::Relaxed),
-        seconds,
-        events_per_s: accepted as f64 / seconds.max(1e-9),
-        peak_rss_mb: crate::sys::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0)),
-    })
+        &files,
+        bytes_read.load(Ordering::Relaxed),
+        started,
+    ))
 }
 
 struct CountingReader {

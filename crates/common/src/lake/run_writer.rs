@@ -59,7 +59,6 @@ impl RunWriter {
             )));
         }
         let files_before = self.writer.written().len();
-        let pending_before = self.writer.pending_rows() as u64;
         if batch.num_rows() > 0 {
             self.oldest_pending.get_or_insert(stamp);
         }
@@ -67,9 +66,7 @@ impl RunWriter {
         self.last_stamp = stamp;
         let closed = &self.writer.written()[files_before..];
         if !closed.is_empty() {
-            let in_closed: u64 = closed.iter().map(|f| f.rows).sum();
-            self.visible += in_closed;
-            debug_assert!(in_closed >= pending_before);
+            self.visible += closed.iter().map(|f| f.rows).sum::<u64>();
             // What is still pending was written from this batch, stamped `stamp`.
             self.oldest_pending = (self.writer.pending_rows() > 0).then_some(stamp);
         }

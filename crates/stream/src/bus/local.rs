@@ -328,8 +328,7 @@ impl Inner {
             *guard = Some(self.open_writer()?);
         }
         let writer = guard.as_mut().expect("opened above");
-        let ts = chrono_now_ms();
-        let mut positions = Vec::with_capacity(records.len());
+        let ts = tandem_common::event::now_ms();
         let mut by_part: Vec<Vec<usize>> = vec![Vec::new(); self.partitions as usize];
         for (i, (key, _)) in records.iter().enumerate() {
             by_part[partition_for(key, self.partitions) as usize].push(i);
@@ -366,14 +365,13 @@ impl Inner {
             }
             Self::append(pw, &buf, self.fsync)?;
         }
-        positions.extend(placed);
         drop(guard);
         for (p, idx) in by_part.iter().enumerate() {
             if !idx.is_empty() {
                 self.notify[p].notify_waiters();
             }
         }
-        Ok(positions)
+        Ok(placed)
     }
 
     fn append(pw: &mut PartWriter, buf: &[u8], fsync: bool) -> Result<()> {
@@ -498,10 +496,6 @@ fn read_at_least(file: &File, buf: &mut [u8], pos: u64) -> Result<usize> {
         n += k;
     }
     Ok(n)
-}
-
-fn chrono_now_ms() -> i64 {
-    tandem_common::event::now_ms()
 }
 
 fn check_group(group: &str) -> Result<()> {
