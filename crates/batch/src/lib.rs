@@ -1,10 +1,31 @@
-//! Tandem's batch layer (DESIGN §1, §5): the nightly job that recomputes every view from the
-//! master dataset up to a cutoff and publishes a versioned snapshot.
-//!
-//! Nothing lives here yet; issue #3 builds it. The modules it will hold:
+//! Tandem's batch layer (DESIGN §1, §5): recomputes every view from the master dataset up to a
+//! cutoff, with DataFusion.
 //!
 //! | module | what |
 //! |---|---|
-//! | `cutoff` | picks the epoch-aligned cutoff at or below the lake's ingest and archive watermarks |
-//! | `views` | DataFusion over the lake: profiles, items, similar items (SQL kept in `.sql` files) |
-//! | `publish` | snapshot Parquet + manifest in the lake, materialisation into the online store, the pointer flip |
+//! | [`context`] | a DataFusion session over the lake: `events_all`, and `events` up to a cutoff, deduplicated |
+//! | [`views`] | the views as SQL files (profiles, items), computing `tandem_common::features` |
+//! | [`error`] | the crate's errors |
+//!
+//! Still to come with issue #3: similar items, the models, the snapshot (Parquet + manifest in
+//! the lake, materialisation into the online store, the pointer flip) and `tandem batch run`.
+//!
+//! # Example
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use tandem_batch::{context::LakeContext, views::View};
+//! use tandem_common::lake::Lake;
+//!
+//! let lake = Lake::open("memory://").unwrap();
+//! let lc = LakeContext::new(&lake).await.unwrap().with_cutoff(1_763_769_600_000).await.unwrap();
+//! let profiles = View::Profiles.collect(&lc).await.unwrap();
+//! assert_eq!(profiles.iter().map(|b| b.num_rows()).sum::<usize>(), 0); // an empty lake
+//! # });
+//! ```
+
+pub mod context;
+pub mod error;
+pub mod views;
+
+pub use error::{Error, Result};

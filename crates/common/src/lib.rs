@@ -3,6 +3,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`event`] | the event of DESIGN §2: wire type, validation with messages naming the field |
+//! | [`features`] | the mergeable profile and item features both layers compute, defined once |
 //! | [`schema`] | the lake's Arrow schema and conversion between events and record batches |
 //! | [`config`] | the configuration tree: embedded defaults, file, `TANDEM__…` variables, flags |
 //! | [`lake`] | the Parquet lake in object storage: layout, whole-or-invisible files, ingest watermark |
@@ -38,6 +39,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod features;
 pub mod generate;
 pub mod ingest;
 pub mod lake;

@@ -1,0 +1,197 @@
+//! The batch views, as SQL that analysts can read (`views/*.sql`), run over the `events` view
+//! of a [`LakeContext`](crate::context::LakeContext).
+//!
+//! Each view computes the features `tandem_common::features` defines; the tests hold the two
+//! equal on generated data.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, ListArray, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::dataframe::DataFrame;
+use tandem_common::features::{DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS};
+
+use crate::context::LakeContext;
+use crate::error::{Error, Result};
+
+/// A view of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// One row per user: counts, spend, first/last seen, category affinity, recent items.
+    Profiles,
+    /// One row per item: counts, units, revenue, popularity, category.
+    Items,
+}
+
+impl View {
+    /// Every view.
+    pub const ALL: [View; 2] = [View::Profiles, View::Items];
+
+    /// The table name of the view.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Profiles => "profiles",
+            View::Items => "items",
+        }
+    }
+
+    /// The SQL text, with placeholders.
+    pub fn sql_template(self) -> &'static str {
+        match self {
+            View::Profiles => include_str!("views/profiles.sql"),
+            View::Items => include_str!("views/items.sql"),
+        }
+    }
+
+    /// The SQL for a cutoff: placeholders filled in.
+    pub fn sql(self, cutoff_ms: i64) -> String {
+        let shift = (cutoff_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS;
+        self.sql_template()
+            .replace("${R}", &format!("{DECAY_REF_MS}.0"))
+            .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
+            .replace("${C}", &format!("{shift:.17e}"))
+            .replace("${RECENT}", &RECENT_ITEMS.to_string())
+    }
+
+    /// The view as a DataFrame over `lc` (which must have a cutoff).
+    pub async fn dataframe(self, lc: &LakeContext) -> Result<DataFrame> {
+        let cutoff = lc
+            .cutoff_ms
+            .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))?;
+        Ok(lc.ctx.sql(&self.sql(cutoff)).await?)
+    }
+
+    /// The view, computed.
+    pub async fn collect(self, lc: &LakeContext) -> Result<Vec<RecordBatch>> {
+        Ok(self.dataframe(lc).await?.collect().await?)
+    }
+}
+
+/// The rows of the profiles view as [`Profile`]s, by user.
+pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile>> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let c = Columns(b);
+        let users = c.strings("user_id")?;
+        let counts: Vec<_> = COUNT_COLUMNS
+            .iter()
+            .map(|n| c.i64s(n))
+            .collect::<Result<_>>()?;
+        let (units, spend) = (c.i64s("units")?, c.i64s("spend_micros")?);
+        let (first, last, last_buy) = (
+            c.i64s("first_ts")?,
+            c.i64s("last_ts")?,
+            c.i64s("last_purchase_ts")?,
+        );
+        let (cats, scores) = (c.list("affinity_categories")?, c.list("affinity_scores")?);
+        let (items, items_ts) = (c.list("recent_items")?, c.list("recent_ts")?);
+        for i in 0..b.num_rows() {
+            let mut p = Profile::new();
+            for (k, col) in counts.iter().enumerate() {
+                p.counts[k] = col.value(i) as u64;
+            }
+            p.units = units.value(i) as u64;
+            p.spend_micros = spend.value(i);
+            p.first_ts = first.value(i);
+            p.last_ts = last.value(i);
+            p.last_purchase_ts = last_buy.is_valid(i).then(|| last_buy.value(i));
+            if cats.is_valid(i) {
+                let names = cats.value(i);
+                let values = scores.value(i);
+                let (names, values) = (
+                    names.as_string::<i32>(),
+                    values.as_primitive::<Float64Type>(),
+                );
+                for j in 0..names.len() {
+                    p.affinity
+                        .insert(names.value(j).to_string(), values.value(j));
+                }
+            }
+            if items.is_valid(i) {
+                let ids = items.value(i);
+                let ts = items_ts.value(i);
+                let (ids, ts) = (ids.as_string::<i32>(), ts.as_primitive::<Int64Type>());
+                p.recent_items = (0..ids.len())
+                    .map(|j| (ids.value(j).to_string(), ts.value(j)))
+                    .collect();
+            }
+            out.insert(users.value(i).to_string(), p);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of the items view as [`ItemStats`], by item.
+pub fn items_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, ItemStats>> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let c = Columns(b);
+        let ids = c.strings("item_id")?;
+        let counts: Vec<_> = COUNT_COLUMNS
+            .iter()
+            .map(|n| c.i64s(n))
+            .collect::<Result<_>>()?;
+        let (units, revenue) = (c.i64s("units")?, c.i64s("revenue_micros")?);
+        let popularity = c.get("popularity")?.as_primitive::<Float64Type>().clone();
+        let (category, category_ts) = (c.strings("category")?, c.i64s("category_ts")?);
+        for i in 0..b.num_rows() {
+            let mut s = ItemStats::default();
+            for (k, col) in counts.iter().enumerate() {
+                s.counts[k] = col.value(i) as u64;
+            }
+            s.units = units.value(i) as u64;
+            s.revenue_micros = revenue.value(i);
+            s.popularity = if popularity.is_valid(i) {
+                popularity.value(i)
+            } else {
+                f64::NEG_INFINITY
+            };
+            s.category = category
+                .is_valid(i)
+                .then(|| (category.value(i).to_string(), category_ts.value(i)));
+            out.insert(ids.value(i).to_string(), s);
+        }
+    }
+    Ok(out)
+}
+
+/// The count columns of both views, in [`Kind::ALL`](tandem_common::event::Kind::ALL) order.
+const COUNT_COLUMNS: [&str; 7] = [
+    "views",
+    "clicks",
+    "add_to_carts",
+    "remove_from_carts",
+    "purchases",
+    "searches",
+    "rates",
+];
+
+struct Columns<'a>(&'a RecordBatch);
+
+impl Columns<'_> {
+    fn get(&self, name: &str) -> Result<&ArrayRef> {
+        self.0
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("view has no column `{name}`")))
+    }
+    fn strings(&self, name: &str) -> Result<StringArray> {
+        let a = cast(self.get(name)?, &DataType::Utf8)?;
+        Ok(a.as_string::<i32>().clone())
+    }
+    fn i64s(&self, name: &str) -> Result<Int64Array> {
+        let a = cast(self.get(name)?, &DataType::Int64)?;
+        Ok(a.as_primitive::<Int64Type>().clone())
+    }
+    fn list(&self, name: &str) -> Result<ListArray> {
+        self.get(name)?
+            .as_list_opt::<i32>()
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("view column `{name}` is not a list")))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+-- Items: one row per item, the features of tandem_common::features::ItemStats.
+-- Reads the view `events`; ${R}, ${TAU}, ${C} as in profiles.sql.
+WITH e AS (
+    SELECT item_id, kind, category, price, quantity, CAST(ts AS BIGINT) AS ts_ms,
+           CASE kind WHEN 'view' THEN 1.0 WHEN 'click' THEN 2.0 WHEN 'add_to_cart' THEN 4.0
+                     WHEN 'purchase' THEN 8.0 WHEN 'search' THEN 1.0 WHEN 'rate' THEN 2.0
+                     ELSE 0.0 END AS w
+    FROM events
+    WHERE item_id IS NOT NULL
+),
+base AS (
+    SELECT item_id,
+           count(*) FILTER (WHERE kind = 'view')             AS views,
+           count(*) FILTER (WHERE kind = 'click')            AS clicks,
+           count(*) FILTER (WHERE kind = 'add_to_cart')      AS add_to_carts,
+           count(*) FILTER (WHERE kind = 'remove_from_cart') AS remove_from_carts,
+           count(*) FILTER (WHERE kind = 'purchase')         AS purchases,
+           count(*) FILTER (WHERE kind = 'search')           AS searches,
+           count(*) FILTER (WHERE kind = 'rate')             AS rates,
+           coalesce(sum(CAST(quantity AS BIGINT)) FILTER (WHERE kind = 'purchase'), 0) AS units,
+           coalesce(sum(CAST(round(price * 1000000) AS BIGINT) * quantity) FILTER (WHERE kind = 'purchase'), 0)
+                                                             AS revenue_micros,
+           ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C})) FILTER (WHERE w > 0)) AS popularity
+    FROM e
+    GROUP BY item_id
+),
+-- The category of the latest event naming one; at the same time, the greater name.
+latest_category AS (
+    SELECT item_id, category, ts_ms AS category_ts
+    FROM (SELECT item_id, category, ts_ms,
+                 row_number() OVER (PARTITION BY item_id ORDER BY ts_ms DESC, category DESC) AS rank
+          FROM e WHERE category IS NOT NULL)
+    WHERE rank = 1
+)
+SELECT b.*, c.category, c.category_ts
+FROM base b
+LEFT JOIN latest_category c ON c.item_id = b.item_id

@@ -1,0 +1,65 @@
+-- Profiles: one row per user, the features of tandem_common::features::Profile.
+-- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
+-- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
+-- ${C}: a shift near the cutoff, so that exp() neither overflows nor loses the recent events.
+WITH e AS (
+    SELECT user_id, kind, item_id, category, price, quantity,
+           CAST(ts AS BIGINT) AS ts_ms
+    FROM events
+),
+base AS (
+    SELECT user_id,
+           count(*) FILTER (WHERE kind = 'view')             AS views,
+           count(*) FILTER (WHERE kind = 'click')            AS clicks,
+           count(*) FILTER (WHERE kind = 'add_to_cart')      AS add_to_carts,
+           count(*) FILTER (WHERE kind = 'remove_from_cart') AS remove_from_carts,
+           count(*) FILTER (WHERE kind = 'purchase')         AS purchases,
+           count(*) FILTER (WHERE kind = 'search')           AS searches,
+           count(*) FILTER (WHERE kind = 'rate')             AS rates,
+           coalesce(sum(CAST(quantity AS BIGINT)) FILTER (WHERE kind = 'purchase'), 0) AS units,
+           coalesce(sum(CAST(round(price * 1000000) AS BIGINT) * quantity) FILTER (WHERE kind = 'purchase'), 0)
+                                                             AS spend_micros,
+           min(ts_ms)                                        AS first_ts,
+           max(ts_ms)                                        AS last_ts,
+           max(ts_ms) FILTER (WHERE kind = 'purchase')       AS last_purchase_ts
+    FROM e
+    GROUP BY user_id
+),
+weighted AS (
+    SELECT user_id, category, ts_ms,
+           CASE kind WHEN 'view' THEN 1.0 WHEN 'click' THEN 2.0 WHEN 'add_to_cart' THEN 4.0
+                     WHEN 'purchase' THEN 8.0 WHEN 'search' THEN 1.0 WHEN 'rate' THEN 2.0
+                     ELSE 0.0 END AS w
+    FROM e
+    WHERE category IS NOT NULL
+),
+affinity AS (
+    SELECT user_id,
+           array_agg(category ORDER BY category) AS affinity_categories,
+           array_agg(score ORDER BY category)    AS affinity_scores
+    FROM (
+        SELECT user_id, category,
+               ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C}))) AS score
+        FROM weighted
+        WHERE w > 0
+        GROUP BY user_id, category
+    )
+    GROUP BY user_id
+),
+recent AS (
+    SELECT user_id,
+           array_agg(item_id ORDER BY last_ts DESC, item_id) AS recent_items,
+           array_agg(last_ts ORDER BY last_ts DESC, item_id) AS recent_ts
+    FROM (
+        SELECT user_id, item_id, last_ts,
+               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank
+        FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
+              FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
+    )
+    WHERE rank <= ${RECENT}
+    GROUP BY user_id
+)
+SELECT b.*, a.affinity_categories, a.affinity_scores, r.recent_items, r.recent_ts
+FROM base b
+LEFT JOIN affinity a ON a.user_id = b.user_id
+LEFT JOIN recent r ON r.user_id = b.user_id
