@@ -3,11 +3,12 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`cutoff`] | the snapshot cutoff: an epoch boundary at or below the lake's watermark |
 //! | [`context`] | a DataFusion session over the lake: `events_all`, and `events` up to a cutoff, deduplicated |
-//! | [`views`] | the views as SQL files (profiles, items), computing `tandem_common::features` |
+//! | [`views`] | the views as SQL files (profiles, items, similar items); the first two compute `tandem_common::features` |
 //! | [`error`] | the crate's errors |
 //!
-//! Still to come with issue #3: similar items, the models, the snapshot (Parquet + manifest in
+//! Still to come with issue #3: the models, the snapshot (Parquet + manifest in
 //! the lake, materialisation into the online store, the pointer flip) and `tandem batch run`.
 //!
 //! # Example
@@ -25,6 +26,7 @@
 //! ```
 
 pub mod context;
+pub mod cutoff;
 pub mod error;
 pub mod views;
 

@@ -24,17 +24,25 @@ pub enum View {
     Profiles,
     /// One row per item: counts, units, revenue, popularity, category.
     Items,
+    /// Up to [`SIMILAR_K`] rows per item: the items most often in the same sessions.
+    SimilarItems,
 }
+
+/// Similar items kept per item.
+pub const SIMILAR_K: usize = 20;
+/// Items of one session that count toward co-occurrence: bounds the pairs a heavy session adds.
+pub const MAX_SESSION_ITEMS: usize = 50;
 
 impl View {
     /// Every view.
-    pub const ALL: [View; 2] = [View::Profiles, View::Items];
+    pub const ALL: [View; 3] = [View::Profiles, View::Items, View::SimilarItems];
 
     /// The table name of the view.
     pub fn name(self) -> &'static str {
         match self {
             View::Profiles => "profiles",
             View::Items => "items",
+            View::SimilarItems => "similar_items",
         }
     }
 
@@ -43,6 +51,7 @@ impl View {
         match self {
             View::Profiles => include_str!("views/profiles.sql"),
             View::Items => include_str!("views/items.sql"),
+            View::SimilarItems => include_str!("views/similar_items.sql"),
         }
     }
 
@@ -54,6 +63,8 @@ impl View {
             .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
             .replace("${C}", &format!("{shift:.17e}"))
             .replace("${RECENT}", &RECENT_ITEMS.to_string())
+            .replace("${K}", &SIMILAR_K.to_string())
+            .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
     }
 
     /// The view as a DataFrame over `lc` (which must have a cutoff).
@@ -156,6 +167,45 @@ pub fn items_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, ItemStats>
         }
     }
     Ok(out)
+}
+
+/// One similar item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Similar {
+    /// The similar item.
+    pub item: String,
+    /// Sessions holding both.
+    pub co: u64,
+    /// Cosine similarity of the two items' session sets.
+    pub score: f64,
+}
+
+/// The rows of the similar-items view, by item, best first.
+pub fn similar_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<Similar>>> {
+    let mut out: BTreeMap<String, Vec<(i64, Similar)>> = BTreeMap::new();
+    for b in batches {
+        let c = Columns(b);
+        let (items, others) = (c.strings("item_id")?, c.strings("similar_item")?);
+        let (co, rank) = (c.i64s("co")?, c.i64s("rank")?);
+        let score = c.get("score")?.as_primitive::<Float64Type>().clone();
+        for i in 0..b.num_rows() {
+            out.entry(items.value(i).to_string()).or_default().push((
+                rank.value(i),
+                Similar {
+                    item: others.value(i).to_string(),
+                    co: co.value(i) as u64,
+                    score: score.value(i),
+                },
+            ));
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|(rank, _)| *rank);
+            (k, v.into_iter().map(|(_, s)| s).collect())
+        })
+        .collect())
 }
 
 /// The count columns of both views, in [`Kind::ALL`](tandem_common::event::Kind::ALL) order.

@@ -1,6 +1,6 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tandem_common::event::{Event, date_of_ms};
+use tandem_common::event::{Event, Kind, date_of_ms};
 use tandem_common::features::recompute;
 use tandem_common::generate::{GenerateOptions, Generator};
 use tandem_common::lake::{EventFileWriter, Lake, WriterOptions};
@@ -168,4 +168,148 @@ async fn the_events_view_prunes_dates_after_the_cutoff() {
         !text.contains(&format!("date={}", date_of_ms(END - HOUR))),
         "the last day's folder is not scanned:\n{text}"
     );
+}
+
+/// Similar items the plain way: sessions as sets, every pair counted, cosine, top K.
+fn similar_reference(
+    events: &[(Event<'static>, Stamp)],
+    cutoff: i64,
+) -> BTreeMap<String, Vec<Similar>> {
+    use std::collections::{BTreeSet, HashSet};
+    let mut before: Vec<_> = events
+        .iter()
+        .filter(|(_, s)| s.ingest_ts < cutoff)
+        .collect();
+    before.sort_by_key(|(_, s)| (s.ingest_ts, s.partition, s.offset));
+    let mut seen = HashSet::new();
+    let mut sessions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (e, _) in before {
+        if !seen.insert(e.event_id.to_string()) {
+            continue;
+        }
+        let interest = matches!(
+            e.kind,
+            Kind::View | Kind::Click | Kind::AddToCart | Kind::Purchase
+        );
+        if let (Some(item), true) = (&e.item_id, interest) {
+            let s = match &e.session_id {
+                Some(s) => s.to_string(),
+                None => format!("{}:{}", e.user_id, e.ts / 86_400_000),
+            };
+            sessions.entry(s).or_default().insert(item.to_string());
+        }
+    }
+    let mut n: BTreeMap<String, u64> = BTreeMap::new();
+    let mut co: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for items in sessions.values() {
+        let capped: Vec<&String> = items.iter().take(MAX_SESSION_ITEMS).collect();
+        for a in &capped {
+            *n.entry((*a).clone()).or_default() += 1;
+            for b in &capped {
+                if a != b {
+                    *co.entry(((*a).clone(), (*b).clone())).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<String, Vec<Similar>> = BTreeMap::new();
+    for ((a, b), c) in co {
+        let score = c as f64 / (n[&a] as f64 * n[&b] as f64).sqrt();
+        out.entry(a).or_default().push(Similar {
+            item: b,
+            co: c,
+            score,
+        });
+    }
+    for v in out.values_mut() {
+        v.sort_by(|x, y| {
+            y.score
+                .total_cmp(&x.score)
+                .then_with(|| x.item.cmp(&y.item))
+        });
+        v.truncate(SIMILAR_K);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similar_items_equal_a_plain_recomputation() {
+    let mut events = stamped(9);
+    // A few events without a session, which fall back to the user's day.
+    for (e, _) in events.iter_mut().step_by(17) {
+        e.session_id = None;
+    }
+    let lake = lake_of(&events).await;
+    let last = events.iter().map(|(_, s)| s.ingest_ts).max().unwrap();
+    for cutoff in [last / HOUR * HOUR - 24 * HOUR, last / HOUR * HOUR + HOUR] {
+        let lc = LakeContext::new(&lake)
+            .await
+            .unwrap()
+            .with_cutoff(cutoff)
+            .await
+            .unwrap();
+        let got = similar_from(&View::SimilarItems.collect(&lc).await.unwrap()).unwrap();
+        let want = similar_reference(&events, cutoff);
+        assert!(
+            want.len() > 50,
+            "many items have neighbours: {}",
+            want.len()
+        );
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "items with similar items at {cutoff}"
+        );
+        for (item, w) in &want {
+            let g = &got[item];
+            let same = g.len() == w.len()
+                && g.iter().zip(w).all(|(a, b)| {
+                    a.item == b.item && a.co == b.co && (a.score - b.score).abs() < 1e-12
+                });
+            assert!(
+                same,
+                "similar to {item} at {cutoff}:\n got {g:?}\nwant {w:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_heavy_session_adds_bounded_pairs() {
+    // One session touching 500 items: without the cap it would add 249,500 pairs.
+    let mut events = Vec::new();
+    for i in 0..500 {
+        let json = format!(
+            r#"{{"event_id":"h{i}","user_id":"bot","kind":"view","item_id":"i{i:03}","session_id":"s","ts":{}}}"#,
+            END - 10 * HOUR + i
+        );
+        let e = tandem_common::event::parse_event(
+            json.as_bytes(),
+            tandem_common::event::Acceptance::at(END),
+        )
+        .unwrap()
+        .into_owned();
+        events.push((
+            e,
+            Stamp {
+                ingest_ts: END - HOUR,
+                partition: None,
+                offset: None,
+            },
+        ));
+    }
+    let lake = lake_of(&events).await;
+    let lc = LakeContext::new(&lake)
+        .await
+        .unwrap()
+        .with_cutoff(END)
+        .await
+        .unwrap();
+    let got = similar_from(&View::SimilarItems.collect(&lc).await.unwrap()).unwrap();
+    assert_eq!(
+        got.len(),
+        MAX_SESSION_ITEMS,
+        "only the capped items have neighbours"
+    );
+    assert!(got.values().all(|v| v.len() == SIMILAR_K));
 }
