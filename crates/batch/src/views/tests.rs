@@ -122,7 +122,7 @@ async fn views_equal_the_feature_definitions_at_every_cutoff() {
         largest = largest.max(
             want_profiles
                 .values()
-                .filter(|p| p.count(tandem_common::event::Kind::Purchase) > 0)
+                .filter(|p| p.count(Kind::Purchase) > 0)
                 .count(),
         );
         let items = items_from(&View::Items.collect(&lc).await.unwrap()).unwrap();
