@@ -45,4 +45,5 @@ build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
 bench: deps build ## Benchmarks: print figures and ratios, write bench/results/latest.md.
+	$(CARGO) build --release -p tandem-batch --example views_bench
 	bench/run.sh

@@ -63,6 +63,12 @@ printf 'independent readers: DuckDB %s rows, pyarrow %s rows, ingest reported %s
 printf 'peer: DuckDB JSON->Parquet %.0f events/s; tandem ingest / DuckDB = %.2f\n' "$DUCK_RATE" "$(echo "$ING_RATE/$DUCK_RATE" | bc -l)"
 [ "$DUCK_ROWS" = "$ACCEPTED" ] && [ "$PYARROW_ROWS" = "$ACCEPTED" ] || { echo "ROW COUNT MISMATCH"; exit 1; }
 
+# 5. the batch views over the same lake (issue #3, in progress): DataFusion on all cores.
+VB="${CARGO_TARGET_DIR:-target}/release/examples/views_bench"
+"$VB" "file://$WORK/lake" > "$WORK/views.json"
+read -r V_DEDUPE V_PROF V_ITEMS V_SIM V_RSS < <(python3 -c "import json;s=json.load(open('$WORK/views.json'));v=s['views'];print(s['dedupe_scan_seconds'],v['profiles']['seconds'],v['items']['seconds'],v['similar_items']['seconds'],s['peak_rss_mb'])")
+printf 'batch views: dedupe scan %.1f s, profiles %.1f s, items %.1f s, similar_items %.1f s, peak RSS %s MiB\n' "$V_DEDUPE" "$V_PROF" "$V_ITEMS" "$V_SIM" "$V_RSS"
+
 mkdir -p bench/results
 cat > "$OUT" <<MD
 # Tandem benchmark results
@@ -84,5 +90,19 @@ commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUN
 | ingest peak RSS, $HALF events | $(printf '%.0f' "$SMALL_RSS") MiB | |
 | peak RSS ratio, full / half input | $(printf '%.2f' "$(echo "$ING_RSS/$SMALL_RSS" | bc -l)") | ≈ 1 |
 | rows read back by DuckDB / pyarrow / reported by ingest | $DUCK_ROWS / $PYARROW_ROWS / $ACCEPTED | equal |
+
+## Batch views (issue #3, in progress), same lake, one run
+
+Each view is computed from the Parquet files (deduplication included), as \`tandem batch run\` will.
+The DuckDB comparison of the profile SQL and the whole \`batch run\` (training, publishing) are
+not built yet.
+
+| view | seconds |
+|---|---|
+| count of deduplicated events (scan + dedupe) | $(printf '%.1f' "$V_DEDUPE") |
+| profiles | $(printf '%.1f' "$V_PROF") |
+| items | $(printf '%.1f' "$V_ITEMS") |
+| similar_items | $(printf '%.1f' "$V_SIM") |
+| peak RSS of the views program | $V_RSS MiB |
 MD
 echo "wrote $OUT"

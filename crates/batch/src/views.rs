@@ -12,7 +12,10 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::dataframe::DataFrame;
-use tandem_common::features::{DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS};
+use tandem_common::event::Kind;
+use tandem_common::features::{
+    DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS, interest_weight,
+};
 
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
@@ -65,6 +68,7 @@ impl View {
             .replace("${RECENT}", &RECENT_ITEMS.to_string())
             .replace("${K}", &SIMILAR_K.to_string())
             .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
+            .replace("${WEIGHT}", &weight_case())
     }
 
     /// The view as a DataFrame over `lc` (which must have a cutoff).
@@ -167,6 +171,16 @@ pub fn items_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, ItemStats>
         }
     }
     Ok(out)
+}
+
+/// `CASE kind WHEN 'view' THEN 1.0 … ELSE 0.0 END`, from [`interest_weight`]: the weights are
+/// defined once, in Rust.
+fn weight_case() -> String {
+    let arms: String = Kind::ALL
+        .iter()
+        .map(|k| format!(" WHEN '{}' THEN {:?}", k.as_str(), interest_weight(*k)))
+        .collect();
+    format!("CASE kind{arms} ELSE 0.0 END")
 }
 
 /// One similar item.

@@ -1,10 +1,8 @@
 -- Items: one row per item, the features of tandem_common::features::ItemStats.
--- Reads the view `events`; ${R}, ${TAU}, ${C} as in profiles.sql.
+-- Reads the view `events`; ${R}, ${TAU}, ${C}, ${WEIGHT} as in profiles.sql.
 WITH e AS (
     SELECT item_id, kind, category, price, quantity, CAST(ts AS BIGINT) AS ts_ms,
-           CASE kind WHEN 'view' THEN 1.0 WHEN 'click' THEN 2.0 WHEN 'add_to_cart' THEN 4.0
-                     WHEN 'purchase' THEN 8.0 WHEN 'search' THEN 1.0 WHEN 'rate' THEN 2.0
-                     ELSE 0.0 END AS w
+           ${WEIGHT} AS w
     FROM events
     WHERE item_id IS NOT NULL
 ),

@@ -1,7 +1,8 @@
 -- Profiles: one row per user, the features of tandem_common::features::Profile.
 -- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
 -- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
--- ${C}: a shift near the cutoff, so that exp() neither overflows nor loses the recent events.
+-- ${C}: a shift near the cutoff, so that exp() neither overflows nor loses the recent events;
+-- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight.
 WITH e AS (
     SELECT user_id, kind, item_id, category, price, quantity,
            CAST(ts AS BIGINT) AS ts_ms
@@ -27,9 +28,7 @@ base AS (
 ),
 weighted AS (
     SELECT user_id, category, ts_ms,
-           CASE kind WHEN 'view' THEN 1.0 WHEN 'click' THEN 2.0 WHEN 'add_to_cart' THEN 4.0
-                     WHEN 'purchase' THEN 8.0 WHEN 'search' THEN 1.0 WHEN 'rate' THEN 2.0
-                     ELSE 0.0 END AS w
+           ${WEIGHT} AS w
     FROM e
     WHERE category IS NOT NULL
 ),
