@@ -91,10 +91,7 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
     for b in batches {
         let c = Columns(b);
         let users = c.strings("user_id")?;
-        let counts: Vec<_> = COUNT_COLUMNS
-            .iter()
-            .map(|n| c.i64s(n))
-            .collect::<Result<_>>()?;
+        let counts = c.counts()?;
         let (units, spend) = (c.i64s("units")?, c.i64s("spend_micros")?);
         let (first, last, last_buy) = (
             c.i64s("first_ts")?,
@@ -105,9 +102,7 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
         let (items, items_ts) = (c.list("recent_items")?, c.list("recent_ts")?);
         for i in 0..b.num_rows() {
             let mut p = Profile::new();
-            for (k, col) in counts.iter().enumerate() {
-                p.counts[k] = col.value(i) as u64;
-            }
+            p.counts = counts(i);
             p.units = units.value(i) as u64;
             p.spend_micros = spend.value(i);
             p.first_ts = first.value(i);
@@ -145,28 +140,24 @@ pub fn items_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, ItemStats>
     for b in batches {
         let c = Columns(b);
         let ids = c.strings("item_id")?;
-        let counts: Vec<_> = COUNT_COLUMNS
-            .iter()
-            .map(|n| c.i64s(n))
-            .collect::<Result<_>>()?;
+        let counts = c.counts()?;
         let (units, revenue) = (c.i64s("units")?, c.i64s("revenue_micros")?);
         let popularity = c.get("popularity")?.as_primitive::<Float64Type>().clone();
         let (category, category_ts) = (c.strings("category")?, c.i64s("category_ts")?);
         for i in 0..b.num_rows() {
-            let mut s = ItemStats::default();
-            for (k, col) in counts.iter().enumerate() {
-                s.counts[k] = col.value(i) as u64;
-            }
-            s.units = units.value(i) as u64;
-            s.revenue_micros = revenue.value(i);
-            s.popularity = if popularity.is_valid(i) {
-                popularity.value(i)
-            } else {
-                f64::NEG_INFINITY
+            let s = ItemStats {
+                counts: counts(i),
+                units: units.value(i) as u64,
+                revenue_micros: revenue.value(i),
+                popularity: if popularity.is_valid(i) {
+                    popularity.value(i)
+                } else {
+                    f64::NEG_INFINITY
+                },
+                category: category
+                    .is_valid(i)
+                    .then(|| (category.value(i).to_string(), category_ts.value(i))),
             };
-            s.category = category
-                .is_valid(i)
-                .then(|| (category.value(i).to_string(), category_ts.value(i)));
             out.insert(ids.value(i).to_string(), s);
         }
     }
@@ -249,6 +240,15 @@ impl Columns<'_> {
         let a = cast(self.get(name)?, &DataType::Int64)?;
         Ok(a.as_primitive::<Int64Type>().clone())
     }
+    /// The per-kind count columns, read as `[u64; 7]` per row.
+    fn counts(&self) -> Result<impl Fn(usize) -> [u64; 7]> {
+        let cols = COUNT_COLUMNS
+            .iter()
+            .map(|n| self.i64s(n))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(move |i| std::array::from_fn(|k| cols[k].value(i) as u64))
+    }
+
     fn list(&self, name: &str) -> Result<ListArray> {
         self.get(name)?
             .as_list_opt::<i32>()
