@@ -42,6 +42,36 @@ enum Command {
     /// Inspect the lake.
     #[command(subcommand)]
     Lake(LakeCommand),
+    /// The batch layer: recompute the views, retrain the models, publish a snapshot.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// One batch run (the nightly CronJob): exit 0 only when the snapshot is published; one
+    /// JSON summary line on standard output.
+    Run(BatchRunArgs),
+}
+
+#[derive(Args)]
+struct BatchRunArgs {
+    /// The cutoff: `now` (the latest the lake allows) or a time (RFC 3339 or epoch ms), rounded
+    /// down to an epoch boundary.
+    #[arg(long, default_value = "now")]
+    cutoff: String,
+    /// Say what would be done (cutoff, snapshot id, files) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The lake URL [default: lake.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
+    /// The online store URL [default: online_store.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// No progress display even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -156,9 +186,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Generate(args) => generate(args, &config).await,
             Command::Ingest(args) => ingest_command(args, &config).await,
             Command::Lake(LakeCommand::Status) => lake_status(&config).await,
+            Command::Batch(BatchCommand::Run(args)) => batch_run(args, &config).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
+    use tandem_batch::run::{RunOptions, run};
+    use tandem_models::training::TrainOptions;
+    let cutoff_ms = match args.cutoff.as_str() {
+        "now" => None,
+        s => Some(parse_time(s, "--cutoff")?),
+    };
+    let lake = open_lake(args.lake.as_deref(), config)?;
+    let store_url = args
+        .store
+        .as_deref()
+        .unwrap_or(config.online_store.url.expose());
+    if store_url.starts_with("memory://") && !args.dry_run {
+        bail!(
+            "online_store.url is memory://, which lives only inside one process: a batch run would publish into nothing. \
+             Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
+        );
+    }
+    let store = tandem_common::store::open(store_url).await?;
+    let opts = RunOptions {
+        cutoff_ms,
+        dry_run: args.dry_run,
+        now_ms: now_ms(),
+        epoch_ms: config.events.epoch.as_millis() as i64,
+        lease_ms: config.lake.ingest_lease.as_millis() as i64,
+        window_ms: config.batch.window.as_millis() as i64,
+        train: TrainOptions {
+            max_segments: config.batch.max_segments,
+            ..TrainOptions::default()
+        },
+    };
+    let show = !args.no_progress && std::io::stderr().is_terminal();
+    let steps = progress::Steps::new(show);
+    let summary = run(
+        &lake,
+        store.as_ref(),
+        &opts,
+        &tandem_batch::snapshot::NoFaults,
+        &steps,
+    )
+    .await;
+    steps.finish();
+    let summary = summary?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }
 
 fn config_command(cmd: &ConfigCommand, sources: &Sources) -> Result<ExitCode> {

@@ -47,3 +47,35 @@ impl Progress {
         }
     }
 }
+
+/// The batch run's steps, as a spinner on a terminal.
+pub struct Steps(Option<ProgressBar>);
+
+impl Steps {
+    /// A spinner, shown when `show`.
+    pub fn new(show: bool) -> Steps {
+        Steps(show.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        }))
+    }
+
+    /// Removes the spinner.
+    pub fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl tandem_batch::run::Progress for Steps {
+    fn step(&self, step: tandem_batch::snapshot::Step) {
+        if let Some(b) = &self.0 {
+            b.set_message(format!("batch run: {step:?}"));
+        }
+    }
+}

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -72,5 +74,23 @@ impl LakeContext {
         self.ctx.sql(&sql).await?.collect().await?;
         self.cutoff_ms = Some(cutoff_ms);
         Ok(self)
+    }
+
+    /// Computes the `events` view once, keeps the columns the views and the models read in
+    /// memory, and makes `events` that table: the deduplication then runs once per batch run,
+    /// not once per view. Returns the batches.
+    pub async fn materialise(&self) -> Result<Vec<RecordBatch>> {
+        let df = self
+            .ctx
+            .sql(
+                "SELECT user_id, kind, item_id, category, price, quantity, ts, session_id FROM events",
+            )
+            .await?;
+        let schema = df.schema().as_arrow().clone();
+        let batches = df.collect().await?;
+        let table = MemTable::try_new(Arc::new(schema), vec![batches.clone()])?;
+        self.ctx.deregister_table("events")?;
+        self.ctx.register_table("events", Arc::new(table))?;
+        Ok(batches)
     }
 }

@@ -17,6 +17,15 @@ pub enum Error {
     /// The object store failed.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    /// Parquet encoding or decoding of a snapshot file failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// JSON of a snapshot file or store row failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Training failed.
+    #[error("models: {0}")]
+    Models(#[from] tandem_models::Error),
     /// An error of the common crate (the lake, config).
     #[error(transparent)]
     Common(#[from] tandem_common::Error),
@@ -32,7 +41,12 @@ impl Error {
             Error::User(_) => ErrorKind::User,
             Error::ObjectStore(_) => ErrorKind::External,
             Error::Common(e) => e.kind(),
-            Error::DataFusion(_) | Error::Arrow(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Models(e) => e.kind(),
+            Error::DataFusion(_)
+            | Error::Arrow(_)
+            | Error::Parquet(_)
+            | Error::Json(_)
+            | Error::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -6,10 +6,9 @@
 //! | [`cutoff`] | the snapshot cutoff: an epoch boundary at or below the lake's watermark |
 //! | [`context`] | a DataFusion session over the lake: `events_all`, and `events` up to a cutoff, deduplicated |
 //! | [`views`] | the views as SQL files (profiles, items, similar items); the first two compute `tandem_common::features` |
+//! | [`snapshot`] | the snapshot: Parquet + models + manifest in the lake, materialisation, the pointer flip |
+//! | [`run`] | `tandem batch run`: every step in order, with a JSON summary |
 //! | [`error`] | the crate's errors |
-//!
-//! Still to come with issue #3: the models, the snapshot (Parquet + manifest in
-//! the lake, materialisation into the online store, the pointer flip) and `tandem batch run`.
 //!
 //! # Example
 //!
@@ -28,6 +27,8 @@
 pub mod context;
 pub mod cutoff;
 pub mod error;
+pub mod run;
+pub mod snapshot;
 pub mod views;
 
 pub use error::{Error, Result};

@@ -62,6 +62,7 @@ impl View {
     pub fn sql(self, cutoff_ms: i64) -> String {
         let shift = (cutoff_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS;
         self.sql_template()
+            .replace("${CUTOFF_MS}", &format!("{cutoff_ms}.0"))
             .replace("${R}", &format!("{DECAY_REF_MS}.0"))
             .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
             .replace("${C}", &format!("{shift:.17e}"))
@@ -258,4 +259,4 @@ impl Columns<'_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

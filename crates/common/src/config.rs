@@ -30,6 +30,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Event acceptance and epochs.
     pub events: EventsConfig,
+    /// `[batch]`: the nightly batch run.
+    pub batch: BatchConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -113,6 +115,17 @@ pub struct EventsConfig {
     /// Largest accepted lead of event time over ingest time.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Length of the models' training-label period and of the held-out period.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The largest number of user segments tried.
+    pub max_segments: usize,
 }
 
 /// `[log]`.
@@ -302,7 +315,15 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let f = figment(sources, &mut problems);
 
     // Extract section by section so that a bad value in one does not hide those in another.
-    const SECTIONS: [&str; 6] = ["lake", "bus", "online_store", "server", "events", "log"];
+    const SECTIONS: [&str; 7] = [
+        "lake",
+        "bus",
+        "online_store",
+        "server",
+        "events",
+        "batch",
+        "log",
+    ];
     match f.extract::<toml::Table>() {
         Ok(table) => {
             for k in table.keys() {
@@ -350,6 +371,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let online_store = section::<OnlineStoreConfig>(&f, sources, "online_store", &mut problems);
     let server = section::<ServerConfig>(&f, sources, "server", &mut problems);
     let events = section::<EventsConfig>(&f, sources, "events", &mut problems);
+    let batch = section::<BatchConfig>(&f, sources, "batch", &mut problems);
     let log = section::<LogConfig>(&f, sources, "log", &mut problems);
     // Sections that did not parse stand in with their defaults, so the semantic checks of the
     // others still run; problems of a stand-in are not reported (it is the defaults).
@@ -358,6 +380,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         && online_store.is_some()
         && server.is_some()
         && events.is_some()
+        && batch.is_some()
         && log.is_some();
     let d: Config = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
@@ -368,6 +391,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         ("online_store", online_store.is_none()),
         ("server", server.is_none()),
         ("events", events.is_none()),
+        ("batch", batch.is_none()),
         ("log", log.is_none()),
     ]
     .into_iter()
@@ -379,6 +403,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         online_store: online_store.unwrap_or(d.online_store),
         server: server.unwrap_or(d.server),
         events: events.unwrap_or(d.events),
+        batch: batch.unwrap_or(d.batch),
         log: log.unwrap_or(d.log),
     };
     for (key, p) in merged.problems() {
@@ -415,6 +440,21 @@ impl Config {
                 "lake.url",
                 format!("unsupported scheme `{s}`; expected file, memory, s3, gs, az or a path"),
             )),
+        }
+        if self.batch.window < Duration::from_secs(3600) {
+            p.push((
+                "batch.window",
+                format!(
+                    "must be at least 1h, got {}",
+                    humantime::format_duration(self.batch.window)
+                ),
+            ));
+        }
+        if !(2..=64).contains(&self.batch.max_segments) {
+            p.push((
+                "batch.max_segments",
+                format!("must be 2–64, got {}", self.batch.max_segments),
+            ));
         }
         if self.lake.row_group_rows < 1024 {
             p.push((

@@ -48,6 +48,9 @@ pub enum Error {
     /// JSON that Tandem wrote itself could not be read back.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A dependency (the online store) failed; retrying may succeed.
+    #[error("{0}")]
+    External(String),
     /// An invariant was broken.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,7 +62,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Input(_) => ErrorKind::User,
             Error::ObjectStore(object_store::Error::NotFound { .. }) => ErrorKind::User,
-            Error::ObjectStore(_) | Error::Io(_) => ErrorKind::External,
+            Error::ObjectStore(_) | Error::Io(_) | Error::External(_) => ErrorKind::External,
             Error::Arrow(_) | Error::Parquet(_) | Error::Json(_) | Error::Internal(_) => {
                 ErrorKind::Internal
             }

@@ -208,7 +208,9 @@ pub struct ItemStats {
     pub units: u64,
     /// Revenue, micro-units.
     pub revenue_micros: i64,
-    /// Decayed popularity in log space (see the module docs).
+    /// Decayed popularity in log space (see the module docs); −∞ without interest events
+    /// (JSON `null`).
+    #[serde(with = "log_score")]
     pub popularity: f64,
     /// The category of the latest event naming one, with that event's time.
     pub category: Option<(String, i64)>,
@@ -312,6 +314,23 @@ pub fn recompute<'a>(
         }
     }
     (profiles, items)
+}
+
+/// A log-space score in JSON: −∞ (no events) as `null`, which JSON cannot otherwise hold.
+mod log_score {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NEG_INFINITY))
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! | [`schema`] | the lake's Arrow schema and conversion between events and record batches |
 //! | [`config`] | the configuration tree: embedded defaults, file, `TANDEM__…` variables, flags |
 //! | [`lake`] | the Parquet lake in object storage: layout, whole-or-invisible files, ingest watermark |
+//! | [`store`] | the online store: trait, key layout, `memory://` and `redis://` backends |
 //! | [`ingest`] | bulk loading of JSON lines and CSV into the lake, streaming |
 //! | [`generate`] | a synthetic storefront, deterministic by seed |
 //! | [`error`] | the error type and the error kinds all crates share |
@@ -44,8 +45,9 @@ pub mod generate;
 pub mod ingest;
 pub mod lake;
 pub mod schema;
+pub mod store;
 pub mod sys;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
 pub use error::{Error, ErrorKind, Result};

@@ -1,10 +1,44 @@
-//! Tandem's models (DESIGN §6): k-means user segments and the (user, item) ranker, trained with
-//! linfa in the batch layer and inferred in plain Rust by the serving layer.
-//!
-//! Nothing lives here yet; issue #3 builds it. The modules it will hold:
+//! Tandem's models (DESIGN §6): user segments, a (user, item) ranker and a purchase-propensity
+//! model, trained with linfa in the batch layer and inferred in plain Rust by the serving layer.
+//! Depends on nothing but `tandem_common` and linfa.
 //!
 //! | module | what |
 //! |---|---|
-//! | `segments` | k-means over scaled profile features, k chosen by a stated criterion |
-//! | `ranker` | logistic regression over (user, item) features, trained on a time split |
-//! | `eval` | hit rate and NDCG at k against the popularity baseline |
+//! | [`features`] | the model features, from the mergeable profile and item features, versioned |
+//! | [`segments`] | k-means over scaled user features, `k` chosen by the mean silhouette |
+//! | [`linear`] | standardised logistic regression (the ranker, the propensity model), AUC |
+//! | [`candidates`] | candidates by source (similar, category, popular) and ranking |
+//! | [`training`] | the time split, the history fold, training and the offline evaluation |
+//! | [`error`] | the crate's errors |
+//!
+//! # Example
+//!
+//! ```
+//! use tandem_common::generate::{GenerateOptions, Generator};
+//! use tandem_models::training::{History, Split, TrainOptions, train};
+//!
+//! let end = 1_763_769_600_000; // 2025-11-22
+//! let mut generator = Generator::new(GenerateOptions::new(300, 21, 1, end)).unwrap();
+//! let mut history = History::new(Split::new(end, 7 * 86_400_000));
+//! let mut all = Vec::new();
+//! while let Some(e) = generator.next_event() {
+//!     history.add(&e);
+//!     all.push(e);
+//! }
+//! let (profiles, _) = tandem_common::features::recompute(&all);
+//! let models = train(history, &profiles, &TrainOptions::default()).unwrap();
+//! assert!(models.segments.k() >= 2);
+//! println!("hit rate at 10: {:.3}", models.metrics.ranker.hit_rate);
+//! ```
+
+pub mod candidates;
+pub mod error;
+pub mod features;
+pub mod linear;
+pub mod segments;
+pub mod training;
+
+pub use error::{Error, Result};
+
+#[cfg(test)]
+mod tests;

@@ -30,6 +30,7 @@ latest_category AS (
           FROM e WHERE category IS NOT NULL)
     WHERE rank = 1
 )
-SELECT b.*, c.category, c.category_ts
+SELECT b.*, c.category, c.category_ts,
+       CAST(b.purchases AS DOUBLE) / nullif(b.views, 0) AS conversion
 FROM base b
 LEFT JOIN latest_category c ON c.item_id = b.item_id

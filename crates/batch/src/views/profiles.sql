@@ -2,6 +2,7 @@
 -- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
 -- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
 -- ${C}: a shift near the cutoff, so that exp() neither overflows nor loses the recent events;
+-- ${CUTOFF_MS}: the cutoff (epoch ms), for the recency of the RFM columns;
 -- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight.
 WITH e AS (
     SELECT user_id, kind, item_id, category, price, quantity,
@@ -45,20 +46,28 @@ affinity AS (
     )
     GROUP BY user_id
 ),
+-- distinct_items is for analysts only: a distinct count cannot be merged, so it is not served.
 recent AS (
     SELECT user_id,
            array_agg(item_id ORDER BY last_ts DESC, item_id) AS recent_items,
-           array_agg(last_ts ORDER BY last_ts DESC, item_id) AS recent_ts
+           array_agg(last_ts ORDER BY last_ts DESC, item_id) AS recent_ts,
+           max(distinct_items)                               AS distinct_items
     FROM (
         SELECT user_id, item_id, last_ts,
-               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank
+               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank,
+               count(*) OVER (PARTITION BY user_id)                                    AS distinct_items
         FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
               FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
     )
     WHERE rank <= ${RECENT}
     GROUP BY user_id
 )
-SELECT b.*, a.affinity_categories, a.affinity_scores, r.recent_items, r.recent_ts
+SELECT b.*, a.affinity_categories, a.affinity_scores, r.recent_items, r.recent_ts,
+       coalesce(r.distinct_items, 0)                    AS distinct_items,
+       -- recency / frequency / monetary at the cutoff
+       (${CUTOFF_MS} - b.last_ts) / 86400000.0          AS recency_days,
+       b.purchases                                      AS frequency,
+       b.spend_micros / 1000000.0                       AS monetary
 FROM base b
 LEFT JOIN affinity a ON a.user_id = b.user_id
 LEFT JOIN recent r ON r.user_id = b.user_id

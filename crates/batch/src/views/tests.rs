@@ -15,7 +15,12 @@ const END: i64 = 1_763_769_600_000; // 2025-11-22T00:00:00Z
 /// days late, and repeats (same event_id) ingested again up to two days later, so that
 /// duplicates and late events fall on both sides of the cutoffs.
 fn stamped(seed: u64) -> Vec<(Event<'static>, Stamp)> {
-    let mut opts = GenerateOptions::new(150, 4, seed, END);
+    stamped_with(150, 4, seed)
+}
+
+/// [`stamped`] for `users` over `days`.
+pub(crate) fn stamped_with(users: u32, days: u32, seed: u64) -> Vec<(Event<'static>, Stamp)> {
+    let mut opts = GenerateOptions::new(users, days, seed, END);
     opts.dup_rate = 0.05;
     let mut g = Generator::new(opts).unwrap();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -41,7 +46,7 @@ fn stamped(seed: u64) -> Vec<(Event<'static>, Stamp)> {
     out
 }
 
-async fn lake_of(events: &[(Event<'static>, Stamp)]) -> Lake {
+pub(crate) async fn lake_of(events: &[(Event<'static>, Stamp)]) -> Lake {
     let lake = Lake::open("memory://").unwrap();
     let mut sorted: Vec<_> = events.to_vec();
     sorted.sort_by_key(|(_, s)| s.ingest_ts);

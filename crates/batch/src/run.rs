@@ -1,0 +1,562 @@
+//! `tandem batch run`: one whole batch run, fit for a CronJob — pick the cutoff, compute the
+//! views, train the models, write the snapshot into the lake, materialise it into the online
+//! store, flip the pointer, clean up (DESIGN §5). See [`crate::snapshot`] for the guarantees.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    Array, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Schema, TimestampMillisecondType,
+};
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+use tandem_common::event::{Event, Kind, format_rfc3339_ms};
+use tandem_common::features::{ItemStats, Profile};
+use tandem_common::lake::Lake;
+use tandem_common::store::{OnlineStore, Pointer, PopularRow};
+use tandem_models::candidates::Catalog;
+use tandem_models::features::{FEATURE_SCHEMA_VERSION, user_features};
+use tandem_models::training::{History, Models, Split, TrainOptions, train};
+
+use crate::context::LakeContext;
+use crate::error::{Error, Result};
+use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step, snapshot_id};
+use crate::views::{Similar, View, items_from, profiles_from, similar_from};
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The requested cutoff, epoch ms (rounded down to an epoch); `None`: the latest possible.
+    pub cutoff_ms: Option<i64>,
+    /// Only say what would be done.
+    pub dry_run: bool,
+    /// Now, epoch ms.
+    pub now_ms: i64,
+    /// The epoch length, ms.
+    pub epoch_ms: i64,
+    /// The ingest lease, ms (a dead ingest run stops holding the watermark back after it).
+    pub lease_ms: i64,
+    /// The length of the training and the held-out periods, ms.
+    pub window_ms: i64,
+    /// Training options.
+    pub train: TrainOptions,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new snapshot was computed and published.
+    Published,
+    /// The snapshot's files were already in the lake (an earlier run stopped after writing
+    /// them): they were materialised and published without recomputing.
+    Republished,
+    /// The pointer already named this snapshot: nothing to do but clean up.
+    AlreadyPublished,
+    /// `--dry-run`: nothing was written.
+    DryRun,
+}
+
+/// The final summary of a run (one JSON line on stdout).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// The snapshot id.
+    pub snapshot: String,
+    /// The cutoff, RFC 3339.
+    pub cutoff: String,
+    /// The snapshot the pointer named before the run.
+    pub previous: Option<String>,
+    /// Deduplicated events read (0 when nothing was recomputed).
+    pub events: u64,
+    /// Event files under the cutoff's dates (what a run reads at most).
+    pub event_files: usize,
+    /// Rows per output.
+    pub rows: BTreeMap<String, u64>,
+    /// Rows written to the online store.
+    pub store_rows: u64,
+    /// Keys of older snapshots and speed epochs before the cutoff deleted.
+    pub deleted_keys: u64,
+    /// Seconds per step, and `total`.
+    pub durations_s: BTreeMap<String, f64>,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mb: Option<u64>,
+    /// The models' evaluation, or why there are none.
+    pub models: Option<ModelsEntry>,
+}
+
+/// Reports progress: called with each step as it starts.
+pub trait Progress: Send + Sync {
+    /// A step starts.
+    fn step(&self, step: Step);
+}
+
+impl Progress for () {
+    fn step(&self, _: Step) {}
+}
+
+fn name(step: Step) -> &'static str {
+    match step {
+        Step::Views => "views",
+        Step::Train => "train",
+        Step::WriteLake => "write_lake",
+        Step::Materialise => "materialise",
+        Step::Flip => "flip",
+        Step::Cleanup => "cleanup",
+    }
+}
+
+/// Everything a snapshot holds, in memory.
+struct Computed {
+    events: u64,
+    profiles: BTreeMap<String, Profile>,
+    items: BTreeMap<String, ItemStats>,
+    similar: BTreeMap<String, Vec<Similar>>,
+    scores: BTreeMap<String, (u32, f64)>,
+    models: Option<Models>,
+    models_entry: ModelsEntry,
+    rows: BTreeMap<String, u64>,
+    /// The view batches, to write into the lake (None when read back from it).
+    batches: Option<[Vec<RecordBatch>; 3]>,
+}
+
+/// Runs the batch: see the module docs.
+pub async fn run(
+    lake: &Lake,
+    store: &dyn OnlineStore,
+    opts: &RunOptions,
+    checkpoint: &dyn Checkpoint,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let mut durations = BTreeMap::new();
+    let cutoff = crate::cutoff::for_lake(
+        lake,
+        opts.cutoff_ms,
+        opts.now_ms,
+        opts.epoch_ms,
+        opts.lease_ms,
+    )
+    .await?;
+    let id = snapshot_id(cutoff);
+    let previous = store.pointer().await?;
+    if let Some(p) = &previous {
+        if p.cutoff_ms > cutoff {
+            return Err(Error::User(format!(
+                "cutoff {} is before the published snapshot {}'s ({}): the speed epochs before that are deleted, so an older snapshot cannot be served",
+                format_rfc3339_ms(cutoff),
+                p.snapshot,
+                format_rfc3339_ms(p.cutoff_ms)
+            )));
+        }
+    }
+    let cutoff_date = tandem_common::event::date_of_ms(cutoff);
+    let event_files = lake
+        .event_files()
+        .await?
+        .iter()
+        .filter(|f| {
+            f.location
+                .as_ref()
+                .split("date=")
+                .nth(1)
+                .is_some_and(|d| d[..10.min(d.len())] <= cutoff_date[..])
+        })
+        .count();
+    let existing = snapshot::manifest(lake, &id).await?;
+    let new = Pointer {
+        snapshot: id.clone(),
+        cutoff_ms: cutoff,
+    };
+    let mut summary = Summary {
+        outcome: Outcome::DryRun,
+        snapshot: id.clone(),
+        cutoff: format_rfc3339_ms(cutoff),
+        previous: previous.as_ref().map(|p| p.snapshot.clone()),
+        events: 0,
+        event_files,
+        rows: BTreeMap::new(),
+        store_rows: 0,
+        deleted_keys: 0,
+        durations_s: BTreeMap::new(),
+        peak_rss_mb: None,
+        models: existing.as_ref().map(|m| m.models.clone()),
+    };
+    let finish = |mut s: Summary, mut durations: BTreeMap<String, f64>| {
+        durations.insert("total".into(), started.elapsed().as_secs_f64());
+        s.durations_s = durations;
+        s.peak_rss_mb = tandem_common::sys::peak_rss_bytes().map(|b| b >> 20);
+        s
+    };
+    if opts.dry_run {
+        return Ok(finish(summary, durations));
+    }
+    if previous.as_ref() == Some(&new) && existing.is_some() {
+        progress.step(Step::Cleanup);
+        checkpoint.before(Step::Cleanup)?;
+        let (a, b) = snapshot::cleanup(store, &new).await?;
+        summary.deleted_keys = a + b;
+        summary.outcome = Outcome::AlreadyPublished;
+        return Ok(finish(summary, durations));
+    }
+
+    let mut computed = match &existing {
+        Some(m) => {
+            let t = Instant::now();
+            let c = load(lake, m).await?;
+            durations.insert("load".into(), t.elapsed().as_secs_f64());
+            summary.outcome = Outcome::Republished;
+            c
+        }
+        None => {
+            let c = compute(lake, cutoff, opts, checkpoint, progress, &mut durations).await?;
+            summary.outcome = Outcome::Published;
+            c
+        }
+    };
+    summary.events = computed.events;
+    summary.rows = computed.rows.clone();
+    summary.models = Some(computed.models_entry.clone());
+
+    let manifest = match existing {
+        Some(m) => m,
+        None => {
+            progress.step(Step::WriteLake);
+            checkpoint.before(Step::WriteLake)?;
+            let t = Instant::now();
+            let mut m = Manifest {
+                snapshot: id.clone(),
+                cutoff: format_rfc3339_ms(cutoff),
+                cutoff_ms: cutoff,
+                created_at: format_rfc3339_ms(opts.now_ms),
+                code_version: env!("CARGO_PKG_VERSION").to_string(),
+                feature_schema_version: FEATURE_SCHEMA_VERSION,
+                events: computed.events,
+                rows: computed.rows.clone(),
+                durations_s: durations.clone(),
+                models: computed.models_entry.clone(),
+            };
+            write_lake(lake, &id, &computed, &mut m).await?;
+            durations.insert(name(Step::WriteLake).into(), t.elapsed().as_secs_f64());
+            drop(computed.batches.take());
+            m
+        }
+    };
+
+    progress.step(Step::Materialise);
+    checkpoint.before(Step::Materialise)?;
+    let t = Instant::now();
+    let popular = popular_row(&computed.items);
+    let models_json = computed.models.as_ref().map(|m| m.to_json()).transpose()?;
+    summary.store_rows = snapshot::materialise(
+        store,
+        &Materialised {
+            id: &id,
+            profiles: &computed.profiles,
+            scores: &computed.scores,
+            items: &computed.items,
+            similar: &computed.similar,
+            popular: &popular,
+            models: models_json.map(Bytes::from),
+            manifest: &manifest,
+        },
+    )
+    .await?;
+    durations.insert(name(Step::Materialise).into(), t.elapsed().as_secs_f64());
+
+    progress.step(Step::Flip);
+    checkpoint.before(Step::Flip)?;
+    snapshot::flip(store, previous.as_ref(), &new).await?;
+    tracing::info!(snapshot = %id, cutoff = %summary.cutoff, "Published snapshot.");
+
+    progress.step(Step::Cleanup);
+    checkpoint.before(Step::Cleanup)?;
+    let t = Instant::now();
+    let (a, b) = snapshot::cleanup(store, &new).await?;
+    summary.deleted_keys = a + b;
+    durations.insert(name(Step::Cleanup).into(), t.elapsed().as_secs_f64());
+    Ok(finish(summary, durations))
+}
+
+async fn compute(
+    lake: &Lake,
+    cutoff: i64,
+    opts: &RunOptions,
+    checkpoint: &dyn Checkpoint,
+    progress: &dyn Progress,
+    durations: &mut BTreeMap<String, f64>,
+) -> Result<Computed> {
+    progress.step(Step::Views);
+    checkpoint.before(Step::Views)?;
+    let t = Instant::now();
+    let lc = LakeContext::new(lake).await?.with_cutoff(cutoff).await?;
+    let events = lc.materialise().await?;
+    let n_events: u64 = events.iter().map(|b| b.num_rows() as u64).sum();
+    let profile_batches = View::Profiles.collect(&lc).await?;
+    let item_batches = View::Items.collect(&lc).await?;
+    let similar_batches = View::SimilarItems.collect(&lc).await?;
+    let profiles = profiles_from(&profile_batches)?;
+    let items = items_from(&item_batches)?;
+    let similar = similar_from(&similar_batches)?;
+    durations.insert(name(Step::Views).into(), t.elapsed().as_secs_f64());
+
+    progress.step(Step::Train);
+    checkpoint.before(Step::Train)?;
+    let t = Instant::now();
+    // Event time ends at the cutoff, or earlier for history loaded in bulk after the fact.
+    let max_ts = events
+        .iter()
+        .filter_map(|b| b.column_by_name("ts"))
+        .filter_map(|c| {
+            datafusion::arrow::compute::max(c.as_primitive::<TimestampMillisecondType>())
+        })
+        .max();
+    let split = Split::new(
+        max_ts.map_or(cutoff, |t| (t + 1).min(cutoff)),
+        opts.window_ms,
+    );
+    let history = fold_history(&events, split)?;
+    drop(events);
+    drop(lc);
+    let train_opts = opts.train.clone();
+    let profiles_for_training = profiles.clone();
+    let trained =
+        tokio::task::spawn_blocking(move || train(history, &profiles_for_training, &train_opts))
+            .await
+            .map_err(|e| Error::Internal(format!("training task: {e}")))?;
+    let (models, models_entry) = match trained {
+        Ok(m) => {
+            let entry = ModelsEntry::Trained(m.metrics.clone());
+            (Some(m), entry)
+        }
+        Err(tandem_models::Error::NotEnoughData(why)) => {
+            tracing::warn!(reason = %why, "Models not trained.");
+            (None, ModelsEntry::Skipped(why))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let scores: BTreeMap<String, (u32, f64)> = match &models {
+        Some(m) => profiles
+            .iter()
+            .map(|(u, p)| {
+                let f = user_features(p, cutoff);
+                (
+                    u.clone(),
+                    (m.segments.assign(&f) as u32, m.propensity.probability(&f)),
+                )
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
+
+    let mut rows = BTreeMap::new();
+    rows.insert("profiles".into(), profiles.len() as u64);
+    rows.insert("items".into(), items.len() as u64);
+    rows.insert(
+        "similar_items".into(),
+        similar.values().map(|v| v.len() as u64).sum(),
+    );
+    rows.insert("segments".into(), scores.len() as u64);
+    Ok(Computed {
+        events: n_events,
+        profiles,
+        items,
+        similar,
+        scores,
+        models,
+        models_entry,
+        rows,
+        batches: Some([profile_batches, item_batches, similar_batches]),
+    })
+}
+
+/// Folds the deduplicated events into the models' history, on two threads.
+fn fold_history(events: &[RecordBatch], split: Split) -> Result<History> {
+    let half = events.len() / 2;
+    let (a, b) = events.split_at(half);
+    let fold = |part: &[RecordBatch]| -> Result<History> {
+        let mut h = History::new(split);
+        for batch in part {
+            fold_batch(batch, &mut h)?;
+        }
+        Ok(h)
+    };
+    let (ha, hb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| fold(a));
+        let hb = fold(b);
+        (ta.join(), hb)
+    });
+    let mut h = ha.map_err(|_| Error::Internal("history fold panicked".into()))??;
+    h.merge(hb?);
+    Ok(h)
+}
+
+fn fold_batch(b: &RecordBatch, h: &mut History) -> Result<()> {
+    let col = |n: &str| {
+        b.column_by_name(n)
+            .ok_or_else(|| Error::Internal(format!("events have no column `{n}`")))
+    };
+    let utf8 = |n: &str| -> Result<StringArray> {
+        Ok(cast(col(n)?, &DataType::Utf8)?.as_string::<i32>().clone())
+    };
+    let (users, kinds, items, cats) = (
+        utf8("user_id")?,
+        utf8("kind")?,
+        utf8("item_id")?,
+        utf8("category")?,
+    );
+    let price = cast(col("price")?, &DataType::Float64)?;
+    let price = price.as_primitive::<Float64Type>();
+    let qty = cast(col("quantity")?, &DataType::UInt32)?;
+    let qty = qty.as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    let ts = col("ts")?.as_primitive::<TimestampMillisecondType>();
+    fn opt(a: &StringArray, i: usize) -> Option<std::borrow::Cow<'_, str>> {
+        a.is_valid(i)
+            .then(|| std::borrow::Cow::Borrowed(a.value(i)))
+    }
+    for i in 0..b.num_rows() {
+        let kind = Kind::parse(kinds.value(i)).ok_or_else(|| {
+            Error::Internal(format!("unknown kind `{}` in the lake", kinds.value(i)))
+        })?;
+        let e = Event {
+            event_id: std::borrow::Cow::Borrowed(""),
+            user_id: std::borrow::Cow::Borrowed(users.value(i)),
+            kind,
+            item_id: opt(&items, i),
+            category: opt(&cats, i),
+            price: price.is_valid(i).then(|| price.value(i)),
+            quantity: if qty.is_valid(i) { qty.value(i) } else { 1 },
+            rating: None,
+            query: None,
+            ts: ts.value(i),
+            session_id: None,
+            props: None,
+        };
+        h.add(&e);
+    }
+    Ok(())
+}
+
+/// The popular lists: top items overall and per category.
+fn popular_row(items: &BTreeMap<String, ItemStats>) -> PopularRow {
+    let map: HashMap<String, ItemStats> =
+        items.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let catalog = Catalog::new(map, POPULAR_TOP);
+    PopularRow {
+        overall: catalog.popular,
+        by_category: catalog.by_category.into_iter().collect(),
+    }
+}
+
+/// Items kept in each popular list.
+pub const POPULAR_TOP: usize = 100;
+
+fn segments_batch(
+    scores: &BTreeMap<String, (u32, f64)>,
+    models: Option<&Models>,
+) -> Result<RecordBatch> {
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("segment", DataType::UInt32, false),
+        Field::new("segment_label", DataType::Utf8, true),
+        Field::new("propensity", DataType::Float64, false),
+    ]));
+    let label = |s: u32| models.and_then(|m| m.segments.labels.get(s as usize).cloned());
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(StringArray::from_iter_values(scores.keys())),
+            std::sync::Arc::new(UInt32Array::from_iter_values(scores.values().map(|v| v.0))),
+            std::sync::Arc::new(StringArray::from_iter(scores.values().map(|v| label(v.0)))),
+            std::sync::Arc::new(Float64Array::from_iter_values(scores.values().map(|v| v.1))),
+        ],
+    )?)
+}
+
+async fn write_lake(lake: &Lake, id: &str, c: &Computed, manifest: &mut Manifest) -> Result<()> {
+    let [p, i, s] = c
+        .batches
+        .as_ref()
+        .ok_or_else(|| Error::Internal("no view batches to write".into()))?;
+    for (name, batches) in [("profiles", p), ("items", i), ("similar_items", s)] {
+        snapshot::put_file(
+            lake,
+            id,
+            &format!("{name}.parquet"),
+            snapshot::parquet_bytes(batches)?,
+        )
+        .await?;
+    }
+    let seg = segments_batch(&c.scores, c.models.as_ref())?;
+    snapshot::put_file(
+        lake,
+        id,
+        "segments.parquet",
+        snapshot::parquet_bytes(&[seg])?,
+    )
+    .await?;
+    if let Some(m) = &c.models {
+        snapshot::put_file(lake, id, "models.json", Bytes::from(m.to_json()?)).await?;
+    }
+    // Last: the manifest marks the snapshot complete.
+    snapshot::put_file(
+        lake,
+        id,
+        "manifest.json",
+        Bytes::from(serde_json::to_vec_pretty(manifest)?),
+    )
+    .await
+}
+
+/// A complete snapshot read back from the lake, to publish it without recomputing.
+async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
+    let id = &m.snapshot;
+    let profiles = profiles_from(&snapshot::read_parquet(lake, id, "profiles.parquet").await?)?;
+    let items = items_from(&snapshot::read_parquet(lake, id, "items.parquet").await?)?;
+    let similar = similar_from(&snapshot::read_parquet(lake, id, "similar_items.parquet").await?)?;
+    let mut scores = BTreeMap::new();
+    for b in snapshot::read_parquet(lake, id, "segments.parquet").await? {
+        let users = cast(b.column(0), &DataType::Utf8)?;
+        let users = users.as_string::<i32>();
+        let seg = b
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+        let prop = b.column(3).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            scores.insert(users.value(i).to_string(), (seg.value(i), prop.value(i)));
+        }
+    }
+    let models = match &m.models {
+        ModelsEntry::Trained(_) => {
+            let bytes = lake
+                .store()
+                .get(&lake.path(&snapshot::file_path(id, "models.json")))
+                .await?
+                .bytes()
+                .await?;
+            Some(Models::from_json(&bytes)?)
+        }
+        ModelsEntry::Skipped(_) => None,
+    };
+    Ok(Computed {
+        events: m.events,
+        profiles,
+        items,
+        similar,
+        scores,
+        models,
+        models_entry: m.models.clone(),
+        rows: m.rows.clone(),
+        batches: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+//! Whole batch runs over a generated lake, into `memory://` and a real `redis-server`.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tandem_common::features::recompute;
+use tandem_common::store::{
+    ItemRow, MemoryStore, PopularRow, RedisStore, UserRow, epoch_key, item_key, snapshot_key,
+    user_key,
+};
+use tandem_common::testkit::RedisServer;
+
+use super::*;
+use crate::error::ErrorKind;
+use crate::views::tests::{lake_of, stamped_with};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+const END: i64 = 1_763_769_600_000; // 2025-11-22T00:00:00Z
+
+fn options(cutoff_ms: Option<i64>) -> RunOptions {
+    RunOptions {
+        cutoff_ms,
+        dry_run: false,
+        now_ms: END + 4 * DAY,
+        epoch_ms: HOUR,
+        lease_ms: 10 * 60_000,
+        window_ms: 5 * DAY,
+        train: TrainOptions::default(),
+    }
+}
+
+/// Fails before one step.
+struct FailAt(Step);
+
+impl Checkpoint for FailAt {
+    fn before(&self, step: Step) -> Result<()> {
+        if step == self.0 {
+            Err(Error::Internal(format!("injected failure before {step:?}")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
+    let events = stamped_with(400, 16, 11);
+    let lake = lake_of(&events).await;
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let cutoff = END + 2 * DAY;
+
+    let s = run(
+        &lake,
+        &store,
+        &options(Some(cutoff + 1)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.outcome, Outcome::Published);
+    assert_eq!(s.snapshot, "20251124T0000Z");
+    let pointer = store.pointer().await.unwrap().unwrap();
+    assert_eq!(
+        (pointer.snapshot.as_str(), pointer.cutoff_ms),
+        ("20251124T0000Z", cutoff)
+    );
+
+    // What serving reads equals the plain-Rust recomputation over the same events.
+    let mut before: Vec<_> = events
+        .iter()
+        .filter(|(_, st)| st.ingest_ts < cutoff)
+        .collect();
+    before.sort_by_key(|(_, st)| (st.ingest_ts, st.partition, st.offset));
+    let (profiles, items) = recompute(before.into_iter().map(|(e, _)| e));
+    assert_eq!(s.rows["profiles"], profiles.len() as u64);
+    let keys: Vec<String> = profiles.keys().map(|u| user_key(u, &s.snapshot)).collect();
+    for ((user, want), got) in profiles.iter().zip(store.get(&keys).await.unwrap()) {
+        let row: UserRow = serde_json::from_slice(&got.unwrap()).unwrap();
+        assert!(
+            row.profile.approx_eq(want),
+            "{user}: {:?} != {want:?}",
+            row.profile
+        );
+        assert!(row.segment.is_some() && row.propensity.is_some());
+    }
+    let keys: Vec<String> = items.keys().map(|i| item_key(i, &s.snapshot)).collect();
+    for ((item, want), got) in items.iter().zip(store.get(&keys).await.unwrap()) {
+        let row: ItemRow = serde_json::from_slice(&got.unwrap()).unwrap();
+        assert!(row.stats.approx_eq(want), "{item}");
+    }
+    let wide = store
+        .get(&[
+            snapshot_key(&s.snapshot, "popular"),
+            snapshot_key(&s.snapshot, "models"),
+            snapshot_key(&s.snapshot, "manifest"),
+        ])
+        .await
+        .unwrap();
+    let popular: PopularRow = serde_json::from_slice(wide[0].as_ref().unwrap()).unwrap();
+    assert!(!popular.overall.is_empty() && !popular.by_category.is_empty());
+    let models = Models::from_json(wide[1].as_ref().unwrap()).unwrap();
+    let manifest: Manifest = serde_json::from_slice(wide[2].as_ref().unwrap()).unwrap();
+    assert_eq!(manifest.cutoff_ms, cutoff);
+    assert_eq!(
+        manifest.models,
+        ModelsEntry::Trained(models.metrics.clone())
+    );
+    assert_eq!(
+        snapshot::manifest(&lake, &s.snapshot).await.unwrap(),
+        Some(manifest.clone())
+    );
+    for f in ["profiles", "items", "similar_items", "segments"] {
+        let rows: usize = snapshot::read_parquet(&lake, &s.snapshot, &format!("{f}.parquet"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows as u64, s.rows[f], "{f}");
+    }
+
+    // The same cutoff again: nothing recomputed, nothing rewritten.
+    let again = run(
+        &lake,
+        &store,
+        &options(Some(cutoff)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.outcome, Outcome::AlreadyPublished);
+    assert_eq!(
+        snapshot::manifest(&lake, &s.snapshot).await.unwrap(),
+        Some(manifest)
+    );
+
+    // An older cutoff is refused: its speed epochs are gone.
+    let err = run(
+        &lake,
+        &store,
+        &options(Some(cutoff - HOUR)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("before the published snapshot"), "{err}");
+
+    // A dry run says what it would do and writes nothing.
+    let mut dry = options(Some(cutoff + DAY));
+    dry.dry_run = true;
+    let d = run(&lake, &store, &dry, &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.outcome, d.snapshot.as_str()),
+        (Outcome::DryRun, "20251125T0000Z")
+    );
+    assert!(d.event_files > 0);
+    assert_eq!(store.pointer().await.unwrap().unwrap().snapshot, s.snapshot);
+    assert_eq!(
+        snapshot::manifest(&lake, "20251125T0000Z").await.unwrap(),
+        None
+    );
+}
+
+/// A store whose writes fail after the first `ok` calls (a Redis going away mid-run).
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryStore,
+    ok: Mutex<u32>,
+}
+
+#[async_trait]
+impl OnlineStore for Flaky {
+    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
+        {
+            let mut ok = self.ok.lock().unwrap();
+            if *ok == 0 {
+                return Err(tandem_common::Error::External(
+                    "injected: connection reset".into(),
+                ));
+            }
+            *ok -= 1;
+        }
+        self.inner.put(rows).await
+    }
+    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
+        self.inner.get(keys).await
+    }
+    async fn pointer(&self) -> tandem_common::Result<Option<Pointer>> {
+        self.inner.pointer().await
+    }
+    async fn flip(&self, e: Option<&Pointer>, n: &Pointer) -> tandem_common::Result<bool> {
+        self.inner.flip(e, n).await
+    }
+    async fn drop_snapshots_except(&self, keep: &str) -> tandem_common::Result<u64> {
+        self.inner.drop_snapshots_except(keep).await
+    }
+    async fn drop_epochs_before(&self, c: i64) -> tandem_common::Result<u64> {
+        self.inner.drop_epochs_before(c).await
+    }
+}
+
+#[tokio::test]
+async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
+    let events = stamped_with(150, 12, 3);
+    let (c1, c2) = (END - DAY, END + DAY);
+    let store = Flaky {
+        inner: MemoryStore::default(),
+        ok: Mutex::new(u32::MAX),
+    };
+    let lake = lake_of(&events).await;
+    let first = run(&lake, &store, &options(Some(c1)), &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    // Speed epochs on both sides of the next cutoff.
+    let speed = [epoch_key("user-x", c2 - HOUR), epoch_key("user-x", c2)];
+    let rows: Vec<(String, Bytes)> = speed
+        .iter()
+        .map(|k| (k.clone(), Bytes::from_static(b"d")))
+        .collect();
+    store.put(&rows).await.unwrap();
+    let served = |keys: Vec<String>| {
+        let store = &store;
+        async move {
+            store
+                .get(&keys)
+                .await
+                .unwrap()
+                .into_iter()
+                .all(|v| v.is_some())
+        }
+    };
+    let first_keys: Vec<String> = store
+        .inner
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.contains(&first.snapshot))
+        .collect();
+    assert!(first_keys.len() > 150);
+
+    for step in Step::ALL {
+        let err = run(&lake, &store, &options(Some(c2)), &FailAt(step), &())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected"), "{step:?}: {err}");
+        let pointer = store.pointer().await.unwrap().unwrap();
+        if step == Step::Cleanup {
+            // Flipped already: serving reads the new snapshot, complete; the rest is garbage
+            // that the next run removes.
+            assert_eq!(pointer.cutoff_ms, c2);
+            let new_keys: Vec<String> = store
+                .inner
+                .keys()
+                .unwrap()
+                .into_iter()
+                .filter(|k| k.contains("20251123"))
+                .collect();
+            assert!(served(new_keys).await);
+        } else {
+            assert_eq!(pointer.snapshot, first.snapshot, "{step:?}");
+            assert!(
+                served(first_keys.clone()).await,
+                "{step:?}: a key of the served snapshot is gone"
+            );
+        }
+        assert!(
+            served(speed.to_vec()).await,
+            "{step:?}: speed epochs deleted early"
+        );
+    }
+
+    // A store failing its writes during materialisation changes nothing served either.
+    let fresh = Flaky {
+        inner: MemoryStore::default(),
+        ok: Mutex::new(u32::MAX),
+    };
+    let a = run(&lake, &fresh, &options(Some(c1)), &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    *fresh.ok.lock().unwrap() = 0;
+    let err = run(&lake, &fresh, &options(Some(c2)), &snapshot::NoFaults, &())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::External, "{err}");
+    assert_eq!(fresh.pointer().await.unwrap().unwrap().snapshot, a.snapshot);
+
+    // Once the failures stop, the run completes: the previous snapshot and the old epochs go.
+    let done = run(&lake, &store, &options(Some(c2)), &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    assert_eq!(
+        done.outcome,
+        Outcome::AlreadyPublished,
+        "the cleanup-step failure had flipped"
+    );
+    assert!(
+        store
+            .inner
+            .keys()
+            .unwrap()
+            .iter()
+            .all(|k| !k.contains(&first.snapshot))
+    );
+    let left = store.get(&speed).await.unwrap();
+    assert_eq!((left[0].is_some(), left[1].is_some()), (false, true));
+}
+
+#[tokio::test]
+async fn a_snapshot_written_to_the_lake_is_published_without_recomputing() {
+    let events = stamped_with(150, 12, 5);
+    let lake = lake_of(&events).await;
+    let store = MemoryStore::default();
+    let err = run(
+        &lake,
+        &store,
+        &options(Some(END)),
+        &FailAt(Step::Materialise),
+        &(),
+    )
+    .await;
+    assert!(err.is_err());
+    assert_eq!(store.pointer().await.unwrap(), None);
+    let s = run(&lake, &store, &options(Some(END)), &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    assert_eq!(s.outcome, Outcome::Republished);
+    assert!(!s.durations_s.contains_key("views"), "{:?}", s.durations_s);
+    let fresh = MemoryStore::default();
+    let f = run(&lake, &fresh, &options(Some(END)), &snapshot::NoFaults, &())
+        .await
+        .unwrap();
+    assert_eq!(f.store_rows, s.store_rows);
+    assert_eq!(store.keys().unwrap(), fresh.keys().unwrap());
+}

@@ -1,0 +1,283 @@
+//! The snapshot (DESIGN §5): the views as Parquet, the models and `manifest.json` under
+//! `snapshots/<id>/` in the lake; then materialised into the online store under keys carrying
+//! the id, the pointer flipped, and only then the previous snapshots' keys and the speed epochs
+//! before the cutoff deleted.
+//!
+//! The id is the cutoff (`20251122T0000Z`): the same cutoff reads the same events, so it makes
+//! the same snapshot, and a second run reuses the first one's files instead of recomputing.
+//! `manifest.json` is written last: a snapshot folder without it is an unfinished run's, and is
+//! rewritten.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tandem_common::event::format_rfc3339_ms;
+use tandem_common::features::{ItemStats, Profile};
+use tandem_common::lake::Lake;
+use tandem_common::store::{
+    ItemRow, OnlineStore, Pointer, PopularRow, UserRow, item_key, snapshot_key, user_key,
+};
+
+use crate::error::{Error, Result};
+use crate::views::Similar;
+
+/// The lake folder of snapshots.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// Rows written to the online store per call (each call is pipelined).
+const MATERIALISE_CHUNK: usize = 10_000;
+
+/// The snapshot id of a cutoff: `YYYYMMDDTHHMMZ`.
+pub fn snapshot_id(cutoff_ms: i64) -> String {
+    let t = format_rfc3339_ms(cutoff_ms); // 2025-11-22T01:00:00.000Z
+    format!(
+        "{}{}{}T{}{}Z",
+        &t[0..4],
+        &t[5..7],
+        &t[8..10],
+        &t[11..13],
+        &t[14..16]
+    )
+}
+
+/// The lake path of a file of snapshot `id`.
+pub fn file_path(id: &str, name: &str) -> String {
+    format!("{SNAPSHOTS_DIR}/{id}/{name}")
+}
+
+/// The steps of a run, in order; a failure at any of them leaves what serving reads unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Computing the views over the lake.
+    Views,
+    /// Training and evaluating the models.
+    Train,
+    /// Writing the snapshot's files into the lake.
+    WriteLake,
+    /// Writing the snapshot's rows into the online store.
+    Materialise,
+    /// Moving the pointer to the new snapshot.
+    Flip,
+    /// Deleting older snapshots' keys and speed epochs before the cutoff.
+    Cleanup,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 6] = [
+        Step::Views,
+        Step::Train,
+        Step::WriteLake,
+        Step::Materialise,
+        Step::Flip,
+        Step::Cleanup,
+    ];
+}
+
+/// Called before each step; a test makes one fail to check that nothing serving reads changes.
+pub trait Checkpoint: Send + Sync {
+    /// Ok to go on with `step`.
+    fn before(&self, step: Step) -> Result<()>;
+}
+
+/// No failures.
+pub struct NoFaults;
+
+impl Checkpoint for NoFaults {
+    fn before(&self, _: Step) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The manifest of a snapshot (`snapshots/<id>/manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The snapshot id.
+    pub snapshot: String,
+    /// The cutoff, RFC 3339.
+    pub cutoff: String,
+    /// The cutoff, epoch ms.
+    pub cutoff_ms: i64,
+    /// When the run that made it started, RFC 3339.
+    pub created_at: String,
+    /// The `tandem` version that made it.
+    pub code_version: String,
+    /// The feature schema version of the models.
+    pub feature_schema_version: u32,
+    /// Deduplicated events read (`ingest_ts < cutoff`).
+    pub events: u64,
+    /// Rows per output file.
+    pub rows: BTreeMap<String, u64>,
+    /// Seconds per step of the run that made it.
+    pub durations_s: BTreeMap<String, f64>,
+    /// The models' offline evaluation, or why there are no models.
+    pub models: ModelsEntry,
+}
+
+/// The models of a snapshot, in its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelsEntry {
+    /// Trained; `models.json` holds them, with these metrics.
+    Trained(tandem_models::training::Metrics),
+    /// Not trained, and why (too little history, say); serving ranks by popularity.
+    Skipped(String),
+}
+
+/// Parquet bytes of `batches` (zstd).
+pub fn parquet_bytes(batches: &[RecordBatch]) -> Result<Bytes> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| Error::Internal("no batches to write (not even an empty one)".into()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(Bytes::from(out))
+}
+
+/// Writes a file of snapshot `id`.
+pub async fn put_file(lake: &Lake, id: &str, name: &str, bytes: Bytes) -> Result<()> {
+    lake.store()
+        .put(&lake.path(&file_path(id, name)), PutPayload::from(bytes))
+        .await?;
+    Ok(())
+}
+
+/// Reads a Parquet file of snapshot `id`.
+pub async fn read_parquet(lake: &Lake, id: &str, name: &str) -> Result<Vec<RecordBatch>> {
+    let bytes = lake
+        .store()
+        .get(&lake.path(&file_path(id, name)))
+        .await?
+        .bytes()
+        .await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// The manifest of snapshot `id`, if that snapshot is complete in the lake.
+pub async fn manifest(lake: &Lake, id: &str) -> Result<Option<Manifest>> {
+    Ok(lake.get_json(&file_path(id, "manifest.json")).await?)
+}
+
+/// What a snapshot materialises: per user, per item, and snapshot-wide rows.
+pub struct Materialised<'a> {
+    /// The snapshot id.
+    pub id: &'a str,
+    /// Profiles by user.
+    pub profiles: &'a BTreeMap<String, Profile>,
+    /// Segment and propensity by user.
+    pub scores: &'a BTreeMap<String, (u32, f64)>,
+    /// Item stats by item.
+    pub items: &'a BTreeMap<String, ItemStats>,
+    /// Similar items by item.
+    pub similar: &'a BTreeMap<String, Vec<Similar>>,
+    /// The popular lists.
+    pub popular: &'a PopularRow,
+    /// The models' JSON, if trained.
+    pub models: Option<Bytes>,
+    /// The manifest.
+    pub manifest: &'a Manifest,
+}
+
+/// Writes a snapshot's rows into the store, pipelined in chunks; returns the rows written.
+pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Result<u64> {
+    let mut chunk: Vec<(String, Bytes)> = Vec::with_capacity(MATERIALISE_CHUNK);
+    let mut written = 0u64;
+    async fn flush(
+        store: &dyn OnlineStore,
+        chunk: &mut Vec<(String, Bytes)>,
+        written: &mut u64,
+    ) -> Result<()> {
+        store.put(chunk).await?;
+        *written += chunk.len() as u64;
+        chunk.clear();
+        Ok(())
+    }
+    for (user, profile) in m.profiles {
+        let (segment, propensity) = match m.scores.get(user) {
+            Some((s, p)) => (Some(*s), Some(*p)),
+            None => (None, None),
+        };
+        let row = UserRow {
+            profile: profile.clone(),
+            segment,
+            propensity,
+        };
+        chunk.push((user_key(user, m.id), Bytes::from(serde_json::to_vec(&row)?)));
+        if chunk.len() == MATERIALISE_CHUNK {
+            flush(store, &mut chunk, &mut written).await?;
+        }
+    }
+    for (item, stats) in m.items {
+        let similar = m
+            .similar
+            .get(item)
+            .map(|v| v.iter().map(|s| (s.item.clone(), s.score)).collect())
+            .unwrap_or_default();
+        let row = ItemRow {
+            stats: stats.clone(),
+            similar,
+        };
+        chunk.push((item_key(item, m.id), Bytes::from(serde_json::to_vec(&row)?)));
+        if chunk.len() == MATERIALISE_CHUNK {
+            flush(store, &mut chunk, &mut written).await?;
+        }
+    }
+    chunk.push((
+        snapshot_key(m.id, "popular"),
+        Bytes::from(serde_json::to_vec(m.popular)?),
+    ));
+    chunk.push((
+        snapshot_key(m.id, "manifest"),
+        Bytes::from(serde_json::to_vec(m.manifest)?),
+    ));
+    if let Some(models) = &m.models {
+        chunk.push((snapshot_key(m.id, "models"), models.clone()));
+    }
+    flush(store, &mut chunk, &mut written).await?;
+    Ok(written)
+}
+
+/// Moves the pointer from `expected` to the new snapshot; refuses when another run moved it
+/// meanwhile.
+pub async fn flip(
+    store: &dyn OnlineStore,
+    expected: Option<&Pointer>,
+    new: &Pointer,
+) -> Result<()> {
+    if store.flip(expected, new).await? {
+        Ok(())
+    } else {
+        Err(Error::User(format!(
+            "the snapshot pointer changed during the run (expected {:?}); another batch run published meanwhile, nothing was flipped",
+            expected.map(|p| &p.snapshot)
+        )))
+    }
+}
+
+/// Deletes every other snapshot's keys and the speed epochs before the cutoff; returns both counts.
+pub async fn cleanup(store: &dyn OnlineStore, new: &Pointer) -> Result<(u64, u64)> {
+    let snapshots = store.drop_snapshots_except(&new.snapshot).await?;
+    let epochs = store.drop_epochs_before(new.cutoff_ms).await?;
+    Ok((snapshots, epochs))
+}
+
+/// A shared store handle.
+pub type Store = Arc<dyn OnlineStore>;

@@ -1,0 +1,150 @@
+//! The online store (DESIGN §4, §5): where the snapshot's views and the speed layer's deltas
+//! live for serving. Backends by URL: `redis://` / `rediss://` (a real Redis) and `memory://`
+//! (embedded, one process: the demo and tests). Both pass the same conformance tests
+//! (`store/tests.rs`).
+//!
+//! # Key layout
+//!
+//! Every key starts with `tandem:`. A user's keys share the hash tag `{user}`, so that they live
+//! in one Redis Cluster slot and can be updated together atomically.
+//!
+//! | key | value |
+//! |---|---|
+//! | `tandem:snapshot:current` | the [`Pointer`] serving follows (JSON) |
+//! | `tandem:u:{<user>}:snap:<id>` | the user's row of snapshot `<id>` (JSON) |
+//! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
+//! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
+//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (issue #4) |
+//!
+//! A snapshot's rows are written before the pointer names it and removed only after the pointer
+//! has moved on, so serving never sees a half-written snapshot.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+mod memory;
+mod redis_store;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+/// The key of the snapshot pointer.
+pub const POINTER_KEY: &str = "tandem:snapshot:current";
+
+/// The key of a user's row of snapshot `id`.
+pub fn user_key(user: &str, id: &str) -> String {
+    format!("tandem:u:{{{user}}}:snap:{id}")
+}
+
+/// The key of an item's row of snapshot `id`.
+pub fn item_key(item: &str, id: &str) -> String {
+    format!("tandem:i:{{{item}}}:snap:{id}")
+}
+
+/// The key of a snapshot-wide value.
+pub fn snapshot_key(id: &str, name: &str) -> String {
+    format!("tandem:snap:{id}:{name}")
+}
+
+/// The key of a user's speed deltas for the epoch starting at `epoch_ms`.
+pub fn epoch_key(user: &str, epoch_ms: i64) -> String {
+    format!("tandem:u:{{{user}}}:epoch:{epoch_ms}")
+}
+
+/// The snapshot id a key belongs to, if it is a snapshot key.
+pub fn snapshot_of_key(key: &str) -> Option<&str> {
+    if let Some(rest) = key.strip_prefix("tandem:snap:") {
+        return rest.split(':').next();
+    }
+    if key.starts_with("tandem:u:") || key.starts_with("tandem:i:") {
+        let close = key.rfind('}')?;
+        return key[close..].strip_prefix("}:snap:");
+    }
+    None
+}
+
+/// The epoch of a speed key, if it is one.
+pub fn epoch_of_key(key: &str) -> Option<i64> {
+    let close = key.rfind('}')?;
+    key[close..].strip_prefix("}:epoch:")?.parse().ok()
+}
+
+/// What serving follows: the current snapshot and its cutoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pointer {
+    /// The snapshot id.
+    pub snapshot: String,
+    /// Its cutoff, epoch ms: serving adds the speed epochs at or after it.
+    pub cutoff_ms: i64,
+}
+
+/// A user's row of a snapshot: what serving merges the speed epochs into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRow {
+    /// The profile at the snapshot's cutoff.
+    pub profile: crate::features::Profile,
+    /// The user's segment at the cutoff, if the snapshot has models.
+    pub segment: Option<u32>,
+    /// P(the user buys within the next window) at the cutoff, if the snapshot has models.
+    pub propensity: Option<f64>,
+}
+
+/// An item's row of a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemRow {
+    /// The item's stats at the cutoff.
+    pub stats: crate::features::ItemStats,
+    /// The most similar items, best first, with their cosine similarity.
+    pub similar: Vec<(String, f64)>,
+}
+
+/// The snapshot-wide popular lists (key `tandem:snap:<id>:popular`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PopularRow {
+    /// Items by popularity, best first.
+    pub overall: Vec<String>,
+    /// Per category, its items by popularity, best first.
+    pub by_category: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// An online store backend.
+#[async_trait]
+pub trait OnlineStore: Send + Sync + std::fmt::Debug {
+    /// Writes `rows` (key, value), pipelined; not atomic as a whole.
+    async fn put(&self, rows: &[(String, Bytes)]) -> Result<()>;
+    /// The values of `keys`, in order (one round trip).
+    async fn get(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
+    /// The current snapshot pointer.
+    async fn pointer(&self) -> Result<Option<Pointer>>;
+    /// Sets the pointer to `new` if it still is `expected`, atomically; false if it was not.
+    async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> Result<bool>;
+    /// Deletes the keys of every snapshot but `keep`; returns how many.
+    async fn drop_snapshots_except(&self, keep: &str) -> Result<u64>;
+    /// Deletes the speed epochs before `cutoff_ms`; returns how many keys.
+    async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64>;
+}
+
+/// Opens the store at `url`: `memory://` or `redis://…` / `rediss://…`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn OnlineStore>> {
+    if url == "memory://" || url.starts_with("memory://") {
+        return Ok(std::sync::Arc::new(MemoryStore::default()));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(std::sync::Arc::new(RedisStore::connect(url).await?));
+    }
+    if url.starts_with("redis+cluster://") {
+        return Err(Error::Config(
+            "online_store.url: Redis Cluster (redis+cluster://) is not built yet (issue #4)".into(),
+        ));
+    }
+    Err(Error::Config(format!(
+        "online_store.url: `{}` is not a store URL; use memory:// or redis://host:port",
+        crate::config::Secret::new(url).redacted()
+    )))
+}
+
+#[cfg(test)]
+mod tests;

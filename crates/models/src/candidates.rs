@@ -1,0 +1,201 @@
+//! Candidates and ranking (DESIGN §6): items similar to the user's recent items, the top items of
+//! the user's strongest categories, and popular items; each candidate keeps its source, and the
+//! ranker orders them. Used offline by the evaluation and online by the serving layer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tandem_common::features::{ItemStats, Profile};
+
+use crate::features::pair_features;
+use crate::linear::LinearModel;
+
+/// Where a candidate came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Similar to this item of the user's recent items.
+    SimilarTo(String),
+    /// A top item of this category, one of the user's strongest.
+    Category(String),
+    /// Popular overall (also the cold-start fallback).
+    Popular,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::SimilarTo(i) => write!(f, "similar_to:{i}"),
+            Source::Category(c) => write!(f, "category:{c}"),
+            Source::Popular => f.write_str("popular"),
+        }
+    }
+}
+
+/// How many candidates each source gives.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CandidateOptions {
+    /// Recent items whose similar items are candidates.
+    pub recent_for_similar: usize,
+    /// Similar items taken per recent item.
+    pub similar_per_item: usize,
+    /// The user's strongest categories used.
+    pub categories: usize,
+    /// Top items taken per category.
+    pub per_category: usize,
+    /// Popular items taken.
+    pub popular: usize,
+}
+
+impl Default for CandidateOptions {
+    fn default() -> Self {
+        CandidateOptions {
+            recent_for_similar: 5,
+            similar_per_item: 10,
+            categories: 3,
+            per_category: 30,
+            popular: 50,
+        }
+    }
+}
+
+/// The item side of ranking: stats per item, and the popular lists. Popularity is a log-space
+/// score at a fixed reference time, so its order does not change with the time it is read at.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Stats per item.
+    pub items: HashMap<String, ItemStats>,
+    /// Items by popularity, best first.
+    pub popular: Vec<String>,
+    /// Per category, its items by popularity, best first.
+    pub by_category: HashMap<String, Vec<String>>,
+}
+
+impl Catalog {
+    /// The catalog of `items`, keeping `top` items overall and per category.
+    pub fn new(items: HashMap<String, ItemStats>, top: usize) -> Catalog {
+        let mut order: Vec<(&String, &ItemStats)> = items
+            .iter()
+            .filter(|(_, s)| s.popularity > f64::NEG_INFINITY)
+            .collect();
+        order.sort_by(|a, b| {
+            b.1.popularity
+                .total_cmp(&a.1.popularity)
+                .then_with(|| a.0.cmp(b.0))
+        });
+        let mut by_category: HashMap<String, Vec<String>> = HashMap::new();
+        for (id, s) in &order {
+            if let Some((c, _)) = &s.category {
+                let list = by_category.entry(c.clone()).or_default();
+                if list.len() < top {
+                    list.push((*id).clone());
+                }
+            }
+        }
+        let popular = order
+            .iter()
+            .take(top)
+            .map(|(id, _)| (*id).clone())
+            .collect();
+        Catalog {
+            items,
+            popular,
+            by_category,
+        }
+    }
+}
+
+/// One candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// The item.
+    pub item: String,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The candidates for the user of `profile`: similar items of the recent items (from
+/// `similar`, best first), top items of the strongest categories, popular items; each item once,
+/// under its first source; items in `exclude` left out.
+pub fn candidates(
+    profile: &Profile,
+    catalog: &Catalog,
+    similar: &dyn Fn(&str) -> Vec<String>,
+    exclude: &HashSet<&str>,
+    opts: &CandidateOptions,
+) -> Vec<Candidate> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
+    let mut push = |item: &str, source: Source, out: &mut Vec<Candidate>| {
+        if !exclude.contains(item) && seen.insert(item.to_string()) {
+            out.push(Candidate {
+                item: item.to_string(),
+                source,
+            });
+        }
+    };
+    for (recent, _) in profile.recent_items.iter().take(opts.recent_for_similar) {
+        for s in similar(recent).iter().take(opts.similar_per_item) {
+            push(s, Source::SimilarTo(recent.clone()), &mut out);
+        }
+    }
+    let mut cats: Vec<(&String, &f64)> = profile.affinity.iter().collect();
+    cats.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    for (c, _) in cats.into_iter().take(opts.categories) {
+        if let Some(list) = catalog.by_category.get(c) {
+            for i in list.iter().take(opts.per_category) {
+                push(i, Source::Category(c.clone()), &mut out);
+            }
+        }
+    }
+    for i in catalog.popular.iter().take(opts.popular) {
+        push(i, Source::Popular, &mut out);
+    }
+    out
+}
+
+/// A ranked recommendation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The item.
+    pub item: String,
+    /// Where it came from.
+    pub source: Source,
+    /// The ranker's probability of interest.
+    pub score: f64,
+}
+
+/// The `n` best of `candidates` for the user of `profile` at `now_ms`, by the ranker; ties by
+/// item id.
+pub fn rank(
+    ranker: &LinearModel,
+    profile: &Profile,
+    candidates: Vec<Candidate>,
+    catalog: &Catalog,
+    now_ms: i64,
+    n: usize,
+) -> Vec<Scored> {
+    let none = ItemStats::default();
+    let mut scored: Vec<Scored> = candidates
+        .into_iter()
+        .map(|c| {
+            let stats = catalog.items.get(&c.item).unwrap_or(&none);
+            let score = ranker.probability(&pair_features(profile, &c.item, stats, now_ms));
+            Scored {
+                item: c.item,
+                source: c.source,
+                score,
+            }
+        })
+        .collect();
+    scored.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.item.cmp(&b.item))
+    });
+    scored.truncate(n);
+    scored
+}
+
+/// Similar-item lists by item, as the batch view gives them (best first).
+pub type SimilarLists = BTreeMap<String, Vec<String>>;

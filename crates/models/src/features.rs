@@ -1,0 +1,94 @@
+//! The model features, computed from the mergeable features of `tandem_common::features` at a
+//! time `now`, so that the batch layer (training at a past time) and the serving layer (scoring
+//! a merged profile now) compute them the same way.
+//!
+//! Changing what a feature means, or the list, changes [`FEATURE_SCHEMA_VERSION`]; a model
+//! trained for another version is refused when loaded.
+
+use tandem_common::event::Kind;
+use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
+
+/// The version of the feature definitions below. Models carry the version they were trained on.
+pub const FEATURE_SCHEMA_VERSION: u32 = 1;
+
+const DAY_MS: f64 = 86_400_000.0;
+
+/// Names of [`user_features`], in order.
+pub const USER_FEATURES: [&str; 8] = [
+    "ln_views",
+    "ln_clicks",
+    "ln_add_to_carts",
+    "ln_purchases",
+    "ln_spend",
+    "ln_recency_days",
+    "ln_tenure_days",
+    "ln_categories",
+];
+
+/// A user's features at `now_ms` (epoch ms): activity, spend, recency, breadth. Used by the
+/// segments and the propensity model.
+pub fn user_features(p: &Profile, now_ms: i64) -> [f64; 8] {
+    let seen = p.last_ts >= p.first_ts;
+    let days = |ms: i64| (ms.max(0) as f64 / DAY_MS).ln_1p();
+    [
+        (p.count(Kind::View) as f64).ln_1p(),
+        (p.count(Kind::Click) as f64).ln_1p(),
+        (p.count(Kind::AddToCart) as f64).ln_1p(),
+        (p.count(Kind::Purchase) as f64).ln_1p(),
+        (p.spend_micros.max(0) as f64 / 1e6).ln_1p(),
+        if seen { days(now_ms - p.last_ts) } else { 0.0 },
+        if seen { days(now_ms - p.first_ts) } else { 0.0 },
+        (p.affinity.len() as f64).ln_1p(),
+    ]
+}
+
+/// Names of [`pair_features`], in order.
+pub const PAIR_FEATURES: [&str; 8] = [
+    "category_share",
+    "ln_category_interest",
+    "ln_item_popularity",
+    "item_conversion",
+    "ln_item_purchases",
+    "recent_rank",
+    "recent_recency",
+    "ln_user_events",
+];
+
+/// The features of showing `item` (with its stats) to the user of `p`, at `now_ms`:
+/// the user's interest in the item's category (share and level, decayed), the item's decayed
+/// popularity and conversion, and whether and how recently the user saw the item.
+pub fn pair_features(p: &Profile, item_id: &str, item: &ItemStats, now_ms: i64) -> [f64; 8] {
+    let category = item.category.as_ref().map(|(c, _)| c.as_str());
+    let (share, level) = match category.and_then(|c| p.affinity.get(c)) {
+        Some(&l) => {
+            // Shares of log-space scores: e^(l − max) / Σ e^(lᵢ − max), time-free.
+            let max = p
+                .affinity
+                .values()
+                .copied()
+                .fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = p.affinity.values().map(|v| (v - max).exp()).sum();
+            ((l - max).exp() / total, decayed_at(l, now_ms).ln_1p())
+        }
+        None => (0.0, 0.0),
+    };
+    let (recent_rank, recent_recency) = match p.recent_items.iter().position(|(i, _)| i == item_id)
+    {
+        Some(r) => (
+            1.0 / (1.0 + r as f64),
+            (-((now_ms - p.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS).exp(),
+        ),
+        None => (0.0, 0.0),
+    };
+    let events: u64 = p.counts.iter().sum();
+    [
+        share,
+        level,
+        decayed_at(item.popularity, now_ms).ln_1p(),
+        item.count(Kind::Purchase) as f64 / (item.count(Kind::View) as f64 + 1.0),
+        (item.count(Kind::Purchase) as f64).ln_1p(),
+        recent_rank,
+        recent_recency,
+        (events as f64).ln_1p(),
+    ]
+}

@@ -1,0 +1,211 @@
+use std::collections::{HashMap, HashSet};
+
+use ndarray::Array2;
+use tandem_common::event::{Event, Kind};
+use tandem_common::features::{ItemStats, Profile, recompute};
+use tandem_common::generate::{GenerateOptions, Generator};
+
+use crate::candidates::{CandidateOptions, Catalog, Source, candidates};
+use crate::features::{FEATURE_SCHEMA_VERSION, USER_FEATURES};
+use crate::linear::{LinearModel, auc};
+use crate::segments::Segments;
+use crate::training::{History, Models, Split, TrainOptions, score_list, train};
+
+const END: i64 = 1_763_769_600_000; // 2025-11-22T00:00:00Z
+const DAY: i64 = 86_400_000;
+
+#[test]
+fn logistic_learns_the_direction_of_its_labels() {
+    // y = (x0 + noise > 0), x1 is noise: the weight of x0 must be clearly positive.
+    let mut rows = Vec::new();
+    let mut y = Vec::new();
+    for i in 0..400 {
+        let x0 = (i as f64 / 400.0 - 0.5) * 4.0;
+        let x1 = ((i * 7919) % 400) as f64 / 100.0;
+        rows.extend([x0, x1]);
+        y.push(x0 + ((i * 31) % 7) as f64 * 0.1 - 0.3 > 0.0);
+    }
+    let x = Array2::from_shape_vec((400, 2), rows).unwrap();
+    let m = LinearModel::train(&["x0", "x1"], x, &y, 0.1).unwrap();
+    assert!(m.weights[0] > 1.0, "{m:?}");
+    assert!(m.weights[1].abs() < m.weights[0] / 4.0, "{m:?}");
+    assert!(m.probability(&[1.5, 2.0]) > 0.9);
+    assert!(m.probability(&[-1.5, 2.0]) < 0.1);
+    // The same model whichever class is the larger one.
+    let flipped: Vec<bool> = y.iter().map(|b| !b).collect();
+    let x = Array2::from_shape_vec((400, 2), (0..800).map(|_| 0.0).collect()).unwrap();
+    assert!(LinearModel::train(&["x0", "x1"], x, &flipped, 0.1).is_ok());
+    let err = LinearModel::train(&["a"], Array2::zeros((3, 1)), &[true; 3], 1.0).unwrap_err();
+    assert!(err.to_string().contains("both outcomes"), "{err}");
+}
+
+#[test]
+fn auc_and_ndcg_on_known_cases() {
+    assert_eq!(
+        auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+        Some(0.75)
+    );
+    assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+    assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
+    let truth: HashSet<String> = ["b".to_string(), "z".to_string()].into();
+    let ranked: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let (hit, ndcg) = score_list(ranked.iter(), &truth, 10);
+    assert_eq!(hit, 1.0);
+    let ideal = 1.0 + 1.0 / 3f64.log2();
+    assert!((ndcg - (1.0 / 3f64.log2()) / ideal).abs() < 1e-12);
+    assert_eq!(score_list(ranked.iter(), &truth, 1), (0.0, 0.0));
+}
+
+#[test]
+fn segments_find_separated_groups_and_assign_them() {
+    // Three groups of users, far apart in two of the features.
+    let mut rows = Vec::new();
+    for g in 0..3 {
+        for i in 0..120 {
+            let mut r = [1.0; 8];
+            r[0] = g as f64 * 5.0 + (i % 10) as f64 * 0.05;
+            r[3] = (2 - g) as f64 * 4.0 + (i % 7) as f64 * 0.05;
+            rows.extend(r);
+        }
+    }
+    let x = Array2::from_shape_vec((360, 8), rows).unwrap();
+    let s = Segments::train(&x, 6).unwrap();
+    assert_eq!(s.k(), 3, "silhouettes {:?}", s.silhouettes);
+    assert_eq!(s.sizes, vec![120, 120, 120]);
+    let a = |g: f64| {
+        let mut r = [1.0; 8];
+        r[0] = g * 5.0;
+        r[3] = (2.0 - g) * 4.0;
+        s.assign(&r)
+    };
+    let groups: HashSet<usize> = [a(0.0), a(1.0), a(2.0)].into();
+    assert_eq!(groups.len(), 3);
+    assert_eq!(s.labels.len(), 3);
+    assert!(Segments::train(&Array2::zeros((3, 8)), 4).is_err());
+}
+
+fn stats(pop: f64, category: &str) -> ItemStats {
+    ItemStats {
+        popularity: pop,
+        category: Some((category.to_string(), 0)),
+        ..ItemStats::default()
+    }
+}
+
+#[test]
+fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
+    let items: HashMap<String, ItemStats> = [
+        ("a", stats(5.0, "shoes")),
+        ("b", stats(4.0, "shoes")),
+        ("c", stats(3.0, "hats")),
+        ("d", stats(9.0, "hats")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let catalog = Catalog::new(items, 10);
+    assert_eq!(catalog.popular, ["d", "a", "b", "c"]);
+    let mut p = Profile::new();
+    p.affinity.insert("shoes".into(), 3.0);
+    p.affinity.insert("hats".into(), 1.0);
+    p.recent_items = vec![("x".into(), 10)];
+    let similar = |i: &str| {
+        if i == "x" {
+            vec!["b".to_string()]
+        } else {
+            vec![]
+        }
+    };
+    let exclude: HashSet<&str> = ["a"].into();
+    let opts = CandidateOptions {
+        categories: 1,
+        ..CandidateOptions::default()
+    };
+    let got: Vec<(String, String)> = candidates(&p, &catalog, &similar, &exclude, &opts)
+        .into_iter()
+        .map(|c| (c.item, c.source.to_string()))
+        .collect();
+    let want = [("b", "similar_to:x"), ("d", "popular"), ("c", "popular")];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    // A cold user gets popular items only.
+    let cold = candidates(&Profile::new(), &catalog, &similar, &HashSet::new(), &opts);
+    assert!(cold.iter().all(|c| c.source == Source::Popular));
+}
+
+/// Generated history: 3 weeks, dedupicated by event id as the batch layer does.
+fn generated(users: u32, seed: u64) -> Vec<Event<'static>> {
+    let mut opts = GenerateOptions::new(users, 21, seed, END);
+    opts.dup_rate = 0.0;
+    let mut g = Generator::new(opts).unwrap();
+    std::iter::from_fn(|| g.next_event()).collect()
+}
+
+#[test]
+fn trained_models_beat_popularity_and_round_trip() {
+    let events = generated(1_500, 7);
+    let split = Split::new(END, 7 * DAY);
+    // Folded in two parts and merged equals folded whole: the folds are mergeable.
+    let (mut h, mut h2) = (History::new(split), History::new(split));
+    for (i, e) in events.iter().enumerate() {
+        if i % 2 == 0 { h.add(e) } else { h2.add(e) }
+    }
+    h.merge(h2);
+    assert_eq!(h.events(), events.len() as u64);
+    let (profiles, _) = recompute(&events);
+    let models = train(h, &profiles, &TrainOptions::default()).unwrap();
+    let m = &models.metrics;
+    assert!(m.eval_users > 500, "{m:?}");
+    assert!(m.train_rows > m.train_users * 10, "{m:?}");
+    assert!(
+        m.ranker.hit_rate > m.popularity.hit_rate && m.ranker.ndcg > m.popularity.ndcg,
+        "the ranker must beat popularity: {m:?}"
+    );
+    assert!(m.propensity_auc.unwrap() > 0.6, "{m:?}");
+    assert!((2..=8).contains(&m.segments));
+
+    // Trained twice on the same events, folded the same way: the same models, to the bit.
+    let (mut again, mut again2) = (History::new(split), History::new(split));
+    for (i, e) in events.iter().enumerate() {
+        if i % 2 == 0 {
+            again.add(e)
+        } else {
+            again2.add(e)
+        }
+    }
+    again.merge(again2);
+    assert_eq!(
+        train(again, &profiles, &TrainOptions::default()).unwrap(),
+        models
+    );
+
+    // Serialised with the feature schema version; another version or feature list is refused.
+    let json = models.to_json().unwrap();
+    assert_eq!(Models::from_json(&json).unwrap(), models);
+    let mut other = models.clone();
+    other.feature_schema_version = FEATURE_SCHEMA_VERSION + 1;
+    let err = Models::from_json(&other.to_json().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("feature schema version"), "{err}");
+    let mut other = models.clone();
+    other.propensity.features[0] = "something_else".into();
+    let err = Models::from_json(&other.to_json().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("propensity"), "{err}");
+
+    // Segment assignment in plain Rust agrees with the segment sizes of training.
+    let mut sizes = vec![0u64; models.segments.k()];
+    for p in profiles.values() {
+        sizes[models
+            .segments
+            .assign(&crate::features::user_features(p, END))] += 1;
+    }
+    assert_eq!(sizes, models.segments.sizes);
+    assert_eq!(USER_FEATURES.len(), models.segments.centroids[0].len());
+    let _ = Kind::View;
+}

@@ -1,0 +1,478 @@
+//! Training on a time split of the history, and the offline evaluation (DESIGN §6).
+//!
+//! With the snapshot's cutoff `C` and a window `w`, event time is cut at `T₁ = C − 2w` and
+//! `T = C − w`:
+//!
+//! ```text
+//!   features ─────────────▶ T₁  labels ─▶ T  held out ─▶ C
+//!   train: features at T₁, labels = what the user engaged with in [T₁, T)
+//!   evaluate: features at T (the same folds, merged), truth = engagement in [T, C)
+//! ```
+//!
+//! The ranker and the propensity model are trained on the first period and evaluated on the
+//! held-out last one, beside the popularity baseline; the models shipped are the ones evaluated.
+//! The history is a fold over deduplicated events ([`History::add`]), in any order and in
+//! parallel parts ([`History::merge`]), using the mergeable features of `tandem_common`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+use tandem_common::event::{Event, Kind};
+use tandem_common::features::{ItemStats, Profile};
+
+use crate::candidates::{CandidateOptions, Catalog, candidates, rank};
+use crate::error::{Error, Result};
+use crate::features::{
+    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, pair_features, user_features,
+};
+use crate::linear::{LinearModel, auc};
+use crate::segments::Segments;
+
+/// The time split, epoch ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// `T₁`: training features are the events before it; training labels start here.
+    pub train_from_ms: i64,
+    /// `T`: the held-out period starts here.
+    pub holdout_from_ms: i64,
+    /// `C`: the end of the held-out period (the snapshot's cutoff).
+    pub end_ms: i64,
+}
+
+impl Split {
+    /// The split ending at `end_ms` with periods of `window_ms`.
+    pub fn new(end_ms: i64, window_ms: i64) -> Split {
+        Split {
+            train_from_ms: end_ms - 2 * window_ms,
+            holdout_from_ms: end_ms - window_ms,
+            end_ms,
+        }
+    }
+}
+
+/// Whether an event of `kind` counts as engaging with its item (the ranker's label).
+pub fn engages(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::View | Kind::Click | Kind::AddToCart | Kind::Purchase
+    )
+}
+
+#[derive(Debug, Default)]
+struct Fold {
+    profiles: HashMap<String, Profile>,
+    items: HashMap<String, ItemStats>,
+}
+
+impl Fold {
+    fn add(&mut self, e: &Event<'_>) {
+        match self.profiles.get_mut(e.user_id.as_ref()) {
+            Some(p) => p.apply(e),
+            None => {
+                let mut p = Profile::new();
+                p.apply(e);
+                self.profiles.insert(e.user_id.to_string(), p);
+            }
+        }
+        if let Some(i) = &e.item_id {
+            match self.items.get_mut(i.as_ref()) {
+                Some(s) => s.apply(e),
+                None => {
+                    let mut s = ItemStats::default();
+                    s.apply(e);
+                    self.items.insert(i.to_string(), s);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Fold) {
+        for (u, p) in other.profiles {
+            match self.profiles.get_mut(&u) {
+                Some(mine) => mine.merge(&p),
+                None => {
+                    self.profiles.insert(u, p);
+                }
+            }
+        }
+        for (i, s) in other.items {
+            match self.items.get_mut(&i) {
+                Some(mine) => mine.merge(&s),
+                None => {
+                    self.items.insert(i, s);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    engaged: HashMap<String, HashSet<String>>,
+    buyers: HashSet<String>,
+}
+
+impl Outcomes {
+    fn add(&mut self, e: &Event<'_>) {
+        if let (Some(item), true) = (&e.item_id, engages(e.kind)) {
+            match self.engaged.get_mut(e.user_id.as_ref()) {
+                Some(set) => {
+                    if !set.contains(item.as_ref()) {
+                        set.insert(item.to_string());
+                    }
+                }
+                None => {
+                    self.engaged
+                        .insert(e.user_id.to_string(), HashSet::from([item.to_string()]));
+                }
+            }
+        }
+        if e.kind == Kind::Purchase && !self.buyers.contains(e.user_id.as_ref()) {
+            self.buyers.insert(e.user_id.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: Outcomes) {
+        for (u, items) in other.engaged {
+            self.engaged.entry(u).or_default().extend(items);
+        }
+        self.buyers.extend(other.buyers);
+    }
+}
+
+/// The history the models learn from: folds of the deduplicated events at `T₁` and over
+/// `[T₁, T)`, and what users engaged with and bought in the two later periods.
+#[derive(Debug)]
+pub struct History {
+    split: Split,
+    before: Fold,
+    between: Fold,
+    train: Outcomes,
+    holdout: Outcomes,
+    events: u64,
+}
+
+impl History {
+    /// An empty history for `split`.
+    pub fn new(split: Split) -> History {
+        History {
+            split,
+            before: Fold::default(),
+            between: Fold::default(),
+            train: Outcomes::default(),
+            holdout: Outcomes::default(),
+            events: 0,
+        }
+    }
+
+    /// Adds one deduplicated event; events at or after `T` only count as held-out outcomes.
+    pub fn add(&mut self, e: &Event<'_>) {
+        self.events += 1;
+        if e.ts < self.split.train_from_ms {
+            self.before.add(e);
+        } else if e.ts < self.split.holdout_from_ms {
+            self.between.add(e);
+            self.train.add(e);
+        } else {
+            self.holdout.add(e);
+        }
+    }
+
+    /// Adds a history of other events over the same split.
+    pub fn merge(&mut self, other: History) {
+        self.events += other.events;
+        self.before.merge(other.before);
+        self.between.merge(other.between);
+        self.train.merge(other.train);
+        self.holdout.merge(other.holdout);
+    }
+
+    /// Events added.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+/// Training options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// The `k` of hit rate and NDCG.
+    pub k: usize,
+    /// The largest number of segments tried.
+    pub max_segments: usize,
+    /// Users sampled for training the ranker.
+    pub max_train_users: usize,
+    /// Users sampled for the evaluation.
+    pub max_eval_users: usize,
+    /// Items kept in the popular lists, overall and per category.
+    pub catalog_top: usize,
+    /// Candidates per source.
+    pub candidates: CandidateOptions,
+    /// The L2 penalty of the logistic models.
+    pub alpha: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            k: 10,
+            max_segments: 8,
+            max_train_users: 20_000,
+            max_eval_users: 20_000,
+            catalog_top: 100,
+            candidates: CandidateOptions::default(),
+            alpha: 1.0,
+        }
+    }
+}
+
+/// Hit rate and NDCG at k over a set of users.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ranking {
+    /// Users with at least one engaged item in their top k.
+    pub hit_rate: f64,
+    /// Mean NDCG at k (binary relevance).
+    pub ndcg: f64,
+}
+
+/// What the evaluation measured; written into the snapshot manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// The time split.
+    pub split: Split,
+    /// The `k` of the ranking metrics.
+    pub k: usize,
+    /// Users and rows the ranker was trained on.
+    pub train_users: usize,
+    /// Training rows (user, candidate).
+    pub train_rows: usize,
+    /// Users evaluated (those who engaged with an item in the held-out period).
+    pub eval_users: usize,
+    /// The ranker over the candidates, on the held-out period.
+    pub ranker: Ranking,
+    /// The popularity baseline (the same top k for everyone), on the held-out period.
+    pub popularity: Ranking,
+    /// Evaluated users with at least one engaged item among their candidates: the ranker's ceiling.
+    pub candidate_recall: f64,
+    /// The propensity model's ROC AUC on the held-out period.
+    pub propensity_auc: Option<f64>,
+    /// Share of held-out users who bought.
+    pub propensity_base_rate: f64,
+    /// Segments chosen, and the mean silhouette at that k.
+    pub segments: usize,
+    /// The mean silhouette of the chosen segmentation.
+    pub silhouette: f64,
+}
+
+/// The trained models, as shipped in a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Models {
+    /// The feature schema the models expect ([`FEATURE_SCHEMA_VERSION`]).
+    pub feature_schema_version: u32,
+    /// User segments.
+    pub segments: Segments,
+    /// The (user, item) ranker.
+    pub ranker: LinearModel,
+    /// P(the user buys within the next window).
+    pub propensity: LinearModel,
+    /// The candidate options the ranker was evaluated with.
+    pub candidates: CandidateOptions,
+    /// The offline evaluation.
+    pub metrics: Metrics,
+}
+
+impl Models {
+    /// The models as JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec_pretty(self)?)
+    }
+
+    /// Models from JSON, refused when they expect other features than this code computes.
+    pub fn from_json(bytes: &[u8]) -> Result<Models> {
+        let m: Models = serde_json::from_slice(bytes)?;
+        if m.feature_schema_version != FEATURE_SCHEMA_VERSION {
+            return Err(Error::Incompatible(format!(
+                "the models were trained on feature schema version {}; this code computes version {}",
+                m.feature_schema_version, FEATURE_SCHEMA_VERSION
+            )));
+        }
+        m.ranker.check_features("ranker", &PAIR_FEATURES)?;
+        m.propensity.check_features("propensity", &USER_FEATURES)?;
+        if m.segments
+            .features
+            .iter()
+            .map(String::as_str)
+            .ne(USER_FEATURES.iter().copied())
+        {
+            return Err(Error::Incompatible(format!(
+                "the segments were trained on features {:?}; this code computes {USER_FEATURES:?}",
+                m.segments.features
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// Every `len / max`-th of `keys` (sorted): a fixed, spread sample.
+fn sample<'a>(mut keys: Vec<&'a String>, max: usize) -> Vec<&'a String> {
+    keys.sort();
+    let step = keys.len().div_ceil(max.max(1)).max(1);
+    keys.into_iter().step_by(step).collect()
+}
+
+/// Trains every model: segments on `profiles` (the snapshot's, at `C`), the ranker and the
+/// propensity model on `history`, and evaluates them on its held-out period.
+pub fn train(
+    history: History,
+    profiles: &BTreeMap<String, Profile>,
+    opts: &TrainOptions,
+) -> Result<Models> {
+    let split = history.split;
+    let no_similar = |_: &str| Vec::new();
+    let none = HashSet::new();
+
+    // Segments over every profile at C.
+    let rows: Vec<[f64; 8]> = profiles
+        .values()
+        .map(|p| user_features(p, split.end_ms))
+        .collect();
+    let segments = Segments::train(&to_matrix(&rows), opts.max_segments)?;
+    let silhouette = segments
+        .silhouettes
+        .iter()
+        .find(|(k, _)| *k == segments.k())
+        .map_or(0.0, |(_, s)| *s);
+
+    // The ranker: features at T₁, labels in [T₁, T).
+    let empty = Profile::new();
+    let catalog_t1 = Catalog::new(history.before.items.clone(), opts.catalog_top);
+    let (mut x, mut y, mut train_users) = (Vec::new(), Vec::new(), 0);
+    for user in sample(history.train.engaged.keys().collect(), opts.max_train_users) {
+        let p = history.before.profiles.get(user).unwrap_or(&empty);
+        let engaged = &history.train.engaged[user];
+        let cands = candidates(p, &catalog_t1, &no_similar, &none, &opts.candidates);
+        if !cands.iter().any(|c| engaged.contains(&c.item)) {
+            continue;
+        }
+        train_users += 1;
+        for c in cands {
+            let stats = catalog_t1.items.get(&c.item).cloned().unwrap_or_default();
+            x.push(pair_features(p, &c.item, &stats, split.train_from_ms));
+            y.push(engaged.contains(&c.item));
+        }
+    }
+    let train_rows = y.len();
+    let ranker = LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha)?;
+
+    // Propensity: user features at T₁, label = bought in [T₁, T).
+    // In user order, so that the same events train the same model to the last bit.
+    let mut users: Vec<(&String, &Profile)> = history.before.profiles.iter().collect();
+    users.sort_by_key(|(u, _)| *u);
+    let (px, py): (Vec<[f64; 8]>, Vec<bool>) = users
+        .into_iter()
+        .map(|(u, p)| {
+            (
+                user_features(p, split.train_from_ms),
+                history.train.buyers.contains(u),
+            )
+        })
+        .unzip();
+    let propensity = LinearModel::train(&USER_FEATURES, to_matrix(&px), &py, opts.alpha)?;
+
+    // The state at T: the two folds merged.
+    let mut at_t = history.before;
+    at_t.merge(history.between);
+    let catalog_t = Catalog::new(at_t.items, opts.catalog_top);
+
+    // Propensity on the held-out period.
+    let (scores, labels): (Vec<f64>, Vec<bool>) = at_t
+        .profiles
+        .iter()
+        .map(|(u, p)| {
+            (
+                propensity.probability(&user_features(p, split.holdout_from_ms)),
+                history.holdout.buyers.contains(u),
+            )
+        })
+        .unzip();
+    let propensity_auc = auc(&scores, &labels);
+    let propensity_base_rate =
+        labels.iter().filter(|b| **b).count() as f64 / labels.len().max(1) as f64;
+
+    // Ranking on the held-out period, beside the popularity baseline.
+    let popular: Vec<&String> = catalog_t.popular.iter().take(opts.k).collect();
+    let (mut r_hits, mut r_ndcg, mut p_hits, mut p_ndcg, mut recall) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let eval = sample(
+        history.holdout.engaged.keys().collect(),
+        opts.max_eval_users,
+    );
+    for user in &eval {
+        let truth = &history.holdout.engaged[*user];
+        let p = at_t.profiles.get(*user).unwrap_or(&empty);
+        let cands = candidates(p, &catalog_t, &no_similar, &none, &opts.candidates);
+        if cands.iter().any(|c| truth.contains(&c.item)) {
+            recall += 1.0;
+        }
+        let top = rank(&ranker, p, cands, &catalog_t, split.holdout_from_ms, opts.k);
+        let (h, n) = score_list(top.iter().map(|s| &s.item), truth, opts.k);
+        r_hits += h;
+        r_ndcg += n;
+        let (h, n) = score_list(popular.iter().copied(), truth, opts.k);
+        p_hits += h;
+        p_ndcg += n;
+    }
+    let users = eval.len().max(1) as f64;
+    Ok(Models {
+        feature_schema_version: FEATURE_SCHEMA_VERSION,
+        metrics: Metrics {
+            split,
+            k: opts.k,
+            train_users,
+            train_rows,
+            eval_users: eval.len(),
+            ranker: Ranking {
+                hit_rate: r_hits / users,
+                ndcg: r_ndcg / users,
+            },
+            popularity: Ranking {
+                hit_rate: p_hits / users,
+                ndcg: p_ndcg / users,
+            },
+            candidate_recall: recall / users,
+            propensity_auc,
+            propensity_base_rate,
+            segments: segments.k(),
+            silhouette,
+        },
+        segments,
+        ranker,
+        propensity,
+        candidates: opts.candidates,
+    })
+}
+
+/// (hit, NDCG) at `k` of a ranked list against the engaged set.
+pub fn score_list<'a>(
+    ranked: impl Iterator<Item = &'a String>,
+    truth: &HashSet<String>,
+    k: usize,
+) -> (f64, f64) {
+    let mut dcg = 0.0;
+    let mut hit = 0.0;
+    for (i, item) in ranked.take(k).enumerate() {
+        if truth.contains(item) {
+            hit = 1.0;
+            dcg += 1.0 / (i as f64 + 2.0).log2();
+        }
+    }
+    let ideal: f64 = (0..truth.len().min(k))
+        .map(|i| 1.0 / (i as f64 + 2.0).log2())
+        .sum();
+    (hit, if ideal > 0.0 { dcg / ideal } else { 0.0 })
+}
+
+fn to_matrix<const N: usize>(rows: &[[f64; N]]) -> Array2<f64> {
+    Array2::from_shape_vec((rows.len(), N), rows.iter().flatten().copied().collect())
+        .unwrap_or_else(|_| Array2::zeros((0, N)))
+}
