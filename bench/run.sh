@@ -63,11 +63,36 @@ printf 'independent readers: DuckDB %s rows, pyarrow %s rows, ingest reported %s
 printf 'peer: DuckDB JSON->Parquet %.0f events/s; tandem ingest / DuckDB = %.2f\n' "$DUCK_RATE" "$(echo "$ING_RATE/$DUCK_RATE" | bc -l)"
 [ "$DUCK_ROWS" = "$ACCEPTED" ] && [ "$PYARROW_ROWS" = "$ACCEPTED" ] || { echo "ROW COUNT MISMATCH"; exit 1; }
 
-# 5. the batch views over the same lake (issue #3, in progress): DataFusion on all cores.
+# 5. the batch views over the same lake, and the same profile SQL in DuckDB on the same files.
 VB="${CARGO_TARGET_DIR:-target}/release/examples/views_bench"
-"$VB" "file://$WORK/lake" > "$WORK/views.json"
-read -r V_DEDUPE V_PROF V_ITEMS V_SIM V_RSS < <(python3 -c "import json;s=json.load(open('$WORK/views.json'));v=s['views'];print(s['dedupe_scan_seconds'],v['profiles']['seconds'],v['items']['seconds'],v['similar_items']['seconds'],s['peak_rss_mb'])")
-printf 'batch views: dedupe scan %.1f s, profiles %.1f s, items %.1f s, similar_items %.1f s, peak RSS %s MiB\n' "$V_DEDUPE" "$V_PROF" "$V_ITEMS" "$V_SIM" "$V_RSS"
+mkdir -p "$WORK/sql"
+"$VB" "file://$WORK/lake" "$WORK/sql" > "$WORK/views.json"
+read -r V_DEDUPE V_PROF V_ITEMS V_SIM V_RSS V_PROF_ROWS < <(python3 -c "import json;s=json.load(open('$WORK/views.json'));v=s['views'];print(s['dedupe_scan_seconds'],v['profiles']['seconds'],v['items']['seconds'],v['similar_items']['seconds'],s['peak_rss_mb'],v['profiles']['rows'])")
+printf 'batch views: dedupe %.1f s, profiles %.1f s, items %.1f s, similar_items %.1f s, peak RSS %s MiB\n' "$V_DEDUPE" "$V_PROF" "$V_ITEMS" "$V_SIM" "$V_RSS"
+python3 bench/duck_profiles.py "$WORK/lake" "$WORK/sql" 1 > "$WORK/duck_profiles.json"
+read -r D_DEDUPE D_PROF D_ROWS < <(python3 -c "import json;s=json.load(open('$WORK/duck_profiles.json'));print(s['dedupe_seconds'],s['profiles_seconds'],s['profiles_rows'])")
+printf 'DuckDB: dedupe %.1f s, profiles %.1f s (%s rows; tandem %s); profiles tandem/DuckDB = %.2f\n' "$D_DEDUPE" "$D_PROF" "$D_ROWS" "$V_PROF_ROWS" "$(echo "$V_PROF/$D_PROF" | bc -l)"
+[ "$D_ROWS" = "$V_PROF_ROWS" ] || { echo "PROFILE ROW COUNT MISMATCH"; exit 1; }
+
+# 6. the whole batch run (views + training + publish) into a real Redis of the bench's own.
+#    Epochs of one minute, and a wait for the next minute boundary, so the cutoff covers the
+#    events ingested just now.
+RPORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --daemonize yes --pidfile "$WORK/redis.pid" >/dev/null
+trap 'kill "$(cat "$WORK/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$WORK"' EXIT
+sleep $(( 61 - $(date +%S | sed 's/^0//') ))
+"$BIN" batch run --lake "file://$WORK/lake" --store "redis://127.0.0.1:$RPORT" --set events.epoch=1m --set log.level=warn > "$WORK/batch.json"
+python3 - "$WORK/batch.json" > "$WORK/batch.txt" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+d, m = s["durations_s"], s["models"]["trained"]
+print(s["events"], d["total"], d["views"], d["train"], d["write_lake"], d["materialise"], d.get("cleanup", 0),
+      s["peak_rss_mb"], s["store_rows"], m["ranker"]["hit_rate"], m["popularity"]["hit_rate"],
+      m["ranker"]["ndcg"], m["popularity"]["ndcg"], m["propensity_auc"], m["segments"], m["eval_users"])
+PY
+read -r B_EVENTS B_TOTAL B_VIEWS B_TRAIN B_WRITE B_MAT B_CLEAN B_RSS B_ROWS R_HIT P_HIT R_NDCG P_NDCG P_AUC SEGS EVAL_USERS < "$WORK/batch.txt"
+printf 'batch run: %s events, %.1f s total (views %.1f, train %.1f, write %.1f, materialise %.1f), peak RSS %s MiB, %s Redis rows\n' "$B_EVENTS" "$B_TOTAL" "$B_VIEWS" "$B_TRAIN" "$B_WRITE" "$B_MAT" "$B_RSS" "$B_ROWS"
+printf 'models: hit@10 ranker %.3f vs popularity %.3f; NDCG@10 %.3f vs %.3f; propensity AUC %.3f; %s segments\n' "$R_HIT" "$P_HIT" "$R_NDCG" "$P_NDCG" "$P_AUC" "$SEGS"
 
 mkdir -p bench/results
 cat > "$OUT" <<MD
@@ -91,18 +116,31 @@ commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUN
 | peak RSS ratio, full / half input | $(printf '%.2f' "$(echo "$ING_RSS/$SMALL_RSS" | bc -l)") | ≈ 1 |
 | rows read back by DuckDB / pyarrow / reported by ingest | $DUCK_ROWS / $PYARROW_ROWS / $ACCEPTED | equal |
 
-## Batch views (issue #3, in progress), same lake, one run
+## Batch (issue #3), same lake, one run
 
-Each view is computed from the Parquet files (deduplication included), as \`tandem batch run\` will.
-The DuckDB comparison of the profile SQL and the whole \`batch run\` (training, publishing) are
-not built yet.
+The views step materialises the deduplicated events once, then computes each view over them.
+DuckDB runs the same deduplication and the same profile SQL file (placeholders filled for the
+same cutoff) on the same Parquet files, same cores.
 
-| view | seconds |
-|---|---|
-| count of deduplicated events (scan + dedupe) | $(printf '%.1f' "$V_DEDUPE") |
-| profiles | $(printf '%.1f' "$V_PROF") |
-| items | $(printf '%.1f' "$V_ITEMS") |
-| similar_items | $(printf '%.1f' "$V_SIM") |
-| peak RSS of the views program | $V_RSS MiB |
+| figure | tandem | DuckDB | ratio | target |
+|---|---|---|---|---|
+| dedupe (scan, cutoff, first copy per event_id) | $(printf '%.1f' "$V_DEDUPE") s | $(printf '%.1f' "$D_DEDUPE") s | $(printf '%.2f' "$(echo "$V_DEDUPE/$D_DEDUPE" | bc -l)") | |
+| profiles view | $(printf '%.1f' "$V_PROF") s | $(printf '%.1f' "$D_PROF") s | $(printf '%.2f' "$(echo "$V_PROF/$D_PROF" | bc -l)") | ≤ 1.5 |
+| items view | $(printf '%.1f' "$V_ITEMS") s | | | |
+| similar_items view | $(printf '%.1f' "$V_SIM") s | | | |
+
+Whole \`tandem batch run\` (views + training + publish into a real redis-server), $B_EVENTS events:
+
+| figure | value | target |
+|---|---|---|
+| total | $(printf '%.1f' "$B_TOTAL") s | ≤ 90 s |
+| views / train / write lake / materialise / cleanup | $(printf '%.1f / %.1f / %.1f / %.1f / %.1f' "$B_VIEWS" "$B_TRAIN" "$B_WRITE" "$B_MAT" "$B_CLEAN") s | |
+| peak RSS | $B_RSS MiB | ≤ 6144 MiB |
+| rows written to Redis | $B_ROWS | |
+| ranker hit rate at 10 / popularity | $(printf '%.3f / %.3f' "$R_HIT" "$P_HIT") | ranker > popularity |
+| ranker NDCG at 10 / popularity | $(printf '%.3f / %.3f' "$R_NDCG" "$P_NDCG") | |
+| propensity ROC AUC (held-out week) | $(printf '%.3f' "$P_AUC") | |
+| segments (k by mean silhouette) | $SEGS | |
+| users evaluated | $EVAL_USERS | |
 MD
 echo "wrote $OUT"

@@ -90,3 +90,10 @@ pub fn lake_rows(url: &str) -> u64 {
             .sum()
     })
 }
+
+/// Rows of one Parquet file, read from its footer.
+pub fn parquet_rows(path: &std::path::Path) -> u64 {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    reader.metadata().file_metadata().num_rows() as u64
+}

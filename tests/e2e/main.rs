@@ -2,5 +2,6 @@
 //!
 //! One test binary with modules (each extra integration-test file would link everything again).
 
+mod batch;
 mod cli;
 mod harness;

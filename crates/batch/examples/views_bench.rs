@@ -1,7 +1,11 @@
-//! Times the batch views over a lake: `cargo run --release -p tandem-batch --example views_bench -- LAKE_URL`.
+//! Times the batch views over a lake:
+//! `cargo run --release -p tandem-batch --example views_bench -- LAKE_URL [SQL_DIR]`.
 //!
-//! Prints one JSON line: the cutoff, rows in, and seconds and rows out per view. Used by
-//! `bench/run.sh`; not a test.
+//! The deduplicated events are materialised once (as `tandem batch run` does), then each view is
+//! computed over them. Prints one JSON line: the cutoff, rows in, seconds and rows out per view.
+//! With `SQL_DIR`, also writes the profile SQL with its placeholders filled in
+//! (`SQL_DIR/profiles.sql`) and the cutoff (`SQL_DIR/cutoff_ms`), for the DuckDB peer in
+//! `bench/duck_profiles.py`. Used by `bench/run.sh`; not a test.
 
 use std::time::Instant;
 
@@ -13,27 +17,21 @@ use tandem_common::lake::Lake;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
         .nth(1)
-        .ok_or("usage: views_bench LAKE_URL")?;
+        .ok_or("usage: views_bench LAKE_URL [SQL_DIR]")?;
     let lake = Lake::open(&url)?;
     let now = tandem_common::event::now_ms();
     let cutoff = tandem_batch::cutoff::for_lake(&lake, None, now, 3_600_000, 600_000).await?;
     // The cutoff is an hour boundary at or below now: look an hour ahead so a fresh lake is in.
-    let lc = LakeContext::new(&lake)
-        .await?
-        .with_cutoff(cutoff + 3_600_000)
-        .await?;
+    let cutoff = cutoff + 3_600_000;
+    if let Some(dir) = std::env::args().nth(2) {
+        std::fs::write(format!("{dir}/profiles.sql"), View::Profiles.sql(cutoff))?;
+        std::fs::write(format!("{dir}/cutoff_ms"), cutoff.to_string())?;
+    }
+    let lc = LakeContext::new(&lake).await?.with_cutoff(cutoff).await?;
     let t = Instant::now();
-    let rows_in = lc
-        .ctx
-        .sql("SELECT count(*) FROM events")
-        .await?
-        .collect()
-        .await?;
+    let events = lc.materialise().await?;
     let dedupe_s = t.elapsed().as_secs_f64();
-    let rows_in = datafusion::arrow::array::AsArray::as_primitive::<
-        datafusion::arrow::datatypes::Int64Type,
-    >(rows_in[0].column(0))
-    .value(0);
+    let rows_in: usize = events.iter().map(|b| b.num_rows()).sum();
     let mut views = serde_json::Map::new();
     for view in View::ALL {
         let t = Instant::now();

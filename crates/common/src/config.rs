@@ -540,14 +540,14 @@ impl Config {
         }
         let day = Duration::from_secs(86_400);
         let epoch = self.events.epoch;
-        if epoch < Duration::from_secs(60)
+        if epoch < Duration::from_secs(1)
             || epoch > day
             || !day.as_millis().is_multiple_of(epoch.as_millis().max(1))
         {
             p.push((
                 "events.epoch",
                 format!(
-                    "must be between 1m and 24h and divide a day evenly, got {}",
+                    "must be between 1s and 24h and divide a day evenly, got {}",
                     humantime::format_duration(epoch)
                 ),
             ));

@@ -75,7 +75,7 @@ fn every_problem_is_reported_at_once() {
     for want in [
         "bus.partitions: must be 1–4096, got 0 (from TANDEM__BUS__PARTITIONS)",
         "server.listen: `nowhere` is not host:port",
-        "events.epoch: must be between 1m and 24h and divide a day evenly, got 7m",
+        "events.epoch: must be between 1s and 24h and divide a day evenly, got 7m",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
