@@ -146,15 +146,13 @@ pub async fn run(
     .await?;
     let id = snapshot_id(cutoff);
     let previous = store.pointer().await?;
-    if let Some(p) = &previous {
-        if p.cutoff_ms > cutoff {
-            return Err(Error::User(format!(
-                "cutoff {} is before the published snapshot {}'s ({}): the speed epochs before that are deleted, so an older snapshot cannot be served",
-                format_rfc3339_ms(cutoff),
-                p.snapshot,
-                format_rfc3339_ms(p.cutoff_ms)
-            )));
-        }
+    if let Some(p) = previous.as_ref().filter(|p| p.cutoff_ms > cutoff) {
+        return Err(Error::User(format!(
+            "cutoff {} is before the published snapshot {}'s ({}): the speed epochs before that are deleted, so an older snapshot cannot be served",
+            format_rfc3339_ms(cutoff),
+            p.snapshot,
+            format_rfc3339_ms(p.cutoff_ms)
+        )));
     }
     let cutoff_date = tandem_common::event::date_of_ms(cutoff);
     let event_files = lake

@@ -315,7 +315,7 @@ impl Models {
 }
 
 /// Every `len / max`-th of `keys` (sorted): a fixed, spread sample.
-fn sample<'a>(mut keys: Vec<&'a String>, max: usize) -> Vec<&'a String> {
+fn sample(mut keys: Vec<&String>, max: usize) -> Vec<&String> {
     keys.sort();
     let step = keys.len().div_ceil(max.max(1)).max(1);
     keys.into_iter().step_by(step).collect()

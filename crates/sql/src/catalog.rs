@@ -97,10 +97,10 @@ pub async fn manifests(lake: &Lake) -> Result<Vec<Manifest>> {
     let listed = lake.store().list_with_delimiter(Some(&root)).await?;
     let mut out = Vec::new();
     for dir in listed.common_prefixes {
-        if let Some(id) = dir.filename() {
-            if let Some(m) = manifest(lake, id).await? {
-                out.push(m);
-            }
+        if let Some(id) = dir.filename()
+            && let Some(m) = manifest(lake, id).await?
+        {
+            out.push(m);
         }
     }
     out.sort_by_key(|m| m.cutoff_ms);
