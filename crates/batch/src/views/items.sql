@@ -18,19 +18,12 @@ base AS (
            coalesce(sum(CAST(quantity AS BIGINT)) FILTER (WHERE kind = 'purchase'), 0) AS units,
            coalesce(sum(CAST(round(price * 1000000) AS BIGINT) * quantity) FILTER (WHERE kind = 'purchase'), 0)
                                                              AS revenue_micros,
-           ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C})) FILTER (WHERE w > 0)) AS popularity
+           ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C})) FILTER (WHERE w > 0)) AS popularity,
+           -- The category of the latest event naming one; at the same time, the greater name.
+           first_value(category ORDER BY category IS NULL, ts_ms DESC, category DESC) AS category,
+           max(ts_ms) FILTER (WHERE category IS NOT NULL)    AS category_ts
     FROM e
     GROUP BY item_id
-),
--- The category of the latest event naming one; at the same time, the greater name.
-latest_category AS (
-    SELECT item_id, category, ts_ms AS category_ts
-    FROM (SELECT item_id, category, ts_ms,
-                 row_number() OVER (PARTITION BY item_id ORDER BY ts_ms DESC, category DESC) AS rank
-          FROM e WHERE category IS NOT NULL)
-    WHERE rank = 1
 )
-SELECT b.*, c.category, c.category_ts,
-       CAST(b.purchases AS DOUBLE) / nullif(b.views, 0) AS conversion
+SELECT b.*, CAST(b.purchases AS DOUBLE) / nullif(b.views, 0) AS conversion
 FROM base b
-LEFT JOIN latest_category c ON c.item_id = b.item_id
