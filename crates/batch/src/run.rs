@@ -112,6 +112,13 @@ fn name(step: Step) -> &'static str {
     }
 }
 
+/// Logs the start of `step`, shows it, and asks the checkpoint whether to go on.
+fn begin(step: Step, checkpoint: &dyn Checkpoint, progress: &dyn Progress) -> Result<()> {
+    tracing::info!(step = name(step), "Step started.");
+    progress.step(step);
+    checkpoint.before(step)
+}
+
 /// Everything a snapshot holds, in memory.
 struct Computed {
     events: u64,
@@ -196,8 +203,7 @@ pub async fn run(
         return Ok(finish(summary, durations));
     }
     if previous.as_ref() == Some(&new) && existing.is_some() {
-        progress.step(Step::Cleanup);
-        checkpoint.before(Step::Cleanup)?;
+        begin(Step::Cleanup, checkpoint, progress)?;
         let (a, b) = snapshot::cleanup(store, &new).await?;
         summary.deleted_keys = a + b;
         summary.outcome = Outcome::AlreadyPublished;
@@ -225,8 +231,7 @@ pub async fn run(
     let manifest = match existing {
         Some(m) => m,
         None => {
-            progress.step(Step::WriteLake);
-            checkpoint.before(Step::WriteLake)?;
+            begin(Step::WriteLake, checkpoint, progress)?;
             let t = Instant::now();
             let mut m = Manifest {
                 snapshot: id.clone(),
@@ -247,8 +252,7 @@ pub async fn run(
         }
     };
 
-    progress.step(Step::Materialise);
-    checkpoint.before(Step::Materialise)?;
+    begin(Step::Materialise, checkpoint, progress)?;
     let t = Instant::now();
     let popular = popular_row(&computed.items);
     let models_json = computed.models.as_ref().map(|m| m.to_json()).transpose()?;
@@ -268,13 +272,11 @@ pub async fn run(
     .await?;
     durations.insert(name(Step::Materialise).into(), t.elapsed().as_secs_f64());
 
-    progress.step(Step::Flip);
-    checkpoint.before(Step::Flip)?;
+    begin(Step::Flip, checkpoint, progress)?;
     snapshot::flip(store, previous.as_ref(), &new).await?;
     tracing::info!(snapshot = %id, cutoff = %summary.cutoff, "Published snapshot.");
 
-    progress.step(Step::Cleanup);
-    checkpoint.before(Step::Cleanup)?;
+    begin(Step::Cleanup, checkpoint, progress)?;
     let t = Instant::now();
     let (a, b) = snapshot::cleanup(store, &new).await?;
     summary.deleted_keys = a + b;
@@ -290,8 +292,7 @@ async fn compute(
     progress: &dyn Progress,
     durations: &mut BTreeMap<String, f64>,
 ) -> Result<Computed> {
-    progress.step(Step::Views);
-    checkpoint.before(Step::Views)?;
+    begin(Step::Views, checkpoint, progress)?;
     let t = Instant::now();
     let lc = LakeContext::new(lake).await?.with_cutoff(cutoff).await?;
     let events = lc.materialise().await?;
@@ -304,8 +305,7 @@ async fn compute(
     let similar = similar_from(&similar_batches)?;
     durations.insert(name(Step::Views).into(), t.elapsed().as_secs_f64());
 
-    progress.step(Step::Train);
-    checkpoint.before(Step::Train)?;
+    begin(Step::Train, checkpoint, progress)?;
     let t = Instant::now();
     // Event time ends at the cutoff, or earlier for history loaded in bulk after the fact.
     let max_ts = events
