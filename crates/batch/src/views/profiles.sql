@@ -49,11 +49,17 @@ affinity AS (
 -- distinct_items is for analysts only: a distinct count cannot be merged, so it is not served.
 recent AS (
     SELECT user_id,
-           array_slice(array_agg(item_id ORDER BY last_ts DESC, item_id), 1, ${RECENT}) AS recent_items,
-           array_slice(array_agg(last_ts ORDER BY last_ts DESC, item_id), 1, ${RECENT}) AS recent_ts,
-           count(*)                                                                     AS distinct_items
-    FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
-          FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
+           array_agg(item_id ORDER BY last_ts DESC, item_id) AS recent_items,
+           array_agg(last_ts ORDER BY last_ts DESC, item_id) AS recent_ts,
+           max(distinct_items)                               AS distinct_items
+    FROM (
+        SELECT user_id, item_id, last_ts,
+               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank,
+               count(*) OVER (PARTITION BY user_id)                                    AS distinct_items
+        FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
+              FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
+    )
+    WHERE rank <= ${RECENT}
     GROUP BY user_id
 )
 SELECT b.*, a.affinity_categories, a.affinity_scores, r.recent_items, r.recent_ts,
