@@ -13,7 +13,6 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Schema, TimestampMillisecondType,
 };
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 use tandem_common::event::{Event, Kind, format_rfc3339_ms};
 use tandem_common::features::{ItemStats, Profile};
@@ -322,12 +321,14 @@ async fn compute(
     let history = fold_history(&events, split)?;
     drop(events);
     drop(lc);
+    // Off the async threads; the profiles go along and come back rather than being copied.
     let train_opts = opts.train.clone();
-    let profiles_for_training = profiles.clone();
-    let trained =
-        tokio::task::spawn_blocking(move || train(history, &profiles_for_training, &train_opts))
-            .await
-            .map_err(|e| Error::Internal(format!("training task: {e}")))?;
+    let (trained, profiles) = tokio::task::spawn_blocking(move || {
+        let trained = train(history, &profiles, &train_opts);
+        (trained, profiles)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("training task: {e}")))?;
     let (models, models_entry) = match trained {
         Ok(m) => {
             let entry = ModelsEntry::Trained(m.metrics.clone());
@@ -532,15 +533,9 @@ async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
         }
     }
     let models = match &m.models {
-        ModelsEntry::Trained(_) => {
-            let bytes = lake
-                .store()
-                .get(&lake.path(&snapshot::file_path(id, "models.json")))
-                .await?
-                .bytes()
-                .await?;
-            Some(Models::from_json(&bytes)?)
-        }
+        ModelsEntry::Trained(_) => Some(Models::from_json(
+            &snapshot::read_file(lake, id, "models.json").await?,
+        )?),
         ModelsEntry::Skipped(_) => None,
     };
     Ok(Computed {

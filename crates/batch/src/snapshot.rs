@@ -8,9 +8,6 @@
 //! `manifest.json` is written last: a snapshot folder without it is an unfinished run's, and is
 //! rewritten.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -19,6 +16,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use tandem_common::event::format_rfc3339_ms;
 use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
@@ -159,14 +157,19 @@ pub async fn put_file(lake: &Lake, id: &str, name: &str, bytes: Bytes) -> Result
     Ok(())
 }
 
-/// Reads a Parquet file of snapshot `id`.
-pub async fn read_parquet(lake: &Lake, id: &str, name: &str) -> Result<Vec<RecordBatch>> {
-    let bytes = lake
+/// Reads a file of snapshot `id`.
+pub async fn read_file(lake: &Lake, id: &str, name: &str) -> Result<Bytes> {
+    Ok(lake
         .store()
         .get(&lake.path(&file_path(id, name)))
         .await?
         .bytes()
-        .await?;
+        .await?)
+}
+
+/// Reads a Parquet file of snapshot `id`.
+pub async fn read_parquet(lake: &Lake, id: &str, name: &str) -> Result<Vec<RecordBatch>> {
+    let bytes = read_file(lake, id, name).await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
@@ -278,6 +281,3 @@ pub async fn cleanup(store: &dyn OnlineStore, new: &Pointer) -> Result<(u64, u64
     let epochs = store.drop_epochs_before(new.cutoff_ms).await?;
     Ok((snapshots, epochs))
 }
-
-/// A shared store handle.
-pub type Store = Arc<dyn OnlineStore>;

@@ -66,11 +66,10 @@ impl Segments {
                 if s > b.1 + 1e-9 { (k, s) } else { b }
             })
             .0;
-        let model = fit(&x, best)?;
-        let centroids: Vec<Vec<f64>> = model.rows().into_iter().map(|r| r.to_vec()).collect();
+        let centroids = fit(&x, best)?;
         let mut sizes = vec![0u64; best];
         for r in x.rows() {
-            sizes[nearest_vec(&centroids, r.as_slice().unwrap_or(&[]))] += 1;
+            sizes[nearest(&centroids, r.as_slice().unwrap_or(&[]))] += 1;
         }
         let labels = centroids.iter().map(|c| describe(c)).collect();
         Ok(Segments {
@@ -87,7 +86,7 @@ impl Segments {
     pub fn assign(&self, features: &[f64]) -> usize {
         let mut row = features.to_vec();
         self.scaler.scale(&mut row);
-        nearest_vec(&self.centroids, &row)
+        nearest(&self.centroids, &row)
     }
 
     /// The number of segments.
@@ -97,32 +96,26 @@ impl Segments {
 }
 
 /// The centroids of k-means on `x` (linfa's fixed seed: the same data gives the same model).
-fn fit(x: &Array2<f64>, k: usize) -> Result<Array2<f64>> {
+fn fit(x: &Array2<f64>, k: usize) -> Result<Vec<Vec<f64>>> {
     let model = KMeans::params(k)
         .n_runs(3)
         .max_n_iterations(200)
         .tolerance(1e-5)
         .fit(&DatasetBase::from(x.clone()))
         .map_err(|e| Error::Linfa(e.to_string()))?;
-    Ok(model.centroids().clone())
+    Ok(model
+        .centroids()
+        .rows()
+        .into_iter()
+        .map(|r| r.to_vec())
+        .collect())
 }
 
 fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum()
 }
 
-fn nearest(centroids: &Array2<f64>, row: &[f64]) -> usize {
-    let mut best = (0, f64::INFINITY);
-    for (i, c) in centroids.rows().into_iter().enumerate() {
-        let d = dist2(c.as_slice().unwrap_or(&[]), row);
-        if d < best.1 {
-            best = (i, d);
-        }
-    }
-    best.0
-}
-
-fn nearest_vec(centroids: &[Vec<f64>], row: &[f64]) -> usize {
+fn nearest(centroids: &[Vec<f64>], row: &[f64]) -> usize {
     let mut best = (0, f64::INFINITY);
     for (i, c) in centroids.iter().enumerate() {
         let d = dist2(c, row);
