@@ -5,7 +5,8 @@
 //! computed over them. Prints one JSON line: the cutoff, rows in, seconds and rows out per view.
 //! With `SQL_DIR`, also writes the profile SQL with its placeholders filled in
 //! (`SQL_DIR/profiles.sql`) and the cutoff (`SQL_DIR/cutoff_ms`), for the DuckDB peer in
-//! `bench/duck_profiles.py`. Used by `bench/run.sh`; not a test.
+//! `bench/duck_profiles.py`. With `VIEWS_BENCH_EXPLAIN=1` in the environment, also prints each
+//! view's `EXPLAIN ANALYZE` on stderr. Used by `bench/run.sh`; not a test.
 
 use std::time::Instant;
 
@@ -34,6 +35,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rows_in: usize = events.iter().map(|b| b.num_rows()).sum();
     let mut views = serde_json::Map::new();
     for view in View::ALL {
+        if std::env::var_os("VIEWS_BENCH_EXPLAIN").is_some() {
+            // Where the time goes, per operator, on stderr.
+            let sql = format!("EXPLAIN ANALYZE {}", view.sql(cutoff));
+            let plan = lc.ctx.sql(&sql).await?.collect().await?;
+            eprintln!("{}\n{}", view.name(), datafusion::arrow::util::pretty::pretty_format_batches(&plan)?);
+        }
         let t = Instant::now();
         let rows: usize = view.collect(&lc).await?.iter().map(|b| b.num_rows()).sum();
         views.insert(

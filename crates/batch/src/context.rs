@@ -8,8 +8,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::DataType;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMillisecondType};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -21,7 +27,7 @@ use tandem_common::event::date_of_ms;
 use tandem_common::lake::{EVENTS_DIR, Lake};
 use tandem_common::schema::event_schema;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The object-store URL the lake is registered under.
 pub const LAKE_URL: &str = "tandem://lake";
@@ -77,20 +83,147 @@ impl LakeContext {
     }
 
     /// Computes the `events` view once, keeps the columns the views and the models read in
-    /// memory, and makes `events` that table: the deduplication then runs once per batch run,
-    /// not once per view. Returns the batches.
+    /// memory ([`MATERIALISED_COLUMNS`]), and makes `events` that table: the deduplication then
+    /// runs once per batch run, not once per view. Returns the batches.
+    ///
+    /// The rows are those of the SQL view [`with_cutoff`](Self::with_cutoff) defines, found by
+    /// a hash of the event ids instead of a sort: one scan of the files before the cutoff, then
+    /// the first copy of each `event_id` by (`ingest_ts`, `partition`, `offset`) is kept.
     pub async fn materialise(&self) -> Result<Vec<RecordBatch>> {
-        let df = self
-            .ctx
-            .sql(
-                "SELECT user_id, kind, item_id, category, price, quantity, ts, session_id FROM events",
-            )
-            .await?;
-        let schema = df.schema().as_arrow().clone();
-        let batches = df.collect().await?;
-        let table = MemTable::try_new(Arc::new(schema), vec![batches.clone()])?;
+        let cutoff = self
+            .cutoff_ms
+            .ok_or_else(|| Error::Internal("materialise needs a LakeContext with a cutoff".into()))?;
+        let sql = format!(
+            "SELECT {cols}, event_id, ingest_ts, \"partition\", \"offset\" FROM events_all \
+             WHERE date <= '{date}' AND ingest_ts < to_timestamp_millis({cutoff})",
+            cols = MATERIALISED_COLUMNS.join(", "),
+            date = date_of_ms(cutoff),
+        );
+        let scanned = self.ctx.sql(&sql).await?.collect().await?;
+        let keep = first_copies(&scanned)?;
+        let kept: Vec<usize> = (0..MATERIALISED_COLUMNS.len()).collect();
+        let mut batches = Vec::with_capacity(scanned.len());
+        for (b, keep) in scanned.into_iter().zip(keep) {
+            let b = b.project(&kept)?;
+            batches.push(match keep {
+                Some(mask) => filter_record_batch(&b, &mask)?,
+                None => b,
+            });
+        }
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => Arc::new(event_schema().project(
+                &MATERIALISED_COLUMNS
+                    .iter()
+                    .map(|c| event_schema().index_of(c))
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )?),
+        };
+        // One partition per target partition, so that the views scan it in parallel.
+        let n = self.ctx.copied_config().target_partitions().max(1);
+        let mut parts = vec![Vec::new(); n];
+        for (i, b) in batches.iter().enumerate() {
+            parts[i % n].push(b.clone());
+        }
+        let table = MemTable::try_new(schema, parts)?;
         self.ctx.deregister_table("events")?;
         self.ctx.register_table("events", Arc::new(table))?;
         Ok(batches)
     }
+}
+
+/// The columns of `events` that [`LakeContext::materialise`] keeps: those the views and the
+/// models read.
+pub const MATERIALISED_COLUMNS: [&str; 8] = [
+    "user_id",
+    "kind",
+    "item_id",
+    "category",
+    "price",
+    "quantity",
+    "ts",
+    "session_id",
+];
+
+/// Per batch, which rows are the first copy of their `event_id` by (`ingest_ts`, `partition`
+/// nulls first, `offset` nulls first); `None` for a batch whose rows all are. Ties keep the
+/// copy met first. The batches end with the columns `event_id`, `ingest_ts`, `partition`,
+/// `offset`.
+fn first_copies(batches: &[RecordBatch]) -> Result<Vec<Option<BooleanArray>>> {
+    struct Key<'a> {
+        ids: StringArray,
+        ingest: &'a [i64],
+        partition: &'a Int32Array,
+        offset: &'a Int64Array,
+    }
+    let mut keys = Vec::with_capacity(batches.len());
+    for b in batches {
+        let n = b.num_columns();
+        let col = |i: usize, name: &str| -> Result<&ArrayRef> {
+            let c = b.column(i);
+            if b.schema().field(i).name() != name {
+                return Err(Error::Internal(format!("expected column `{name}` at {i}")));
+            }
+            Ok(c)
+        };
+        let ids = cast(col(n - 4, "event_id")?, &DataType::Utf8)?;
+        let ingest = col(n - 3, "ingest_ts")?
+            .as_primitive_opt::<TimestampMillisecondType>()
+            .ok_or_else(|| Error::Internal("ingest_ts is not a timestamp".into()))?;
+        let partition = col(n - 2, "partition")?
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| Error::Internal("partition is not an Int32".into()))?;
+        let offset = col(n - 1, "offset")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| Error::Internal("offset is not an Int64".into()))?;
+        keys.push(Key {
+            ids: ids.as_string::<i32>().clone(),
+            ingest: ingest.values(),
+            partition,
+            offset,
+        });
+    }
+    let order = |k: &Key<'_>, row: usize| {
+        (
+            k.ingest[row],
+            k.partition.is_valid(row).then(|| k.partition.value(row)),
+            k.offset.is_valid(row).then(|| k.offset.value(row)),
+        )
+    };
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let mut first: HashMap<&str, (u32, u32), foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(rows, Default::default());
+    let mut dropped: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
+    for (bi, k) in keys.iter().enumerate() {
+        for row in 0..k.ids.len() {
+            let id = k.ids.value(row);
+            match first.entry(id) {
+                Entry::Vacant(v) => {
+                    v.insert((bi as u32, row as u32));
+                }
+                Entry::Occupied(mut o) => {
+                    let (b0, r0) = *o.get();
+                    if order(k, row) < order(&keys[b0 as usize], r0 as usize) {
+                        dropped[b0 as usize].push(r0);
+                        o.insert((bi as u32, row as u32));
+                    } else {
+                        dropped[bi].push(row as u32);
+                    }
+                }
+            }
+        }
+    }
+    Ok(dropped
+        .into_iter()
+        .zip(batches)
+        .map(|(rows, b)| {
+            (!rows.is_empty()).then(|| {
+                let mut mask = vec![true; b.num_rows()];
+                for r in rows {
+                    mask[r as usize] = false;
+                }
+                BooleanArray::from(mask)
+            })
+        })
+        .collect())
 }

@@ -318,7 +318,9 @@ async fn compute(
         max_ts.map_or(cutoff, |t| (t + 1).min(cutoff)),
         opts.window_ms,
     );
+    let folding = Instant::now();
     let history = fold_history(&events, split)?;
+    tracing::info!(seconds = folding.elapsed().as_secs_f64(), events = history.events(), "History folded.");
     drop(events);
     drop(lc);
     // Off the async threads; the profiles go along and come back rather than being copied.

@@ -111,6 +111,23 @@ fn kind_index(kind: Kind) -> usize {
     Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
+/// Records that `item` was seen at `ts` in a recent-items list kept sorted by
+/// [`sort_recent`]: the same list as pushing it and sorting, without sorting.
+fn touch_recent(items: &mut Vec<(String, i64)>, item: &str, ts: i64) {
+    let ahead = |(i, t): &(String, i64)| *t > ts || (*t == ts && i.as_str() < item);
+    let name = match items.iter().position(|(i, _)| i == item) {
+        Some(pos) if items[pos].1 >= ts => return,
+        Some(pos) => items.remove(pos).0,
+        None if items.len() >= RECENT_ITEMS && items.last().is_some_and(ahead) => {
+            return;
+        }
+        None => item.to_string(),
+    };
+    let pos = items.partition_point(ahead);
+    items.insert(pos, (name, ts));
+    items.truncate(RECENT_ITEMS);
+}
+
 /// Newest first, then by item id: the one order of `recent_items`.
 fn sort_recent(items: &mut Vec<(String, i64)>) {
     items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -140,18 +157,16 @@ impl Profile {
         }
         let w = interest_weight(e.kind);
         if let (Some(c), true) = (&e.category, w > 0.0) {
-            let l = self
-                .affinity
-                .entry(c.to_string())
-                .or_insert(f64::NEG_INFINITY);
-            *l = logaddexp(*l, decay_term(w, e.ts));
+            let term = decay_term(w, e.ts);
+            match self.affinity.get_mut(c.as_ref()) {
+                Some(l) => *l = logaddexp(*l, term),
+                None => {
+                    self.affinity.insert(c.to_string(), term);
+                }
+            }
         }
         if let Some(item) = &e.item_id {
-            match self.recent_items.iter_mut().find(|(i, _)| i == item) {
-                Some(entry) => entry.1 = entry.1.max(e.ts),
-                None => self.recent_items.push((item.to_string(), e.ts)),
-            }
-            sort_recent(&mut self.recent_items);
+            touch_recent(&mut self.recent_items, item, e.ts);
         }
     }
 
@@ -268,7 +283,13 @@ impl ItemStats {
             self.popularity = logaddexp(self.popularity, decay_term(w, e.ts));
         }
         if let Some(c) = &e.category {
-            self.category = later(&self.category, &Some((c.to_string(), e.ts)));
+            let newer = match &self.category {
+                Some((name, t)) => (e.ts, c.as_ref()) > (*t, name.as_str()),
+                None => true,
+            };
+            if newer {
+                self.category = Some((c.to_string(), e.ts));
+            }
         }
     }
 

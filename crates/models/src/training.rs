@@ -329,6 +329,8 @@ pub fn train(
     opts: &TrainOptions,
 ) -> Result<Models> {
     let split = history.split;
+    let clock = std::time::Instant::now();
+    let lap = |what: &str| tracing::info!(step = what, seconds = clock.elapsed().as_secs_f64(), "Training.");
     let no_similar = |_: &str| Vec::new();
     let none = HashSet::new();
 
@@ -343,6 +345,7 @@ pub fn train(
         .iter()
         .find(|(k, _)| *k == segments.k())
         .map_or(0.0, |(_, s)| *s);
+    lap("segments");
 
     // The ranker: features at T₁, labels in [T₁, T).
     let empty = Profile::new();
@@ -363,7 +366,9 @@ pub fn train(
         }
     }
     let train_rows = y.len();
+    lap("ranker rows");
     let ranker = LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha)?;
+    lap("ranker");
 
     // Propensity: user features at T₁, label = bought in [T₁, T).
     // In user order, so that the same events train the same model to the last bit.
@@ -379,6 +384,7 @@ pub fn train(
         })
         .unzip();
     let propensity = LinearModel::train(&USER_FEATURES, to_matrix(&px), &py, opts.alpha)?;
+    lap("propensity");
 
     // The state at T: the two folds merged.
     let mut at_t = history.before;
@@ -423,6 +429,7 @@ pub fn train(
         p_ndcg += n;
     }
     let users = eval.len().max(1) as f64;
+    lap("evaluation");
     Ok(Models {
         feature_schema_version: FEATURE_SCHEMA_VERSION,
         metrics: Metrics {

@@ -42,6 +42,22 @@ fn fold_profile<'a>(events: impl IntoIterator<Item = &'a Event<'a>>) -> Profile 
 }
 
 proptest! {
+    /// Keeping the recent items sorted as they come equals pushing and sorting each time.
+    #[test]
+    fn recent_items_kept_in_order(seen in proptest::collection::vec((0u8..40, 0i64..30), 0..200)) {
+        let (mut kept, mut sorted): (Vec<(String, i64)>, Vec<(String, i64)>) = (vec![], vec![]);
+        for (item, ts) in seen {
+            let item = format!("i{item}");
+            touch_recent(&mut kept, &item, ts);
+            match sorted.iter_mut().find(|(i, _)| *i == item) {
+                Some(e) => e.1 = e.1.max(ts),
+                None => sorted.push((item, ts)),
+            }
+            sort_recent(&mut sorted);
+            prop_assert_eq!(&kept, &sorted);
+        }
+    }
+
     /// Split anywhere, fold each side, merge: the same as folding everything.
     #[test]
     fn profiles_merge(events in proptest::collection::vec(event(), 0..80), split in 0usize..80) {
