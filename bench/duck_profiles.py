@@ -4,15 +4,18 @@ tandem fills it in for the cutoff), on the same Parquet files, on the same cores
     python3 bench/duck_profiles.py LAKE_DIR SQL_DIR RUNS   -> one JSON line
 
 DuckDB spells two things differently: a timestamp as epoch ms is `epoch_ms(ts)`, not
-`CAST(ts AS BIGINT)`; the rest of the SQL file runs unchanged.
+`CAST(ts AS BIGINT)`, and a struct is `struct_pack(a := x)`, not `named_struct('a', x)`; the rest
+of the SQL file runs unchanged.
 """
-import json, statistics, sys, time
+import json, re, statistics, sys, time
 
 import duckdb
 
 lake, sql_dir, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cutoff_ms = int(open(f"{sql_dir}/cutoff_ms").read())
 sql = open(f"{sql_dir}/profiles.sql").read().replace("CAST(ts AS BIGINT)", "epoch_ms(ts)")
+sql = re.sub(r"named_struct\(([^()]*)\)",
+             lambda m: "struct_pack(" + re.sub(r"'(\w+)',\s*([^,]+)", r"\1 := \2", m.group(1)) + ")", sql)
 cutoff_date = time.strftime("%Y-%m-%d", time.gmtime(cutoff_ms / 1000))
 
 dedupe_s, profile_s, rows = [], [], None

@@ -6,7 +6,7 @@
 //! With `SQL_DIR`, also writes the profile SQL with its placeholders filled in
 //! (`SQL_DIR/profiles.sql`) and the cutoff (`SQL_DIR/cutoff_ms`), for the DuckDB peer in
 //! `bench/duck_profiles.py`. With `VIEWS_BENCH_EXPLAIN=1` in the environment, also prints each
-//! view's `EXPLAIN ANALYZE` on stderr. Used by `bench/run.sh`; not a test.
+//! view's `EXPLAIN ANALYZE` on stderr; with `VIEWS_BENCH_SQL=a.sql,b.sql`, times only those files. Used by `bench/run.sh`; not a test.
 
 use std::time::Instant;
 
@@ -34,17 +34,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dedupe_s = t.elapsed().as_secs_f64();
     let rows_in: usize = events.iter().map(|b| b.num_rows()).sum();
     let mut views = serde_json::Map::new();
-    for view in View::ALL {
+    // With VIEWS_BENCH_SQL, only those files.
+    let standard = if std::env::var_os("VIEWS_BENCH_SQL").is_some() {
+        &[][..]
+    } else {
+        &View::ALL[..]
+    };
+    for &view in standard {
         if std::env::var_os("VIEWS_BENCH_EXPLAIN").is_some() {
             // Where the time goes, per operator, on stderr.
             let sql = format!("EXPLAIN ANALYZE {}", view.sql(cutoff));
             let plan = lc.ctx.sql(&sql).await?.collect().await?;
-            eprintln!("{}\n{}", view.name(), datafusion::arrow::util::pretty::pretty_format_batches(&plan)?);
+            eprintln!(
+                "{}\n{}",
+                view.name(),
+                datafusion::arrow::util::pretty::pretty_format_batches(&plan)?
+            );
         }
         let t = Instant::now();
         let rows: usize = view.collect(&lc).await?.iter().map(|b| b.num_rows()).sum();
         views.insert(
             view.name().into(),
+            serde_json::json!({"seconds": t.elapsed().as_secs_f64(), "rows": rows}),
+        );
+    }
+    // Experiments: more SQL files (placeholders filled as for the views), timed the same way.
+    for path in std::env::var("VIEWS_BENCH_SQL")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        let sql = tandem_batch::views::fill(&std::fs::read_to_string(path)?, cutoff);
+        let t = Instant::now();
+        let rows: usize = tandem_batch::views::run_script(&lc, &sql)
+            .await?
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        views.insert(
+            path.into(),
             serde_json::json!({"seconds": t.elapsed().as_secs_f64(), "rows": rows}),
         );
     }

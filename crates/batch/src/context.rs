@@ -90,9 +90,9 @@ impl LakeContext {
     /// a hash of the event ids instead of a sort: one scan of the files before the cutoff, then
     /// the first copy of each `event_id` by (`ingest_ts`, `partition`, `offset`) is kept.
     pub async fn materialise(&self) -> Result<Vec<RecordBatch>> {
-        let cutoff = self
-            .cutoff_ms
-            .ok_or_else(|| Error::Internal("materialise needs a LakeContext with a cutoff".into()))?;
+        let cutoff = self.cutoff_ms.ok_or_else(|| {
+            Error::Internal("materialise needs a LakeContext with a cutoff".into())
+        })?;
         let sql = format!(
             "SELECT {cols}, event_id, ingest_ts, \"partition\", \"offset\" FROM events_all \
              WHERE date <= '{date}' AND ingest_ts < to_timestamp_millis({cutoff})",
@@ -112,12 +112,14 @@ impl LakeContext {
         }
         let schema = match batches.first() {
             Some(b) => b.schema(),
-            None => Arc::new(event_schema().project(
-                &MATERIALISED_COLUMNS
-                    .iter()
-                    .map(|c| event_schema().index_of(c))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            )?),
+            None => Arc::new(
+                event_schema().project(
+                    &MATERIALISED_COLUMNS
+                        .iter()
+                        .map(|c| event_schema().index_of(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                )?,
+            ),
         };
         // One partition per target partition, so that the views scan it in parallel.
         let n = self.ctx.copied_config().target_partitions().max(1);

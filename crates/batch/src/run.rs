@@ -320,7 +320,11 @@ async fn compute(
     );
     let folding = Instant::now();
     let history = fold_history(&events, split)?;
-    tracing::info!(seconds = folding.elapsed().as_secs_f64(), events = history.events(), "History folded.");
+    tracing::info!(
+        seconds = folding.elapsed().as_secs_f64(),
+        events = history.events(),
+        "History folded."
+    );
     drop(events);
     drop(lc);
     // Off the async threads; the profiles go along and come back rather than being copied.

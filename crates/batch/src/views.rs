@@ -7,14 +7,14 @@
 use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, ListArray, RecordBatch, StringArray,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
-use datafusion::dataframe::DataFrame;
 use tandem_common::event::Kind;
 use tandem_common::features::{
-    DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS, interest_weight,
+    DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS, interest_weight, sort_recent,
 };
 
 use crate::context::LakeContext;
@@ -60,30 +60,100 @@ impl View {
 
     /// The SQL for a cutoff: placeholders filled in.
     pub fn sql(self, cutoff_ms: i64) -> String {
-        let shift = (cutoff_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS;
-        self.sql_template()
-            .replace("${CUTOFF_MS}", &format!("{cutoff_ms}.0"))
-            .replace("${R}", &format!("{DECAY_REF_MS}.0"))
-            .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
-            .replace("${C}", &format!("{shift:.17e}"))
-            .replace("${RECENT}", &RECENT_ITEMS.to_string())
-            .replace("${K}", &SIMILAR_K.to_string())
-            .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
-            .replace("${WEIGHT}", &weight_case())
-    }
-
-    /// The view as a DataFrame over `lc` (which must have a cutoff).
-    pub async fn dataframe(self, lc: &LakeContext) -> Result<DataFrame> {
-        let cutoff = lc
-            .cutoff_ms
-            .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))?;
-        Ok(lc.ctx.sql(&self.sql(cutoff)).await?)
+        fill(self.sql_template(), cutoff_ms)
     }
 
     /// The view, computed.
     pub async fn collect(self, lc: &LakeContext) -> Result<Vec<RecordBatch>> {
-        Ok(self.dataframe(lc).await?.collect().await?)
+        let cutoff = lc
+            .cutoff_ms
+            .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))?;
+        run_script(lc, &self.sql(cutoff)).await
     }
+}
+
+/// `template` with its placeholders filled in for `cutoff_ms`.
+pub fn fill(template: &str, cutoff_ms: i64) -> String {
+    let shift = (cutoff_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS;
+    template
+        .replace("${CUTOFF_MS}", &format!("{cutoff_ms}.0"))
+        .replace("${R}", &format!("{DECAY_REF_MS}.0"))
+        .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
+        .replace("${C}", &format!("{shift:.17e}"))
+        .replace("${RECENT}", &RECENT_ITEMS.to_string())
+        .replace("${K}", &SIMILAR_K.to_string())
+        .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
+        .replace("${WEIGHT}", &weight_case())
+}
+
+/// The statements of a script: split after each `;` that ends a line, blank ones dropped.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out.push(current);
+    out.into_iter()
+        .map(|s| s.trim().trim_end_matches(';').to_string())
+        .filter(|s| {
+            s.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        })
+        .collect()
+}
+
+/// Runs a view's SQL: a single query, or a script of statements of which exactly one is a
+/// query (`SELECT …` or `WITH …`), whose rows are returned. The others create the script's
+/// intermediate tables (`CREATE OR REPLACE TABLE … AS`, computed once however often the query
+/// reads them) and drop them; the drops after the query also run when a statement fails.
+pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let statements = statements(sql);
+    let is_query = |s: &str| {
+        let code = s
+            .lines()
+            .map(str::trim_start)
+            .find(|l| !l.is_empty() && !l.starts_with("--"))
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        code.starts_with("SELECT") || code.starts_with("WITH")
+    };
+    let query = match statements.iter().filter(|s| is_query(s)).count() {
+        1 => statements.iter().position(|s| is_query(s)).unwrap_or(0),
+        n => {
+            return Err(Error::Internal(format!(
+                "a view's SQL has one query; this one has {n}"
+            )));
+        }
+    };
+    let mut result = Ok(Vec::new());
+    for (i, s) in statements.iter().enumerate() {
+        if i > query && result.is_err() && !s.trim_start().to_ascii_uppercase().starts_with("DROP")
+        {
+            continue;
+        }
+        if i <= query && result.is_err() {
+            continue;
+        }
+        let batches = match lc.ctx.sql(s).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        match (batches, i == query) {
+            (Ok(b), true) => result = Ok(b),
+            (Ok(_), false) => {}
+            (Err(e), _) => {
+                if result.is_ok() {
+                    result = Err(e.into());
+                }
+            }
+        }
+    }
+    result
 }
 
 /// The rows of the profiles view as [`Profile`]s, by user.
@@ -99,8 +169,7 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
             c.i64s("last_ts")?,
             c.i64s("last_purchase_ts")?,
         );
-        let (cats, scores) = (c.list("affinity_categories")?, c.list("affinity_scores")?);
-        let (items, items_ts) = (c.list("recent_items")?, c.list("recent_ts")?);
+        let (affinity, recent) = (c.structs("affinity")?, c.structs("recent")?);
         for i in 0..b.num_rows() {
             let mut p = Profile::new();
             p.counts = counts(i);
@@ -109,25 +178,19 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
             p.first_ts = first.value(i);
             p.last_ts = last.value(i);
             p.last_purchase_ts = last_buy.is_valid(i).then(|| last_buy.value(i));
-            if cats.is_valid(i) {
-                let names = cats.value(i);
-                let values = scores.value(i);
-                let (names, values) = (
-                    names.as_string::<i32>(),
-                    values.as_primitive::<Float64Type>(),
-                );
-                for j in 0..names.len() {
+            if let Some(s) = affinity.row(i)? {
+                let (names, scores) = (field_strings(&s, "category")?, field_f64s(&s, "score")?);
+                for j in 0..s.len() {
                     p.affinity
-                        .insert(names.value(j).to_string(), values.value(j));
+                        .insert(names.value(j).to_string(), scores.value(j));
                 }
             }
-            if items.is_valid(i) {
-                let ids = items.value(i);
-                let ts = items_ts.value(i);
-                let (ids, ts) = (ids.as_string::<i32>(), ts.as_primitive::<Int64Type>());
-                p.recent_items = (0..ids.len())
+            if let Some(s) = recent.row(i)? {
+                let (ids, ts) = (field_strings(&s, "item_id")?, field_i64s(&s, "ts")?);
+                p.recent_items = (0..s.len())
                     .map(|j| (ids.value(j).to_string(), ts.value(j)))
                     .collect();
+                sort_recent(&mut p.recent_items);
             }
             out.insert(users.value(i).to_string(), p);
         }
@@ -250,12 +313,53 @@ impl Columns<'_> {
         Ok(move |i| std::array::from_fn(|k| cols[k].value(i) as u64))
     }
 
-    fn list(&self, name: &str) -> Result<ListArray> {
-        self.get(name)?
+    fn structs(&self, name: &str) -> Result<StructList> {
+        let list = self
+            .get(name)?
             .as_list_opt::<i32>()
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("view column `{name}` is not a list")))
+            .ok_or_else(|| Error::Internal(format!("view column `{name}` is not a list")))?;
+        Ok(StructList(list, name.to_string()))
     }
+}
+
+/// A list-of-struct column.
+struct StructList(ListArray, String);
+
+impl StructList {
+    /// The structs of row `i`, or `None` when the row is null.
+    fn row(&self, i: usize) -> Result<Option<StructArray>> {
+        if self.0.is_null(i) {
+            return Ok(None);
+        }
+        let v = self.0.value(i);
+        v.as_struct_opt().cloned().map(Some).ok_or_else(|| {
+            Error::Internal(format!("view column `{}` is not a list of structs", self.1))
+        })
+    }
+}
+
+fn field<'a>(s: &'a StructArray, name: &str) -> Result<&'a ArrayRef> {
+    s.column_by_name(name)
+        .ok_or_else(|| Error::Internal(format!("view struct has no field `{name}`")))
+}
+
+fn field_strings(s: &StructArray, name: &str) -> Result<StringArray> {
+    Ok(cast(field(s, name)?, &DataType::Utf8)?
+        .as_string::<i32>()
+        .clone())
+}
+
+fn field_f64s(s: &StructArray, name: &str) -> Result<Float64Array> {
+    Ok(cast(field(s, name)?, &DataType::Float64)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
+fn field_i64s(s: &StructArray, name: &str) -> Result<Int64Array> {
+    Ok(cast(field(s, name)?, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
 }
 
 #[cfg(test)]

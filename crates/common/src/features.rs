@@ -128,8 +128,9 @@ fn touch_recent(items: &mut Vec<(String, i64)>, item: &str, ts: i64) {
     items.truncate(RECENT_ITEMS);
 }
 
-/// Newest first, then by item id: the one order of `recent_items`.
-fn sort_recent(items: &mut Vec<(String, i64)>) {
+/// Newest first, then by item id: the one order of `recent_items`; keeps the first
+/// [`RECENT_ITEMS`].
+pub fn sort_recent(items: &mut Vec<(String, i64)>) {
     items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     items.truncate(RECENT_ITEMS);
 }

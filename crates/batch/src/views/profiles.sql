@@ -35,8 +35,8 @@ weighted AS (
 ),
 affinity AS (
     SELECT user_id,
-           array_agg(category ORDER BY category) AS affinity_categories,
-           array_agg(score ORDER BY category)    AS affinity_scores
+           -- a set: no order (an ordered array_agg costs more than the rest of the view)
+           array_agg(named_struct('category', category, 'score', score)) AS affinity
     FROM (
         SELECT user_id, category,
                ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C}))) AS score
@@ -49,8 +49,8 @@ affinity AS (
 -- distinct_items is for analysts only: a distinct count cannot be merged, so it is not served.
 recent AS (
     SELECT user_id,
-           array_agg(item_id ORDER BY last_ts DESC, item_id) AS recent_items,
-           array_agg(last_ts ORDER BY last_ts DESC, item_id) AS recent_ts,
+           -- the last ${RECENT} items and their last times; a set, in no order
+           array_agg(named_struct('item_id', item_id, 'ts', last_ts)) AS recent,
            max(distinct_items)                               AS distinct_items
     FROM (
         SELECT user_id, item_id, last_ts,
@@ -62,7 +62,7 @@ recent AS (
     WHERE rank <= ${RECENT}
     GROUP BY user_id
 )
-SELECT b.*, a.affinity_categories, a.affinity_scores, r.recent_items, r.recent_ts,
+SELECT b.*, a.affinity, r.recent,
        coalesce(r.distinct_items, 0)                    AS distinct_items,
        -- recency / frequency / monetary at the cutoff
        (${CUTOFF_MS} - b.last_ts) / 86400000.0          AS recency_days,

@@ -3,35 +3,53 @@
 -- A session is `session_id`, or the user's UTC day when the event has none. Interest events only.
 -- Work is bounded for heavy sessions: at most ${MAX_SESSION_ITEMS} items per session (the
 -- first by item id), so a session adds at most that number squared of pairs.
-WITH session_items AS (
-    SELECT DISTINCT
-           coalesce(session_id, user_id || ':' || CAST(CAST(ts AS BIGINT) / 86400000 AS VARCHAR)) AS s,
-           item_id
-    FROM events
-    WHERE item_id IS NOT NULL AND kind IN ('view', 'click', 'add_to_cart', 'purchase')
-),
-capped AS (
-    SELECT s, item_id
-    FROM (SELECT s, item_id, row_number() OVER (PARTITION BY s ORDER BY item_id) AS rank
-          FROM session_items)
-    WHERE rank <= ${MAX_SESSION_ITEMS}
-),
-sessions AS (
-    SELECT item_id, count(*) AS n FROM capped GROUP BY item_id
-),
-pairs AS (
-    SELECT a.item_id AS item_id, b.item_id AS similar_item, count(*) AS co
-    FROM capped a JOIN capped b ON a.s = b.s AND a.item_id <> b.item_id
-    GROUP BY a.item_id, b.item_id
-),
-scored AS (
-    SELECT p.item_id, p.similar_item, p.co,
-           CAST(p.co AS DOUBLE) / sqrt(CAST(na.n AS DOUBLE) * CAST(nb.n AS DOUBLE)) AS score
-    FROM pairs p
-    JOIN sessions na ON na.item_id = p.item_id
-    JOIN sessions nb ON nb.item_id = p.similar_item
+--
+-- A script: three intermediate tables, each computed once, then the query, then the drops.
+-- Items are numbered in item-id order (`ix`) so that the pairs are counted on integers.
+
+-- The items of each session, capped.
+CREATE OR REPLACE TABLE similar_baskets AS
+SELECT s, item_id
+FROM (SELECT s, item_id, row_number() OVER (PARTITION BY s ORDER BY item_id) AS rank
+      FROM (SELECT DISTINCT
+                   coalesce(session_id, user_id || ':' || CAST(CAST(ts AS BIGINT) / 86400000 AS VARCHAR)) AS s,
+                   item_id
+            FROM events
+            WHERE item_id IS NOT NULL AND kind IN ('view', 'click', 'add_to_cart', 'purchase')))
+WHERE rank <= ${MAX_SESSION_ITEMS};
+
+-- Each item: its number, and n, the sessions holding it.
+CREATE OR REPLACE TABLE similar_item_ix AS
+SELECT item_id, n, CAST(row_number() OVER (ORDER BY item_id) AS INT) AS ix
+FROM (SELECT item_id, count(*) AS n FROM similar_baskets GROUP BY item_id);
+
+-- Each pair once (a < b): the sessions holding both, and the cosine.
+CREATE OR REPLACE TABLE similar_pairs AS
+WITH coded AS (
+    SELECT b.s, i.ix, i.n FROM similar_baskets b JOIN similar_item_ix i ON b.item_id = i.item_id
 )
-SELECT item_id, similar_item, co, score, rank
-FROM (SELECT *, row_number() OVER (PARTITION BY item_id ORDER BY score DESC, similar_item) AS rank
-      FROM scored)
-WHERE rank <= ${K}
+SELECT x.ix AS a, y.ix AS b, count(*) AS co,
+       CAST(count(*) AS DOUBLE) / sqrt(CAST(max(x.n) AS DOUBLE) * CAST(max(y.n) AS DOUBLE)) AS score
+FROM coded x JOIN coded y ON x.s = y.s AND x.ix < y.ix
+GROUP BY x.ix, y.ix;
+
+-- Both directions of each pair, the best K per item (ties: the smaller item id).
+WITH both_ways AS (
+    SELECT a AS ix, b AS other, co, score FROM similar_pairs
+    UNION ALL
+    SELECT b AS ix, a AS other, co, score FROM similar_pairs
+),
+ranked AS (
+    SELECT ix, other, co, score,
+           row_number() OVER (PARTITION BY ix ORDER BY score DESC, other) AS rank
+    FROM both_ways
+)
+SELECT i.item_id, o.item_id AS similar_item, r.co, r.score, r.rank
+FROM ranked r
+JOIN similar_item_ix i ON i.ix = r.ix
+JOIN similar_item_ix o ON o.ix = r.other
+WHERE r.rank <= ${K};
+
+DROP TABLE IF EXISTS similar_pairs;
+DROP TABLE IF EXISTS similar_item_ix;
+DROP TABLE IF EXISTS similar_baskets;

@@ -149,12 +149,21 @@ async fn views_equal_the_feature_definitions_at_every_cutoff() {
         // Over the SQL view (deduplicated by a window), then over the materialised events
         // (deduplicated by a hash in Rust): both equal the definition.
         check_views(&lc, cutoff, "the SQL view", &want_profiles, &want_items).await;
-        let kept: usize = lc.materialise().await.unwrap().iter().map(|b| b.num_rows()).sum();
+        let kept: usize = lc
+            .materialise()
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
         let want_rows: u64 = want_profiles
             .values()
             .map(|p| p.counts.iter().sum::<u64>())
             .sum();
-        assert_eq!(kept as u64, want_rows, "materialised rows at cutoff {cutoff}");
+        assert_eq!(
+            kept as u64, want_rows,
+            "materialised rows at cutoff {cutoff}"
+        );
         check_views(&lc, cutoff, "materialised", &want_profiles, &want_items).await;
         largest = largest.max(
             want_profiles

@@ -45,7 +45,8 @@ proptest! {
     /// Keeping the recent items sorted as they come equals pushing and sorting each time.
     #[test]
     fn recent_items_kept_in_order(seen in proptest::collection::vec((0u8..40, 0i64..30), 0..200)) {
-        let (mut kept, mut sorted): (Vec<(String, i64)>, Vec<(String, i64)>) = (vec![], vec![]);
+        let mut kept: Vec<(String, i64)> = Vec::new();
+        let mut sorted: Vec<(String, i64)> = Vec::new();
         for (item, ts) in seen {
             let item = format!("i{item}");
             touch_recent(&mut kept, &item, ts);
