@@ -44,6 +44,7 @@ test-only: ## The test suite alone (unit, property, conformance, end-to-end, doc
 build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
-bench: deps build ## Benchmarks: print figures and ratios, write bench/results/latest.md.
-	$(CARGO) build --release -p tandem-batch --example views_bench
+bench: deps ## Benchmarks: print figures and ratios, write bench/results/latest.md.
+	# One command for both, so that features unify once and neither rebuilds the other.
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench
 	bench/run.sh

@@ -32,7 +32,7 @@ for _ in range(runs):
         WHERE copy = 1""")
     dedupe_s.append(time.perf_counter() - t)
     t = time.perf_counter()
-    r = con.execute(sql)  # to_arrow_table in DuckDB 2, fetch_arrow_table before
+    r = con.sql(sql)  # to_arrow_table in DuckDB 2, fetch_arrow_table before
     rows = (r.to_arrow_table() if hasattr(r, "to_arrow_table") else r.fetch_arrow_table()).num_rows
     profile_s.append(time.perf_counter() - t)
     con.close()
