@@ -132,25 +132,19 @@ pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>>
     };
     let mut result = Ok(Vec::new());
     for (i, s) in statements.iter().enumerate() {
-        if i > query && result.is_err() && !s.trim_start().to_ascii_uppercase().starts_with("DROP")
-        {
-            continue;
-        }
-        if i <= query && result.is_err() {
+        let cleanup = i > query && s.trim_start().to_ascii_uppercase().starts_with("DROP");
+        if result.is_err() && !cleanup {
             continue;
         }
         let batches = match lc.ctx.sql(s).await {
             Ok(df) => df.collect().await,
             Err(e) => Err(e),
         };
-        match (batches, i == query) {
-            (Ok(b), true) => result = Ok(b),
-            (Ok(_), false) => {}
-            (Err(e), _) => {
-                if result.is_ok() {
-                    result = Err(e.into());
-                }
-            }
+        match batches {
+            Ok(b) if i == query => result = Ok(b),
+            Ok(_) => {}
+            Err(e) if result.is_ok() => result = Err(e.into()),
+            Err(_) => {}
         }
     }
     result

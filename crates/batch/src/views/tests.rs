@@ -350,3 +350,35 @@ async fn a_heavy_session_adds_bounded_pairs() {
     );
     assert!(got.values().all(|v| v.len() == SIMILAR_K));
 }
+
+#[tokio::test]
+async fn a_script_drops_its_tables_even_when_its_query_fails() {
+    let lake = lake_of(&stamped_with(5, 1, 1)).await;
+    let lc = LakeContext::new(&lake)
+        .await
+        .unwrap()
+        .with_cutoff(END)
+        .await
+        .unwrap();
+    let script = "-- two steps\nCREATE OR REPLACE TABLE step AS SELECT 1 AS x;\n\
+                  SELECT x FROM step;\nDROP TABLE IF EXISTS step;\n";
+    let rows = run_script(&lc, script).await.unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert!(
+        lc.ctx.table("step").await.is_err(),
+        "dropped after the query"
+    );
+
+    let failing = "CREATE OR REPLACE TABLE step AS SELECT 1 AS x;\n\
+                   SELECT no_such_column FROM step;\nDROP TABLE IF EXISTS step;\n";
+    let err = run_script(&lc, failing).await.unwrap_err().to_string();
+    assert!(err.contains("no_such_column"), "the query's error: {err}");
+    assert!(
+        lc.ctx.table("step").await.is_err(),
+        "dropped after the failure too"
+    );
+
+    let two = "SELECT 1;\nSELECT 2;\n";
+    let err = run_script(&lc, two).await.unwrap_err().to_string();
+    assert!(err.contains("has 2"), "{err}");
+}
