@@ -86,7 +86,18 @@ pub fn fill(template: &str, cutoff_ms: i64) -> String {
         .replace("${WEIGHT}", &weight_case())
 }
 
-/// The statements of a script: split after each `;` that ends a line, blank ones dropped.
+/// The first line of a statement that is not blank or a comment, upper-cased ("" if none).
+fn first_code_line(statement: &str) -> String {
+    statement
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .unwrap_or("")
+        .to_ascii_uppercase()
+}
+
+/// The statements of a script: split after each `;` that ends a line; blank ones and ones of
+/// comments only dropped.
 fn statements(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
@@ -100,10 +111,7 @@ fn statements(sql: &str) -> Vec<String> {
     out.push(current);
     out.into_iter()
         .map(|s| s.trim().trim_end_matches(';').to_string())
-        .filter(|s| {
-            s.lines()
-                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
-        })
+        .filter(|s| !first_code_line(s).is_empty())
         .collect()
 }
 
@@ -114,12 +122,7 @@ fn statements(sql: &str) -> Vec<String> {
 pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let statements = statements(sql);
     let is_query = |s: &str| {
-        let code = s
-            .lines()
-            .map(str::trim_start)
-            .find(|l| !l.is_empty() && !l.starts_with("--"))
-            .unwrap_or("")
-            .to_ascii_uppercase();
+        let code = first_code_line(s);
         code.starts_with("SELECT") || code.starts_with("WITH")
     };
     let query = match statements.iter().filter(|s| is_query(s)).count() {
@@ -132,7 +135,7 @@ pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>>
     };
     let mut result = Ok(Vec::new());
     for (i, s) in statements.iter().enumerate() {
-        let cleanup = i > query && s.trim_start().to_ascii_uppercase().starts_with("DROP");
+        let cleanup = i > query && first_code_line(s).starts_with("DROP");
         if result.is_err() && !cleanup {
             continue;
         }

@@ -244,15 +244,15 @@ impl Default for ItemStats {
     }
 }
 
-/// Later wins; at the same time the greater name, so that the choice is order-free.
-fn later(a: &Option<(String, i64)>, b: &Option<(String, i64)>) -> Option<(String, i64)> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(if (y.1, &y.0) > (x.1, &x.0) {
-            y.clone()
-        } else {
-            x.clone()
-        }),
-        (x, y) => x.clone().or_else(|| y.clone()),
+/// Keeps in `slot` the later of it and (`name`, `ts`); at the same time the greater name, so
+/// that the choice is order-free.
+fn keep_later(slot: &mut Option<(String, i64)>, name: &str, ts: i64) {
+    let newer = match slot {
+        Some((current, t)) => (ts, name) > (*t, current.as_str()),
+        None => true,
+    };
+    if newer {
+        *slot = Some((name.to_string(), ts));
     }
 }
 
@@ -284,13 +284,7 @@ impl ItemStats {
             self.popularity = logaddexp(self.popularity, decay_term(w, e.ts));
         }
         if let Some(c) = &e.category {
-            let newer = match &self.category {
-                Some((name, t)) => (e.ts, c.as_ref()) > (*t, name.as_str()),
-                None => true,
-            };
-            if newer {
-                self.category = Some((c.to_string(), e.ts));
-            }
+            keep_later(&mut self.category, c, e.ts);
         }
     }
 
@@ -302,7 +296,9 @@ impl ItemStats {
         self.units += other.units;
         self.revenue_micros += other.revenue_micros;
         self.popularity = logaddexp(self.popularity, other.popularity);
-        self.category = later(&self.category, &other.category);
+        if let Some((name, ts)) = &other.category {
+            keep_later(&mut self.category, name, *ts);
+        }
     }
 
     /// Equal up to floating-point rounding in the popularity (relative 1e-9).

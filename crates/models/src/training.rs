@@ -338,8 +338,8 @@ pub fn train(
     let lap = |what: &str| {
         tracing::info!(
             step = what,
-            seconds = clock.elapsed().as_secs_f64(),
-            "Training."
+            since_start_s = clock.elapsed().as_secs_f64(),
+            "Training step done."
         )
     };
     let no_similar = |_: &str| Vec::new();

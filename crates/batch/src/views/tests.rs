@@ -370,7 +370,7 @@ async fn a_script_drops_its_tables_even_when_its_query_fails() {
     );
 
     let failing = "CREATE OR REPLACE TABLE step AS SELECT 1 AS x;\n\
-                   SELECT no_such_column FROM step;\nDROP TABLE IF EXISTS step;\n";
+                   SELECT no_such_column FROM step;\n-- clean up\nDROP TABLE IF EXISTS step;\n";
     let err = run_script(&lc, failing).await.unwrap_err().to_string();
     assert!(err.contains("no_such_column"), "the query's error: {err}");
     assert!(
