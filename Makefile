@@ -9,7 +9,7 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps fmt fmt-check lint test test-only build bench
+.PHONY: help deps fmt fmt-check lint test test-only build bench bench-stream
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,7 @@ help: ## List the targets.
 deps: ## Install what the tests need and lack: redis-server (and mold, to link faster), with apt.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
 	command -v mold >/dev/null || missing="$$missing mold"; \
 	if [ -n "$$missing" ]; then \
 	  if [ -n "$(APT)" ]; then \
@@ -44,7 +45,12 @@ test-only: ## The test suite alone (unit, property, conformance, end-to-end, doc
 build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
-bench: deps ## Benchmarks: print figures and ratios, write bench/results/latest.md.
+bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,stream}.md.
 	# One command for both, so that features unify once and neither rebuilds the other.
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench
 	bench/run.sh
+	bench/stream.sh
+
+bench-stream: deps ## The speed layer and archiver benchmark alone (bench/results/stream.md).
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench
+	bench/stream.sh

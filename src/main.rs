@@ -47,6 +47,62 @@ enum Command {
     Batch(BatchCommand),
     /// Analyst SQL over the lake and a snapshot: `-e "…"`, a script on standard input, or a REPL.
     Sql(SqlArgs),
+    /// The speed layer and the archiver: consumers of the event bus.
+    #[command(subcommand)]
+    Stream(StreamCommand),
+}
+
+#[derive(Subcommand)]
+enum StreamCommand {
+    /// The speed layer: apply each event's deltas to the online store, exactly once in effect.
+    /// Runs until SIGTERM/Ctrl-C (then finishes its batches and stores their positions).
+    Run(StreamRunArgs),
+    /// The archiver: write the bus into Parquet files in the lake and publish per-partition
+    /// watermarks for the batch cutoff. Runs until SIGTERM/Ctrl-C (then makes its files visible).
+    Archive(StreamArchiveArgs),
+}
+
+#[derive(Args)]
+struct StreamArgs {
+    /// The bus URL [default: bus.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+    /// The partitions to consume, e.g. `0,1,2` [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "P,…")]
+    partitions: Vec<u32>,
+    /// Stop once caught up with the end the bus had at start, and print a JSON summary.
+    #[arg(long)]
+    until_caught_up: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args)]
+struct StreamRunArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// The online store URL [default: online_store.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Records per fetch and per pipelined apply [default: stream.batch of the configuration].
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
+#[derive(Args)]
+struct StreamArchiveArgs {
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// The lake URL [default: lake.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
+    /// Rows per file [default: stream.archive_roll_rows of the configuration].
+    #[arg(long)]
+    roll_rows: Option<usize>,
+    /// Largest age of an open file, e.g. `30s` [default: stream.archive_roll_age].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    roll_age: Option<std::time::Duration>,
 }
 
 #[derive(Args)]
@@ -150,10 +206,14 @@ struct GenerateArgs {
     #[arg(long)]
     events: Option<u64>,
     /// Write into this lake (URL) instead of printing JSON lines; `config` means lake.url.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "bus")]
     lake: Option<String>,
+    /// Send onto this bus (URL) instead, stamped with the ingest time of sending, as the API
+    /// does; `config` means bus.url.
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
     /// Write JSON lines to this file instead of standard output.
-    #[arg(long, short, value_name = "FILE", conflicts_with = "lake")]
+    #[arg(long, short, value_name = "FILE", conflicts_with_all = ["lake", "bus"])]
     output: Option<PathBuf>,
 }
 
@@ -217,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Lake(LakeCommand::Status) => lake_status(&config).await,
             Command::Batch(BatchCommand::Run(args)) => batch_run(args, &config).await,
             Command::Sql(args) => sql_command(args, &config).await,
+            Command::Stream(cmd) => stream_command(cmd, &config).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)
@@ -418,12 +479,18 @@ async fn generate(args: GenerateArgs, config: &Config) -> Result<()> {
     opts.bad_rate = args.bad_rate;
     opts.dup_rate = args.dup_rate;
     opts.max_events = args.events;
-    if args.lake.is_some() && args.bad_rate > 0.0 {
+    if (args.lake.is_some() || args.bus.is_some()) && args.bad_rate > 0.0 {
         bail!(
-            "--bad-rate makes invalid events, which only JSON lines can carry; drop --lake or --bad-rate"
+            "--bad-rate makes invalid events, which only JSON lines can carry; drop --lake/--bus or --bad-rate"
         );
     }
     let generator = Generator::new(opts)?;
+    if let Some(url) = &args.bus {
+        let bus = open_bus(Some(url), config).await?;
+        let summary = send_to_bus(generator, bus.as_ref()).await?;
+        println!("{summary}");
+        return Ok(());
+    }
     if let Some(url) = &args.lake {
         let lake = open_lake(Some(url), config)?;
         let options = IngestOptions::from_config(config, InputFormat::Jsonl);
@@ -566,6 +633,132 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
         );
     }
     println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
+}
+
+async fn open_bus(
+    flag: Option<&str>,
+    config: &Config,
+) -> Result<std::sync::Arc<dyn tandem_stream::bus::Bus>> {
+    let url = match flag {
+        None | Some("config") => config.bus.url.as_str(),
+        Some(u) => u,
+    };
+    Ok(tandem_stream::bus::open(url, config.bus.partitions).await?)
+}
+
+/// Sends generated events onto the bus in chunks, each stamped with the time it is sent.
+async fn send_to_bus(
+    mut generator: Generator,
+    bus: &dyn tandem_stream::bus::Bus,
+) -> Result<serde_json::Value> {
+    use bytes::Bytes;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let ingest_ts = now_ms();
+        let chunk: Vec<(Bytes, Bytes)> = std::iter::from_fn(|| generator.next_event())
+            .take(8192)
+            .map(|e| {
+                let key = Bytes::from(e.user_id.to_string());
+                (
+                    key,
+                    Bytes::from(tandem_common::event::to_bus_value(&e, ingest_ts)),
+                )
+            })
+            .collect();
+        if chunk.is_empty() {
+            break;
+        }
+        sent += chunk.len() as u64;
+        bus.produce(chunk).await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "sent": sent,
+        "seconds": seconds,
+        "events_per_second": sent as f64 / seconds.max(1e-9),
+    }))
+}
+
+/// Cancelled on SIGTERM or SIGINT (Ctrl-C).
+fn stop_on_signals() -> Result<tokio_util::sync::CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "Stopping."),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "Stopping."),
+        }
+        cancel.cancel();
+        // A second signal means now: what was in flight is replayed at the next start.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("error: stopped by a second signal before finishing");
+        std::process::exit(130);
+    });
+    Ok(token)
+}
+
+fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Result<()> {
+    if let Some(addr) = listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%addr, "Serving metrics.");
+    }
+    Ok(())
+}
+
+async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
+    match cmd {
+        StreamCommand::Run(args) => {
+            let bus = open_bus(args.stream.bus.as_deref(), config).await?;
+            let store_url = args
+                .store
+                .as_deref()
+                .unwrap_or(config.online_store.url.expose());
+            if store_url.starts_with("memory://") {
+                bail!(
+                    "online_store.url is memory://, which lives only inside one process: the speed layer would apply into nothing that serving can read. \
+                     Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
+                );
+            }
+            let store = tandem_common::store::open(store_url).await?;
+            serve_metrics(args.stream.metrics_listen)?;
+            let opts = tandem_stream::speed::SpeedOptions {
+                partitions: args.stream.partitions,
+                batch: args.batch.unwrap_or(config.stream.batch),
+                epoch_ms: config.events.epoch.as_millis() as i64,
+                until_caught_up: args.stream.until_caught_up,
+                ..Default::default()
+            };
+            let summary = tandem_stream::speed::run(bus, store, opts, stop_on_signals()?).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        StreamCommand::Archive(args) => {
+            let bus = open_bus(args.stream.bus.as_deref(), config).await?;
+            let lake = open_lake(args.lake.as_deref(), config)?;
+            serve_metrics(args.stream.metrics_listen)?;
+            let opts = tandem_stream::archive::ArchiveOptions {
+                partitions: args.stream.partitions,
+                roll_rows: args.roll_rows.unwrap_or(config.stream.archive_roll_rows),
+                roll_age: args.roll_age.unwrap_or(config.stream.archive_roll_age),
+                max_produce_delay_ms: config.bus.max_produce_delay.as_millis() as i64,
+                writer: (&config.lake).into(),
+                until_caught_up: args.stream.until_caught_up,
+                ..Default::default()
+            };
+            let summary = tandem_stream::archive::run(bus, lake, opts, stop_on_signals()?).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+    }
     Ok(())
 }
 

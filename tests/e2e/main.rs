@@ -5,3 +5,4 @@
 mod batch;
 mod cli;
 mod harness;
+mod stream;

@@ -2,7 +2,7 @@
 //! fully written, so that `ingest_ts < C` selects a complete set of events.
 
 use tandem_common::event::format_rfc3339_ms;
-use tandem_common::lake::{Lake, ingest_watermark};
+use tandem_common::lake::{Lake, archive_watermark, ingest_watermark};
 
 use crate::error::{Error, Result};
 
@@ -34,9 +34,9 @@ pub fn pick(requested: Option<i64>, watermark_ms: i64, epoch_ms: i64) -> Result<
     }
 }
 
-/// The cutoff for `requested` in `lake` at `now_ms`, from the lake's ingest watermark.
-///
-/// The archiver's per-partition watermarks (issue #4) will bound it further.
+/// The cutoff for `requested` in `lake` at `now_ms`: at or below both the ingest watermark
+/// (bulk loads still running) and the archive watermark (the least over the bus partitions of
+/// the ingest time below which the archiver has written everything).
 pub async fn for_lake(
     lake: &Lake,
     requested: Option<i64>,
@@ -44,7 +44,16 @@ pub async fn for_lake(
     epoch_ms: i64,
     lease_ms: i64,
 ) -> Result<i64> {
-    let watermark = ingest_watermark(lake, now_ms, lease_ms).await?;
+    let mut watermark = ingest_watermark(lake, now_ms, lease_ms).await?;
+    if let Some(archive) = archive_watermark(lake).await? {
+        if !archive.missing.is_empty() {
+            return Err(Error::User(format!(
+                "the archiver has written no record yet for bus partition(s) {:?}: their events may be missing from the lake, so no cutoff is safe until `tandem stream archive` covers them",
+                archive.missing
+            )));
+        }
+        watermark = watermark.min(archive.watermark);
+    }
     pick(requested, watermark, epoch_ms)
 }
 
@@ -99,6 +108,37 @@ mod tests {
                 .await
                 .unwrap(),
             T + 3 * H
+        );
+    }
+
+    #[tokio::test]
+    async fn the_archive_holds_the_cutoff_back() {
+        use tandem_common::lake::ArchiveMark;
+        let lake = Lake::open("memory://").unwrap();
+        let lease = 10 * 60_000;
+        let mark = |partition, watermark| ArchiveMark {
+            partition,
+            partitions: 2,
+            next_offset: 10,
+            watermark,
+            updated_at: T,
+        };
+        mark(0, T + 3 * H + 5).save(&lake).await.unwrap();
+        let err = for_lake(&lake, None, T + 5 * H, H, lease)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partition(s) [1]"), "{err}");
+        mark(1, T + H + 5).save(&lake).await.unwrap();
+        assert_eq!(
+            for_lake(&lake, None, T + 5 * H, H, lease).await.unwrap(),
+            T + H,
+            "the slowest partition decides"
+        );
+        assert!(
+            for_lake(&lake, Some(T + 2 * H), T + 5 * H, H, lease)
+                .await
+                .is_err()
         );
     }
 }

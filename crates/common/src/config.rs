@@ -32,6 +32,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[batch]`: the nightly batch run.
     pub batch: BatchConfig,
+    /// `[stream]`: the speed layer and the archiver.
+    pub stream: StreamConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -61,6 +63,10 @@ pub struct BusConfig {
     pub url: String,
     /// Partitions of the topic.
     pub partitions: u32,
+    /// How much later than its ingest time an accepted event may reach the bus (the producer's
+    /// timeout and clock skew); the archiver's watermark trails by it.
+    #[serde(with = "humantime_serde")]
+    pub max_produce_delay: Duration,
 }
 
 /// `[online_store]`.
@@ -126,6 +132,19 @@ pub struct BatchConfig {
     pub window: Duration,
     /// The largest number of user segments tried.
     pub max_segments: usize,
+}
+
+/// `[stream]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Records per fetch and per pipelined apply of the speed layer.
+    pub batch: usize,
+    /// Rows after which the archiver makes a file visible.
+    pub archive_roll_rows: usize,
+    /// Age after which the archiver makes a file with rows visible.
+    #[serde(with = "humantime_serde")]
+    pub archive_roll_age: Duration,
 }
 
 /// `[log]`.
@@ -315,13 +334,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let f = figment(sources, &mut problems);
 
     // Extract section by section so that a bad value in one does not hide those in another.
-    const SECTIONS: [&str; 7] = [
+    const SECTIONS: [&str; 8] = [
         "lake",
         "bus",
         "online_store",
         "server",
         "events",
         "batch",
+        "stream",
         "log",
     ];
     match f.extract::<toml::Table>() {
@@ -372,6 +392,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let server = section::<ServerConfig>(&f, sources, "server", &mut problems);
     let events = section::<EventsConfig>(&f, sources, "events", &mut problems);
     let batch = section::<BatchConfig>(&f, sources, "batch", &mut problems);
+    let stream = section::<StreamConfig>(&f, sources, "stream", &mut problems);
     let log = section::<LogConfig>(&f, sources, "log", &mut problems);
     // Sections that did not parse stand in with their defaults, so the semantic checks of the
     // others still run; problems of a stand-in are not reported (it is the defaults).
@@ -381,6 +402,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         && server.is_some()
         && events.is_some()
         && batch.is_some()
+        && stream.is_some()
         && log.is_some();
     let d: Config = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
@@ -392,6 +414,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         ("server", server.is_none()),
         ("events", events.is_none()),
         ("batch", batch.is_none()),
+        ("stream", stream.is_none()),
         ("log", log.is_none()),
     ]
     .into_iter()
@@ -404,6 +427,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         server: server.unwrap_or(d.server),
         events: events.unwrap_or(d.events),
         batch: batch.unwrap_or(d.batch),
+        stream: stream.unwrap_or(d.stream),
         log: log.unwrap_or(d.log),
     };
     for (key, p) in merged.problems() {
@@ -448,6 +472,21 @@ impl Config {
                     "must be at least 1h, got {}",
                     humantime::format_duration(self.batch.window)
                 ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.stream.batch) {
+            p.push((
+                "stream.batch",
+                format!("must be 1–1000000, got {}", self.stream.batch),
+            ));
+        }
+        if self.stream.archive_roll_rows == 0 {
+            p.push(("stream.archive_roll_rows", "must be at least 1".to_string()));
+        }
+        if self.stream.archive_roll_age.is_zero() {
+            p.push((
+                "stream.archive_roll_age",
+                "must be longer than 0s".to_string(),
             ));
         }
         if !(2..=64).contains(&self.batch.max_segments) {

@@ -252,6 +252,52 @@ pub fn event_from_value(
     raw.validate(at)
 }
 
+/// The bus record value of an event accepted at `ingest_ts`:
+/// `{"ingest_ts":<epoch ms>,"event":<the event's wire JSON>}`. The ingest time travels with
+/// the event, so the speed layer and the archiver file it under the same epoch.
+pub fn to_bus_value(event: &Event<'_>, ingest_ts: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(BUS_PREFIX);
+    out.extend_from_slice(ingest_ts.to_string().as_bytes());
+    out.extend_from_slice(BUS_EVENT);
+    serde_json::to_writer(&mut out, event).expect("an event always serialises");
+    out.push(b'}');
+    out
+}
+
+const BUS_PREFIX: &[u8] = br#"{"ingest_ts":"#;
+const BUS_EVENT: &[u8] = br#","event":"#;
+
+/// Reads a bus record value written by [`to_bus_value`]: the ingest time and the event,
+/// validated again (a bus may hold records Tandem did not write). How far in the future an
+/// event may be was checked at acceptance, with the configured bound, and is not checked again.
+pub fn from_bus_value(value: &[u8]) -> Result<(i64, Event<'_>), EventError> {
+    let framing = || {
+        EventError::one(
+            None,
+            r#"not a Tandem bus record: expected {"ingest_ts":<ms>,"event":{…}}"#,
+        )
+    };
+    let rest = value.strip_prefix(BUS_PREFIX).ok_or_else(framing)?;
+    let digits = rest
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'-'))
+        .ok_or_else(framing)?;
+    let ingest_ts: i64 = std::str::from_utf8(&rest[..digits])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(framing)?;
+    let event = rest[digits..]
+        .strip_prefix(BUS_EVENT)
+        .and_then(|e| e.strip_suffix(b"}"))
+        .ok_or_else(framing)?;
+    let at = Acceptance {
+        now_ms: ingest_ts,
+        max_future_ms: i64::MAX / 4,
+    };
+    Ok((ingest_ts, parse_event(event, at)?))
+}
+
 /// Turns a serde_json error into a problem. serde_json appends "at line L column C" (twice for
 /// errors raised inside a field); the caller reports the line itself, so keep only the column.
 fn json_error(e: serde_json::Error) -> EventError {

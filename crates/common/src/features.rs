@@ -107,7 +107,8 @@ impl Default for Profile {
     }
 }
 
-fn kind_index(kind: Kind) -> usize {
+/// The index of `kind` in [`Kind::ALL`] (also the `c<i>` field of a speed epoch in Redis).
+pub(crate) fn kind_index(kind: Kind) -> usize {
     Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `events/date=YYYY-MM-DD/<writer>-<seq>.parquet` | events, partitioned by the UTC date of `ingest_ts` |
 //! | `_meta/ingest/<run_id>.json` | one record per ingest run, holding back the ingest watermark while it runs |
+//! | `_meta/archive/p-<partition>.json` | the archiver's watermark of one bus partition ([`ArchiveMark`]) |
 //!
 //! Files are partitioned by *ingest* date because the batch layer's cutoff is an ingest time:
 //! a batch run prunes whole date folders past its cutoff. A file is either whole or not visible:
@@ -25,13 +26,17 @@ mod run_writer;
 mod watermark;
 mod writer;
 pub use run_writer::{RunWriter, new_run_id};
-pub use watermark::{IngestRun, ingest_watermark};
+pub use watermark::{
+    ArchiveMark, ArchiveWatermark, IngestRun, archive_watermark, ingest_watermark,
+};
 pub use writer::{EventFileWriter, FileWritten, WriterOptions};
 
 /// The folder of event files.
 pub const EVENTS_DIR: &str = "events";
 /// The folder of ingest run records.
 pub const INGEST_RUNS_DIR: &str = "_meta/ingest";
+/// The folder of the archiver's per-partition records.
+pub const ARCHIVE_DIR: &str = "_meta/archive";
 
 /// A lake: an object store and the root of Tandem's layout in it.
 #[derive(Clone)]

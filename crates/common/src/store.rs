@@ -14,10 +14,15 @@
 //! | `tandem:u:{<user>}:snap:<id>` | the user's row of snapshot `<id>` (JSON) |
 //! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
-//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (issue #4) |
+//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
+//! | `tandem:u:{<user>}:epoch:<ms>:recent` | the epoch's latest items (zset by time) |
+//! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
+//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`) |
+//! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
 //!
 //! A snapshot's rows are written before the pointer names it and removed only after the pointer
-//! has moved on, so serving never sees a half-written snapshot.
+//! has moved on, so serving never sees a half-written snapshot. The speed keys are described in
+//! [`speed`] and `store/speed.lua`.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,9 +32,11 @@ use crate::error::{Error, Result};
 
 mod memory;
 mod redis_store;
+pub mod speed;
 
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
+pub use speed::{ApplyCounts, SpeedEvent, SpeedState};
 
 /// The key of the snapshot pointer.
 pub const POINTER_KEY: &str = "tandem:snapshot:current";
@@ -64,12 +71,6 @@ pub fn snapshot_of_key(key: &str) -> Option<&str> {
         return key[close..].strip_prefix("}:snap:");
     }
     None
-}
-
-/// The epoch of a speed key, if it is one.
-pub fn epoch_of_key(key: &str) -> Option<i64> {
-    let close = key.rfind('}')?;
-    key[close..].strip_prefix("}:epoch:")?.parse().ok()
 }
 
 /// What serving follows: the current snapshot and its cutoff.
@@ -123,8 +124,15 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> Result<bool>;
     /// Deletes the keys of every snapshot but `keep`; returns how many.
     async fn drop_snapshots_except(&self, keep: &str) -> Result<u64>;
-    /// Deletes the speed epochs before `cutoff_ms`; returns how many keys.
+    /// Deletes the speed epochs before `cutoff_ms`; returns how many user-epochs it deleted.
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64>;
+    /// Applies the speed layer's deltas of `events` (DESIGN §3–4). Per user, atomically: the
+    /// deltas are filed under each event's epoch and the user's last applied offset advances.
+    /// An event at or below that offset (a replay), or whose `event_id` is among the user's
+    /// recent ones (a retried producer), is skipped. One user's events must come in offset order.
+    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts>;
+    /// A user's speed state: the last offset applied and the epochs at or after `from_epoch_ms`.
+    async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState>;
 }
 
 /// Opens the store at `url`: `memory://` or `redis://…` / `rediss://…`.
@@ -137,7 +145,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn OnlineStore>> {
     }
     if url.starts_with("redis+cluster://") {
         return Err(Error::Config(
-            "online_store.url: Redis Cluster (redis+cluster://) is not built yet (issue #4)".into(),
+            "online_store.url: Redis Cluster (redis+cluster://) is not supported yet; use one Redis (redis://HOST:PORT)".into(),
         ));
     }
     Err(Error::Config(format!(

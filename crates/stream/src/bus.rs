@@ -2,8 +2,8 @@
 //!
 //! [`Bus`] is what the serving layer produces to and the speed layer and the archiver consume
 //! from. Backends: [`local`] (`local://PATH`, embedded and file-backed, for one machine) and
-//! Fluvio (`fluvio://HOST:PORT/TOPIC`, not built yet: see [`open`]). Every backend must pass
-//! the same [`conformance`] suite.
+//! [`fluvio`] (`fluvio://HOST:PORT/TOPIC`, a Fluvio cluster). Every backend must pass the same
+//! [`conformance`] suite.
 //!
 //! Partitioning is Tandem's, not the backend's: [`partition_for`] (FNV-1a of the key, modulo
 //! the partition count) so that one user's events land in the same partition on every backend.
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod fluvio;
 pub mod local;
 
 /// A record read from the bus.
@@ -86,16 +87,13 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (h % partitions.max(1) as u64) as u32
 }
 
-/// Opens the bus at `url` with `partitions` partitions.
-///
-/// `local://PATH[?fsync=always|never]` is the embedded log. `fluvio://HOST:PORT/TOPIC` is
-/// refused with an error saying so: the Fluvio backend is the work of a later issue (#4).
-pub fn open(url: &str, partitions: u32) -> Result<Arc<dyn Bus>> {
+/// Opens the bus at `url` with `partitions` partitions: `local://PATH[?fsync=always|never]`
+/// (the embedded log) or `fluvio://HOST:PORT/TOPIC` (a Fluvio cluster; the topic is created
+/// when missing).
+pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Bus>> {
     match url.split_once("://") {
         Some(("local", _)) => Ok(Arc::new(local::LocalBus::open_url(url, partitions)?)),
-        Some(("fluvio", _)) => Err(Error::Config(format!(
-            "bus `{url}`: the Fluvio backend is not built yet (issue #4); use local://PATH"
-        ))),
+        Some(("fluvio", _)) => Ok(Arc::new(fluvio::FluvioBus::connect(url, partitions).await?)),
         _ => Err(Error::Config(format!(
             "bus `{url}`: expected local://PATH or fluvio://HOST:PORT/TOPIC"
         ))),

@@ -14,12 +14,21 @@ pub enum Error {
     /// Local I/O failed.
     #[error("bus i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The bus's server (Fluvio) failed or could not be reached.
+    #[error("{0}")]
+    Bus(String),
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),
-    /// An error of the common crate.
+    /// An error of the common crate (the online store, the lake, events).
     #[error(transparent)]
     Common(#[from] tandem_common::Error),
+    /// A task gave up on `what` because a stop was asked for.
+    #[error("stopped before it could {0}")]
+    Stopped(String),
+    /// The named task failed.
+    #[error("{0}: {1}")]
+    Task(String, Box<Error>),
 }
 
 impl Error {
@@ -27,9 +36,11 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::User,
-            Error::Io(_) => ErrorKind::External,
+            Error::Io(_) | Error::Bus(_) => ErrorKind::External,
             Error::Corrupt(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Common(e) => e.kind(),
+            Error::Stopped(_) => ErrorKind::Internal,
+            Error::Task(_, e) => e.kind(),
         }
     }
 

@@ -3,9 +3,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`bus`] | the event bus: the [`bus::Bus`] trait, its conformance suite, the embedded `local://` log |
+//! | [`speed`] | the speed layer: bus → deltas in the online store, exactly once in effect |
+//! | [`archive`] | the archiver: bus → Parquet files in the lake, with per-partition watermarks |
+//! | [`task`] | per-partition tasks that stop together; retries of retryable errors |
 //! | [`error`] | the crate's errors |
-//!
-//! The consumer applying deltas to the online store and the archiver come with issue #4.
 //!
 //! # Example
 //!
@@ -15,7 +16,7 @@
 //! use tandem_stream::bus::{self, Bus};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let bus = bus::open(&format!("local://{}", dir.path().display()), 4).unwrap();
+//! let bus = bus::open(&format!("local://{}", dir.path().display()), 4).await.unwrap();
 //! let at = bus.produce(vec![("u1".into(), r#"{"kind":"view"}"#.into())]).await.unwrap();
 //! let got = bus.fetch(at[0].partition, 0, 10, Duration::ZERO).await.unwrap();
 //! assert_eq!(&got[0].value[..], br#"{"kind":"view"}"#);
@@ -24,7 +25,10 @@
 //! # });
 //! ```
 
+pub mod archive;
 pub mod bus;
 pub mod error;
+pub mod speed;
+pub mod task;
 
 pub use error::{Error, Result};

@@ -88,6 +88,13 @@ fn through_parquet(events: &[Event<'_>], stamp: Stamp) -> Vec<(Event<'static>, S
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
+    /// An event through a bus record comes back equal, with its ingest time.
+    #[test]
+    fn valid_events_survive_the_bus_record(e in valid_event(), ingest in -1_000_i64..NOW * 2) {
+        let value = to_bus_value(&e, ingest);
+        prop_assert_eq!(from_bus_value(&value).unwrap(), (ingest, e));
+    }
+
     /// JSON → event → Arrow → Parquet → Arrow → event: nothing changes.
     #[test]
     fn valid_events_survive_json_arrow_parquet(events in proptest::collection::vec(valid_event(), 1..20)) {
@@ -250,5 +257,28 @@ fn values_from_a_parsed_document() {
     assert_eq!(
         event_from_value(&bad, at()).unwrap_err().to_string(),
         "field `rating`: required for rate"
+    );
+}
+
+#[test]
+fn bad_bus_records_are_named() {
+    let framing = |v: &[u8]| from_bus_value(v).unwrap_err().to_string();
+    for bad in [
+        &b""[..],
+        br#"{"event_id":"e1"}"#,
+        br#"{"ingest_ts":,"event":{}}"#,
+        br#"{"ingest_ts":12"event":{}}"#,
+        br#"{"ingest_ts":12,"event":{}"#.strip_suffix(b"}").unwrap(),
+    ] {
+        assert!(
+            framing(bad).contains("not a Tandem bus record"),
+            "{}",
+            framing(bad)
+        );
+    }
+    let err = from_bus_value(br#"{"ingest_ts":12,"event":{"event_id":"e1"}}"#).unwrap_err();
+    assert!(
+        err.to_string().contains("field `user_id`: required"),
+        "{err}"
     );
 }

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{INGEST_RUNS_DIR, Lake};
+use super::{ARCHIVE_DIR, INGEST_RUNS_DIR, Lake};
 use crate::error::Result;
 
 /// The record of one ingest run.
@@ -115,4 +115,85 @@ pub async fn ingest_watermark(lake: &Lake, now_ms: i64, lease_ms: i64) -> Result
         .map(|r| r.watermark)
         .min()
         .unwrap_or(now_ms))
+}
+
+/// The archiver's record of one bus partition (`_meta/archive/p-<partition>.json`): every event
+/// of the partition with `ingest_ts < watermark` is in visible files of the lake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveMark {
+    /// The partition.
+    pub partition: u32,
+    /// How many partitions the bus has: the batch layer waits for a record of each.
+    pub partitions: u32,
+    /// The next offset to archive: everything below it is in visible files.
+    pub next_offset: u64,
+    /// The ingest time below which the partition is archived, epoch ms.
+    pub watermark: i64,
+    /// When the record was written, epoch ms.
+    pub updated_at: i64,
+}
+
+impl ArchiveMark {
+    fn path(partition: u32) -> String {
+        format!("{ARCHIVE_DIR}/p-{partition:04}.json")
+    }
+
+    /// Publishes this record.
+    pub async fn save(&self, lake: &Lake) -> Result<()> {
+        lake.put_json(&Self::path(self.partition), self).await
+    }
+
+    /// The record of `partition`, if the archiver wrote one.
+    pub async fn load(lake: &Lake, partition: u32) -> Result<Option<ArchiveMark>> {
+        lake.get_json(&Self::path(partition)).await
+    }
+
+    /// Every record in the lake, by partition.
+    pub async fn list(lake: &Lake) -> Result<Vec<ArchiveMark>> {
+        use futures::TryStreamExt;
+        let prefix = lake.path(ARCHIVE_DIR);
+        let metas: Vec<_> = lake.store().list(Some(&prefix)).try_collect().await?;
+        let mut marks = Vec::new();
+        for m in metas {
+            let Some(p) = m
+                .location
+                .filename()
+                .and_then(|f| f.strip_prefix("p-")?.strip_suffix(".json")?.parse().ok())
+            else {
+                continue;
+            };
+            if let Some(mark) = Self::load(lake, p).await? {
+                marks.push(mark);
+            }
+        }
+        marks.sort_by_key(|m| m.partition);
+        Ok(marks)
+    }
+}
+
+/// The archive watermark: the least watermark over the bus partitions, `None` when nothing was
+/// ever archived (a lake loaded by `tandem ingest` alone). A partition without a record, while
+/// others have one, holds the watermark at the start of time: its events may be missing.
+pub async fn archive_watermark(lake: &Lake) -> Result<Option<ArchiveWatermark>> {
+    let marks = ArchiveMark::list(lake).await?;
+    let Some(partitions) = marks.iter().map(|m| m.partitions).max() else {
+        return Ok(None);
+    };
+    let missing: Vec<u32> = (0..partitions)
+        .filter(|p| !marks.iter().any(|m| m.partition == *p))
+        .collect();
+    let watermark = match missing.is_empty() {
+        true => marks.iter().map(|m| m.watermark).min().unwrap_or(i64::MIN),
+        false => i64::MIN,
+    };
+    Ok(Some(ArchiveWatermark { watermark, missing }))
+}
+
+/// The archive watermark and the partitions holding it back for want of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveWatermark {
+    /// Everything with an earlier ingest time is archived, epoch ms.
+    pub watermark: i64,
+    /// Bus partitions with no archive record yet.
+    pub missing: Vec<u32>,
 }

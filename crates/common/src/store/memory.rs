@@ -1,25 +1,66 @@
 //! `memory://`: the online store in this process's memory (the demo, tests).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{OnlineStore, POINTER_KEY, Pointer, epoch_of_key, snapshot_of_key};
+use super::speed::{ApplyCounts, SEEN_MAX, SpeedEvent, SpeedState};
+use super::{OnlineStore, POINTER_KEY, Pointer, snapshot_of_key};
 use crate::error::{Error, Result};
+use crate::features::Profile;
 
-/// An online store in memory. The lock is never held across an `.await`.
+/// One user's speed state: what `speed.lua` keeps in the user's Redis keys.
+#[derive(Debug, Default)]
+struct UserSpeed {
+    offset: Option<u64>,
+    /// Recent event ids by offset, the newest [`SEEN_MAX`].
+    seen: BTreeMap<u64, String>,
+    seen_ids: HashSet<String>,
+    epochs: BTreeMap<i64, Profile>,
+}
+
+impl UserSpeed {
+    fn apply(&mut self, e: &SpeedEvent<'_>, counts: &mut ApplyCounts) {
+        if self.offset.is_some_and(|o| o >= e.offset) {
+            counts.replayed += 1;
+            return;
+        }
+        self.offset = Some(e.offset);
+        if !self.seen_ids.insert(e.event.event_id.to_string()) {
+            counts.duplicates += 1;
+            return;
+        }
+        self.seen.insert(e.offset, e.event.event_id.to_string());
+        while self.seen.len() > SEEN_MAX {
+            if let Some((_, id)) = self.seen.pop_first() {
+                self.seen_ids.remove(&id);
+            }
+        }
+        self.epochs.entry(e.epoch_ms).or_default().apply(&e.event);
+        counts.applied += 1;
+    }
+}
+
+/// An online store in memory. The locks are never held across an `.await`.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     map: Mutex<BTreeMap<String, Bytes>>,
+    speed: Mutex<HashMap<String, UserSpeed>>,
+}
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Internal("memory store lock poisoned".into())
 }
 
 impl MemoryStore {
     fn map(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<String, Bytes>>> {
-        self.map
-            .lock()
-            .map_err(|_| Error::Internal("memory store lock poisoned".into()))
+        self.map.lock().map_err(poisoned)
+    }
+
+    fn speed_map(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, UserSpeed>>> {
+        self.speed.lock().map_err(poisoned)
     }
 
     /// Every key, sorted (for tests and inspection).
@@ -71,9 +112,43 @@ impl OnlineStore for MemoryStore {
     }
 
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
-        let mut map = self.map()?;
-        let before = map.len();
-        map.retain(|k, _| epoch_of_key(k).is_none_or(|e| e >= cutoff_ms));
-        Ok((before - map.len()) as u64)
+        let mut speed = self.speed_map()?;
+        let mut dropped = 0;
+        for user in speed.values_mut() {
+            let kept = user.epochs.split_off(&cutoff_ms);
+            dropped += std::mem::replace(&mut user.epochs, kept).len() as u64;
+        }
+        Ok(dropped)
+    }
+
+    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+        let mut speed = self.speed_map()?;
+        let mut counts = ApplyCounts {
+            calls: super::speed::by_user(events).len() as u64,
+            ..ApplyCounts::default()
+        };
+        for e in events {
+            let user = match speed.get_mut(e.event.user_id.as_ref()) {
+                Some(u) => u,
+                None => speed.entry(e.event.user_id.to_string()).or_default(),
+            };
+            user.apply(e, &mut counts);
+        }
+        Ok(counts)
+    }
+
+    async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
+        let speed = self.speed_map()?;
+        Ok(match speed.get(user) {
+            None => SpeedState::default(),
+            Some(u) => SpeedState {
+                offset: u.offset,
+                epochs: u
+                    .epochs
+                    .range(from_epoch_ms..)
+                    .map(|(e, p)| (*e, p.clone()))
+                    .collect(),
+            },
+        })
     }
 }

@@ -1,5 +1,5 @@
-//! `redis://` / `rediss://`: the online store in a real Redis (single node; Redis Cluster comes
-//! with issue #4 — the keys are slot-safe already).
+//! `redis://` / `rediss://`: the online store in a real Redis (7.0 or later: the speed layer is
+//! a Redis function library, `speed.lua`, loaded at connect).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{OnlineStore, POINTER_KEY, Pointer, epoch_of_key, snapshot_of_key};
+use super::speed::{
+    self, ApplyCounts, SpeedEvent, SpeedState, by_user, epoch_prefix, epochs_key, seen_key,
+    speed_key,
+};
+use super::{OnlineStore, POINTER_KEY, Pointer, snapshot_of_key};
 use crate::error::{Error, Result};
 
 /// Rows per pipeline: large enough to amortise round trips, small enough to bound memory.
@@ -60,7 +64,47 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| external("PING", e))?;
-        Ok(RedisStore { conn, url: shown })
+        let store = RedisStore { conn, url: shown };
+        store.load_functions().await?;
+        Ok(store)
+    }
+
+    /// Loads (or replaces) the `tandem` function library. Idempotent; run at connect and again
+    /// when a restarted server has lost it.
+    async fn load_functions(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(speed::LUA)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                Error::External(format!(
+                    "redis at {}: loading the speed layer's functions (Redis 7 or later is required): {e}",
+                    self.url
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Runs `pipe`, loading the function library once more and retrying if the server lost it
+    /// (a restart without persistence).
+    async fn query_functions<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        what: &str,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.to_string().contains("Function not found") => {
+                self.load_functions().await?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| external(what, e))
+            }
+            r => r.map_err(|e| external(what, e)),
+        }
     }
 
     /// Deletes every key matching `pattern` for which `pick` holds, by SCAN and UNLINK.
@@ -158,9 +202,130 @@ impl OnlineStore for RedisStore {
     }
 
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
-        self.delete_scanned("tandem:u:*:epoch:*", |k| {
-            epoch_of_key(k).is_some_and(|e| e < cutoff_ms)
-        })
-        .await
+        // Each user's epoch index names its epochs; one function call per user drops the old
+        // ones (keys and index entries) together.
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut dropped = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("tandem:u:*:epochs")
+                .arg("COUNT")
+                .arg(PIPELINE)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| external("SCAN", e))?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                let Some(prefix) = key.strip_suffix("epochs") else {
+                    continue;
+                };
+                pipe.cmd("FCALL")
+                    .arg("tandem_drop_before_v1")
+                    .arg(1)
+                    .arg(key)
+                    .arg(cutoff_ms)
+                    .arg(format!("{prefix}epoch:"));
+            }
+            if !keys.is_empty() {
+                let n: Vec<u64> = self.query_functions(&pipe, "drop epochs").await?;
+                dropped += n.iter().sum::<u64>();
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
     }
+
+    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+        let mut pipe = redis::pipe();
+        let mut calls = 0;
+        for group in by_user(events) {
+            let user = group[0].event.user_id.as_ref();
+            let mut keys = vec![speed_key(user), seen_key(user), epochs_key(user)];
+            let prefix = epoch_prefix(user);
+            let mut slots: Vec<i64> = Vec::new();
+            let mut args = Vec::with_capacity(group.len() * speed::STRIDE);
+            for e in group {
+                let slot = match slots.iter().position(|s| *s == e.epoch_ms) {
+                    Some(i) => i + 1,
+                    None => {
+                        slots.push(e.epoch_ms);
+                        keys.push(format!("{prefix}{}", e.epoch_ms));
+                        keys.push(format!("{prefix}{}:recent", e.epoch_ms));
+                        slots.len()
+                    }
+                };
+                speed::push_args(&mut args, e, slot);
+            }
+            pipe.cmd("FCALL")
+                .arg("tandem_apply_v1")
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(&args);
+            calls += 1;
+        }
+        if calls == 0 {
+            return Ok(ApplyCounts::default());
+        }
+        let got: Vec<(u64, u64, u64)> = self.query_functions(&pipe, "apply events").await?;
+        let mut counts = ApplyCounts::default();
+        for (applied, replayed, duplicates) in got {
+            counts += ApplyCounts {
+                applied,
+                replayed,
+                duplicates,
+                calls: 1,
+            };
+        }
+        Ok(counts)
+    }
+
+    async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL_RO")
+            .arg("tandem_read_v1")
+            .arg(2)
+            .arg(speed_key(user))
+            .arg(epochs_key(user))
+            .arg(from_epoch_ms)
+            .arg(epoch_prefix(user));
+        let (got,): (Vec<redis::Value>,) = self.query_functions(&pipe, "read speed").await?;
+        decode_speed(user, got)
+    }
+}
+
+/// The answer of `tandem_read_v1`: the offset, then (epoch, fields, recent items) per epoch.
+fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
+    use redis::FromRedisValue;
+    let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
+    let mut it = got.into_iter();
+    let offset: Option<u64> = match it.next() {
+        None => return Err(bad("empty answer".into())),
+        Some(v) => Option::<u64>::from_redis_value(v).map_err(|e| bad(e.to_string()))?,
+    };
+    let mut state = SpeedState {
+        offset,
+        ..SpeedState::default()
+    };
+    while let Some(epoch) = it.next() {
+        let (Some(fields), Some(recent)) = (it.next(), it.next()) else {
+            return Err(bad("an epoch without its fields".into()));
+        };
+        let epoch = i64::from_redis_value(epoch).map_err(|e| bad(e.to_string()))?;
+        let pairs = |v: redis::Value| -> Result<Vec<(String, String)>> {
+            let flat = Vec::<String>::from_redis_value(v).map_err(|e| bad(e.to_string()))?;
+            Ok(flat
+                .chunks_exact(2)
+                .map(|c| (c[0].clone(), c[1].clone()))
+                .collect())
+        };
+        let profile = speed::profile_from_redis(&pairs(fields)?, &pairs(recent)?)
+            .map_err(|e| bad(format!("epoch {epoch}: {e}")))?;
+        state.epochs.insert(epoch, profile);
+    }
+    Ok(state)
 }

@@ -1,8 +1,12 @@
 //! The online store conformance suite, run on `memory://` and on a real `redis-server`.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::*;
+use crate::event::{Event, Kind};
+use crate::features::Profile;
 use crate::testkit::RedisServer;
 
 fn rows(id: &str, users: usize) -> Vec<(String, Bytes)> {
@@ -53,34 +57,26 @@ async fn conformance(store: &dyn OnlineStore) {
     assert!(store.flip(Some(&pa), &pb).await.unwrap());
     assert_eq!(store.pointer().await.unwrap(), Some(pb.clone()));
 
-    // Speed epochs and dropping: only what is asked, nothing of the kept snapshot.
-    let epochs: Vec<(String, Bytes)> = [0, 3_600_000, 7_200_000, 10_800_000]
-        .iter()
-        .map(|e| (epoch_key("user-1", *e), Bytes::from_static(b"d")))
-        .collect();
-    store.put(&epochs).await.unwrap();
+    // Dropping a snapshot's rows: only what is asked, nothing of the kept snapshot.
     assert_eq!(store.drop_snapshots_except("b").await.unwrap(), 2_502);
-    assert_eq!(store.drop_epochs_before(7_200_000).await.unwrap(), 2);
     let left = store
         .get(&[
             user_key("user-0", "a"),
             user_key("user-0", "b"),
             item_key("item:{odd}", "b"),
             snapshot_key("b", "popular"),
-            epoch_key("user-1", 3_600_000),
-            epoch_key("user-1", 7_200_000),
-            epoch_key("user-1", 10_800_000),
         ])
         .await
         .unwrap();
     let present: Vec<bool> = left.iter().map(Option::is_some).collect();
-    assert_eq!(present, [false, true, true, true, false, true, true]);
+    assert_eq!(present, [false, true, true, true]);
     assert_eq!(store.pointer().await.unwrap(), Some(pb));
 }
 
 #[tokio::test]
 async fn memory_store_conforms() {
     conformance(&MemoryStore::default()).await;
+    speed_conformance(&MemoryStore::default()).await;
 }
 
 #[tokio::test]
@@ -88,6 +84,164 @@ async fn redis_store_conforms() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
     conformance(&store).await;
+    speed_conformance(&store).await;
+}
+
+const H: i64 = 3_600_000;
+
+fn event(id: &str, user: &str, kind: Kind, item: usize, ts: i64) -> Event<'static> {
+    Event {
+        event_id: id.to_string().into(),
+        user_id: user.to_string().into(),
+        kind,
+        item_id: (kind != Kind::Search).then(|| format!("item-{item}").into()),
+        category: (!item.is_multiple_of(3)).then(|| format!("cat-{}", item % 5).into()),
+        price: (kind == Kind::Purchase).then_some(item as f64 * 1.25),
+        quantity: 1 + (item % 3) as u32,
+        rating: (kind == Kind::Rate).then_some(4.0),
+        query: (kind == Kind::Search).then(|| "q".into()),
+        ts,
+        session_id: None,
+        props: None,
+    }
+}
+
+/// The speed layer's state: deltas per epoch equal to folding the applied events, replays and
+/// recent duplicates skipped, the recent-id set bounded, old epochs dropped.
+async fn speed_conformance(store: &dyn OnlineStore) {
+    let base = 1_763_800_000_000_i64 / H * H;
+    // 3 users, 3 epochs, every kind, more than RECENT_ITEMS items for user-0 in one epoch.
+    let mut events = Vec::new();
+    let mut offset = 0;
+    for i in 0..90_usize {
+        let user = format!("user-{}", i % 3);
+        let epoch = base + (i as i64 / 30) * H;
+        let kind = Kind::ALL[i % Kind::ALL.len()];
+        // Event times out of order, some equal, as late events make them.
+        let ts = epoch - 86_400_000 + ((i * 7919) % 50) as i64 * 1000;
+        events.push(SpeedEvent {
+            offset,
+            epoch_ms: epoch,
+            event: event(&format!("e{i}"), &user, kind, i % 29, ts),
+        });
+        offset += 1 + (i as u64 % 2); // gaps: other users' events of the partition
+    }
+    let counts = store.apply_events(&events[..50]).await.unwrap();
+    assert_eq!(counts.applied, 50);
+    let counts = store.apply_events(&events).await.unwrap();
+    assert_eq!(
+        counts,
+        ApplyCounts {
+            applied: 40,
+            replayed: 50,
+            duplicates: 0,
+            calls: 3,
+        },
+        "a replay of applied offsets is skipped"
+    );
+    let expected = |from: i64, user: &str| {
+        let mut by_epoch: BTreeMap<i64, Profile> = BTreeMap::new();
+        for e in events
+            .iter()
+            .filter(|e| e.event.user_id == user && e.epoch_ms >= from)
+        {
+            by_epoch.entry(e.epoch_ms).or_default().apply(&e.event);
+        }
+        by_epoch
+    };
+    for u in ["user-0", "user-1", "user-2"] {
+        let got = store.speed(u, 0).await.unwrap();
+        let want = expected(0, u);
+        assert_eq!(got.epochs.len(), 3, "{u}");
+        for ((ea, pa), (eb, pb)) in got.epochs.iter().zip(&want) {
+            assert_eq!(ea, eb);
+            assert!(pa.approx_eq(pb), "{u} epoch {ea}:\n{pa:?}\n{pb:?}");
+        }
+        let last = events.iter().rfind(|e| e.event.user_id == u).unwrap();
+        assert_eq!(got.offset, Some(last.offset), "{u}");
+    }
+    assert_eq!(
+        store.speed("nobody", 0).await.unwrap(),
+        SpeedState::default()
+    );
+
+    // A retried producer: the same event_id at a later offset is skipped; a new one applies.
+    let mut retry = events[87].clone();
+    retry.offset = 1_000;
+    let mut fresh = retry.clone();
+    fresh.offset = 1_001;
+    fresh.event.event_id = "e-new".into();
+    fresh.event.user_id = "user-fresh".into();
+    let counts = store.apply_events(&[retry, fresh]).await.unwrap();
+    assert_eq!((counts.applied, counts.duplicates), (1, 1));
+
+    // The recent-id set keeps the newest SEEN_MAX: an older copy is no longer recognised.
+    let user = "user-seen";
+    let mut batch = Vec::new();
+    for i in 0..(speed::SEEN_MAX + 5) as u64 {
+        batch.push(SpeedEvent {
+            offset: i,
+            epoch_ms: base,
+            event: event(
+                &format!("s{i}"),
+                user,
+                Kind::View,
+                i as usize,
+                base + i as i64,
+            ),
+        });
+    }
+    let mut old_copy = batch[2].clone(); // fell out: 2 < 5
+    old_copy.offset = 500;
+    let mut recent_copy = batch[10].clone(); // kept
+    recent_copy.offset = 501;
+    batch.push(old_copy);
+    batch.push(recent_copy);
+    let counts = store.apply_events(&batch).await.unwrap();
+    assert_eq!(
+        (counts.applied, counts.duplicates),
+        (speed::SEEN_MAX as u64 + 6, 1)
+    );
+
+    // Dropping epochs before a cutoff: per user-epoch, the rest kept whole.
+    let dropped = store.drop_epochs_before(base + 2 * H).await.unwrap();
+    assert_eq!(
+        dropped,
+        3 * 2 + 1,
+        "two old epochs of 3 users, and user-seen's"
+    );
+    for u in ["user-0", "user-1"] {
+        let got = store.speed(u, 0).await.unwrap();
+        let want = expected(base + 2 * H, u);
+        assert_eq!(
+            got.epochs.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            got.merged()
+                .approx_eq(&want.values().fold(Profile::new(), |mut a, p| {
+                    a.merge(p);
+                    a
+                }))
+        );
+    }
+    assert_eq!(store.drop_epochs_before(base + 2 * H).await.unwrap(), 0);
+    let later = store.speed("user-0", base + 3 * H).await.unwrap();
+    assert!(later.epochs.is_empty() && later.offset.is_some());
+}
+
+#[test]
+fn the_lua_library_agrees_with_the_rust_constants() {
+    let lua = speed::LUA;
+    assert!(lua.contains(&format!("local SEEN_MAX = {} ", speed::SEEN_MAX)));
+    assert!(lua.contains(&format!("local SEEN_TTL_MS = {} ", speed::SEEN_TTL_MS)));
+    assert!(lua.contains(&format!("local STRIDE = {} ", speed::STRIDE)));
+    assert!(lua.contains(&format!(
+        "local RECENT_MAX = {}\n",
+        crate::features::RECENT_ITEMS
+    )));
+    let purchase = Kind::ALL.iter().position(|k| *k == Kind::Purchase).unwrap();
+    assert!(lua.contains(&format!("local PURCHASE = '{purchase}'")));
 }
 
 #[test]
@@ -96,9 +250,6 @@ fn keys_parse_back() {
     assert_eq!(snapshot_of_key(&item_key("i", "s2")), Some("s2"));
     assert_eq!(snapshot_of_key(&snapshot_key("s3", "models")), Some("s3"));
     assert_eq!(snapshot_of_key(&epoch_key("u", 5)), None);
-    assert_eq!(epoch_of_key(&epoch_key("u}", 5)), Some(5));
-    assert_eq!(epoch_of_key(&user_key("u", "s")), None);
-    assert_eq!(epoch_of_key(POINTER_KEY), None);
 }
 
 #[tokio::test]

@@ -168,12 +168,14 @@ async fn urls_and_groups_are_checked() {
         bus.fetch(2, 0, 1, Duration::ZERO).await.is_err(),
         "partition out of range"
     );
-    assert!(
-        crate::bus::open("fluvio://localhost:9003/events", 2)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("not built yet")
+    let err = crate::bus::open("fluvio://localhost:9003", 2)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        err,
+        "bus `fluvio://localhost:9003`: expected fluvio://HOST:PORT/TOPIC"
     );
 }
 

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The speed layer and the archiver (issue #4). Prints figures and ratios and writes
+# bench/results/stream.md. Each figure is the median of BENCH_RUNS runs (default 3).
+#
+#   EVENTS=10000000 BENCH_RUNS=3 bench/stream.sh
+#
+# 1. Fill a local:// bus (8 partitions) with EVENTS generated events, stamped as the API does.
+# 2. `tandem stream run --until-caught-up` applies them to a real redis-server of the bench's own.
+# 3. The ceiling: redis-benchmark runs the same Redis function with the same arguments shape
+#    (events per call), the same pipeline depth (calls per batch) and one connection per
+#    partition, on fresh users — what Redis alone can do with this work.
+# 4. Memory: the same run on half the events; flat means the same peak.
+# 5. `tandem stream archive --until-caught-up` writes the bus into a Parquet lake.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EVENTS="${EVENTS:-10000000}"
+RUNS="${BENCH_RUNS:-3}"
+BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
+WORK="${BENCH_DIR:-$(mktemp -d /tmp/tandem-stream-bench.XXXXXX)}"
+OUT=bench/results/stream.md
+END="2026-11-01T00:00:00Z"
+USERS=$(( EVENTS / 110 + 1 ))
+PARTS=8
+[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+command -v redis-benchmark >/dev/null || { echo "redis-benchmark is missing: apt-get install redis-tools"; exit 1; }
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+field() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+RPORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --daemonize yes --pidfile "$WORK/redis.pid" >/dev/null
+trap 'kill "$(cat "$WORK/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+STORE="redis://127.0.0.1:$RPORT"
+SET=(--set "bus.partitions=$PARTS" --set log.level=warn)
+
+echo "== tandem stream bench: $EVENTS events, $PARTS partitions, median of $RUNS runs, $(nproc) cores =="
+fill() { # events, bus dir
+  "$BIN" generate --users "$USERS" --days 30 --seed 1 --end "$END" --events "$1" --bus "local://$2?fsync=never" "${SET[@]}" > "$2.fill.json"
+}
+fill "$EVENTS" "$WORK/bus"
+printf 'fill: %.0f events/s onto the local bus\n' "$(field "$WORK/bus.fill.json" events_per_second)"
+
+speed_run() { # bus dir, output
+  redis-cli -p "$RPORT" flushall >/dev/null
+  rm -rf "$1/consumers/speed"
+  "$BIN" stream run --bus "local://$1" --store "$STORE" --until-caught-up "${SET[@]}" > "$2"
+}
+rates=(); rss=()
+for i in $(seq "$RUNS"); do
+  speed_run "$WORK/bus" "$WORK/speed.json"
+  rates+=("$(field "$WORK/speed.json" records_per_second)")
+  rss+=("$(field "$WORK/speed.json" peak_rss_mb)")
+done
+SPEED_RATE=$(printf '%s\n' "${rates[@]}" | median)
+SPEED_RSS=$(printf '%s\n' "${rss[@]}" | median)
+read -r APPLIED CALLS BATCHES < <(python3 -c "import json;s=json.load(open('$WORK/speed.json'));print(s['applied'],s['calls'],s['batches'])")
+[ "$APPLIED" = "$EVENTS" ] || { echo "APPLIED $APPLIED OF $EVENTS EVENTS"; exit 1; }
+PER_CALL=$(python3 -c "print(max(1, round($APPLIED / $CALLS)))")
+DEPTH=$(python3 -c "print(max(1, round($CALLS / $BATCHES)))")
+printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events in %s calls, %s batches: %s events per call, %s calls per pipeline)\n' \
+  "$SPEED_RATE" "$SPEED_RSS" "$APPLIED" "$CALLS" "$BATCHES" "$PER_CALL" "$DEPTH"
+
+# The ceiling: the same function on fresh random users (every call creates its keys, as a
+# first event of a user does), PER_CALL events per call, DEPTH calls per pipeline.
+KEYS=()
+for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
+ARGS=()
+for j in $(seq "$PER_CALL"); do
+  kind=$(( j % 7 )); [ "$kind" = 4 ] && kind=0
+  ARGS+=("$j" "e__rand_int__" 1 1793000000000 "$kind" "$((1792990000000 + j))" 0 0 "cat-$((j % 5))" "1.25" "item-__rand_int__")
+done
+ceil=()
+for i in $(seq "$RUNS"); do
+  redis-cli -p "$RPORT" flushall >/dev/null
+  redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
+  rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
+        FCALL tandem_apply_v1 5 "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
+  ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")
+done
+CEIL=$(printf '%s\n' "${ceil[@]}" | median)
+printf 'ceiling: redis-benchmark, same function: %.0f events/s; stream run / ceiling = %.2f\n' "$CEIL" "$(echo "$SPEED_RATE/$CEIL" | bc -l)"
+
+HALF=$(( EVENTS / 2 ))
+fill "$HALF" "$WORK/bus-half"
+speed_run "$WORK/bus-half" "$WORK/speed-half.json"
+HALF_RSS=$(field "$WORK/speed-half.json" peak_rss_mb)
+printf 'speed memory: %s MiB for %s events, %s MiB for %s events (ratio %.2f)\n' "$HALF_RSS" "$HALF" "$SPEED_RSS" "$EVENTS" "$(echo "$SPEED_RSS/$HALF_RSS" | bc -l)"
+REDIS_MB=$(redis-cli -p "$RPORT" info memory | awk -F: '/^used_memory:/{printf "%.0f", $2/1048576}')
+
+arates=(); arss=()
+for i in $(seq "$RUNS"); do
+  rm -rf "$WORK/lake" "$WORK/bus/consumers/archive"
+  "$BIN" stream archive --bus "local://$WORK/bus" --lake "file://$WORK/lake" --until-caught-up "${SET[@]}" > "$WORK/archive.json"
+  arates+=("$(field "$WORK/archive.json" events_per_second)")
+  arss+=("$(field "$WORK/archive.json" peak_rss_mb)")
+done
+ARCH_RATE=$(printf '%s\n' "${arates[@]}" | median)
+ARCH_RSS=$(printf '%s\n' "${arss[@]}" | median)
+ARCH_EVENTS=$(field "$WORK/archive.json" events)
+ARCH_FILES=$(field "$WORK/archive.json" files)
+[ "$ARCH_EVENTS" = "$EVENTS" ] || { echo "ARCHIVED $ARCH_EVENTS OF $EVENTS EVENTS"; exit 1; }
+LAKE_ROWS=$("$BIN" sql --lake "file://$WORK/lake" -e "SELECT count(*) AS n, count(DISTINCT partition * 1000000000000 + \"offset\") AS positions FROM events_all" --format csv "${SET[@]}" | tail -1)
+printf 'archive: %.0f events/s, peak RSS %s MiB, %s files; lake rows, distinct positions: %s\n' "$ARCH_RATE" "$ARCH_RSS" "$ARCH_FILES" "$LAKE_ROWS"
+
+mkdir -p bench/results
+cat > "$OUT" <<MD
+# Tandem speed-layer benchmark results
+
+Written by \`make bench\` (\`bench/stream.sh\`) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores,
+commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUNS runs.
+$EVENTS generated events on a \`local://\` bus of $PARTS partitions, a redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own.
+
+| figure | value | target |
+|---|---|---|
+| \`tandem stream run\`: events applied to Redis per second | $(printf '%.0f' "$SPEED_RATE") | ≥ 100,000 |
+| ceiling: redis-benchmark, the same function, $PER_CALL events per call, $DEPTH calls per pipeline, $PARTS connections | $(printf '%.0f' "$CEIL") events/s | |
+| stream run / ceiling | $(printf '%.2f' "$(echo "$SPEED_RATE/$CEIL" | bc -l)") | ≥ 0.40 |
+| speed layer peak RSS, $EVENTS events | $SPEED_RSS MiB | flat in stream length |
+| speed layer peak RSS, $HALF events | $HALF_RSS MiB | |
+| Redis memory after $HALF events | $REDIS_MB MiB | |
+| \`tandem stream archive\`: events per second | $(printf '%.0f' "$ARCH_RATE") | ≥ 200,000 |
+| archiver peak RSS | $ARCH_RSS MiB | |
+| archived files / lake rows, distinct (partition, offset) | $ARCH_FILES / $LAKE_ROWS | rows = positions = $EVENTS |
+MD
+echo "wrote $OUT"

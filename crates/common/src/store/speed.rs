@@ -1,0 +1,182 @@
+//! The speed layer's state in the online store (DESIGN §3–4): per user and ingest epoch, the
+//! mergeable deltas of [`Profile`]; per user, the last bus offset applied and a bounded set of
+//! recent event ids. Both backends keep exactly this; `speed.lua` is the Redis side.
+
+use std::collections::BTreeMap;
+
+use crate::event::{Event, Kind};
+use crate::features::{Profile, decay_term, interest_weight, kind_index, spend_micros};
+
+/// Recent event ids kept per user to catch a retried producer's second copy (a duplicate
+/// `event_id` at a later offset). A copy arriving more than this many events of the same user
+/// after the first is counted twice by the speed layer until the next snapshot (whose batch
+/// dedupes by `event_id` over all time) replaces that epoch.
+pub const SEEN_MAX: usize = 64;
+
+/// How long Redis keeps a user's recent event ids after their last event: retries happen
+/// within seconds, and an idle user's set is memory for nothing.
+pub const SEEN_TTL_MS: u64 = 3_600_000;
+
+/// One event for the speed layer: where it is on the bus and the ingest epoch it is filed under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeedEvent<'a> {
+    /// Its offset in its partition (each user lives in one partition).
+    pub offset: u64,
+    /// The start of its ingest epoch, epoch ms.
+    pub epoch_ms: i64,
+    /// The event.
+    pub event: Event<'a>,
+}
+
+/// What [`OnlineStore::apply_events`](super::OnlineStore::apply_events) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyCounts {
+    /// Events whose deltas were added.
+    pub applied: u64,
+    /// Events at or below their user's last applied offset (a replay): skipped.
+    pub replayed: u64,
+    /// Events whose `event_id` the user had recently (a retried producer): skipped.
+    pub duplicates: u64,
+    /// Atomic store calls made: one per user of each batch.
+    pub calls: u64,
+}
+
+impl std::ops::AddAssign for ApplyCounts {
+    fn add_assign(&mut self, o: ApplyCounts) {
+        self.applied += o.applied;
+        self.replayed += o.replayed;
+        self.duplicates += o.duplicates;
+        self.calls += o.calls;
+    }
+}
+
+/// A user's speed state as read for serving.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpeedState {
+    /// The last bus offset applied for the user, if any.
+    pub offset: Option<u64>,
+    /// The deltas per ingest epoch (start ms), in epoch order.
+    pub epochs: BTreeMap<i64, Profile>,
+}
+
+impl SpeedState {
+    /// The deltas of every epoch read, merged.
+    pub fn merged(&self) -> Profile {
+        let mut p = Profile::new();
+        for e in self.epochs.values() {
+            p.merge(e);
+        }
+        p
+    }
+}
+
+/// The Lua library of the Redis backend.
+pub(crate) const LUA: &str = include_str!("speed.lua");
+/// Entries of ARGV per event in `tandem_apply_v1` (its `STRIDE`).
+pub(crate) const STRIDE: usize = 11;
+
+/// Appends one event's ARGV entries for `tandem_apply_v1` (see `speed.lua`).
+pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize) {
+    let ev = &e.event;
+    let purchase = ev.kind == Kind::Purchase;
+    let w = interest_weight(ev.kind);
+    let (category, term) = match (&ev.category, w > 0.0) {
+        (Some(c), true) => (c.to_string(), decay_term(w, ev.ts).to_string()),
+        _ => (String::new(), String::new()),
+    };
+    args.extend([
+        e.offset.to_string(),
+        ev.event_id.to_string(),
+        slot.to_string(),
+        e.epoch_ms.to_string(),
+        kind_index(ev.kind).to_string(),
+        ev.ts.to_string(),
+        if purchase { ev.quantity } else { 0 }.to_string(),
+        if purchase {
+            spend_micros(ev.price.unwrap_or(0.0), ev.quantity)
+        } else {
+            0
+        }
+        .to_string(),
+        category,
+        term,
+        ev.item_id.as_deref().unwrap_or("").to_string(),
+    ]);
+}
+
+/// A profile from an epoch hash's fields and its recent items (item, time) as Redis keeps them.
+pub(crate) fn profile_from_redis(
+    fields: &[(String, String)],
+    recent: &[(String, String)],
+) -> Result<Profile, String> {
+    let int = |f: &str, v: &str| -> Result<i64, String> {
+        v.parse::<i64>()
+            .map_err(|e| format!("field `{f}` = `{v}`: {e}"))
+    };
+    let mut p = Profile::new();
+    for (f, v) in fields {
+        match f.as_str() {
+            "units" => p.units = int(f, v)? as u64,
+            "spend" => p.spend_micros = int(f, v)?,
+            "first" => p.first_ts = int(f, v)?,
+            "last" => p.last_ts = int(f, v)?,
+            "lastbuy" => p.last_purchase_ts = Some(int(f, v)?),
+            _ => {
+                if let Some(cat) = f.strip_prefix("a:") {
+                    let score: f64 = v.parse().map_err(|e| format!("field `{f}` = `{v}`: {e}"))?;
+                    p.affinity.insert(cat.to_string(), score);
+                } else if let Some(i) = f.strip_prefix('c').and_then(|i| i.parse::<usize>().ok())
+                    && i < p.counts.len()
+                {
+                    p.counts[i] = int(f, v)? as u64;
+                } else {
+                    return Err(format!("unknown field `{f}`"));
+                }
+            }
+        }
+    }
+    for (item, score) in recent {
+        let ts: f64 = score
+            .parse()
+            .map_err(|e| format!("recent item `{item}` score `{score}`: {e}"))?;
+        p.recent_items.push((item.clone(), ts as i64));
+    }
+    crate::features::sort_recent(&mut p.recent_items);
+    Ok(p)
+}
+
+/// The key of a user's speed metadata (hash: `offset`).
+pub(crate) fn speed_key(user: &str) -> String {
+    format!("tandem:u:{{{user}}}:speed")
+}
+
+/// The key of a user's recent event ids (zset scored by offset).
+pub(crate) fn seen_key(user: &str) -> String {
+    format!("tandem:u:{{{user}}}:seen")
+}
+
+/// The key of a user's epoch index (zset: member = score = epoch ms).
+pub(crate) fn epochs_key(user: &str) -> String {
+    format!("tandem:u:{{{user}}}:epochs")
+}
+
+/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:recent` the zset.
+pub(crate) fn epoch_prefix(user: &str) -> String {
+    format!("tandem:u:{{{user}}}:epoch:")
+}
+
+/// The events of `events` grouped by user, each group in input (offset) order; groups in the
+/// order of their first event.
+pub(crate) fn by_user<'a, 'e>(events: &'a [SpeedEvent<'e>]) -> Vec<Vec<&'a SpeedEvent<'e>>> {
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<&SpeedEvent<'e>>> = Vec::new();
+    for e in events {
+        let n = groups.len();
+        let g = *index.entry(e.event.user_id.as_ref()).or_insert(n);
+        if g == n {
+            groups.push(Vec::new());
+        }
+        groups[g].push(e);
+    }
+    groups
+}

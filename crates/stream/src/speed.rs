@@ -1,0 +1,256 @@
+//! The speed layer (DESIGN §3–4): consumes the bus and applies each event's deltas to the
+//! online store, exactly once in effect.
+//!
+//! One task per partition: fetch up to `batch` records from the stored position, parse them,
+//! hand them to [`OnlineStore::apply_events`] (on Redis: one function call per user of the
+//! batch, all pipelined), then store the position. A crash between the apply and the stored
+//! position replays the batch, which the store skips by each user's last applied offset. Memory
+//! is bounded by `batch` records per partition: a task fetches again only once its batch is
+//! applied, so a slow store slows the reading (backpressure), never piles records up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tandem_common::event::from_bus_value;
+use tandem_common::store::{ApplyCounts, OnlineStore, SpeedEvent};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bus::Bus;
+use crate::error::{Error, Result};
+use crate::task::{Tasks, retry};
+
+/// How the speed layer runs.
+#[derive(Debug, Clone)]
+pub struct SpeedOptions {
+    /// The consumer group whose positions are stored on the bus.
+    pub group: String,
+    /// The partitions to consume; empty means all.
+    pub partitions: Vec<u32>,
+    /// Records per fetch and per pipelined apply.
+    pub batch: usize,
+    /// How long a fetch waits when there is nothing to read.
+    pub wait: Duration,
+    /// The ingest epoch length, ms: deltas are filed under `ingest_ts` rounded down to it.
+    pub epoch_ms: i64,
+    /// Stop once every partition has reached the end it had at start (catch-up runs, tests,
+    /// the bench) instead of following the bus.
+    pub until_caught_up: bool,
+}
+
+impl Default for SpeedOptions {
+    fn default() -> Self {
+        SpeedOptions {
+            group: "speed".into(),
+            partitions: Vec::new(),
+            batch: 4096,
+            wait: Duration::from_millis(200),
+            epoch_ms: 3_600_000,
+            until_caught_up: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpeedSummary {
+    /// Events applied, replays and duplicates skipped.
+    #[serde(flatten)]
+    pub counts: ApplyCounts,
+    /// Bus records that are not valid events (logged and skipped).
+    pub invalid: u64,
+    /// Batches applied.
+    pub batches: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mb: u64,
+    /// Records consumed per second (applied, skipped and invalid alike).
+    pub records_per_second: f64,
+}
+
+#[derive(Default)]
+struct Totals {
+    applied: AtomicU64,
+    replayed: AtomicU64,
+    duplicates: AtomicU64,
+    calls: AtomicU64,
+    invalid: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Totals {
+    fn records(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+            + self.replayed.load(Ordering::Relaxed)
+            + self.duplicates.load(Ordering::Relaxed)
+            + self.invalid.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the speed layer until `stop` is cancelled (then finishes the batches in flight and
+/// stores their positions) or, with `until_caught_up`, until it has caught up. Fails when a
+/// partition meets an error that retrying cannot fix; the other partitions then stop too.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn OnlineStore>,
+    opts: SpeedOptions,
+    stop: CancellationToken,
+) -> Result<SpeedSummary> {
+    let partitions = crate::task::partitions(bus.as_ref(), &opts.partitions)?;
+    if opts.epoch_ms <= 0 || opts.batch == 0 {
+        return Err(Error::Config(
+            "the speed layer needs a positive epoch and batch size".into(),
+        ));
+    }
+    let totals = Arc::new(Totals::default());
+    let started = Instant::now();
+    let mut tasks = Tasks::new(stop.clone());
+    for p in partitions.iter().copied() {
+        let (bus, store, opts, totals) = (bus.clone(), store.clone(), opts.clone(), totals.clone());
+        tasks.spawn(format!("speed partition {p}"), move |stop| async move {
+            consume(bus, store, p, &opts, &totals, stop).await
+        });
+    }
+    let progress = {
+        let totals = totals.clone();
+        let stop = tasks.token();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            let mut last = (Instant::now(), 0);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let records = totals.records();
+                let rate = (records - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), records);
+                info!(
+                    records,
+                    records_per_second = rate.round(),
+                    applied = totals.applied.load(Ordering::Relaxed),
+                    "Speed layer progress."
+                );
+            }
+        })
+    };
+    let result = tasks.join().await;
+    progress.abort();
+    result?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = SpeedSummary {
+        counts: ApplyCounts {
+            applied: totals.applied.load(Ordering::Relaxed),
+            replayed: totals.replayed.load(Ordering::Relaxed),
+            duplicates: totals.duplicates.load(Ordering::Relaxed),
+            calls: totals.calls.load(Ordering::Relaxed),
+        },
+        invalid: totals.invalid.load(Ordering::Relaxed),
+        batches: totals.batches.load(Ordering::Relaxed),
+        seconds,
+        peak_rss_mb: tandem_common::sys::peak_rss_bytes().unwrap_or(0) >> 20,
+        records_per_second: totals.records() as f64 / seconds.max(1e-9),
+    };
+    info!(
+        applied = summary.counts.applied,
+        replayed = summary.counts.replayed,
+        duplicates = summary.counts.duplicates,
+        invalid = summary.invalid,
+        "Speed layer stopped."
+    );
+    Ok(summary)
+}
+
+async fn consume(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn OnlineStore>,
+    partition: u32,
+    opts: &SpeedOptions,
+    totals: &Totals,
+    stop: CancellationToken,
+) -> Result<()> {
+    let label = partition.to_string();
+    let lag = metrics::gauge!("tandem_stream_lag_records", "layer" => "speed", "partition" => label.clone());
+    let apply_seconds = metrics::histogram!("tandem_stream_batch_apply_seconds");
+    let events = |outcome: &'static str| metrics::counter!("tandem_stream_events_total", "outcome" => outcome);
+    let (applied_c, replayed_c, dup_c, invalid_c) = (
+        events("applied"),
+        events("replayed"),
+        events("duplicate"),
+        events("invalid"),
+    );
+    let mut next = retry(&stop, "read the stored position", || {
+        bus.committed(&opts.group, partition)
+    })
+    .await?
+    .unwrap_or(0);
+    let end_at_start = match opts.until_caught_up {
+        true => Some(retry(&stop, "read the end offset", || bus.end_offset(partition)).await?),
+        false => None,
+    };
+    info!(partition, offset = next, "Speed layer consuming.");
+    let mut lag_checked = Instant::now() - Duration::from_secs(10);
+    loop {
+        if end_at_start.is_some_and(|end| next >= end) {
+            lag.set(0.0);
+            return Ok(());
+        }
+        if lag_checked.elapsed() >= Duration::from_secs(1) {
+            if let Ok(end) = bus.end_offset(partition).await {
+                lag.set(end.saturating_sub(next) as f64);
+            }
+            lag_checked = Instant::now();
+        }
+        let records = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = retry(&stop, "fetch", || bus.fetch(partition, next, opts.batch, opts.wait)) => r?,
+        };
+        let Some(last) = records.last().map(|r| r.offset) else {
+            continue;
+        };
+        let mut batch = Vec::with_capacity(records.len());
+        for r in &records {
+            match from_bus_value(&r.value) {
+                Ok((ingest_ts, event)) => batch.push(SpeedEvent {
+                    offset: r.offset,
+                    epoch_ms: ingest_ts.div_euclid(opts.epoch_ms) * opts.epoch_ms,
+                    event,
+                }),
+                Err(e) => {
+                    invalid_c.increment(1);
+                    totals.invalid.fetch_add(1, Ordering::Relaxed);
+                    warn!(partition, offset = r.offset, error = %e, "Skipped an invalid bus record.");
+                }
+            }
+        }
+        // The batch in hand is finished even when a stop is asked for meanwhile: apply, then
+        // store the position (a retry gives up only when stopping, leaving the batch to replay).
+        let t = Instant::now();
+        let counts = retry(&stop, "apply events", || store.apply_events(&batch)).await?;
+        apply_seconds.record(t.elapsed().as_secs_f64());
+        retry(&stop, "store the position", || {
+            bus.commit(&opts.group, partition, last + 1)
+        })
+        .await?;
+        next = last + 1;
+        applied_c.increment(counts.applied);
+        replayed_c.increment(counts.replayed);
+        dup_c.increment(counts.duplicates);
+        totals.applied.fetch_add(counts.applied, Ordering::Relaxed);
+        totals
+            .replayed
+            .fetch_add(counts.replayed, Ordering::Relaxed);
+        totals
+            .duplicates
+            .fetch_add(counts.duplicates, Ordering::Relaxed);
+        totals.calls.fetch_add(counts.calls, Ordering::Relaxed);
+        totals.batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

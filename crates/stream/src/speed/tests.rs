@@ -1,0 +1,309 @@
+//! The speed layer against the plain model: `merge(snapshot(C), speed(≥ C)) == recompute(all)`
+//! (DESIGN §3), on the memory store and on a real `redis-server`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use tandem_common::event::{Event, Kind, to_bus_value};
+use tandem_common::features::{Profile, recompute};
+use tandem_common::store::{MemoryStore, OnlineStore, RedisStore};
+use tandem_common::testkit::RedisServer;
+
+use super::*;
+use crate::bus::local::LocalBus;
+
+const H: i64 = 3_600_000;
+const T0: i64 = 1_763_769_600_000; // 2025-11-22T00:00:00Z
+
+/// One event as the bus carries it, with its ingest time.
+#[derive(Debug, Clone)]
+struct Sent {
+    event: Event<'static>,
+    ingest_ts: i64,
+}
+
+fn bus(dir: &std::path::Path, partitions: u32) -> Arc<dyn Bus> {
+    Arc::new(LocalBus::open(dir, partitions, false, 1 << 16).unwrap())
+}
+
+async fn produce(bus: &dyn Bus, sent: &[Sent]) {
+    let records = sent
+        .iter()
+        .map(|s| {
+            (
+                Bytes::from(s.event.user_id.to_string()),
+                Bytes::from(to_bus_value(&s.event, s.ingest_ts)),
+            )
+        })
+        .collect();
+    bus.produce(records).await.unwrap();
+}
+
+async fn consume(bus: &Arc<dyn Bus>, store: &Arc<dyn OnlineStore>, batch: usize) -> SpeedSummary {
+    let opts = SpeedOptions {
+        batch,
+        epoch_ms: H,
+        until_caught_up: true,
+        wait: Duration::ZERO,
+        ..SpeedOptions::default()
+    };
+    run(bus.clone(), store.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// The merged profile of every user: snapshot at `cutoff` (the plain recomputation over the
+/// events ingested before it, which the batch layer's tests hold equal to its SQL) plus the
+/// speed epochs at or after it.
+async fn merged(store: &dyn OnlineStore, sent: &[Sent], cutoff: i64) -> BTreeMap<String, Profile> {
+    let before: Vec<&Event<'_>> = sent
+        .iter()
+        .filter(|s| s.ingest_ts < cutoff)
+        .map(|s| &s.event)
+        .collect();
+    let (mut profiles, _) = recompute(before);
+    store.drop_epochs_before(cutoff).await.unwrap();
+    let users: std::collections::BTreeSet<String> =
+        sent.iter().map(|s| s.event.user_id.to_string()).collect();
+    for u in users {
+        let speed = store.speed(&u, cutoff).await.unwrap();
+        assert!(
+            speed.epochs.keys().all(|e| *e >= cutoff),
+            "epochs below the cutoff were dropped"
+        );
+        let p = profiles.entry(u).or_default();
+        p.merge(&speed.merged());
+    }
+    profiles.retain(|_, p| p.counts.iter().sum::<u64>() > 0);
+    profiles
+}
+
+fn assert_same(got: &BTreeMap<String, Profile>, sent: &[Sent], what: &str) {
+    let (want, _) = recompute(sent.iter().map(|s| &s.event));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: users"
+    );
+    for (u, p) in &want {
+        assert!(
+            got[u].approx_eq(p),
+            "{what}: user {u}\nmerged:     {:?}\nrecomputed: {p:?}",
+            got[u]
+        );
+    }
+}
+
+fn event(i: usize, user: u8, kind: usize, item: u8, ts: i64) -> Event<'static> {
+    let kind = Kind::ALL[kind % Kind::ALL.len()];
+    Event {
+        event_id: format!("e{i}").into(),
+        user_id: format!("user-{user}").into(),
+        kind,
+        item_id: (kind != Kind::Search).then(|| format!("item-{item}").into()),
+        category: (!item.is_multiple_of(4)).then(|| format!("cat-{}", item % 3).into()),
+        price: (kind == Kind::Purchase).then_some(item as f64 * 0.75),
+        quantity: 1 + (item % 2) as u32,
+        rating: (kind == Kind::Rate).then_some(3.5),
+        query: (kind == Kind::Search).then(|| "socks".into()),
+        ts,
+        session_id: None,
+        props: None,
+    }
+}
+
+/// One step of a stream's life.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A new event: user, kind, item, how late its event time is, time since the last send.
+    Send(u8, usize, u8, i64, i64),
+    /// A retried producer sends the event `back` sends ago again, `gap` ms later.
+    Retry(usize, i64),
+    /// The speed layer runs until caught up, then its stored position goes back `rewind`
+    /// records on a partition (a crash after applying, before storing the position).
+    Consume(u64, u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (0u8..6, 0usize..7, 0u8..30, 0i64..3 * 86_400_000, 0i64..25 * 60_000)
+            .prop_map(|(u, k, i, late, gap)| Step::Send(u, k, i, late, gap)),
+        2 => (1usize..12, 0i64..60_000).prop_map(|(b, g)| Step::Retry(b, g)),
+        1 => (0u64..6, 0u32..2).prop_map(|(r, p)| Step::Consume(r, p)),
+    ]
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
+}
+
+/// Plays `steps` through a real bus and the speed layer into `store`, then checks the merge at
+/// `cutoff_epochs` epochs after the start.
+async fn play(store: Arc<dyn OnlineStore>, steps: &[Step], cutoff_epochs: i64, batch: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let mut sent: Vec<Sent> = Vec::new();
+    let mut clock = T0;
+    for (i, s) in steps.iter().enumerate() {
+        match s {
+            Step::Send(user, kind, item, late, gap) => {
+                clock += gap;
+                let s = Sent {
+                    event: event(i, *user, *kind, *item, clock - late),
+                    ingest_ts: clock,
+                };
+                produce(bus.as_ref(), std::slice::from_ref(&s)).await;
+                sent.push(s);
+            }
+            Step::Retry(back, gap) => {
+                let Some(orig) = sent.len().checked_sub(*back).map(|k| sent[k].clone()) else {
+                    continue;
+                };
+                clock += gap;
+                let s = Sent {
+                    ingest_ts: clock,
+                    ..orig
+                };
+                produce(bus.as_ref(), std::slice::from_ref(&s)).await;
+                sent.push(s);
+            }
+            Step::Consume(rewind, p) => {
+                consume(&bus, &store, batch).await;
+                let at = bus.committed("speed", *p).await.unwrap().unwrap_or(0);
+                bus.commit("speed", *p, at.saturating_sub(*rewind))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    consume(&bus, &store, batch).await;
+    let cutoff = T0 + cutoff_epochs * H;
+    let got = merged(store.as_ref(), &sent, cutoff).await;
+    assert_same(&got, &sent, &format!("cutoff at epoch {cutoff_epochs}"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The exact merge on the memory store: duplicates, late events, replays from old offsets,
+    /// restarts and any cutoff.
+    #[test]
+    fn merge_equals_recompute_memory(
+        steps in proptest::collection::vec(step(), 1..80),
+        cutoff in 0i64..12,
+        batch in 1usize..9,
+    ) {
+        runtime().block_on(play(Arc::new(MemoryStore::default()), &steps, cutoff, batch));
+    }
+}
+
+fn redis() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The same on a real Redis: the Lua functions keep what the memory store keeps.
+    #[test]
+    fn merge_equals_recompute_redis(
+        steps in proptest::collection::vec(step(), 1..80),
+        cutoff in 0i64..12,
+        batch in 1usize..9,
+    ) {
+        runtime().block_on(async {
+            // Each case on its own database of the shared server.
+            let url = format!("{}/{}", redis().url(), 1);
+            let mut conn = redis::Client::open(url.as_str()).unwrap()
+                .get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
+            let store = RedisStore::connect(&url).await.unwrap();
+            play(Arc::new(store), &steps, cutoff, batch).await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn invalid_records_are_skipped_and_counted_and_positions_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 1);
+    let good = Sent {
+        event: event(1, 1, 0, 3, T0),
+        ingest_ts: T0 + 5,
+    };
+    produce(bus.as_ref(), std::slice::from_ref(&good)).await;
+    bus.produce(vec![
+        (Bytes::from("user-1"), Bytes::from("not json")),
+        (
+            Bytes::from("user-1"),
+            Bytes::from(r#"{"ingest_ts":1,"event":{"event_id":"x"}}"#),
+        ),
+    ])
+    .await
+    .unwrap();
+    let store: Arc<dyn OnlineStore> = Arc::new(MemoryStore::default());
+    let s = consume(&bus, &store, 2).await;
+    assert_eq!((s.counts.applied, s.invalid, s.batches), (1, 2, 2));
+    assert_eq!(bus.committed("speed", 0).await.unwrap(), Some(3));
+    let again = consume(&bus, &store, 2).await;
+    assert_eq!(
+        again.counts.applied + again.invalid,
+        0,
+        "nothing read twice"
+    );
+    let speed = store.speed("user-1", 0).await.unwrap();
+    assert_eq!(speed.offset, Some(0));
+    assert_eq!(speed.epochs.keys().copied().collect::<Vec<_>>(), vec![T0]);
+}
+
+#[tokio::test]
+async fn a_stop_finishes_the_batch_in_hand_and_stores_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let sent: Vec<Sent> = (0..500)
+        .map(|i| Sent {
+            event: event(i, (i % 7) as u8, i, (i % 30) as u8, T0 + i as i64),
+            ingest_ts: T0 + i as i64,
+        })
+        .collect();
+    produce(bus.as_ref(), &sent).await;
+    let store: Arc<dyn OnlineStore> = Arc::new(MemoryStore::default());
+    let stop = CancellationToken::new();
+    stop.cancel();
+    let opts = SpeedOptions {
+        epoch_ms: H,
+        ..SpeedOptions::default()
+    };
+    // Stopped before it starts: nothing applied, nothing stored, exit without error.
+    let s = run(bus.clone(), store.clone(), opts, stop).await.unwrap();
+    assert_eq!(s.counts.applied, 0);
+    assert_eq!(bus.committed("speed", 0).await.unwrap(), None);
+    // Then a full run applies everything once.
+    let s = consume(&bus, &store, 64).await;
+    assert_eq!(s.counts.applied, 500);
+    let got = merged(store.as_ref(), &sent, T0).await;
+    assert_same(&got, &sent, "after a stop and a restart");
+}
+
+#[tokio::test]
+async fn a_partition_that_does_not_exist_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let opts = SpeedOptions {
+        partitions: vec![1, 5],
+        ..SpeedOptions::default()
+    };
+    let store: Arc<dyn OnlineStore> = Arc::new(MemoryStore::default());
+    let err = run(bus, store, opts, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "partition 5 does not exist: the bus has partitions 0..1"
+    );
+}

@@ -1,0 +1,288 @@
+//! `tandem stream run` and `tandem stream archive` (issue #4): the real binary, a real Redis.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tandem_common::event::{Event, from_bus_value};
+use tandem_common::features::{Profile, recompute};
+use tandem_common::store::{OnlineStore, RedisStore, UserRow, user_key};
+use tandem_common::testkit::RedisServer;
+use tandem_stream::bus::Bus;
+
+use crate::harness::{Scratch, summary};
+
+/// Every event on the scratch bus with its ingest time, in offset order per partition.
+fn bus_events(s: &Scratch) -> Vec<(i64, Event<'static>)> {
+    let bus =
+        tandem_stream::bus::local::LocalBus::open(&s.path("bus"), 8, false, 64 << 20).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for p in 0..bus.partitions() {
+            let mut offset = 0;
+            loop {
+                let got = bus.fetch(p, offset, 10_000, Duration::ZERO).await.unwrap();
+                let Some(last) = got.last() else { break };
+                offset = last.offset + 1;
+                for r in &got {
+                    let (ingest, e) = from_bus_value(&r.value).unwrap();
+                    out.push((ingest, e.into_owned()));
+                }
+            }
+        }
+        out
+    })
+}
+
+fn generate_to_bus(s: &Scratch, users: &str, seed: &str) -> serde_json::Value {
+    summary(&s.ok(
+        &[
+            "generate",
+            "--users",
+            users,
+            "--days",
+            "6",
+            "--end",
+            "2026-11-01T00:00:00Z",
+            "--seed",
+            seed,
+            "--dup-rate",
+            "0.05",
+            "--bus",
+            "config",
+        ],
+        b"",
+    ))
+}
+
+/// Each user's speed deltas (all epochs from `from`), merged, from the real Redis.
+fn speed_profiles(url: &str, users: &[String], from: i64) -> BTreeMap<String, Profile> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = RedisStore::connect(url).await.unwrap();
+        let mut out = BTreeMap::new();
+        for u in users {
+            let p = store.speed(u, from).await.unwrap().merged();
+            if p.counts.iter().sum::<u64>() > 0 {
+                out.insert(u.clone(), p);
+            }
+        }
+        out
+    })
+}
+
+fn assert_profiles_equal(got: &BTreeMap<String, Profile>, want: &BTreeMap<String, Profile>) {
+    assert_eq!(got.len(), want.len(), "users with events");
+    for (u, p) in want {
+        let g = got.get(u).unwrap_or_else(|| panic!("user {u} is missing"));
+        assert!(g.approx_eq(p), "user {u}:\ngot  {g:?}\nwant {p:?}");
+    }
+}
+
+#[test]
+fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
+    let s = Scratch::new();
+    let redis = RedisServer::start();
+    let sent = generate_to_bus(&s, "300", "5");
+    assert!(sent["sent"].as_u64().unwrap() > 5_000, "{sent}");
+
+    // Small batches, so that a kill lands between applying a batch and storing its position.
+    let mut child = s
+        .tandem(&["stream", "run", "--store", &redis.url(), "--batch", "40"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let positions = s.path("bus").join("consumers").join("speed");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let has_position = || {
+        positions.exists()
+            && std::fs::read_dir(&positions)
+                .unwrap()
+                .any(|f| f.unwrap().path().extension().is_none())
+    };
+    while !has_position() {
+        assert!(
+            Instant::now() < deadline,
+            "the speed layer stored no position in 120 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the speed layer exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let rest = summary(&s.ok(
+        &[
+            "stream",
+            "run",
+            "--store",
+            &redis.url(),
+            "--until-caught-up",
+        ],
+        b"",
+    ));
+    assert!(rest["applied"].as_u64().unwrap() > 0, "{rest}");
+
+    let events = bus_events(&s);
+    assert_eq!(events.len() as u64, sent["sent"].as_u64().unwrap());
+    let (want, _) = recompute(events.iter().map(|(_, e)| e));
+    let users: Vec<String> = want.keys().cloned().collect();
+    assert_profiles_equal(&speed_profiles(&redis.url(), &users, 0), &want);
+
+    // A graceful stop (SIGTERM) finishes its batch: the next start replays nothing.
+    generate_to_bus(&s, "300", "6");
+    let child = s
+        .tandem(&["stream", "run", "--store", &redis.url(), "--batch", "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once it has stored a new position it is running (its signal handlers are in place).
+    // The stored positions, `p-NNNN` files; skips the temporary file of a write in flight.
+    let stored = || -> u64 {
+        std::fs::read_dir(&positions)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_none())
+            .map(|p| std::fs::read_to_string(p).unwrap().trim().parse::<u64>().unwrap())
+            .sum()
+    };
+    let before = stored();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the speed layer stored no position in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "SIGTERM is a clean exit: {}",
+        out.status
+    );
+    summary(&String::from_utf8(out.stdout).unwrap());
+    let after = summary(&s.ok(
+        &[
+            "stream",
+            "run",
+            "--store",
+            &redis.url(),
+            "--until-caught-up",
+        ],
+        b"",
+    ));
+    assert_eq!(after["replayed"], 0, "{after}");
+    let events = bus_events(&s);
+    let (want, _) = recompute(events.iter().map(|(_, e)| e));
+    let users: Vec<String> = want.keys().cloned().collect();
+    assert_profiles_equal(&speed_profiles(&redis.url(), &users, 0), &want);
+}
+
+/// The whole lambda: the bus archived into the lake, a batch run over it at a cutoff between
+/// two waves of events, the speed layer over everything; snapshot ⊕ speed epochs after the
+/// cutoff equals the recomputation over every event, for every user.
+#[test]
+fn archive_then_batch_then_speed_merge_exactly() {
+    let s = Scratch::new();
+    let redis = RedisServer::start();
+    let set = [
+        "--set",
+        "events.epoch=1s",
+        "--set",
+        "bus.max_produce_delay=1s",
+        "--set",
+        "batch.window=2d",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(set.iter())
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let run = |args: &[&str]| {
+        let args = with(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        summary(&s.ok(&args, b""))
+    };
+    generate_to_bus(&s, "250", "7");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let cutoff = tandem_common::event::now_ms() / 1000 * 1000;
+    std::thread::sleep(Duration::from_millis(1_100));
+    generate_to_bus(&s, "250", "8");
+
+    let archived = run(&[
+        "stream",
+        "archive",
+        "--until-caught-up",
+        "--roll-rows",
+        "5000",
+    ]);
+    let events = bus_events(&s);
+    assert_eq!(
+        archived["events"].as_u64().unwrap(),
+        events.len() as u64,
+        "{archived}"
+    );
+    // The archive watermark trails the clock by the produce delay: wait past it for the cutoff.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let speed = run(&[
+        "stream",
+        "run",
+        "--store",
+        &redis.url(),
+        "--until-caught-up",
+    ]);
+    assert_eq!(
+        speed["applied"].as_u64().unwrap() + speed["duplicates"].as_u64().unwrap(),
+        events.len() as u64,
+        "{speed}"
+    );
+    let batch = run(&[
+        "batch",
+        "run",
+        "--store",
+        &redis.url(),
+        "--cutoff",
+        &cutoff.to_string(),
+    ]);
+    assert_eq!(batch["outcome"], "published", "{batch}");
+    let before = events.iter().filter(|(i, _)| *i < cutoff).count();
+    assert!(
+        before > 0 && before < events.len(),
+        "the cutoff splits the events"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (want, _) = recompute(events.iter().map(|(_, e)| e));
+    let merged: BTreeMap<String, Profile> = rt.block_on(async {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let pointer = store.pointer().await.unwrap().unwrap();
+        assert_eq!(pointer.cutoff_ms, cutoff);
+        let mut out = BTreeMap::new();
+        for u in want.keys() {
+            let row = store.get(&[user_key(u, &pointer.snapshot)]).await.unwrap();
+            let mut p = match &row[0] {
+                Some(v) => serde_json::from_slice::<UserRow>(v).unwrap().profile,
+                None => Profile::new(),
+            };
+            let speed = store.speed(u, pointer.cutoff_ms).await.unwrap();
+            assert!(speed.epochs.keys().all(|e| *e >= cutoff));
+            p.merge(&speed.merged());
+            out.insert(u.clone(), p);
+        }
+        out
+    });
+    assert_profiles_equal(&merged, &want);
+}
