@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tandem_common::event::{Event, from_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::{OnlineStore, RedisStore, UserRow, user_key};
-use tandem_common::testkit::RedisServer;
+use tandem_common::testkit::{RedisCluster, RedisServer};
 use tandem_stream::bus::Bus;
 
 use crate::harness::{Scratch, summary};
@@ -148,7 +148,13 @@ fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
             .unwrap()
             .map(|f| f.unwrap().path())
             .filter(|p| p.extension().is_none())
-            .map(|p| std::fs::read_to_string(p).unwrap().trim().parse::<u64>().unwrap())
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
             .sum()
     };
     let before = stored();
@@ -195,8 +201,19 @@ fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
 /// cutoff equals the recomputation over every event, for every user.
 #[test]
 fn archive_then_batch_then_speed_merge_exactly() {
-    let s = Scratch::new();
     let redis = RedisServer::start();
+    lambda_merges_exactly(&redis.url());
+}
+
+/// The same on a Redis Cluster of three nodes.
+#[test]
+fn archive_then_batch_then_speed_merge_exactly_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    lambda_merges_exactly(&cluster.url());
+}
+
+fn lambda_merges_exactly(store: &str) {
+    let s = Scratch::new();
     let set = [
         "--set",
         "events.epoch=1s",
@@ -237,13 +254,7 @@ fn archive_then_batch_then_speed_merge_exactly() {
     );
     // The archive watermark trails the clock by the produce delay: wait past it for the cutoff.
     std::thread::sleep(Duration::from_millis(1_100));
-    let speed = run(&[
-        "stream",
-        "run",
-        "--store",
-        &redis.url(),
-        "--until-caught-up",
-    ]);
+    let speed = run(&["stream", "run", "--store", store, "--until-caught-up"]);
     assert_eq!(
         speed["applied"].as_u64().unwrap() + speed["duplicates"].as_u64().unwrap(),
         events.len() as u64,
@@ -253,7 +264,7 @@ fn archive_then_batch_then_speed_merge_exactly() {
         "batch",
         "run",
         "--store",
-        &redis.url(),
+        store,
         "--cutoff",
         &cutoff.to_string(),
     ]);
@@ -267,7 +278,7 @@ fn archive_then_batch_then_speed_merge_exactly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (want, _) = recompute(events.iter().map(|(_, e)| e));
     let merged: BTreeMap<String, Profile> = rt.block_on(async {
-        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let store = RedisStore::connect(store).await.unwrap();
         let pointer = store.pointer().await.unwrap().unwrap();
         assert_eq!(pointer.cutoff_ms, cutoff);
         let mut out = BTreeMap::new();

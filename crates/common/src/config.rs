@@ -195,7 +195,18 @@ impl Secret {
                 }
                 u.to_string()
             }
-            _ => "***".to_string(),
+            // Not a URL the parser takes (a cluster URL lists several hosts): hide the password
+            // between `://user:` and the last `@`; anything else may be a bare secret.
+            _ => match self.0.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((auth, hosts)) => match auth.split_once(':') {
+                        Some((user, _)) => format!("{scheme}://{user}:***@{hosts}"),
+                        None => self.0.clone(),
+                    },
+                    None => self.0.clone(),
+                },
+                None => "***".to_string(),
+            },
         }
     }
 }

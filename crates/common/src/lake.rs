@@ -82,6 +82,7 @@ impl Lake {
                 })
             }
             _ => {
+                crate::tls::init();
                 let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
                 let opts: Vec<(String, String)> = std::env::vars()
                     .filter(|(k, _)| {

@@ -49,5 +49,6 @@ pub mod store;
 pub mod sys;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod tls;
 
 pub use error::{Error, ErrorKind, Result};

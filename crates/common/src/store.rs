@@ -135,21 +135,23 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState>;
 }
 
-/// Opens the store at `url`: `memory://` or `redis://…` / `rediss://…`.
+/// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…` (one server) or
+/// `redis+cluster://host:port[,host:port…]` / `rediss+cluster://…` (a Redis Cluster).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn OnlineStore>> {
     if url == "memory://" || url.starts_with("memory://") {
         return Ok(std::sync::Arc::new(MemoryStore::default()));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    let redis = [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ];
+    if redis.iter().any(|s| url.starts_with(s)) {
         return Ok(std::sync::Arc::new(RedisStore::connect(url).await?));
     }
-    if url.starts_with("redis+cluster://") {
-        return Err(Error::Config(
-            "online_store.url: Redis Cluster (redis+cluster://) is not supported yet; use one Redis (redis://HOST:PORT)".into(),
-        ));
-    }
     Err(Error::Config(format!(
-        "online_store.url: `{}` is not a store URL; use memory:// or redis://host:port",
+        "online_store.url: `{}` is not a store URL; use memory://, redis://host:port or redis+cluster://host:port,…",
         crate::config::Secret::new(url).redacted()
     )))
 }

@@ -77,6 +77,7 @@ struct Totals {
     replayed: AtomicU64,
     duplicates: AtomicU64,
     calls: AtomicU64,
+    users: AtomicU64,
     invalid: AtomicU64,
     batches: AtomicU64,
 }
@@ -148,6 +149,7 @@ pub async fn run(
             replayed: totals.replayed.load(Ordering::Relaxed),
             duplicates: totals.duplicates.load(Ordering::Relaxed),
             calls: totals.calls.load(Ordering::Relaxed),
+            users: totals.users.load(Ordering::Relaxed),
         },
         invalid: totals.invalid.load(Ordering::Relaxed),
         batches: totals.batches.load(Ordering::Relaxed),
@@ -248,6 +250,7 @@ async fn consume(
             .duplicates
             .fetch_add(counts.duplicates, Ordering::Relaxed);
         totals.calls.fetch_add(counts.calls, Ordering::Relaxed);
+        totals.users.fetch_add(counts.users, Ordering::Relaxed);
         totals.batches.fetch_add(1, Ordering::Relaxed);
     }
 }

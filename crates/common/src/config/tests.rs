@@ -120,6 +120,17 @@ fn secrets_never_print() {
 }
 
 #[test]
+fn cluster_url_passwords_never_print() {
+    let shown = Secret::new("redis+cluster://app:p@ss:w0rd@a:7000,b:7001").redacted();
+    assert_eq!(shown, "redis+cluster://app:***@a:7000,b:7001");
+    assert_eq!(
+        Secret::new("redis+cluster://a:7000,b:7001").redacted(),
+        "redis+cluster://a:7000,b:7001"
+    );
+    assert_eq!(Secret::new("not a url").redacted(), "***");
+}
+
+#[test]
 fn api_keys_are_checked() {
     let s = Sources {
         env: Some(vec![]),

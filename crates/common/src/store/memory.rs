@@ -123,8 +123,10 @@ impl OnlineStore for MemoryStore {
 
     async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
         let mut speed = self.speed_map()?;
+        let users = super::speed::by_user(events).len() as u64;
         let mut counts = ApplyCounts {
-            calls: super::speed::by_user(events).len() as u64,
+            calls: users,
+            users,
             ..ApplyCounts::default()
         };
         for e in events {

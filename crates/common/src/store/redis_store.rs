@@ -1,12 +1,21 @@
 //! `redis://` / `rediss://`: the online store in a real Redis (7.0 or later: the speed layer is
-//! a Redis function library, `speed.lua`, loaded at connect).
+//! a Redis function library, `speed.lua`, loaded at connect); `redis+cluster://` /
+//! `rediss+cluster://`: the same on a Redis Cluster.
+//!
+//! On a cluster every key of a user shares the user's hash slot (`{user}`), so each function
+//! call stays on one node. What differs is only how commands travel: a pipeline cannot span
+//! slots, so a batch's function calls go out concurrently, each routed to its user's node and
+//! multiplexed on that node's connection; `FUNCTION LOAD` goes to every primary; `MGET`, `MSET`
+//! and `UNLINK` are split per slot by the client; `SCAN` walks each primary in turn.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, FromRedisValue};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
 use super::speed::{
     self, ApplyCounts, SpeedEvent, SpeedState, by_user, epoch_prefix, epochs_key, seen_key,
@@ -18,6 +27,10 @@ use crate::error::{Error, Result};
 /// Rows per pipeline: large enough to amortise round trips, small enough to bound memory.
 const PIPELINE: usize = 1_000;
 
+/// Most events in one call of the apply function on a single Redis (whole users: a user with
+/// more goes alone): ~1 ms of Redis time, so reads wait at most that long behind it.
+const CALL_EVENTS: usize = 128;
+
 /// Compare-and-set of the pointer in one step.
 const FLIP: &str = r"
 local cur = redis.call('GET', KEYS[1])
@@ -27,10 +40,49 @@ if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
 end
 return 0";
 
-/// A Redis online store; cheap to clone (one multiplexed, reconnecting connection).
+/// A connection to one Redis or to a Redis Cluster; both multiplexed and reconnecting.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipe, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipe, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A Redis online store; cheap to clone (one multiplexed, reconnecting connection, or one per
+/// cluster node).
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     url: String,
 }
 
@@ -42,24 +94,44 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn external(what: &str, e: redis::RedisError) -> Error {
+fn external(what: &str, e: impl std::fmt::Display) -> Error {
     Error::External(format!("redis {what}: {e}"))
 }
 
 impl RedisStore {
-    /// Connects to `url` and checks the server answers.
+    /// Connects to `url` (`redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://`)
+    /// and checks the server answers.
     pub async fn connect(url: &str) -> Result<RedisStore> {
+        crate::tls::init();
         let shown = crate::config::Secret::new(url).redacted();
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("online_store.url `{shown}`: {e}")))?;
+        let bad_url =
+            |e: &dyn std::fmt::Display| Error::Config(format!("online_store.url `{shown}`: {e}"));
+        let down = |e: redis::RedisError| Error::External(format!("redis at {shown}: {e}"));
         // Fail fast at start-up (a wrong URL should not hang a CronJob); reconnects later retry.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(30)));
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| Error::External(format!("redis at {shown}: {e}")))?;
+        let (connect_timeout, response_timeout) = (Duration::from_secs(5), Duration::from_secs(30));
+        let mut conn = match cluster_nodes(url).map_err(|e| bad_url(&e))? {
+            None => {
+                let client = redis::Client::open(url).map_err(|e| bad_url(&e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(2)
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                Conn::Single(
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map_err(down)?,
+                )
+            }
+            Some(nodes) => {
+                let client = redis::cluster::ClusterClient::builder(nodes)
+                    .retries(2)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(response_timeout)
+                    .build()
+                    .map_err(|e| bad_url(&e))?;
+                Conn::Cluster(client.get_async_connection().await.map_err(down)?)
+            }
+        };
         let _: () = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -88,69 +160,163 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Runs `pipe`, loading the function library once more and retrying if the server lost it
-    /// (a restart without persistence).
-    async fn query_functions<T: redis::FromRedisValue>(
+    /// Runs the function calls of `calls`, loading the function library once more and retrying
+    /// if the server lost it (a restart without persistence). One pipeline on a single Redis;
+    /// on a cluster the calls go out concurrently, each to its keys' node, since a pipeline
+    /// cannot span slots (the node connections are multiplexed, so they still travel together).
+    async fn call_functions(
         &self,
-        pipe: &redis::Pipeline,
+        calls: &redis::Pipeline,
         what: &str,
-    ) -> Result<T> {
-        let mut conn = self.conn.clone();
-        match pipe.query_async(&mut conn).await {
+    ) -> Result<Vec<redis::Value>> {
+        match self.run_calls(calls).await {
             Err(e) if e.to_string().contains("Function not found") => {
                 self.load_functions().await?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| external(what, e))
+                self.run_calls(calls).await.map_err(|e| external(what, e))
             }
             r => r.map_err(|e| external(what, e)),
         }
     }
 
+    async fn run_calls(&self, calls: &redis::Pipeline) -> redis::RedisResult<Vec<redis::Value>> {
+        if calls.cmd_iter().next().is_none() {
+            return Ok(Vec::new());
+        }
+        match &self.conn {
+            Conn::Single(c) => calls.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => {
+                futures::future::try_join_all(calls.cmd_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { cmd.query_async::<redis::Value>(&mut c).await }
+                }))
+                .await
+            }
+        }
+    }
+
+    /// Where to run `SCAN`: the one server, or each primary of the cluster (named by one of
+    /// its slots, so that routing follows the client's slot map).
+    async fn scan_targets(&self) -> Result<Vec<Option<Route>>> {
+        let Conn::Cluster(c) = &self.conn else {
+            return Ok(vec![None]);
+        };
+        let slots = c
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await
+            .map_err(|e| external("CLUSTER SLOTS", e))?;
+        // Each entry: start slot, end slot, [host, port, id, …] of the primary, then replicas.
+        let entry = |r: redis::Value| -> redis::RedisResult<(u16, (String, u16))> {
+            let r = Vec::<redis::Value>::from_redis_value(r)?;
+            let primary = match r.get(2) {
+                Some(p) => Vec::<redis::Value>::from_redis_value(p.clone())?,
+                None => Vec::new(),
+            };
+            let (Some(start), Some(host), Some(port)) =
+                (r.first(), primary.first(), primary.get(1))
+            else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "a CLUSTER SLOTS entry without its primary",
+                )));
+            };
+            Ok((
+                u16::from_redis_value(start.clone())?,
+                (
+                    String::from_redis_value(host.clone())?,
+                    u16::from_redis_value(port.clone())?,
+                ),
+            ))
+        };
+        let ranges = Vec::<redis::Value>::from_redis_value(slots)
+            .map_err(redis::RedisError::from)
+            .and_then(|ranges| {
+                ranges
+                    .into_iter()
+                    .map(entry)
+                    .collect::<redis::RedisResult<Vec<_>>>()
+            })
+            .map_err(|e| external("CLUSTER SLOTS", e))?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(ranges
+            .into_iter()
+            .filter(|(_, node)| seen.insert(node.clone()))
+            .map(|(start, _)| Some(Route::new(start, SlotAddr::Master)))
+            .collect())
+    }
+
+    /// One page of `SCAN` on `target`: the next cursor and the keys matching `pattern`.
+    async fn scan_page(
+        &self,
+        target: &Option<Route>,
+        cursor: u64,
+        pattern: &str,
+    ) -> Result<(u64, Vec<String>)> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(PIPELINE);
+        let got = match (&self.conn, target) {
+            (Conn::Cluster(c), Some(route)) => {
+                let v = c
+                    .clone()
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route.clone())),
+                    )
+                    .await;
+                v.and_then(|v| Ok(FromRedisValue::from_redis_value(v)?))
+            }
+            _ => cmd.query_async(&mut self.conn.clone()).await,
+        };
+        got.map_err(|e| external("SCAN", e))
+    }
+
     /// Deletes every key matching `pattern` for which `pick` holds, by SCAN and UNLINK.
     async fn delete_scanned(&self, pattern: &str, pick: impl Fn(&str) -> bool) -> Result<u64> {
         let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(PIPELINE)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| external("SCAN", e))?;
-            let doomed: Vec<&String> = keys.iter().filter(|k| pick(k)).collect();
-            if !doomed.is_empty() {
-                let n: u64 = conn
-                    .unlink(&doomed)
-                    .await
-                    .map_err(|e| external("UNLINK", e))?;
-                deleted += n;
+        for target in self.scan_targets().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys) = self.scan_page(&target, cursor, pattern).await?;
+                let doomed: Vec<&String> = keys.iter().filter(|k| pick(k)).collect();
+                if !doomed.is_empty() {
+                    let n: u64 = conn
+                        .unlink(&doomed)
+                        .await
+                        .map_err(|e| external("UNLINK", e))?;
+                    deleted += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 }
 
 #[async_trait]
 impl OnlineStore for RedisStore {
     async fn put(&self, rows: &[(String, Bytes)]) -> Result<()> {
+        // MSET: one command per chunk on a single Redis; split per slot by the cluster client.
         let mut conn = self.conn.clone();
         for chunk in rows.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
+            let mut cmd = redis::cmd("MSET");
             for (k, v) in chunk {
-                pipe.set(k, v.as_ref()).ignore();
+                cmd.arg(k).arg(v.as_ref());
             }
-            let _: () = pipe
+            let _: () = cmd
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| external("SET", e))?;
+                .map_err(|e| external("MSET", e))?;
         }
         Ok(())
     }
@@ -204,52 +370,69 @@ impl OnlineStore for RedisStore {
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
         // Each user's epoch index names its epochs; one function call per user drops the old
         // ones (keys and index entries) together.
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut dropped = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("tandem:u:*:epochs")
-                .arg("COUNT")
-                .arg(PIPELINE)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| external("SCAN", e))?;
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                let Some(prefix) = key.strip_suffix("epochs") else {
-                    continue;
-                };
-                pipe.cmd("FCALL")
-                    .arg("tandem_drop_before_v1")
-                    .arg(1)
-                    .arg(key)
-                    .arg(cutoff_ms)
-                    .arg(format!("{prefix}epoch:"));
+        for target in self.scan_targets().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys) = self.scan_page(&target, cursor, "tandem:u:*:epochs").await?;
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    let Some(prefix) = key.strip_suffix("epochs") else {
+                        continue;
+                    };
+                    pipe.cmd("FCALL")
+                        .arg("tandem_drop_before_v1")
+                        .arg(1)
+                        .arg(key)
+                        .arg(cutoff_ms)
+                        .arg(format!("{prefix}epoch:"));
+                }
+                for n in self.call_functions(&pipe, "drop epochs").await? {
+                    dropped += u64::from_redis_value(n).map_err(|e| external("drop epochs", e))?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if !keys.is_empty() {
-                let n: Vec<u64> = self.query_functions(&pipe, "drop epochs").await?;
-                dropped += n.iter().sum::<u64>();
-            }
-            if next == 0 {
-                return Ok(dropped);
-            }
-            cursor = next;
         }
+        Ok(dropped)
     }
 
     async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+        // Whole users per call, up to CALL_EVENTS events (one user per call on a cluster, where
+        // a call's keys must share a slot): the per-call cost of Redis is paid once for many
+        // events, and no call runs long enough to hold up the reads of serving.
+        let per_call = match self.conn {
+            Conn::Single(_) => CALL_EVENTS,
+            Conn::Cluster(_) => 1,
+        };
         let mut pipe = redis::pipe();
-        let mut calls = 0;
+        let (mut keys, mut args) = (Vec::new(), Vec::new());
+        let (mut users, mut in_call) = (0, 0);
+        let end_call =
+            |pipe: &mut redis::Pipeline, keys: &mut Vec<String>, args: &mut Vec<String>| {
+                pipe.cmd("FCALL")
+                    .arg("tandem_apply_v2")
+                    .arg(keys.len())
+                    .arg(&*keys)
+                    .arg(&*args);
+                keys.clear();
+                args.clear();
+            };
         for group in by_user(events) {
+            if in_call > 0 && in_call + group.len() > per_call {
+                end_call(&mut pipe, &mut keys, &mut args);
+                in_call = 0;
+            }
             let user = group[0].event.user_id.as_ref();
-            let mut keys = vec![speed_key(user), seen_key(user), epochs_key(user)];
+            keys.extend([speed_key(user), seen_key(user), epochs_key(user)]);
             let prefix = epoch_prefix(user);
             let mut slots: Vec<i64> = Vec::new();
-            let mut args = Vec::with_capacity(group.len() * speed::STRIDE);
-            for e in group {
+            let header = args.len();
+            args.reserve(2 + group.len() * speed::STRIDE);
+            args.extend([String::new(), group.len().to_string()]);
+            for e in &group {
                 let slot = match slots.iter().position(|s| *s == e.epoch_ms) {
                     Some(i) => i + 1,
                     None => {
@@ -261,24 +444,27 @@ impl OnlineStore for RedisStore {
                 };
                 speed::push_args(&mut args, e, slot);
             }
-            pipe.cmd("FCALL")
-                .arg("tandem_apply_v1")
-                .arg(keys.len())
-                .arg(&keys)
-                .arg(&args);
-            calls += 1;
+            args[header] = slots.len().to_string();
+            in_call += group.len();
+            users += 1;
         }
-        if calls == 0 {
+        if users == 0 {
             return Ok(ApplyCounts::default());
         }
-        let got: Vec<(u64, u64, u64)> = self.query_functions(&pipe, "apply events").await?;
-        let mut counts = ApplyCounts::default();
-        for (applied, replayed, duplicates) in got {
+        end_call(&mut pipe, &mut keys, &mut args);
+        let mut counts = ApplyCounts {
+            users,
+            ..ApplyCounts::default()
+        };
+        for got in self.call_functions(&pipe, "apply events").await? {
+            let (applied, replayed, duplicates) =
+                FromRedisValue::from_redis_value(got).map_err(|e| external("apply events", e))?;
             counts += ApplyCounts {
                 applied,
                 replayed,
                 duplicates,
                 calls: 1,
+                users: 0,
             };
         }
         Ok(counts)
@@ -293,14 +479,20 @@ impl OnlineStore for RedisStore {
             .arg(epochs_key(user))
             .arg(from_epoch_ms)
             .arg(epoch_prefix(user));
-        let (got,): (Vec<redis::Value>,) = self.query_functions(&pipe, "read speed").await?;
+        let got = self.call_functions(&pipe, "read speed").await?;
+        let got = got
+            .into_iter()
+            .next()
+            .map(Vec::<redis::Value>::from_redis_value)
+            .transpose()
+            .map_err(|e| external("read speed", e))?
+            .unwrap_or_default();
         decode_speed(user, got)
     }
 }
 
 /// The answer of `tandem_read_v1`: the offset, then (epoch, fields, recent items) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
-    use redis::FromRedisValue;
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
     let mut it = got.into_iter();
     let offset: Option<u64> = match it.next() {
@@ -328,4 +520,65 @@ fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
         state.epochs.insert(epoch, profile);
     }
     Ok(state)
+}
+
+/// The node URLs of a `redis+cluster://[user:password@]host:port[,host:port…]` (or
+/// `rediss+cluster://`) URL, each `redis://[user:password@]host:port` (or `rediss://`); `None`
+/// for a single-server URL.
+fn cluster_nodes(url: &str) -> std::result::Result<Option<Vec<String>>, String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("redis+cluster", rest)) => ("redis", rest),
+        Some(("rediss+cluster", rest)) => ("rediss", rest),
+        _ => return Ok(None),
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.contains('/') || hosts.contains('?') {
+        return Err("a cluster URL is `redis+cluster://[user:password@]host:port[,host:port…]`, without a path or query".into());
+    }
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|h| {
+            let (host, port) = h
+                .rsplit_once(':')
+                .ok_or_else(|| format!("cluster node `{h}` has no port"))?;
+            port.parse::<u16>()
+                .map_err(|_| format!("cluster node `{h}`: `{port}` is not a port"))?;
+            if host.is_empty() {
+                return Err(format!("cluster node `{h}` has no host"));
+            }
+            Ok(format!("{scheme}://{auth}{host}:{port}"))
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    Ok(Some(nodes))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::cluster_nodes;
+
+    #[test]
+    fn cluster_urls_name_every_node() {
+        assert_eq!(cluster_nodes("redis://h:1").unwrap(), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@a:7000,b:7001/").unwrap(),
+            Some(vec![
+                "redis://u:p@a:7000".into(),
+                "redis://u:p@b:7001".into()
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://a:7000").unwrap(),
+            Some(vec!["rediss://a:7000".into()])
+        );
+        let err = cluster_nodes("redis+cluster://a:7000,b").unwrap_err();
+        assert!(err.contains("`b` has no port"), "{err}");
+        let err = cluster_nodes("redis+cluster://a:x").unwrap_err();
+        assert!(err.contains("`x` is not a port"), "{err}");
+        let err = cluster_nodes("redis+cluster://a:1/0").unwrap_err();
+        assert!(err.contains("without a path"), "{err}");
+    }
 }

@@ -1,7 +1,7 @@
 #!lua name=tandem
 -- Tandem's speed layer in Redis (DESIGN §3–4). Loaded with FUNCTION LOAD REPLACE by
 -- `RedisStore::connect`; the Rust side is `store/redis_store.rs`, and `store/memory.rs` does the
--- same in memory. Every key of one call shares the user's `{user}` hash tag: one slot.
+-- same in memory. Every key of one user shares the user's `{user}` hash tag: one slot.
 --
 -- Keys of a user U:
 --   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U
@@ -39,21 +39,18 @@ end
 local STRIDE = 11 -- ARGV entries per event
 local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
 
--- One user's events, in offset order, applied as one atomic step.
--- KEYS: speed, seen, epochs, then per epoch slot its hash and its recent zset.
--- ARGV: per event: offset, event_id, epoch slot (1-based), epoch ms, kind index, ts, units,
---       spend (micro-units; both 0 unless a purchase), category ('' if none), decay term
---       ('' if the event carries no interest), item ('' if none): STRIDE entries each.
--- Returns { applied, skipped as already applied (offset), skipped as duplicate (event id) }.
-local function apply(keys, args)
-  local speed, seen, epochs = keys[1], keys[2], keys[3]
+-- One user's events, in offset order: its keys from keys[k + 1], its events' entries
+-- args[a .. b] (see `apply`). Returns applied, skipped as already applied (offset), skipped as
+-- duplicate (event id).
+local function apply_user(keys, k, args, a, b)
+  local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
   local last = tonumber(redis.call('HGET', speed, 'offset') or '-1')
   local applied, old, dup = 0, 0, 0
   local states = {} -- per epoch slot: { fields to set, counters to add, the hash's current values }
   local touched_recent = {}
   local top = nil
   local seen_n = nil
-  for i = 1, #args, STRIDE do
+  for i = a, b, STRIDE do
     local offset = tonumber(args[i])
     if offset <= last then
       old = old + 1
@@ -73,7 +70,7 @@ local function apply(keys, args)
         local slot = tonumber(args[i + 2])
         local st = states[slot]
         if not st then
-          local ep = keys[2 + 2 * slot]
+          local ep = keys[k + 2 + 2 * slot]
           local cur = redis.call('HMGET', ep, 'first', 'last', 'lastbuy')
           st = { key = ep, set = {}, add = {}, first = tonumber(cur[1]), last = tonumber(cur[2]),
                  lastbuy = tonumber(cur[3]), aff = {} }
@@ -104,7 +101,7 @@ local function apply(keys, args)
         end
         local item = args[i + 10]
         if item ~= '' then
-          local recent = keys[3 + 2 * slot]
+          local recent = keys[k + 3 + 2 * slot]
           redis.call('ZADD', recent, 'GT', ts, item)
           touched_recent[recent] = true
         end
@@ -121,6 +118,29 @@ local function apply(keys, args)
   if applied + dup > 0 then
     redis.call('HSET', speed, 'offset', top)
     redis.call('PEXPIRE', seen, SEEN_TTL_MS)
+  end
+  return applied, old, dup
+end
+
+-- The events of several users, each user's applied as one atomic step (the whole call is one).
+-- KEYS: per user: speed, seen, epochs, then per epoch slot its hash and its recent zset.
+-- ARGV: per user: its number of epoch slots, its number of events, then per event (in offset
+--       order): offset, event_id, epoch slot (1-based), epoch ms, kind index, ts, units, spend
+--       (micro-units; both 0 unless a purchase), category ('' if none), decay term ('' if the
+--       event carries no interest), item ('' if none): STRIDE entries each.
+-- On a Redis Cluster a call holds one user (all of a user's keys share its slot).
+-- Returns { applied, skipped as already applied (offset), skipped as duplicate (event id) }.
+local function apply(keys, args)
+  local applied, old, dup = 0, 0, 0
+  local k, i = 0, 1
+  while i <= #args do
+    local slots, n = tonumber(args[i]), tonumber(args[i + 1])
+    local a = i + 2
+    local b = a + n * STRIDE - 1
+    local x, y, z = apply_user(keys, k, args, a, b)
+    applied, old, dup = applied + x, old + y, dup + z
+    k = k + 3 + 2 * slots
+    i = b + 1
   end
   return { applied, old, dup }
 end
@@ -151,6 +171,6 @@ local function drop_before(keys, args)
   return #doomed
 end
 
-redis.register_function('tandem_apply_v1', apply)
+redis.register_function('tandem_apply_v2', apply)
 redis.register_function{ function_name = 'tandem_read_v1', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)

@@ -37,8 +37,12 @@ pub struct ApplyCounts {
     pub replayed: u64,
     /// Events whose `event_id` the user had recently (a retried producer): skipped.
     pub duplicates: u64,
-    /// Atomic store calls made: one per user of each batch.
+    /// Store calls made (Redis: function calls, each holding whole users' events; memory: one
+    /// per user of each batch).
     pub calls: u64,
+    /// Users whose events were applied, counted once per batch: each user's events of a batch
+    /// are applied as one atomic step.
+    pub users: u64,
 }
 
 impl std::ops::AddAssign for ApplyCounts {
@@ -47,6 +51,7 @@ impl std::ops::AddAssign for ApplyCounts {
         self.replayed += o.replayed;
         self.duplicates += o.duplicates;
         self.calls += o.calls;
+        self.users += o.users;
     }
 }
 
@@ -72,10 +77,10 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v1` (its `STRIDE`).
+/// Entries of ARGV per event in `tandem_apply_v2` (its `STRIDE`).
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v1` (see `speed.lua`).
+/// Appends one event's ARGV entries for `tandem_apply_v2` (see `speed.lua`).
 pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize) {
     let ev = &e.event;
     let purchase = ev.kind == Kind::Purchase;

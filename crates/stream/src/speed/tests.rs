@@ -1,5 +1,5 @@
 //! The speed layer against the plain model: `merge(snapshot(C), speed(≥ C)) == recompute(all)`
-//! (DESIGN §3), on the memory store and on a real `redis-server`.
+//! (DESIGN §3), on the memory store, on a real `redis-server` and on a real Redis Cluster.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tandem_common::event::{Event, Kind, to_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::{MemoryStore, OnlineStore, RedisStore};
-use tandem_common::testkit::RedisServer;
+use tandem_common::testkit::{RedisCluster, RedisServer};
 
 use super::*;
 use crate::bus::local::LocalBus;
@@ -200,31 +200,43 @@ proptest! {
     }
 }
 
-fn redis() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
-
-    /// The same on a real Redis: the Lua functions keep what the memory store keeps.
-    #[test]
-    fn merge_equals_recompute_redis(
-        steps in proptest::collection::vec(step(), 1..80),
-        cutoff in 0i64..12,
-        batch in 1usize..9,
-    ) {
+/// Runs `cases` random cases of the exact merge on the Redis at `url`, flushing it with `flush`
+/// before each. A plain runner rather than `proptest!`, so that the test owns its servers and
+/// stops them when it ends.
+fn merge_on_redis(url: &str, cases: u32, flush: impl Fn()) {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+    let input = (
+        proptest::collection::vec(step(), 1..80),
+        0i64..12,
+        1usize..9,
+    );
+    let result = runner.run(&input, |(steps, cutoff, batch)| {
+        flush();
         runtime().block_on(async {
-            // Each case on its own database of the shared server.
-            let url = format!("{}/{}", redis().url(), 1);
-            let mut conn = redis::Client::open(url.as_str()).unwrap()
-                .get_multiplexed_async_connection().await.unwrap();
-            let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-            let store = RedisStore::connect(&url).await.unwrap();
+            let store = RedisStore::connect(url).await.unwrap();
             play(Arc::new(store), &steps, cutoff, batch).await;
         });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+}
+
+/// The same on a real Redis: the Lua functions keep what the memory store keeps.
+#[test]
+fn merge_equals_recompute_redis() {
+    let server = RedisServer::start();
+    merge_on_redis(&server.url(), 24, || {
+        tandem_common::testkit::cli(server.port(), &["FLUSHALL"]);
+    });
+}
+
+/// And on a Redis Cluster, where each user's events go in a call of their own.
+#[test]
+fn merge_equals_recompute_redis_cluster() {
+    let cluster = RedisCluster::start();
+    merge_on_redis(&cluster.url(), 8, || cluster.flush());
 }
 
 #[tokio::test]
