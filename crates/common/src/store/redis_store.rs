@@ -267,7 +267,7 @@ impl RedisStore {
                     .clone()
                     .route_command(
                         cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route.clone())),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(*route)),
                     )
                     .await;
                 v.and_then(|v| Ok(FromRedisValue::from_redis_value(v)?))
