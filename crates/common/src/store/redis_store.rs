@@ -522,14 +522,19 @@ fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     Ok(state)
 }
 
-/// The node URLs of a `redis+cluster://[user:password@]host:port[,host:port…]` (or
-/// `rediss+cluster://`) URL, each `redis://[user:password@]host:port` (or `rediss://`); `None`
-/// for a single-server URL.
+/// The node URLs of a `redis+cluster://[user:password@]host:port[,host:port…][#insecure]` (or
+/// `rediss+cluster://`) URL, each `redis://[user:password@]host:port` (or `rediss://`, with the
+/// fragment); `None` for a single-server URL.
 fn cluster_nodes(url: &str) -> std::result::Result<Option<Vec<String>>, String> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("redis+cluster", rest)) => ("redis", rest),
         Some(("rediss+cluster", rest)) => ("rediss", rest),
         _ => return Ok(None),
+    };
+    // `#insecure` (skip the TLS certificate check) applies to every node.
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, fragment)) => (rest, format!("/#{fragment}")),
+        None => (rest, String::new()),
     };
     let (auth, hosts) = match rest.rsplit_once('@') {
         Some((auth, hosts)) => (format!("{auth}@"), hosts),
@@ -550,7 +555,7 @@ fn cluster_nodes(url: &str) -> std::result::Result<Option<Vec<String>>, String> 
             if host.is_empty() {
                 return Err(format!("cluster node `{h}` has no host"));
             }
-            Ok(format!("{scheme}://{auth}{host}:{port}"))
+            Ok(format!("{scheme}://{auth}{host}:{port}{fragment}"))
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(Some(nodes))
@@ -573,6 +578,13 @@ mod url_tests {
         assert_eq!(
             cluster_nodes("rediss+cluster://a:7000").unwrap(),
             Some(vec!["rediss://a:7000".into()])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://a:7000,b:7001/#insecure").unwrap(),
+            Some(vec![
+                "rediss://a:7000/#insecure".into(),
+                "rediss://b:7001/#insecure".into()
+            ])
         );
         let err = cluster_nodes("redis+cluster://a:7000,b").unwrap_err();
         assert!(err.contains("`b` has no port"), "{err}");

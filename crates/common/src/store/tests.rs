@@ -85,6 +85,34 @@ async fn redis_store_conforms() {
     let store = RedisStore::connect(&server.url()).await.unwrap();
     conformance(&store).await;
     speed_conformance(&store).await;
+    reloads_lost_functions(&store, || {
+        crate::testkit::cli(server.port(), &["FUNCTION", "FLUSH"]);
+    })
+    .await;
+}
+
+/// A server that lost the function library (a restart without persistence): the next calls load
+/// it again and succeed.
+async fn reloads_lost_functions(store: &dyn OnlineStore, flush: impl Fn()) {
+    flush();
+    let events: Vec<SpeedEvent<'static>> = (0..40)
+        .map(|i| SpeedEvent {
+            offset: 1_000_000 + i as u64,
+            epoch_ms: H,
+            event: event(
+                &format!("lost-{i}"),
+                &format!("lost-{}", i % 7),
+                Kind::View,
+                i,
+                H,
+            ),
+        })
+        .collect();
+    let counts = store.apply_events(&events).await.unwrap();
+    assert_eq!(counts.applied, 40, "{counts:?}");
+    flush();
+    let state = store.speed("lost-0", 0).await.unwrap();
+    assert_eq!(state.merged().counts.iter().sum::<u64>(), 6);
 }
 
 #[tokio::test]
@@ -112,6 +140,12 @@ async fn redis_cluster_store_conforms() {
         let libs = crate::testkit::cli(node.port(), &["FUNCTION", "LIST"]);
         assert!(libs.contains("tandem_apply_v2"), "{libs}");
     }
+    reloads_lost_functions(store.as_ref(), || {
+        for node in cluster.nodes() {
+            crate::testkit::cli(node.port(), &["FUNCTION", "FLUSH"]);
+        }
+    })
+    .await;
 }
 
 const H: i64 = 3_600_000;
