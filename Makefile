@@ -14,10 +14,11 @@ APT := $(shell command -v apt-get 2>/dev/null)
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what the tests need and lack: redis-server (and mold, to link faster), with apt.
+deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl (and mold, to link faster), with apt.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v mold >/dev/null || missing="$$missing mold"; \
 	if [ -n "$$missing" ]; then \
 	  if [ -n "$(APT)" ]; then \
