@@ -254,9 +254,11 @@ async fn speed_conformance(store: &dyn OnlineStore) {
             ),
         });
     }
-    let mut old_copy = batch[2].clone(); // fell out: 2 < 5
+    // At the boundary: s4 has exactly SEEN_MAX newer ids (s5..s68), so it fell out; then s6
+    // has s7..s68 and the new s4 (SEEN_MAX - 1), so it is still there.
+    let mut old_copy = batch[4].clone();
     old_copy.offset = 500;
-    let mut recent_copy = batch[10].clone(); // kept
+    let mut recent_copy = batch[6].clone();
     recent_copy.offset = 501;
     batch.push(old_copy);
     batch.push(recent_copy);
