@@ -79,6 +79,24 @@ fn assert_profiles_equal(got: &BTreeMap<String, Profile>, want: &BTreeMap<String
     }
 }
 
+/// `tandem stream run --until-caught-up` on `store`; its summary.
+fn catch_up(s: &Scratch, store: &str) -> serde_json::Value {
+    summary(&s.ok(
+        &["stream", "run", "--store", store, "--until-caught-up"],
+        b"",
+    ))
+}
+
+/// Checks every user's speed deltas against the recomputation over every event on the bus;
+/// returns how many events the bus holds.
+fn assert_speed_matches_bus(s: &Scratch, store: &str) -> usize {
+    let events = bus_events(s);
+    let (want, _) = recompute(events.iter().map(|(_, e)| e));
+    let users: Vec<String> = want.keys().cloned().collect();
+    assert_profiles_equal(&speed_profiles(store, &users, 0), &want);
+    events.len()
+}
+
 #[test]
 fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
     let s = Scratch::new();
@@ -115,23 +133,11 @@ fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let rest = summary(&s.ok(
-        &[
-            "stream",
-            "run",
-            "--store",
-            &redis.url(),
-            "--until-caught-up",
-        ],
-        b"",
-    ));
+    let rest = catch_up(&s, &redis.url());
     assert!(rest["applied"].as_u64().unwrap() > 0, "{rest}");
 
-    let events = bus_events(&s);
-    assert_eq!(events.len() as u64, sent["sent"].as_u64().unwrap());
-    let (want, _) = recompute(events.iter().map(|(_, e)| e));
-    let users: Vec<String> = want.keys().cloned().collect();
-    assert_profiles_equal(&speed_profiles(&redis.url(), &users, 0), &want);
+    let events = assert_speed_matches_bus(&s, &redis.url());
+    assert_eq!(events as u64, sent["sent"].as_u64().unwrap());
 
     // A graceful stop (SIGTERM) finishes its batch: the next start replays nothing.
     generate_to_bus(&s, "300", "6");
@@ -179,21 +185,9 @@ fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
         out.status
     );
     summary(&String::from_utf8(out.stdout).unwrap());
-    let after = summary(&s.ok(
-        &[
-            "stream",
-            "run",
-            "--store",
-            &redis.url(),
-            "--until-caught-up",
-        ],
-        b"",
-    ));
+    let after = catch_up(&s, &redis.url());
     assert_eq!(after["replayed"], 0, "{after}");
-    let events = bus_events(&s);
-    let (want, _) = recompute(events.iter().map(|(_, e)| e));
-    let users: Vec<String> = want.keys().cloned().collect();
-    assert_profiles_equal(&speed_profiles(&redis.url(), &users, 0), &want);
+    assert_speed_matches_bus(&s, &redis.url());
 }
 
 /// The whole lambda: the bus archived into the lake, a batch run over it at a cutoff between
