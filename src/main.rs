@@ -13,6 +13,7 @@ use tandem_common::generate::{GenerateOptions, Generator};
 use tandem_common::ingest::{self, IngestObserver, IngestOptions, InputFormat, Reject};
 use tandem_common::lake::{IngestRun, Lake, ingest_watermark};
 
+mod demo;
 mod progress;
 
 /// Tandem: real-time personalization, batch plus stream.
@@ -32,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Everything in one process on embedded defaults: generated history, a batch run, the
+    /// speed layer, the archiver, the API with a web page, and live traffic. Ctrl-C stops it.
+    Demo(demo::DemoArgs),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -50,6 +54,22 @@ enum Command {
     /// The speed layer and the archiver: consumers of the event bus.
     #[command(subcommand)]
     Stream(StreamCommand),
+    /// The HTTP API: events in; profiles, segments and recommendations out (`/openapi.json`
+    /// describes it). Runs until SIGTERM/Ctrl-C, then finishes the requests in flight.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Listen address [default: server.listen of the configuration].
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// The bus URL events are produced to [default: bus.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+    /// The online store URL [default: online_store.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -265,7 +285,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return config_command(cmd, &sources);
     }
     let config = config::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
-    init_logging(&config);
+    init_logging(&config, matches!(cli.command, Command::Demo(_)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -278,6 +298,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Batch(BatchCommand::Run(args)) => batch_run(args, &config).await,
             Command::Sql(args) => sql_command(args, &config).await,
             Command::Stream(cmd) => stream_command(cmd, &config).await,
+            Command::Serve(args) => serve_command(args, &config).await,
+            Command::Demo(args) => demo::run(args, &config, stop_on_signals()?).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)
@@ -313,6 +335,7 @@ async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
             max_segments: config.batch.max_segments,
             ..TrainOptions::default()
         },
+        cleanup_grace: config.batch.cleanup_grace,
     };
     let show = !args.no_progress && std::io::stderr().is_terminal();
     let steps = progress::Steps::new(show);
@@ -428,10 +451,16 @@ fn config_command(cmd: &ConfigCommand, sources: &Sources) -> Result<ExitCode> {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logging per `[log]`; `quiet` (the demo, whose terminal shows its banner) turns the default
+/// `info` down to `warn`.
+fn init_logging(config: &Config, quiet: bool) {
     use tracing_subscriber::EnvFilter;
+    let level = match config.log.level.as_str() {
+        "info" if quiet => "warn",
+        l => l,
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match config.log.format {
         LogFormat::Json => true,
@@ -759,6 +788,51 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
         }
     }
+    Ok(())
+}
+
+async fn serve_command(args: ServeArgs, config: &Config) -> Result<()> {
+    use tandem_serving::{App, ServeOptions, auth::Keys};
+    if config.server.api_keys.is_empty() {
+        bail!(
+            "server.api_keys is empty: every route but /healthz, /readyz, /metrics and /openapi.json needs a key. \
+             Add [[server.api_keys]] entries (name, key of 16+ characters, scopes from ingest/read/admin) to the config file"
+        );
+    }
+    let store_url = args
+        .store
+        .as_deref()
+        .unwrap_or(config.online_store.url.expose());
+    if store_url.starts_with("memory://") {
+        bail!(
+            "online_store.url is memory://, which lives only inside one process: the API would read nothing the batch and speed layers write. \
+             Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
+        );
+    }
+    let store = tandem_common::store::open(store_url).await?;
+    let bus = open_bus(args.bus.as_deref(), config).await?;
+    let listen = match args.listen {
+        Some(a) => a,
+        None => config
+            .server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen `{}`", config.server.listen))?,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let stop = stop_on_signals()?;
+    let app = App::start(
+        store,
+        bus,
+        Keys::new(&config.server.api_keys),
+        ServeOptions::from_config(config),
+        stop.clone(),
+    )
+    .await;
+    tracing::info!(addr = %listener.local_addr()?, "Serving the API.");
+    tandem_serving::serve(listener, app, stop).await?;
     Ok(())
 }
 

@@ -5,4 +5,5 @@
 mod batch;
 mod cli;
 mod harness;
+mod serve;
 mod stream;

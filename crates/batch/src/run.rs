@@ -44,6 +44,10 @@ pub struct RunOptions {
     pub window_ms: i64,
     /// Training options.
     pub train: TrainOptions,
+    /// The wait between the pointer flip and the cleanup, so that servers still on the previous
+    /// snapshot (they follow the pointer within their poll interval) never read its keys or the
+    /// speed epochs below the new cutoff after they are gone.
+    pub cleanup_grace: std::time::Duration,
 }
 
 /// How a run ended.
@@ -277,6 +281,7 @@ pub async fn run(
 
     begin(Step::Cleanup, checkpoint, progress)?;
     let t = Instant::now();
+    tokio::time::sleep(opts.cleanup_grace).await;
     let (a, b) = snapshot::cleanup(store, &new).await?;
     summary.deleted_keys = a + b;
     durations.insert(name(Step::Cleanup).into(), t.elapsed().as_secs_f64());

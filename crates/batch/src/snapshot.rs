@@ -33,11 +33,24 @@ pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// Rows written to the online store per call (each call is pipelined).
 const MATERIALISE_CHUNK: usize = 10_000;
 
-/// The snapshot id of a cutoff: `YYYYMMDDTHHMMZ`.
+/// The snapshot id of a cutoff: `YYYYMMDDTHHMMZ`, or `YYYYMMDDTHHMMSSZ` for a cutoff between
+/// minutes (epochs shorter than a minute; they are whole seconds). Ids are not ordered across
+/// the two forms: order snapshots by their manifests' `cutoff_ms`.
+///
+/// ```
+/// use tandem_batch::snapshot::snapshot_id;
+/// assert_eq!(snapshot_id(1_763_773_200_000), "20251122T0100Z");
+/// assert_eq!(snapshot_id(1_763_773_210_000), "20251122T010010Z");
+/// ```
 pub fn snapshot_id(cutoff_ms: i64) -> String {
     let t = format_rfc3339_ms(cutoff_ms); // 2025-11-22T01:00:00.000Z
+    let seconds = if cutoff_ms.rem_euclid(60_000) == 0 {
+        ""
+    } else {
+        &t[17..19]
+    };
     format!(
-        "{}{}{}T{}{}Z",
+        "{}{}{}T{}{}{seconds}Z",
         &t[0..4],
         &t[5..7],
         &t[8..10],

@@ -140,7 +140,15 @@ pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>>
             continue;
         }
         let batches = match lc.ctx.sql(s).await {
-            Ok(df) => df.collect().await,
+            Ok(df) => {
+                // An empty result still has a schema: keep it as one empty batch, so that an
+                // empty view (a cutoff before every event) is written as an empty file.
+                let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+                df.collect().await.map(|b| match b.is_empty() {
+                    true => vec![RecordBatch::new_empty(schema)],
+                    false => b,
+                })
+            }
             Err(e) => Err(e),
         };
         match batches {

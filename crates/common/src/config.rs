@@ -85,6 +85,13 @@ pub struct ServerConfig {
     pub listen: String,
     /// Bearer API keys.
     pub api_keys: Vec<ApiKey>,
+    /// Longest wait for one online-store call before the answer degrades (snapshot-only, then
+    /// popular items from memory) instead of failing.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    /// Rows of the current snapshot (users and items, each) kept in memory; rows of an
+    /// immutable snapshot never change, so a cached row is never stale.
+    pub cache_rows: usize,
 }
 
 /// One API key.
@@ -132,6 +139,10 @@ pub struct BatchConfig {
     pub window: Duration,
     /// The largest number of user segments tried.
     pub max_segments: usize,
+    /// The wait between the pointer flip and deleting what only the previous snapshot's
+    /// readers need (its keys, the speed epochs below the new cutoff).
+    #[serde(with = "humantime_serde")]
+    pub cleanup_grace: Duration,
 }
 
 /// `[stream]`.
@@ -587,6 +598,12 @@ impl Config {
             if k.scopes.is_empty() {
                 p.push(("server.api_keys", format!("key `{}` has no scopes", k.name)));
             }
+        }
+        if self.server.store_timeout.is_zero() {
+            p.push(("server.store_timeout", "must be more than 0".to_string()));
+        }
+        if self.server.cache_rows == 0 {
+            p.push(("server.cache_rows", "must be at least 1".to_string()));
         }
         let day = Duration::from_secs(86_400);
         let epoch = self.events.epoch;

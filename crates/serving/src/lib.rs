@@ -1,10 +1,215 @@
-//! Tandem's serving layer (DESIGN §7): the axum HTTP API that merges the batch snapshot and the
-//! speed deltas per request.
-//!
-//! Nothing lives here yet; issue #5 builds it. The modules it will hold:
+//! Tandem's serving layer (DESIGN §7): the axum HTTP API that storefronts call. It accepts
+//! events onto the bus and answers profile and recommendation queries by merging the batch
+//! snapshot with the speed layer's deltas after its cutoff, per request.
 //!
 //! | module | what |
 //! |---|---|
-//! | `api` | the v1 routes, OpenAPI document, `{code, message}` errors |
-//! | `auth` | bearer API keys with scopes |
-//! | `merge` | snapshot ⊕ speed epochs at or after its cutoff |
+//! | [`api`] | the v1 routes and the OpenAPI document generated from them |
+//! | [`auth`] | bearer API keys with scopes |
+//! | [`snapshot`] | following the snapshot pointer; the bounded in-memory cache of its rows |
+//! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, request metrics |
+//! | [`error`] | `{code, message}` errors |
+//!
+//! ```no_run
+//! # async fn run(store: std::sync::Arc<dyn tandem_common::store::OnlineStore>,
+//! #              bus: std::sync::Arc<dyn tandem_stream::bus::Bus>) -> std::io::Result<()> {
+//! use tandem_serving::{App, ServeOptions, auth::Keys};
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! let app = App::start(store, bus, Keys::disabled(), ServeOptions::default(), cancel.clone()).await;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! tandem_serving::serve(listener, app, cancel).await
+//! # }
+//! ```
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tandem_stream::bus::{Bus, partition_for};
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod ops;
+pub mod snapshot;
+
+#[cfg(test)]
+mod tests;
+
+use snapshot::Snapshots;
+
+/// The demo's web page (`tandem demo` serves it at `/`): plain HTML and script, no build step
+/// and no external hosts; it calls the v1 API with the key in the URL's fragment.
+pub const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// How the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Longest wait for one online-store call before the answer degrades.
+    pub store_timeout: Duration,
+    /// Longest wait for the bus to take a request's events before answering 503.
+    pub bus_timeout: Duration,
+    /// How far an event's time may be past its ingest time (ms).
+    pub max_future_ms: i64,
+    /// Snapshot rows (users and items, each) cached in memory.
+    pub cache_rows: usize,
+    /// How often the snapshot pointer and the consumer lag are read.
+    pub poll: Duration,
+    /// The speed layer's consumer group, whose lag the freshness block reports.
+    pub speed_group: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            store_timeout: Duration::from_millis(100),
+            bus_timeout: Duration::from_secs(5),
+            max_future_ms: 5 * 60 * 1000,
+            cache_rows: 200_000,
+            poll: Duration::from_secs(1),
+            speed_group: "speed".into(),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The options of `config`.
+    pub fn from_config(config: &tandem_common::config::Config) -> Self {
+        ServeOptions {
+            store_timeout: config.server.store_timeout,
+            max_future_ms: config.events.max_future.as_millis() as i64,
+            cache_rows: config.server.cache_rows,
+            ..Default::default()
+        }
+    }
+}
+
+/// The server's state, shared by every request.
+pub struct App {
+    /// The online store.
+    pub store: Arc<dyn tandem_common::store::OnlineStore>,
+    /// The bus events are produced to.
+    pub bus: Arc<dyn Bus>,
+    /// The snapshot followed.
+    pub snapshots: Arc<Snapshots>,
+    /// The accepted API keys.
+    pub keys: auth::Keys,
+    /// Options.
+    pub opts: ServeOptions,
+    /// Per partition: records the speed layer has yet to apply, when last measured.
+    lag: RwLock<Vec<Option<u64>>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The state of a server on `store` and `bus`; loads the current snapshot (if the store
+    /// answers) and starts following the pointer and the consumer lag until `cancel`.
+    pub async fn start(
+        store: Arc<dyn tandem_common::store::OnlineStore>,
+        bus: Arc<dyn Bus>,
+        keys: auth::Keys,
+        opts: ServeOptions,
+        cancel: CancellationToken,
+    ) -> Arc<App> {
+        ops::prometheus();
+        let snapshots = Arc::new(Snapshots::new(
+            store.clone(),
+            opts.cache_rows,
+            opts.store_timeout,
+        ));
+        if let Err(e) = snapshots.refresh().await {
+            tracing::warn!(error = %e, "no snapshot loaded at start; retrying in the background");
+        }
+        let app = Arc::new(App {
+            lag: RwLock::new(vec![None; bus.partitions() as usize]),
+            store,
+            bus,
+            snapshots: snapshots.clone(),
+            keys,
+            opts,
+        });
+        tokio::spawn(snapshots.follow(app.opts.poll, cancel.clone()));
+        tokio::spawn(app.clone().follow_lag(cancel));
+        app
+    }
+
+    /// The speed layer's lag on `user`'s partition, when last measured.
+    pub fn lag_of(&self, user: &str) -> Option<u64> {
+        let p = partition_for(user.as_bytes(), self.bus.partitions()) as usize;
+        self.lag.read().expect("lag lock").get(p).copied().flatten()
+    }
+
+    /// Measures the speed layer's lag per partition every `opts.poll`:
+    /// `tandem_serving_freshness_lag_events{partition}`.
+    async fn follow_lag(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            for p in 0..self.bus.partitions() {
+                let end = self.bus.end_offset(p).await;
+                let done = self.bus.committed(&self.opts.speed_group, p).await;
+                let lag = match (end, done) {
+                    (Ok(end), Ok(done)) => Some(end.saturating_sub(done.unwrap_or(0))),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::debug!(partition = p, error = %e, "could not measure the lag");
+                        None
+                    }
+                };
+                if let Some(l) = lag {
+                    metrics::gauge!("tandem_serving_freshness_lag_events", "partition" => p.to_string())
+                        .set(l as f64);
+                }
+                if let Some(slot) = self.lag.write().expect("lag lock").get_mut(p as usize) {
+                    *slot = lag;
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.opts.poll) => {}
+            }
+        }
+    }
+}
+
+/// The router of the whole API.
+pub fn router(app: Arc<App>) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/events",
+            post(api::post_events).layer(DefaultBodyLimit::max(api::MAX_BODY)),
+        )
+        .route("/v1/users/{id}/profile", get(api::get_profile))
+        .route(
+            "/v1/users/{id}/recommendations",
+            get(api::get_recommendations),
+        )
+        .route("/v1/items/popular", get(api::get_popular))
+        .route("/v1/items/{id}/similar", get(api::get_similar))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics_text))
+        .route("/openapi.json", get(ops::openapi));
+    v1.fallback(|| async { error::ApiError::not_found("no such route; see /openapi.json") })
+        .layer(axum::middleware::from_fn(ops::track))
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `cancel`, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}

@@ -27,6 +27,7 @@ fn options(cutoff_ms: Option<i64>) -> RunOptions {
         lease_ms: 10 * 60_000,
         window_ms: 5 * DAY,
         train: TrainOptions::default(),
+        cleanup_grace: std::time::Duration::ZERO,
     }
 }
 
@@ -358,4 +359,29 @@ async fn a_snapshot_written_to_the_lake_is_published_without_recomputing() {
         .unwrap();
     assert_eq!(f.store_rows, s.store_rows);
     assert_eq!(store.keys().unwrap(), fresh.keys().unwrap());
+}
+
+#[tokio::test]
+async fn a_cutoff_before_every_event_publishes_an_empty_snapshot() {
+    let events = stamped_with(50, 4, 3);
+    let lake = lake_of(&events).await;
+    let store = MemoryStore::default();
+    let first = events.iter().map(|(_, st)| st.ingest_ts).min().unwrap();
+    let s = run(
+        &lake,
+        &store,
+        &options(Some(first - 2 * DAY)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.outcome, s.events), (Outcome::Published, 0), "{s:?}");
+    assert!(s.rows.values().all(|n| *n == 0), "{:?}", s.rows);
+    let popular = store
+        .get(&[snapshot_key(&s.snapshot, "popular")])
+        .await
+        .unwrap();
+    let popular: PopularRow = serde_json::from_slice(popular[0].as_ref().unwrap()).unwrap();
+    assert!(popular.overall.is_empty());
 }

@@ -17,6 +17,7 @@
 local SEEN_MAX = 64 -- store::speed::SEEN_MAX
 local SEEN_TTL_MS = 3600000 -- store::speed::SEEN_TTL_MS
 local RECENT_MAX = 20
+local RECENT_STOP = '-20' -- -RECENT_MAX: ZRANGE's rank of the RECENT_MAXth item from the top
 
 local function logaddexp(a, b)
   local m = math.max(a, b)
@@ -26,8 +27,17 @@ end
 -- Keeps the RECENT_MAX items first by (time desc, item asc): evicts the last by that order.
 -- Trimming once after several inserts keeps the same items as trimming after each: an item is
 -- evicted only when RECENT_MAX others are ahead of it, and those stay ahead (scores only grow).
+-- One ZRANGE returns the items past RECENT_MAX from the bottom plus the next one up: when the
+-- next one's time is later, the bottom ones go by rank in one call; a tie across that boundary
+-- (same ms) is settled one eviction at a time, the greatest item of the lowest time first.
 local function trim_recent(recent)
-  local extra = redis.call('ZCARD', recent) - RECENT_MAX
+  local r = redis.call('ZRANGE', recent, '0', RECENT_STOP, 'WITHSCORES')
+  local extra = #r / 2 - 1
+  if extra < 1 then return end
+  if tonumber(r[2 * extra]) < tonumber(r[2 * extra + 2]) then
+    redis.call('ZREMRANGEBYRANK', recent, 0, string.format('%d', extra - 1))
+    return
+  end
   while extra > 0 do
     local low = redis.call('ZRANGE', recent, 0, 0, 'WITHSCORES')
     local tied = redis.call('ZRANGE', recent, low[2], low[2], 'BYSCORE')
@@ -42,6 +52,34 @@ local STRIDE = 11 -- ARGV entries per event
 -- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
 local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
 
+-- The fields of each epoch slot that events args[a .. b] may touch: { slot = { field = true } }.
+-- One HMGET reads them all and one HSET writes them back, instead of a call per counter.
+local function touched_fields(args, a, b)
+  local by_slot = {}
+  for i = a, b, STRIDE do
+    local slot = tonumber(args[i + 2])
+    local f = by_slot[slot]
+    if not f then f = {}; by_slot[slot] = f end
+    f['c' .. args[i + 4]] = true
+    if args[i + 4] == PURCHASE then f.units = true; f.spend = true end
+    if args[i + 8] ~= '' and args[i + 9] ~= '' then f['a:' .. args[i + 8]] = true end
+  end
+  return by_slot
+end
+
+-- Reads an epoch's current values of `fields` (plus first, last, lastbuy) as numbers.
+local function epoch_state(key, fields)
+  local names = { 'first', 'last', 'lastbuy' }
+  for f in pairs(fields) do names[#names + 1] = f end
+  local cur = redis.call('HMGET', key, unpack(names))
+  local st = { key = key, val = {}, dirty = {}, fresh = cur[1] == false }
+  for j, f in ipairs(names) do
+    local v = cur[j]
+    if v then st.val[f] = tonumber(v) end
+  end
+  return st
+end
+
 -- One user's events, in offset order: its keys from keys[k + 1], its events' entries
 -- args[a .. b] (see `apply`). Returns applied, skipped as already applied (offset), skipped as
 -- duplicate (event id).
@@ -49,8 +87,9 @@ local function apply_user(keys, k, args, a, b)
   local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
   local last = tonumber(redis.call('HGET', speed, 'offset') or '-1')
   local applied, old, dup = 0, 0, 0
-  local states = {} -- per epoch slot: { fields to set, counters to add, the hash's current values }
-  local touched_recent = {}
+  local fields = nil -- per epoch slot, the fields its events may touch
+  local states = {} -- per epoch slot: the hash's values, and which of them changed
+  local added_recent = {}
   local top = nil
   local seen_n = nil
   for i = a, b, STRIDE do
@@ -73,51 +112,59 @@ local function apply_user(keys, k, args, a, b)
         local slot = tonumber(args[i + 2])
         local st = states[slot]
         if not st then
-          local ep = keys[k + 2 + 2 * slot]
-          local cur = redis.call('HMGET', ep, 'first', 'last', 'lastbuy')
-          st = { key = ep, set = {}, add = {}, first = tonumber(cur[1]), last = tonumber(cur[2]),
-                 lastbuy = tonumber(cur[3]), aff = {} }
+          fields = fields or touched_fields(args, a, b)
+          st = epoch_state(keys[k + 2 + 2 * slot], fields[slot])
           states[slot] = st
-          redis.call('ZADD', epochs, args[i + 3], args[i + 3])
+          if st.fresh then redis.call('ZADD', epochs, args[i + 3], args[i + 3]) end
         end
+        local val, dirty = st.val, st.dirty
         local ts = tonumber(args[i + 5])
-        if not st.first or ts < st.first then st.first = ts; st.set.first = args[i + 5] end
-        if not st.last or ts > st.last then st.last = ts; st.set.last = args[i + 5] end
+        if not val.first or ts < val.first then val.first = ts; dirty.first = args[i + 5] end
+        if not val.last or ts > val.last then val.last = ts; dirty.last = args[i + 5] end
         local c = 'c' .. args[i + 4]
-        st.add[c] = (st.add[c] or 0) + 1
+        val[c] = (val[c] or 0) + 1
+        dirty[c] = true
         if args[i + 4] == PURCHASE then
-          st.add.units = (st.add.units or 0) + tonumber(args[i + 6])
-          st.add.spend = (st.add.spend or 0) + tonumber(args[i + 7])
-          if not st.lastbuy or ts > st.lastbuy then st.lastbuy = ts; st.set.lastbuy = args[i + 5] end
+          val.units = (val.units or 0) + tonumber(args[i + 6])
+          val.spend = (val.spend or 0) + tonumber(args[i + 7])
+          dirty.units, dirty.spend = true, true
+          if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = args[i + 5] end
         end
         local cat, term = args[i + 8], args[i + 9]
         if cat ~= '' and term ~= '' then
           local f = 'a:' .. cat
-          local a = st.aff[f]
-          if a == nil then
-            a = tonumber(redis.call('HGET', st.key, f) or '-inf')
-          end
-          local t = tonumber(term)
-          if a == -math.huge then a = t else a = logaddexp(a, t) end
-          st.aff[f] = a
-          st.set[f] = string.format('%.17g', a)
+          local x, t = val[f], tonumber(term)
+          if x == nil then val[f] = t else val[f] = logaddexp(x, t) end
+          dirty[f] = false
         end
         local item = args[i + 10]
         if item ~= '' then
           local recent = keys[k + 3 + 2 * slot]
-          redis.call('ZADD', recent, 'GT', args[i + 5], item)
-          touched_recent[recent] = true
+          added_recent[recent] = (added_recent[recent] or 0)
+            + redis.call('ZADD', recent, 'GT', args[i + 5], item)
         end
       end
     end
   end
+  -- dirty[f]: the string to store (first, last, lastbuy), true for a counter (`%d`), false for
+  -- an affinity (`%.17g`, formatted once per call rather than once per event).
   for _, st in pairs(states) do
     local flat = {}
-    for f, v in pairs(st.set) do flat[#flat + 1] = f; flat[#flat + 1] = v end
+    for f, how in pairs(st.dirty) do
+      flat[#flat + 1] = f
+      if how == true then
+        flat[#flat + 1] = string.format('%d', st.val[f])
+      elseif how == false then
+        flat[#flat + 1] = string.format('%.17g', st.val[f])
+      else
+        flat[#flat + 1] = how
+      end
+    end
     if #flat > 0 then redis.call('HSET', st.key, unpack(flat)) end
-    for f, n in pairs(st.add) do redis.call('HINCRBY', st.key, f, string.format('%d', n)) end
   end
-  for recent in pairs(touched_recent) do trim_recent(recent) end
+  for recent, n in pairs(added_recent) do
+    if n > 0 then trim_recent(recent) end
+  end
   if applied + dup > 0 then
     redis.call('HSET', speed, 'offset', top)
     redis.call('PEXPIRE', seen, SEEN_TTL_MS)

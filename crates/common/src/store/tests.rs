@@ -293,6 +293,42 @@ async fn speed_conformance(store: &dyn OnlineStore) {
     assert_eq!(store.drop_epochs_before(base + 2 * H).await.unwrap(), 0);
     let later = store.speed("user-0", base + 3 * H).await.unwrap();
     assert!(later.epochs.is_empty() && later.offset.is_some());
+
+    // The latest-items list under evictions, with many items at the same millisecond (ties are
+    // settled by item id), applied in calls of different sizes: one item per call, then many.
+    let user = "user-ties";
+    let tied: Vec<SpeedEvent<'_>> = (0..61_u64)
+        .map(|i| SpeedEvent {
+            offset: 10_000 + i,
+            epoch_ms: base + 5 * H,
+            event: event(
+                &format!("t{i}"),
+                user,
+                Kind::ALL[i as usize % 3],
+                (i as usize * 7) % 45,
+                base + (i as i64 % 4) * 1000 + if i > 40 { 500 } else { 0 },
+            ),
+        })
+        .collect();
+    let mut want = Profile::new();
+    for chunk in [
+        &tied[..3],
+        &tied[3..4],
+        &tied[4..30],
+        &tied[30..31],
+        &tied[31..],
+    ] {
+        store.apply_events(chunk).await.unwrap();
+        chunk.iter().for_each(|e| want.apply(&e.event));
+        let got = store.speed(user, base + 5 * H).await.unwrap().merged();
+        assert!(
+            got.approx_eq(&want),
+            "{:?}\n{:?}",
+            got.recent_items,
+            want.recent_items
+        );
+    }
+    assert_eq!(want.recent_items.len(), crate::features::RECENT_ITEMS);
 }
 
 #[test]

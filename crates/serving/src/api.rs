@@ -1,0 +1,826 @@
+//! The v1 routes (DESIGN §7) and the OpenAPI document generated from them.
+
+// utoipa's `path` macro expands the `IntoParams` types of `params(…)` with qualified paths.
+#![allow(unused_qualifications)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes as Payload;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tandem_common::config::Scope;
+use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
+use tandem_common::features::{ItemStats, Profile, decayed_at};
+use tandem_common::store::SpeedState;
+use tandem_models::candidates::{Catalog, candidates, rank};
+use tandem_models::features::user_features;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::App;
+use crate::error::{ApiError, ErrorBody, rejection};
+use crate::snapshot::{Loaded, StoreFailure, timed};
+
+/// Events per `POST /v1/events`.
+pub const MAX_BATCH: usize = 1000;
+/// Body size limit of `POST /v1/events`.
+pub const MAX_BODY: usize = 1 << 20;
+/// Largest `n` of the list routes.
+pub const MAX_N: usize = 100;
+
+/// The OpenAPI document, served at `/openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tandem",
+        description = "Real-time personalization: events in; profiles, segments, propensity and recommendations out."
+    ),
+    paths(
+        post_events,
+        get_profile,
+        get_recommendations,
+        get_similar,
+        get_popular,
+        crate::ops::healthz,
+        crate::ops::readyz
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from `[server].api_keys`, with the route's scope.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn rfc3339(ms: i64) -> Option<String> {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /v1/events
+
+/// One rejected event of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventReject {
+    /// Its index in the request (0 for a single event).
+    pub index: usize,
+    /// The first field at fault, if the problem is one field's.
+    pub field: Option<String>,
+    /// Every problem found, in words.
+    pub message: String,
+}
+
+/// The answer to `POST /v1/events`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IngestResponse {
+    /// Events accepted: on the bus, each stamped with `ingest_ts`.
+    pub accepted: usize,
+    /// Events rejected; see `errors`.
+    pub rejected: usize,
+    /// The ingest time stamped on the accepted events (epoch ms).
+    pub ingest_ts: i64,
+    /// Why each rejected event was rejected.
+    pub errors: Vec<EventReject>,
+}
+
+/// Accepts one event (a JSON object) or up to 1,000 (an array). Valid events are stamped with
+/// `ingest_ts` and produced to the bus before the answer; invalid ones are reported by index,
+/// and the valid ones beside them are still accepted.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    request_body(content = serde_json::Value, description = "One event (DESIGN §2) or an array of up to 1,000", content_type = "application/json"),
+    responses(
+        (status = 202, description = "At least one event accepted; rejects listed by index", body = IngestResponse),
+        (status = 400, description = "No event accepted: malformed JSON, or every event invalid", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB or more than 1,000 events", body = ErrorBody),
+        (status = 503, description = "The bus is unavailable; nothing accepted, retry after `Retry-After` seconds", body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "events"
+)]
+pub async fn post_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    app.keys.check(&headers, Scope::Ingest)?;
+    let body = body.map_err(|r| rejection("invalid_body", r))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
+    let items: Vec<&serde_json::Value> = match &value {
+        serde_json::Value::Array(a) if a.len() > MAX_BATCH => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_events",
+                format!("{} events in one request; at most {MAX_BATCH}", a.len()),
+            ));
+        }
+        serde_json::Value::Array(a) if a.is_empty() => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "an empty array: send one event or up to 1,000",
+            ));
+        }
+        serde_json::Value::Array(a) => a.iter().collect(),
+        serde_json::Value::Object(_) => vec![&value],
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the body must be one event (an object) or an array of events",
+            ));
+        }
+    };
+    let ingest_ts = now_ms();
+    let at = Acceptance {
+        now_ms: ingest_ts,
+        max_future_ms: app.opts.max_future_ms,
+    };
+    let mut records = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, v) in items.iter().enumerate() {
+        match event_from_value(v, at) {
+            Ok(e) => records.push((
+                Payload::copy_from_slice(e.user_id.as_bytes()),
+                Payload::from(to_bus_value(&e, ingest_ts)),
+            )),
+            Err(e) => errors.push(EventReject {
+                index,
+                field: e.field().map(str::to_string),
+                message: e.to_string(),
+            }),
+        }
+    }
+    let accepted = records.len();
+    metrics::counter!("tandem_serving_events_rejected_total").increment(errors.len() as u64);
+    if accepted == 0 {
+        let first = &errors[0];
+        let message = if errors.len() == 1 {
+            format!("event {}: {}", first.index, first.message)
+        } else {
+            format!(
+                "all {} events are invalid; the first, event {}: {}",
+                errors.len(),
+                first.index,
+                first.message
+            )
+        };
+        let body =
+            serde_json::json!({"code": "invalid_events", "message": message, "errors": errors});
+        return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+    }
+    match tokio::time::timeout(app.opts.bus_timeout, app.bus.produce(records)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, events = accepted, "producing to the bus failed");
+            return Err(ApiError::unavailable(
+                "bus_unavailable",
+                "the event bus is unavailable; nothing was accepted, retry later",
+                1,
+            ));
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?app.opts.bus_timeout, events = accepted, "producing to the bus timed out");
+            return Err(ApiError::unavailable(
+                "bus_unavailable",
+                "the event bus did not answer in time; retry later (a retry is deduplicated by event_id)",
+                1,
+            ));
+        }
+    }
+    metrics::counter!("tandem_serving_events_accepted_total").increment(accepted as u64);
+    let body = IngestResponse {
+        accepted,
+        rejected: errors.len(),
+        ingest_ts,
+        errors,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The merged profile
+
+/// What a degraded answer had to leave out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Degraded {
+    /// The speed layer's part could not be read: the profile is the snapshot's alone.
+    SnapshotOnly,
+    /// The snapshot's row could not be read: the profile is the speed layer's part alone.
+    SpeedOnly,
+    /// Nothing of the user could be read: the answer is popular items from memory.
+    PopularOnly,
+}
+
+/// A category and the user's decayed interest in it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CategoryScore {
+    /// The category.
+    pub category: String,
+    /// The interest, decayed to the time of the request.
+    pub score: f64,
+}
+
+/// One of the user's latest items.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecentItem {
+    /// The item.
+    pub item: String,
+    /// When the user last touched it (RFC 3339).
+    pub ts: String,
+}
+
+/// A user's profile: the snapshot's features plus the speed layer's since its cutoff.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileView {
+    /// Events per kind.
+    pub counts: BTreeMap<String, u64>,
+    /// Events in all.
+    pub events: u64,
+    /// Units bought.
+    pub units: u64,
+    /// Money spent.
+    pub spend: f64,
+    /// The first event's time (RFC 3339).
+    pub first_seen: Option<String>,
+    /// The latest event's time.
+    pub last_seen: Option<String>,
+    /// The latest purchase's time.
+    pub last_purchase: Option<String>,
+    /// Interest per category, strongest first.
+    pub affinity: Vec<CategoryScore>,
+    /// The latest distinct items, newest first.
+    pub recent_items: Vec<RecentItem>,
+}
+
+impl ProfileView {
+    fn new(p: &Profile, now_ms: i64) -> Self {
+        let mut affinity: Vec<CategoryScore> = p
+            .affinity
+            .iter()
+            .map(|(c, s)| CategoryScore {
+                category: c.clone(),
+                score: decayed_at(*s, now_ms),
+            })
+            .collect();
+        affinity.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.category.cmp(&b.category))
+        });
+        let seen = p.last_ts >= p.first_ts;
+        ProfileView {
+            counts: tandem_common::event::Kind::ALL
+                .iter()
+                .map(|k| (k.as_str().to_string(), p.count(*k)))
+                .collect(),
+            events: p.counts.iter().sum(),
+            units: p.units,
+            spend: p.spend_micros as f64 / 1e6,
+            first_seen: if seen { rfc3339(p.first_ts) } else { None },
+            last_seen: if seen { rfc3339(p.last_ts) } else { None },
+            last_purchase: p.last_purchase_ts.and_then(rfc3339),
+            affinity,
+            recent_items: p
+                .recent_items
+                .iter()
+                .map(|(i, t)| RecentItem {
+                    item: i.clone(),
+                    ts: rfc3339(*t).unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How fresh an answer is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Freshness {
+    /// The snapshot merged in, if any has been published.
+    pub snapshot: Option<String>,
+    /// Its cutoff (RFC 3339): its part holds the events ingested before it.
+    pub cutoff: Option<String>,
+    /// When the batch run that made the snapshot started.
+    pub snapshot_created_at: Option<String>,
+    /// The bus offset of the last event of this user the speed layer applied.
+    pub last_offset: Option<u64>,
+    /// Speed-layer epochs merged in (ingest-time epochs at or after the cutoff).
+    pub speed_epochs: usize,
+    /// Events on this user's bus partition the speed layer has yet to apply (refreshed every
+    /// second; absent until first measured).
+    pub consumer_lag: Option<u64>,
+}
+
+/// The answer to `GET /v1/users/{id}/profile`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProfileResponse {
+    /// The user.
+    pub user_id: String,
+    /// The merged profile.
+    pub profile: ProfileView,
+    /// The user's segment, from the snapshot's models applied to the merged profile.
+    pub segment: Option<u32>,
+    /// P(the user buys within the models' window), likewise.
+    pub propensity: Option<f64>,
+    /// Where the answer comes from.
+    pub freshness: Freshness,
+    /// Set when part of the answer could not be read.
+    pub degraded: Option<Degraded>,
+}
+
+/// A user's merged profile and what went into it.
+struct Merged {
+    profile: Profile,
+    known: bool,
+    snapshot_row: Option<Arc<tandem_common::store::UserRow>>,
+    speed: Option<SpeedState>,
+    degraded: Option<Degraded>,
+}
+
+/// Reads the user's snapshot row (cached) and speed state (one store call) concurrently and
+/// merges them: snapshot ⊕ the speed epochs at or after its cutoff (DESIGN §3).
+async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
+    let cutoff = snap.map_or(i64::MIN, |s| s.pointer.cutoff_ms);
+    let timeout = app.opts.store_timeout;
+    let speed = timed("speed", timeout, app.store.speed(user, cutoff));
+    let (row, speed) = match snap {
+        Some(s) => {
+            let row = s.user_row(app.store.as_ref(), user, timeout);
+            let (row, speed) = tokio::join!(row, speed);
+            (row, speed)
+        }
+        None => (Ok(None), speed.await),
+    };
+    let mut profile = Profile::new();
+    let mut known = false;
+    let snapshot_row = match &row {
+        Ok(Some(r)) => {
+            profile.merge(&r.profile);
+            known = true;
+            Some(r.clone())
+        }
+        _ => None,
+    };
+    let speed = speed.ok();
+    if let Some(s) = &speed {
+        for e in s.epochs.values() {
+            profile.merge(e);
+        }
+        known |= !s.epochs.is_empty();
+    }
+    let degraded = match (&row, &speed) {
+        (Err(_), None) => Some(Degraded::PopularOnly),
+        (Err(_), Some(_)) => Some(Degraded::SpeedOnly),
+        (Ok(_), None) => Some(Degraded::SnapshotOnly),
+        _ => None,
+    };
+    Merged {
+        profile,
+        known,
+        snapshot_row,
+        speed,
+        degraded,
+    }
+}
+
+fn freshness(app: &App, snap: Option<&Loaded>, user: &str, m: &Merged) -> Freshness {
+    Freshness {
+        snapshot: snap.map(|s| s.id().to_string()),
+        cutoff: snap.and_then(|s| rfc3339(s.pointer.cutoff_ms)),
+        snapshot_created_at: snap.and_then(|s| s.created_at().map(str::to_string)),
+        last_offset: m.speed.as_ref().and_then(|s| s.offset),
+        speed_epochs: m.speed.as_ref().map_or(0, |s| s.epochs.len()),
+        consumer_lag: app.lag_of(user),
+    }
+}
+
+/// The user's merged profile, segment and propensity, with where they come from.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/profile",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = ProfileResponse),
+        (status = 404, description = "No event of this user is known", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "users"
+)]
+pub async fn get_profile(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<ProfileResponse>, ApiError> {
+    app.keys.check(&headers, Scope::Read)?;
+    let snap = app.snapshots.current();
+    let m = merged(&app, snap.as_deref(), &user).await;
+    if !m.known && m.degraded.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no event of user `{user}` is known"
+        )));
+    }
+    let now = now_ms();
+    let (segment, propensity) = match snap.as_deref().and_then(|s| s.models.as_ref()) {
+        Some(models) if m.known => {
+            let x = user_features(&m.profile, now);
+            (
+                Some(models.segments.assign(&x) as u32),
+                Some(models.propensity.probability(&x)),
+            )
+        }
+        _ => m
+            .snapshot_row
+            .as_ref()
+            .map_or((None, None), |r| (r.segment, r.propensity)),
+    };
+    Ok(Json(ProfileResponse {
+        freshness: freshness(&app, snap.as_deref(), &user, &m),
+        profile: ProfileView::new(&m.profile, now),
+        segment,
+        propensity,
+        degraded: m.degraded,
+        user_id: user,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recommendations
+
+/// Query of `GET /v1/users/{id}/recommendations`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RecsQuery {
+    /// How many items (1–100, default 10).
+    pub n: Option<usize>,
+    /// The item the user is looking at: items similar to it come first among the candidates,
+    /// and it is itself left out.
+    pub context_item: Option<String>,
+    /// Items to leave out, comma-separated.
+    pub exclude: Option<String>,
+}
+
+/// One recommended item.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Recommendation {
+    /// The item.
+    pub item: String,
+    /// The ranker's probability of interest, or, when the snapshot has no models, the item's
+    /// popularity relative to the first item's (1 for the first).
+    pub score: f64,
+    /// Where the candidate came from: `similar_to:<item>`, `category:<c>` or `popular`.
+    pub source: String,
+}
+
+/// The answer to `GET /v1/users/{id}/recommendations`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecsResponse {
+    /// The user.
+    pub user_id: String,
+    /// The items, best first.
+    pub items: Vec<Recommendation>,
+    /// The user has no history: the items are popular ones.
+    pub cold_start: bool,
+    /// What ordered them: `ranker` (the snapshot's model) or `popularity`.
+    pub ranked_by: String,
+    /// Where the answer comes from.
+    pub freshness: Freshness,
+    /// Set when part of the answer could not be read.
+    pub degraded: Option<Degraded>,
+}
+
+fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
+    match n.unwrap_or(10) {
+        n @ 1..=MAX_N => Ok(n),
+        n => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("n: {n} is out of range; 1–{MAX_N}"),
+        )),
+    }
+}
+
+/// Popular items (overall or of `category`), from memory.
+fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [String] {
+    match (snap, category) {
+        (Some(s), None) => &s.catalog.popular,
+        (Some(s), Some(c)) => s.catalog.by_category.get(c).map_or(&[], Vec::as_slice),
+        (None, _) => &[],
+    }
+}
+
+/// Recommendations for the user: candidates (similar to recent items, top of strongest
+/// categories, popular), ranked by the snapshot's model, each with its score and source.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/recommendations",
+    params(("id" = String, Path, description = "The user id"), RecsQuery),
+    responses(
+        (status = 200, body = RecsResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "users"
+)]
+pub async fn get_recommendations(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    query: Result<Query<RecsQuery>, QueryRejection>,
+) -> Result<Json<RecsResponse>, ApiError> {
+    app.keys.check(&headers, Scope::Read)?;
+    let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
+    let n = check_n(q.n)?;
+    let snap = app.snapshots.current();
+    let snap = snap.as_deref();
+    let m = merged(&app, snap, &user).await;
+    let mut exclude: HashSet<&str> = q
+        .exclude
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(c) = q.context_item.as_deref() {
+        exclude.insert(c);
+    }
+    let fresh = freshness(&app, snap, &user, &m);
+    let popular = |degraded| {
+        let items = popular_items(snap, None)
+            .iter()
+            .filter(|i| !exclude.contains(i.as_str()))
+            .take(n)
+            .enumerate()
+            .map(|(rank, i)| Recommendation {
+                item: i.clone(),
+                score: 1.0 / (rank + 1) as f64,
+                source: "popular".into(),
+            })
+            .collect();
+        Json(RecsResponse {
+            user_id: user.clone(),
+            items,
+            cold_start: !m.known,
+            ranked_by: "popularity".into(),
+            freshness: fresh.clone(),
+            degraded,
+        })
+    };
+    let Some(s) = snap else {
+        return Ok(popular(m.degraded));
+    };
+    if m.degraded == Some(Degraded::PopularOnly) {
+        return Ok(popular(m.degraded));
+    }
+    // The context item leads the recent items, so that its similar items come first.
+    let mut profile = m.profile.clone();
+    if let Some(c) = q.context_item.as_deref() {
+        profile.recent_items.retain(|(i, _)| i != c);
+        profile.recent_items.insert(0, (c.to_string(), now_ms()));
+    }
+    let timeout = app.opts.store_timeout;
+    let opts = s.models.as_ref().map(|m| m.candidates).unwrap_or_default();
+    let sources: Vec<&str> = profile
+        .recent_items
+        .iter()
+        .take(opts.recent_for_similar)
+        .map(|(i, _)| i.as_str())
+        .collect();
+    let similar_rows = match s.item_rows(app.store.as_ref(), &sources, timeout).await {
+        Ok(rows) => rows,
+        Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
+    };
+    let similar: BTreeMap<&str, Vec<String>> = sources
+        .iter()
+        .zip(&similar_rows)
+        .map(|(i, r)| {
+            let list = r
+                .as_ref()
+                .map(|r| r.similar.iter().map(|(s, _)| s.clone()).collect())
+                .unwrap_or_default();
+            (*i, list)
+        })
+        .collect();
+    let lookup = |i: &str| similar.get(i).cloned().unwrap_or_default();
+    let cands = candidates(&profile, &s.catalog, &lookup, &exclude, &opts);
+    let names: Vec<&str> = cands.iter().map(|c| c.item.as_str()).collect();
+    let rows = match s.item_rows(app.store.as_ref(), &names, timeout).await {
+        Ok(rows) => rows,
+        Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
+    };
+    let stats: std::collections::HashMap<String, ItemStats> = names
+        .iter()
+        .zip(rows)
+        .filter_map(|(i, r)| r.map(|r| (i.to_string(), r.stats.clone())))
+        .collect();
+    let (items, ranked_by) = match &s.models {
+        Some(models) => {
+            let catalog = Catalog {
+                items: stats,
+                ..Default::default()
+            };
+            let ranked = rank(&models.ranker, &profile, cands, &catalog, now_ms(), n);
+            (
+                ranked
+                    .into_iter()
+                    .map(|r| Recommendation {
+                        item: r.item,
+                        score: r.score,
+                        source: r.source.to_string(),
+                    })
+                    .collect(),
+                "ranker",
+            )
+        }
+        None => {
+            let mut scored: Vec<Recommendation> = cands
+                .into_iter()
+                .map(|c| Recommendation {
+                    score: stats
+                        .get(&c.item)
+                        .map_or(f64::NEG_INFINITY, |s| s.popularity),
+                    item: c.item,
+                    source: c.source.to_string(),
+                })
+                .collect();
+            scored.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then_with(|| a.item.cmp(&b.item))
+            });
+            scored.truncate(n);
+            // Popularity is a log-space score: shown relative to the best, in (0, 1].
+            let top = scored.first().map_or(0.0, |r| r.score);
+            for r in &mut scored {
+                r.score = if r.score.is_finite() {
+                    (r.score - top).exp()
+                } else {
+                    0.0
+                };
+            }
+            (scored, "popularity")
+        }
+    };
+    Ok(Json(RecsResponse {
+        user_id: user.clone(),
+        items,
+        cold_start: !m.known,
+        ranked_by: ranked_by.into(),
+        freshness: fresh,
+        degraded: m.degraded,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items
+
+/// Query of the item list routes.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// How many items (1–100, default 10).
+    pub n: Option<usize>,
+    /// Only items of this category (`/v1/items/popular`).
+    pub category: Option<String>,
+}
+
+/// An item and a score.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScoredItem {
+    /// The item.
+    pub item: String,
+    /// Cosine similarity (similar items) or rank-based popularity (1 = most popular).
+    pub score: f64,
+}
+
+/// An item list.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ItemsResponse {
+    /// The items, best first.
+    pub items: Vec<ScoredItem>,
+    /// The snapshot they come from.
+    pub snapshot: Option<String>,
+}
+
+/// The items most often engaged with by the same users as `id` (item-item co-occurrence,
+/// cosine), from the snapshot.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{id}/similar",
+    params(("id" = String, Path, description = "The item id"), ListQuery),
+    responses(
+        (status = 200, body = ItemsResponse),
+        (status = 404, description = "The item is not in the snapshot", body = ErrorBody),
+        (status = 503, description = "The online store is unavailable", body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "items"
+)]
+pub async fn get_similar(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(item): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ItemsResponse>, ApiError> {
+    app.keys.check(&headers, Scope::Read)?;
+    let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
+    let n = check_n(q.n)?;
+    let Some(s) = app.snapshots.current() else {
+        return Err(ApiError::not_found(
+            "no snapshot has been published yet: run `tandem batch run`",
+        ));
+    };
+    let row = s
+        .item_rows(app.store.as_ref(), &[item.as_str()], app.opts.store_timeout)
+        .await
+        .map_err(store_unavailable)?
+        .pop()
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::not_found(format!("item `{item}` is not in snapshot {}", s.id()))
+        })?;
+    Ok(Json(ItemsResponse {
+        items: row
+            .similar
+            .iter()
+            .take(n)
+            .map(|(i, score)| ScoredItem {
+                item: i.clone(),
+                score: *score,
+            })
+            .collect(),
+        snapshot: Some(s.id().to_string()),
+    }))
+}
+
+fn store_unavailable(e: StoreFailure) -> ApiError {
+    ApiError::unavailable(
+        "store_unavailable",
+        match e {
+            StoreFailure::Timeout(t) => format!("the online store did not answer within {t:?}"),
+            StoreFailure::Error(_) => "the online store is unavailable".to_string(),
+        },
+        1,
+    )
+}
+
+/// The most popular items, overall or of one category, from memory.
+#[utoipa::path(
+    get,
+    path = "/v1/items/popular",
+    params(ListQuery),
+    responses((status = 200, body = ItemsResponse), (status = 400, body = ErrorBody)),
+    security(("api_key" = [])),
+    tag = "items"
+)]
+pub async fn get_popular(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<ItemsResponse>, ApiError> {
+    app.keys.check(&headers, Scope::Read)?;
+    let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
+    let n = check_n(q.n)?;
+    let snap = app.snapshots.current();
+    let list = popular_items(snap.as_deref(), q.category.as_deref());
+    Ok(Json(ItemsResponse {
+        items: list
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(|(rank, i)| ScoredItem {
+                item: i.clone(),
+                score: 1.0 / (rank + 1) as f64,
+            })
+            .collect(),
+        snapshot: snap.map(|s| s.id().to_string()),
+    }))
+}

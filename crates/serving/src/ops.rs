@@ -1,0 +1,145 @@
+//! Operations: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the request-latency
+//! middleware behind the per-route histograms.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::App;
+use crate::api::ApiDoc;
+use crate::snapshot::timed;
+
+/// Histogram buckets (seconds) of every `*_seconds` metric: 0.25 ms to 2.5 s.
+const BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// The process's Prometheus recorder: installed on first use, with histogram buckets for the
+/// `*_seconds` metrics and an upkeep thread. Every layer's metrics in the process land in it.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("the buckets are not empty");
+            let handle = match builder.install_recorder() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics shows only this one's");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawn the metrics upkeep thread");
+            handle
+        })
+        .clone()
+}
+
+/// Records `tandem_http_request_duration_seconds{route, method, status}` and
+/// `tandem_http_requests_total{route, method, status}`; the route is the matched pattern
+/// (`/v1/users/{id}/profile`), never the raw path.
+pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let resp = next.run(req).await;
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", resp.status().as_u16().to_string()),
+    ];
+    metrics::histogram!("tandem_http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    metrics::counter!("tandem_http_requests_total", &labels).increment(1);
+    resp
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive")), tag = "operations")]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// What `/readyz` checked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Whether the server can answer from a snapshot and the online store.
+    pub ready: bool,
+    /// The online store answered within the store timeout.
+    pub store: bool,
+    /// The snapshot loaded, if any.
+    pub snapshot: Option<String>,
+    /// What is missing, in words.
+    pub problems: Vec<String>,
+}
+
+/// Ready when the online store answers and a snapshot is loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready; `problems` says why", body = Readiness)),
+    tag = "operations"
+)]
+pub async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut problems = Vec::new();
+    let store = match timed("ping", app.opts.store_timeout, app.store.pointer()).await {
+        Ok(_) => true,
+        Err(e) => {
+            problems.push(e.to_string());
+            false
+        }
+    };
+    let snapshot = app.snapshots.current().map(|s| s.id().to_string());
+    if snapshot.is_none() {
+        problems.push("no snapshot loaded: none published yet (run `tandem batch run`)".into());
+    }
+    let ready = problems.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            store,
+            snapshot,
+            problems,
+        }),
+    )
+}
+
+/// Prometheus text format.
+pub async fn metrics_text() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus().render(),
+    )
+}
+
+/// The OpenAPI document of the v1 API.
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,241 @@
+//! The snapshot serving follows (DESIGN §5): the pointer `tandem:snapshot:current` is polled,
+//! and when it names a new snapshot, that snapshot's popular lists, models and manifest are
+//! loaded before requests see it. Rows of an immutable snapshot never change, so user and item
+//! rows are cached in memory (bounded, per snapshot) and most requests make one store round trip:
+//! the speed layer's state.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
+use tandem_common::store::{
+    ItemRow, OnlineStore, Pointer, PopularRow, UserRow, item_key, snapshot_key, user_key,
+};
+use tandem_models::candidates::Catalog;
+use tandem_models::training::Models;
+use tokio_util::sync::CancellationToken;
+
+/// Why a store call gave nothing: it failed, or it took longer than the store timeout.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreFailure {
+    /// The store answered with an error.
+    #[error("online store error: {0}")]
+    Error(String),
+    /// No answer within the timeout.
+    #[error("online store timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Runs one store call under `timeout`, recording its latency as
+/// `tandem_serving_store_seconds{op}` and its failures as `tandem_serving_store_errors_total{op}`.
+pub async fn timed<T>(
+    op: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = tandem_common::Result<T>>,
+) -> Result<T, StoreFailure> {
+    let start = Instant::now();
+    let out = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreFailure::Error(e.to_string())),
+        Err(_) => Err(StoreFailure::Timeout(timeout)),
+    };
+    metrics::histogram!("tandem_serving_store_seconds", "op" => op)
+        .record(start.elapsed().as_secs_f64());
+    if let Err(e) = &out {
+        metrics::counter!("tandem_serving_store_errors_total", "op" => op).increment(1);
+        tracing::warn!(op, error = %e, "online store call failed");
+    }
+    out
+}
+
+/// One loaded snapshot.
+pub struct Loaded {
+    /// The pointer that named it.
+    pub pointer: Pointer,
+    /// Its manifest as the batch wrote it (JSON), if present.
+    pub manifest: Option<serde_json::Value>,
+    /// Its models, if the batch trained them (and this code can use them).
+    pub models: Option<Models>,
+    /// Its popular lists (the catalog's `items` are left empty: rows come from the cache).
+    pub catalog: Catalog,
+    /// When this process loaded it.
+    pub loaded_at: Instant,
+    users: Cache<String, Option<Arc<UserRow>>>,
+    items: Cache<String, Option<Arc<ItemRow>>>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("pointer", &self.pointer)
+            .field("models", &self.models.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// The snapshot id.
+    pub fn id(&self) -> &str {
+        &self.pointer.snapshot
+    }
+
+    /// When the batch run that made it started (RFC 3339), from the manifest.
+    pub fn created_at(&self) -> Option<&str> {
+        self.manifest.as_ref()?.get("created_at")?.as_str()
+    }
+
+    /// The user's row, from the cache or the store (`None`: the user is not in the snapshot).
+    pub async fn user_row(
+        &self,
+        store: &dyn OnlineStore,
+        user: &str,
+        timeout: Duration,
+    ) -> Result<Option<Arc<UserRow>>, StoreFailure> {
+        if let Some(row) = self.users.get(user) {
+            return Ok(row);
+        }
+        let key = user_key(user, self.id());
+        let got = timed("get_user", timeout, store.get(std::slice::from_ref(&key))).await?;
+        let row = match got.into_iter().next().flatten() {
+            Some(b) => Some(Arc::new(serde_json::from_slice::<UserRow>(&b).map_err(
+                |e| StoreFailure::Error(format!("user row `{key}` is not valid: {e}")),
+            )?)),
+            None => None,
+        };
+        self.users.insert(user.to_string(), row.clone());
+        Ok(row)
+    }
+
+    /// The rows of `items` (in order; `None` for an item not in the snapshot): cached ones from
+    /// memory, the rest in one store round trip.
+    pub async fn item_rows(
+        &self,
+        store: &dyn OnlineStore,
+        items: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<Option<Arc<ItemRow>>>, StoreFailure> {
+        let mut out: Vec<Option<Option<Arc<ItemRow>>>> =
+            items.iter().map(|i| self.items.get(*i)).collect();
+        let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys: Vec<String> = missing
+                .iter()
+                .map(|&i| item_key(items[i], self.id()))
+                .collect();
+            let got = timed("get_items", timeout, store.get(&keys)).await?;
+            for ((&i, key), value) in missing.iter().zip(&keys).zip(got) {
+                let row = match value {
+                    Some(b) => Some(Arc::new(serde_json::from_slice::<ItemRow>(&b).map_err(
+                        |e| StoreFailure::Error(format!("item row `{key}` is not valid: {e}")),
+                    )?)),
+                    None => None,
+                };
+                self.items.insert(items[i].to_string(), row.clone());
+                out[i] = Some(row);
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+}
+
+/// Follows the snapshot pointer.
+#[derive(Debug)]
+pub struct Snapshots {
+    store: Arc<dyn OnlineStore>,
+    current: RwLock<Option<Arc<Loaded>>>,
+    cache_rows: usize,
+    timeout: Duration,
+}
+
+impl Snapshots {
+    /// A follower of `store`'s pointer, caching up to `cache_rows` user rows and as many item
+    /// rows of the current snapshot.
+    pub fn new(store: Arc<dyn OnlineStore>, cache_rows: usize, timeout: Duration) -> Self {
+        Snapshots {
+            store,
+            current: RwLock::new(None),
+            cache_rows: cache_rows.max(1),
+            timeout,
+        }
+    }
+
+    /// The snapshot serving uses now, if one is loaded.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current.read().expect("snapshot lock").clone()
+    }
+
+    /// Reads the pointer and, if it names another snapshot, loads that one and switches to it.
+    /// Returns whether it switched.
+    pub async fn refresh(&self) -> Result<bool, StoreFailure> {
+        // The pointer and the snapshot's values are read with a longer patience than requests:
+        // this runs in the background and a slow store only delays the switch.
+        let patience = self.timeout.max(Duration::from_secs(5));
+        let Some(pointer) = timed("pointer", patience, self.store.pointer()).await? else {
+            return Ok(false);
+        };
+        if self
+            .current()
+            .is_some_and(|c| c.pointer.snapshot == pointer.snapshot)
+        {
+            return Ok(false);
+        }
+        let keys = ["popular", "models", "manifest"].map(|n| snapshot_key(&pointer.snapshot, n));
+        let mut got = timed("load_snapshot", patience, self.store.get(&keys))
+            .await?
+            .into_iter();
+        let (popular, models, manifest) = (
+            got.next().flatten(),
+            got.next().flatten(),
+            got.next().flatten(),
+        );
+        let popular: PopularRow = match popular {
+            Some(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreFailure::Error(format!("{}: not valid: {e}", keys[0])))?,
+            None => PopularRow::default(),
+        };
+        let models = match models.map(|b| Models::from_json(&b)) {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                tracing::warn!(snapshot = %pointer.snapshot, error = %e, "the snapshot's models cannot be used; ranking by popularity");
+                None
+            }
+            None => None,
+        };
+        let manifest = manifest.and_then(|b| serde_json::from_slice(&b).ok());
+        let loaded = Arc::new(Loaded {
+            catalog: Catalog {
+                items: Default::default(),
+                popular: popular.overall,
+                by_category: popular.by_category.into_iter().collect(),
+            },
+            models,
+            manifest,
+            loaded_at: Instant::now(),
+            users: Cache::new(self.cache_rows),
+            items: Cache::new(self.cache_rows),
+            pointer,
+        });
+        tracing::info!(snapshot = %loaded.pointer.snapshot, cutoff_ms = loaded.pointer.cutoff_ms, models = loaded.models.is_some(), "Serving snapshot.");
+        *self.current.write().expect("snapshot lock") = Some(loaded);
+        Ok(true)
+    }
+
+    /// Polls the pointer every `every` until `cancel`, and keeps the snapshot-age gauge
+    /// (`tandem_serving_snapshot_age_seconds`: now − the cutoff) current.
+    pub async fn follow(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "could not follow the snapshot pointer");
+            }
+            if let Some(c) = self.current() {
+                let age = chrono::Utc::now().timestamp_millis() - c.pointer.cutoff_ms;
+                metrics::gauge!("tandem_serving_snapshot_age_seconds").set(age as f64 / 1000.0);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! The API end to end in process: requests through the real router, events through a real
+//! `local://` bus and the real speed layer, on the memory store and on a real `redis-server`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tandem_common::config::{ApiKey, Scope, Secret};
+use tandem_common::event::{Event, Kind};
+use tandem_common::features::{ItemStats, Profile};
+use tandem_common::store::{
+    ApplyCounts, ItemRow, MemoryStore, OnlineStore, Pointer, PopularRow, RedisStore, SpeedEvent,
+    SpeedState, UserRow, item_key, snapshot_key, user_key,
+};
+use tandem_common::testkit::RedisServer;
+use tandem_stream::bus::{Bus, Position, Record};
+use tandem_stream::speed::{SpeedOptions, run};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::auth::Keys;
+use crate::{App, ServeOptions, router};
+
+const HOUR: i64 = 3_600_000;
+const KEY: &str = "test-key-all-scopes-0123";
+const READ_ONLY: &str = "test-key-read-only-0123";
+
+struct Fixture {
+    app: Arc<App>,
+    store: Arc<dyn OnlineStore>,
+    bus: Arc<dyn Bus>,
+    _dir: tempfile::TempDir,
+    cancel: CancellationToken,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn keys() -> Keys {
+    Keys::new(&[
+        ApiKey {
+            name: "all".into(),
+            key: Secret::new(KEY),
+            scopes: vec![Scope::Ingest, Scope::Read, Scope::Admin],
+        },
+        ApiKey {
+            name: "reader".into(),
+            key: Secret::new(READ_ONLY),
+            scopes: vec![Scope::Read],
+        },
+    ])
+}
+
+async fn fixture_with(store: Arc<dyn OnlineStore>, bus: Option<Arc<dyn Bus>>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = match bus {
+        Some(b) => b,
+        None => tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 4)
+            .await
+            .unwrap(),
+    };
+    let cancel = CancellationToken::new();
+    let opts = ServeOptions {
+        poll: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let app = App::start(store.clone(), bus.clone(), keys(), opts, cancel.clone()).await;
+    Fixture {
+        app,
+        store,
+        bus,
+        _dir: dir,
+        cancel,
+    }
+}
+
+async fn fixture(store: Arc<dyn OnlineStore>) -> Fixture {
+    fixture_with(store, None).await
+}
+
+impl Fixture {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let req = req
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, Body::from))
+            .unwrap();
+        let resp = router(self.app.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let retry = resp.headers().get(header::RETRY_AFTER).cloned();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let mut v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        if let (Some(r), Value::Object(o)) = (retry, &mut v) {
+            o.insert("retry_after".into(), json!(r.to_str().unwrap()));
+        }
+        (status, v)
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call("GET", uri, Some(KEY), None).await
+    }
+
+    async fn post(&self, body: &Value) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            "/v1/events",
+            Some(KEY),
+            Some(serde_json::to_vec(body).unwrap()),
+        )
+        .await
+    }
+
+    /// Runs the real speed layer until it has applied everything on the bus.
+    async fn catch_up(&self) {
+        let opts = SpeedOptions {
+            until_caught_up: true,
+            wait: Duration::from_millis(5),
+            ..Default::default()
+        };
+        run(
+            self.bus.clone(),
+            self.store.clone(),
+            opts,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Publishes a snapshot: `users` rows, `items` rows, popular lists; flips the pointer and
+    /// waits for the server to follow it.
+    async fn publish(
+        &self,
+        id: &str,
+        cutoff_ms: i64,
+        users: &[(&str, Profile)],
+        items: &[(&str, ItemRow)],
+        popular: PopularRow,
+    ) {
+        let mut rows: Vec<(String, Bytes)> = Vec::new();
+        for (u, p) in users {
+            let row = UserRow {
+                profile: p.clone(),
+                segment: Some(1),
+                propensity: Some(0.25),
+            };
+            rows.push((user_key(u, id), serde_json::to_vec(&row).unwrap().into()));
+        }
+        for (i, r) in items {
+            rows.push((item_key(i, id), serde_json::to_vec(r).unwrap().into()));
+        }
+        rows.push((
+            snapshot_key(id, "popular"),
+            serde_json::to_vec(&popular).unwrap().into(),
+        ));
+        rows.push((
+            snapshot_key(id, "manifest"),
+            serde_json::to_vec(&json!({"snapshot": id, "created_at": "2026-11-20T00:00:00Z"}))
+                .unwrap()
+                .into(),
+        ));
+        self.store.put(&rows).await.unwrap();
+        let old = self.store.pointer().await.unwrap();
+        let new = Pointer {
+            snapshot: id.into(),
+            cutoff_ms,
+        };
+        assert!(self.store.flip(old.as_ref(), &new).await.unwrap());
+        for _ in 0..500 {
+            if self.app.snapshots.current().is_some_and(|s| s.id() == id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the server did not follow the pointer to {id}");
+    }
+}
+
+fn event(id: &str, user: &str, kind: Kind, item: &str, cat: &str, ts: i64) -> Event<'static> {
+    Event {
+        event_id: id.to_string().into(),
+        user_id: user.to_string().into(),
+        kind,
+        item_id: Some(item.to_string().into()),
+        category: Some(cat.to_string().into()),
+        price: (kind == Kind::Purchase).then_some(10.0),
+        quantity: 1,
+        rating: None,
+        query: None,
+        ts,
+        session_id: None,
+        props: None,
+    }
+}
+
+fn wire(e: &Event<'_>) -> Value {
+    serde_json::from_str(&e.to_json()).unwrap()
+}
+
+fn item_row(cat: &str, popularity: f64, similar: &[(&str, f64)]) -> ItemRow {
+    ItemRow {
+        stats: ItemStats {
+            popularity,
+            category: Some((cat.into(), 0)),
+            ..Default::default()
+        },
+        similar: similar.iter().map(|(i, s)| (i.to_string(), *s)).collect(),
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn redis_store(server: &RedisServer) -> Arc<dyn OnlineStore> {
+    Arc::new(RedisStore::connect(&server.url()).await.unwrap())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn ingest_then_profile(f: Fixture) {
+    let t = now() - 60_000;
+    let batch = json!([
+        wire(&event("e1", "alice", Kind::View, "i1", "shoes", t)),
+        wire(&event("e2", "alice", Kind::Purchase, "i1", "shoes", t + 1000)),
+        {"event_id": "bad", "user_id": "alice", "kind": "purchase", "item_id": "i1", "ts": t},
+        wire(&event("e3", "bob", Kind::Click, "i2", "hats", t + 2000)),
+    ]);
+    let (status, body) = f.post(&batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["accepted"], 3);
+    assert_eq!(body["rejected"], 1);
+    assert_eq!(body["errors"][0]["index"], 2);
+    assert_eq!(body["errors"][0]["field"], "price");
+    // Before the speed layer runs, alice is unknown; after, her events are in her profile.
+    let (status, body) = f.get("/v1/users/alice/profile").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "not_found");
+    f.catch_up().await;
+    let (status, body) = f.get("/v1/users/alice/profile").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = &body["profile"];
+    assert_eq!(p["counts"]["view"], 1);
+    assert_eq!(p["counts"]["purchase"], 1);
+    assert_eq!(p["events"], 2);
+    assert_eq!(p["spend"], 10.0);
+    assert_eq!(p["recent_items"][0]["item"], "i1");
+    assert_eq!(p["affinity"][0]["category"], "shoes");
+    assert!(body["freshness"]["last_offset"].is_u64(), "{body}");
+    assert_eq!(body["freshness"]["snapshot"], Value::Null);
+    assert!(body["degraded"].is_null());
+    // Posting the same events again (a retried request) changes nothing.
+    let (status, _) = f.post(&batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    f.catch_up().await;
+    let (_, again) = f.get("/v1/users/alice/profile").await;
+    assert_eq!(again["profile"]["counts"], p["counts"]);
+    // One event, not in an array, is accepted too.
+    let (status, body) = f
+        .post(&wire(&event("e4", "bob", Kind::View, "i3", "hats", t)))
+        .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (StatusCode::ACCEPTED, json!(1))
+    );
+}
+
+#[tokio::test]
+async fn ingest_then_profile_memory() {
+    ingest_then_profile(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn ingest_then_profile_redis() {
+    let server = RedisServer::start();
+    ingest_then_profile(fixture(redis_store(&server).await).await).await;
+}
+
+/// The profile is the snapshot's row plus the speed epochs at or after its cutoff: epochs
+/// before the cutoff are already in the row and must not count twice.
+async fn snapshot_plus_speed(f: Fixture) {
+    let cutoff = (now() / HOUR - 2) * HOUR;
+    let t = cutoff - 10 * HOUR;
+    let before = [
+        event("a1", "carol", Kind::View, "i1", "shoes", t),
+        event("a2", "carol", Kind::AddToCart, "i1", "shoes", t + 1),
+    ];
+    let after = [
+        event("b1", "carol", Kind::Purchase, "i1", "shoes", cutoff + 5),
+        event("b2", "carol", Kind::View, "i9", "hats", cutoff + HOUR + 5),
+    ];
+    let mut row = Profile::new();
+    before.iter().for_each(|e| row.apply(e));
+    f.publish("s1", cutoff, &[("carol", row)], &[], PopularRow::default())
+        .await;
+    // The speed layer holds every event: `before` in the epoch below the cutoff (not yet
+    // dropped), `after` in the epochs at and after it.
+    let speed: Vec<SpeedEvent<'_>> = before
+        .iter()
+        .chain(&after)
+        .enumerate()
+        .map(|(i, e)| SpeedEvent {
+            offset: i as u64,
+            epoch_ms: (e.ts.max(cutoff - HOUR) / HOUR) * HOUR,
+            event: e.clone(),
+        })
+        .collect();
+    f.store.apply_events(&speed).await.unwrap();
+    let mut expected = Profile::new();
+    before.iter().chain(&after).for_each(|e| expected.apply(e));
+    let (status, body) = f.get("/v1/users/carol/profile").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = &body["profile"];
+    for k in Kind::ALL {
+        assert_eq!(p["counts"][k.as_str()], expected.count(k), "{k} in {body}");
+    }
+    assert_eq!(p["recent_items"][0]["item"], "i9");
+    assert_eq!(body["freshness"]["snapshot"], "s1");
+    assert_eq!(body["freshness"]["speed_epochs"], 2);
+    assert_eq!(
+        body["freshness"]["snapshot_created_at"],
+        "2026-11-20T00:00:00Z"
+    );
+    // No models in this snapshot: segment and propensity are the row's.
+    assert_eq!(
+        (body["segment"].clone(), body["propensity"].clone()),
+        (json!(1), json!(0.25))
+    );
+    // A user only in the snapshot is known.
+    let (status, _) = f.get("/v1/users/carol/profile").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn snapshot_plus_speed_memory() {
+    snapshot_plus_speed(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn snapshot_plus_speed_redis() {
+    let server = RedisServer::start();
+    snapshot_plus_speed(fixture(redis_store(&server).await).await).await;
+}
+
+async fn recommendations(f: Fixture) {
+    let t = now() - HOUR;
+    let items = [
+        ("i1", item_row("shoes", 5.0, &[("i2", 0.9), ("i3", 0.5)])),
+        ("i2", item_row("shoes", 4.0, &[("i1", 0.9)])),
+        ("i3", item_row("shoes", 3.0, &[])),
+        ("i4", item_row("shoes", 2.0, &[])),
+        ("h1", item_row("hats", 9.0, &[])),
+        ("h2", item_row("hats", 8.0, &[])),
+    ];
+    let popular = PopularRow {
+        overall: vec!["h1".into(), "h2".into(), "i1".into(), "i2".into()],
+        by_category: BTreeMap::from([
+            (
+                "shoes".into(),
+                vec!["i1".into(), "i2".into(), "i3".into(), "i4".into()],
+            ),
+            ("hats".into(), vec!["h1".into(), "h2".into()]),
+        ]),
+    };
+    f.publish("s1", (now() / HOUR - 5) * HOUR, &[], &items, popular)
+        .await;
+    f.post(&json!([wire(&event(
+        "e1",
+        "dave",
+        Kind::View,
+        "i1",
+        "shoes",
+        t
+    ))]))
+    .await;
+    f.catch_up().await;
+
+    let (status, body) = f.get("/v1/users/dave/recommendations?n=10").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cold_start"], false);
+    assert_eq!(body["ranked_by"], "popularity");
+    let got: Vec<(String, String)> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["item"].as_str().unwrap().into(),
+                r["source"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let source = |i: &str| got.iter().find(|(x, _)| x == i).map(|(_, s)| s.as_str());
+    assert_eq!(source("i2"), Some("similar_to:i1"), "{got:?}");
+    assert_eq!(source("i3"), Some("similar_to:i1"));
+    assert_eq!(source("i4"), Some("category:shoes"));
+    assert_eq!(source("h1"), Some("popular"));
+    // The item just seen is a candidate by category (the user may want it again) but exclusion
+    // and the context item take items out.
+    let (_, body) = f
+        .get("/v1/users/dave/recommendations?n=10&exclude=i2,h1&context_item=i3")
+        .await;
+    let items: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap())
+        .collect();
+    for gone in ["i2", "h1", "i3"] {
+        assert!(!items.contains(&gone), "{gone} in {items:?}");
+    }
+    // n bounds the list; scores are in order.
+    let (_, body) = f.get("/v1/users/dave/recommendations?n=2").await;
+    let scores: Vec<f64> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 2);
+    assert!(scores[0] >= scores[1]);
+    // A user with no history gets popular items, flagged.
+    let (status, body) = f.get("/v1/users/nobody/recommendations?n=3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["cold_start"], true);
+    let items: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap())
+        .collect();
+    assert_eq!(items, ["h1", "h2", "i1"]);
+    // Items routes.
+    let (status, body) = f.get("/v1/items/i1/similar?n=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["items"], json!([{"item": "i2", "score": 0.9}]));
+    let (status, body) = f.get("/v1/items/nope/similar").await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    let (_, body) = f.get("/v1/items/popular?category=hats").await;
+    assert_eq!(body["items"][0]["item"], "h1");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    let (_, body) = f.get("/v1/items/popular?n=1").await;
+    assert_eq!(body["items"], json!([{"item": "h1", "score": 1.0}]));
+}
+
+#[tokio::test]
+async fn recommendations_memory() {
+    recommendations(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn recommendations_redis() {
+    let server = RedisServer::start();
+    recommendations(fixture(redis_store(&server).await).await).await;
+}
+
+#[tokio::test]
+async fn auth_scopes_and_errors_are_json() {
+    let f = fixture(Arc::new(MemoryStore::default())).await;
+    let body = serde_json::to_vec(&json!({})).unwrap();
+    let (status, b) = f.call("POST", "/v1/events", None, Some(body.clone())).await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("unauthorized"))
+    );
+    let (status, b) = f
+        .call("POST", "/v1/events", Some(READ_ONLY), Some(body))
+        .await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("forbidden"))
+    );
+    let (status, _) = f
+        .call(
+            "GET",
+            "/v1/items/popular",
+            Some("wrong-key-0123456789"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = f
+        .call("GET", "/v1/items/popular", Some(READ_ONLY), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Malformed input gets a {code, message} naming what is wrong.
+    let (status, b) = f
+        .call("POST", "/v1/events", Some(KEY), Some(b"{not json".to_vec()))
+        .await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_json"))
+    );
+    assert!(b["message"].as_str().unwrap().contains("not JSON"), "{b}");
+    let (status, b) = f.post(&json!(42)).await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_body"))
+    );
+    let (status, b) = f.post(&json!([{"event_id": "x"}])).await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_events"))
+    );
+    assert_eq!(b["errors"][0]["index"], 0);
+    let many: Vec<Value> = (0..1001).map(|i| json!({"event_id": i})).collect();
+    let (status, b) = f.post(&json!(many)).await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("too_many_events"))
+    );
+    let big = vec![b' '; crate::api::MAX_BODY + 1];
+    let (status, b) = f.call("POST", "/v1/events", Some(KEY), Some(big)).await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("invalid_body")),
+        "{b}"
+    );
+    let (status, b) = f.get("/v1/items/popular?n=0").await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_query"))
+    );
+    let (status, b) = f.get("/v1/items/popular?n=abc").await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid_query"))
+    );
+    let (status, b) = f.get("/v2/nothing").await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn operations_routes() {
+    let f = fixture(Arc::new(MemoryStore::default())).await;
+    let (status, _) = f.call("GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, b) = f.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["store"], true);
+    f.publish("s1", 0, &[], &[], PopularRow::default()).await;
+    let (status, b) = f.call("GET", "/readyz", None, None).await;
+    assert_eq!(
+        (status, b["snapshot"].clone()),
+        (StatusCode::OK, json!("s1"))
+    );
+    let (status, doc) = f.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/events",
+        "/v1/users/{id}/profile",
+        "/v1/users/{id}/recommendations",
+        "/v1/items/{id}/similar",
+        "/v1/items/popular",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let (status, text) = f.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(r#"tandem_http_request_duration_seconds_bucket{route="/readyz",method="GET",status="200""#),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failing dependencies
+
+/// A store whose calls fail while `down` is set.
+#[derive(Debug, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    speed_down: AtomicBool,
+    all_down: AtomicBool,
+}
+
+impl Flaky {
+    fn check(&self, speed: bool) -> tandem_common::Result<()> {
+        if self.all_down.load(Ordering::SeqCst) || (speed && self.speed_down.load(Ordering::SeqCst))
+        {
+            return Err(tandem_common::Error::Io(std::io::Error::other(
+                "connection refused",
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl OnlineStore for Flaky {
+    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
+        self.inner.put(rows).await
+    }
+    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
+        self.check(false)?;
+        self.inner.get(keys).await
+    }
+    async fn pointer(&self) -> tandem_common::Result<Option<Pointer>> {
+        self.check(false)?;
+        self.inner.pointer().await
+    }
+    async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> tandem_common::Result<bool> {
+        self.inner.flip(expected, new).await
+    }
+    async fn drop_snapshots_except(&self, keep: &str) -> tandem_common::Result<u64> {
+        self.inner.drop_snapshots_except(keep).await
+    }
+    async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
+        self.inner.drop_epochs_before(cutoff_ms).await
+    }
+    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> tandem_common::Result<ApplyCounts> {
+        self.inner.apply_events(events).await
+    }
+    async fn speed(&self, user: &str, from_epoch_ms: i64) -> tandem_common::Result<SpeedState> {
+        self.check(true)?;
+        self.inner.speed(user, from_epoch_ms).await
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_degrades_answers_instead_of_failing() {
+    let store = Arc::new(Flaky::default());
+    let f = fixture(store.clone()).await;
+    let mut row = Profile::new();
+    row.apply(&event(
+        "a1",
+        "erin",
+        Kind::View,
+        "i1",
+        "shoes",
+        now() - 10 * HOUR,
+    ));
+    let popular = PopularRow {
+        overall: vec!["h1".into(), "i1".into()],
+        ..Default::default()
+    };
+    f.publish(
+        "s1",
+        (now() / HOUR - 2) * HOUR,
+        &[("erin", row)],
+        &[("i1", item_row("shoes", 1.0, &[]))],
+        popular,
+    )
+    .await;
+    store.speed_down.store(true, Ordering::SeqCst);
+    let (status, b) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["degraded"], "snapshot_only");
+    assert_eq!(b["profile"]["counts"]["view"], 1);
+    store.all_down.store(true, Ordering::SeqCst);
+    // erin's row is cached from the call above; a user never read gets popular items.
+    let (status, b) = f.get("/v1/users/frank/recommendations?n=5").await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["degraded"], "popular_only");
+    assert_eq!(b["items"][0]["item"], "h1");
+    let (status, b) = f.call("GET", "/readyz", None, None).await;
+    assert_eq!(
+        (status, b["store"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!(false))
+    );
+    let (status, b) = f.get("/v1/items/i9/similar").await;
+    assert_eq!(
+        (status, b["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("store_unavailable"))
+    );
+}
+
+/// A bus that refuses every record.
+#[derive(Debug)]
+struct DownBus;
+
+#[async_trait]
+impl Bus for DownBus {
+    fn partitions(&self) -> u32 {
+        1
+    }
+    async fn produce(&self, _: Vec<(Bytes, Bytes)>) -> tandem_stream::Result<Vec<Position>> {
+        Err(tandem_stream::Error::Io(std::io::Error::other(
+            "bus unreachable",
+        )))
+    }
+    async fn fetch(
+        &self,
+        _: u32,
+        _: u64,
+        _: usize,
+        _: Duration,
+    ) -> tandem_stream::Result<Vec<Record>> {
+        Ok(Vec::new())
+    }
+    async fn end_offset(&self, _: u32) -> tandem_stream::Result<u64> {
+        Ok(0)
+    }
+    async fn committed(&self, _: &str, _: u32) -> tandem_stream::Result<Option<u64>> {
+        Ok(None)
+    }
+    async fn commit(&self, _: &str, _: u32, _: u64) -> tandem_stream::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_bus_is_a_503_with_retry_after() {
+    let f = fixture_with(Arc::new(MemoryStore::default()), Some(Arc::new(DownBus))).await;
+    let (status, b) = f
+        .post(&wire(&event(
+            "e1",
+            "gina",
+            Kind::View,
+            "i1",
+            "shoes",
+            now(),
+        )))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["code"], "bus_unavailable");
+    assert_eq!(b["retry_after"], "1");
+}
