@@ -225,12 +225,22 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
     // Archive, then a batch with a cutoff after every event: the same totals, from the
     // snapshot, and the speed epochs below the cutoff are gone. (The archive watermark trails
     // the clock by the produce delay: the waits let the cutoff pass every event.)
-    std::thread::sleep(Duration::from_millis(1_200));
+    // The archiver's watermark is the clock minus the produce delay (1 s) when caught up: past
+    // the end of the events' 1-second ingest epoch from 2 s after their ingest time.
+    let ingest_ts = body["ingest_ts"].as_i64().unwrap();
+    let pause = ingest_ts + 2_300 - tandem_common::event::now_ms();
+    std::thread::sleep(Duration::from_millis(pause.max(0) as u64));
     run(&["stream", "archive", "--until-caught-up"]);
     std::thread::sleep(Duration::from_millis(2_200));
     let batch_run = run(&["batch", "run", "--store", &store]);
     assert_eq!(batch_run["outcome"], "published", "{batch_run}");
     let snapshot = batch_run["snapshot"].as_str().unwrap().to_string();
+    let cutoff =
+        tandem_common::event::parse_rfc3339_ms(batch_run["cutoff"].as_str().unwrap()).unwrap();
+    assert!(
+        cutoff > ingest_ts,
+        "the cutoff {cutoff} is after every event ({ingest_ts})"
+    );
     let start = Instant::now();
     let after = loop {
         let (status, after) = server.get("/v1/users/user-3/profile");
