@@ -313,17 +313,12 @@ async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
         s => Some(parse_time(s, "--cutoff")?),
     };
     let lake = open_lake(args.lake.as_deref(), config)?;
-    let store_url = args
-        .store
-        .as_deref()
-        .unwrap_or(config.online_store.url.expose());
-    if store_url.starts_with("memory://") && !args.dry_run {
-        bail!(
-            "online_store.url is memory://, which lives only inside one process: a batch run would publish into nothing. \
-             Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
-        );
-    }
-    let store = tandem_common::store::open(store_url).await?;
+    let store = open_shared_store(
+        args.store.as_deref(),
+        config,
+        (!args.dry_run).then_some("a batch run would publish into nothing"),
+    )
+    .await?;
     let opts = RunOptions {
         cutoff_ms,
         dry_run: args.dry_run,
@@ -665,6 +660,25 @@ async fn ingest_command(args: IngestArgs, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The online store of `--store` (or `online_store.url`). With `refuse_memory` (why the command
+/// needs a store other processes share), `memory://` is refused: it lives inside one process.
+async fn open_shared_store(
+    flag: Option<&str>,
+    config: &Config,
+    refuse_memory: Option<&str>,
+) -> Result<std::sync::Arc<dyn tandem_common::store::OnlineStore>> {
+    let url = flag.unwrap_or(config.online_store.url.expose());
+    if let Some(why) = refuse_memory
+        && url.starts_with("memory://")
+    {
+        bail!(
+            "online_store.url is memory://, which lives only inside one process: {why}. \
+             Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
+        );
+    }
+    Ok(tandem_common::store::open(url).await?)
+}
+
 async fn open_bus(
     flag: Option<&str>,
     config: &Config,
@@ -749,17 +763,12 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
     match cmd {
         StreamCommand::Run(args) => {
             let bus = open_bus(args.stream.bus.as_deref(), config).await?;
-            let store_url = args
-                .store
-                .as_deref()
-                .unwrap_or(config.online_store.url.expose());
-            if store_url.starts_with("memory://") {
-                bail!(
-                    "online_store.url is memory://, which lives only inside one process: the speed layer would apply into nothing that serving can read. \
-                     Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
-                );
-            }
-            let store = tandem_common::store::open(store_url).await?;
+            let store = open_shared_store(
+                args.store.as_deref(),
+                config,
+                Some("the speed layer would apply into nothing that serving can read"),
+            )
+            .await?;
             serve_metrics(args.stream.metrics_listen)?;
             let opts = tandem_stream::speed::SpeedOptions {
                 partitions: args.stream.partitions,
@@ -799,17 +808,12 @@ async fn serve_command(args: ServeArgs, config: &Config) -> Result<()> {
              Add [[server.api_keys]] entries (name, key of 16+ characters, scopes from ingest/read/admin) to the config file"
         );
     }
-    let store_url = args
-        .store
-        .as_deref()
-        .unwrap_or(config.online_store.url.expose());
-    if store_url.starts_with("memory://") {
-        bail!(
-            "online_store.url is memory://, which lives only inside one process: the API would read nothing the batch and speed layers write. \
-             Use --store redis://HOST:PORT (or set online_store.url), or `tandem demo`, which runs everything in one process"
-        );
-    }
-    let store = tandem_common::store::open(store_url).await?;
+    let store = open_shared_store(
+        args.store.as_deref(),
+        config,
+        Some("the API would read nothing the batch and speed layers write"),
+    )
+    .await?;
     let bus = open_bus(args.bus.as_deref(), config).await?;
     let listen = match args.listen {
         Some(a) => a,

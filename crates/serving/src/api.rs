@@ -537,6 +537,19 @@ fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [S
     }
 }
 
+/// The first `n` of a popular list not in `exclude`, scored by rank (1 for the first, then 1/2, …).
+fn ranked_popular<'a>(
+    list: &'a [String],
+    exclude: &'a HashSet<&str>,
+    n: usize,
+) -> impl Iterator<Item = (String, f64)> + 'a {
+    list.iter()
+        .filter(|i| !exclude.contains(i.as_str()))
+        .take(n)
+        .enumerate()
+        .map(|(rank, i)| (i.clone(), 1.0 / (rank + 1) as f64))
+}
+
 /// Recommendations for the user: candidates (similar to recent items, top of strongest
 /// categories, popular), ranked by the snapshot's model, each with its score and source.
 #[utoipa::path(
@@ -561,7 +574,7 @@ pub async fn get_recommendations(
     let n = check_n(q.n)?;
     let snap = app.snapshots.current();
     let snap = snap.as_deref();
-    let m = merged(&app, snap, &user).await;
+    let mut m = merged(&app, snap, &user).await;
     let mut exclude: HashSet<&str> = q
         .exclude
         .as_deref()
@@ -575,14 +588,10 @@ pub async fn get_recommendations(
     }
     let fresh = freshness(&app, snap, &user, &m);
     let popular = |degraded| {
-        let items = popular_items(snap, None)
-            .iter()
-            .filter(|i| !exclude.contains(i.as_str()))
-            .take(n)
-            .enumerate()
-            .map(|(rank, i)| Recommendation {
-                item: i.clone(),
-                score: 1.0 / (rank + 1) as f64,
+        let items = ranked_popular(popular_items(snap, None), &exclude, n)
+            .map(|(item, score)| Recommendation {
+                item,
+                score,
                 source: "popular".into(),
             })
             .collect();
@@ -602,7 +611,7 @@ pub async fn get_recommendations(
         return Ok(popular(m.degraded));
     }
     // The context item leads the recent items, so that its similar items come first.
-    let mut profile = m.profile.clone();
+    let mut profile = std::mem::take(&mut m.profile);
     if let Some(c) = q.context_item.as_deref() {
         profile.recent_items.retain(|(i, _)| i != c);
         profile.recent_items.insert(0, (c.to_string(), now_ms()));
@@ -812,14 +821,8 @@ pub async fn get_popular(
     let snap = app.snapshots.current();
     let list = popular_items(snap.as_deref(), q.category.as_deref());
     Ok(Json(ItemsResponse {
-        items: list
-            .iter()
-            .take(n)
-            .enumerate()
-            .map(|(rank, i)| ScoredItem {
-                item: i.clone(),
-                score: 1.0 / (rank + 1) as f64,
-            })
+        items: ranked_popular(list, &HashSet::new(), n)
+            .map(|(item, score)| ScoredItem { item, score })
             .collect(),
         snapshot: snap.map(|s| s.id().to_string()),
     }))
