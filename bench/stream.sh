@@ -70,11 +70,11 @@ printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events i
 # are several fresh users' keys: the same work for Redis.)
 KEYS=(); ARGS=()
 for u in $(seq "$USERS_PER_CALL"); do
-  for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
-  ARGS+=(1 "$PER_USER")
+  for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent" "epoch:1793000000000:bought"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
+  ARGS+=(1 "$PER_USER" 1793000000000)
   for j in $(seq "$PER_USER"); do
     kind=$(( j % 7 )); [ "$kind" = 4 ] && kind=0
-    ARGS+=("$j" "e__rand_int__" 1 1793000000000 "$kind" "$((1792990000000 + j))" 0 0 "cat-$((j % 5))" "1.25" "item-__rand_int__")
+    ARGS+=("$j" "e__rand_int__" 1 1793000001000 "$kind" "$((1792990000000 + j))" 0 0 "cat-$((j % 5))" "1.25" "item-__rand_int__")
   done
 done
 ceil=()
@@ -82,7 +82,7 @@ for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
   redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
   rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
-        FCALL tandem_apply_v2 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
+        FCALL tandem_apply_v3 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
   ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")
 done
 CEIL=$(printf '%s\n' "${ceil[@]}" | median)

@@ -186,7 +186,15 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         speed_group: speed_group(memory),
         ..ServeOptions::from_config(config)
     };
-    let app = App::start(store.clone(), bus.clone(), keys, opts, stop.clone()).await;
+    let app = App::start(
+        store.clone(),
+        bus.clone(),
+        lake.clone(),
+        keys,
+        opts,
+        stop.clone(),
+    )
+    .await;
     let live = Arc::new(Live::default());
     let api = tandem_serving::router(app.clone());
     let demo = axum::Router::new()
@@ -221,6 +229,7 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         tasks.spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(every) => {}
                 }
@@ -325,6 +334,7 @@ async fn simulate(
     let mut interval = tokio::time::interval(tick);
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return Ok(()),
             _ = interval.tick() => {}
         }

@@ -70,6 +70,10 @@ struct ServeArgs {
     /// The online store URL [default: online_store.url of the configuration].
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// The lake URL, where erasures leave their tombstones [default: lake.url of the
+    /// configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -343,9 +347,46 @@ async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
     )
     .await;
     steps.finish();
+    if !args.dry_run {
+        record_batch_outcome(store.as_ref(), &summary).await;
+    }
     let summary = summary?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// Leaves the run's outcome in the store for serving's `tandem_batch_last_*` gauges; a store
+/// that cannot take it is logged, not fatal (the run's own result stands).
+async fn record_batch_outcome(
+    store: &dyn tandem_common::store::OnlineStore,
+    summary: &tandem_batch::Result<tandem_batch::run::Summary>,
+) {
+    use tandem_common::store::{BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome};
+    let (key, outcome) = match summary {
+        Ok(s) => (
+            BATCH_SUCCESS_KEY,
+            BatchOutcome {
+                at_ms: now_ms(),
+                snapshot: Some(s.snapshot.clone()),
+                error: None,
+            },
+        ),
+        Err(e) => (
+            BATCH_FAILURE_KEY,
+            BatchOutcome {
+                at_ms: now_ms(),
+                snapshot: None,
+                error: Some(e.to_string()),
+            },
+        ),
+    };
+    let row = match serde_json::to_vec(&outcome) {
+        Ok(v) => (key.to_string(), bytes::Bytes::from(v)),
+        Err(e) => return tracing::warn!(error = %e, "could not encode the batch outcome"),
+    };
+    if let Err(e) = store.put(&[row]).await {
+        tracing::warn!(error = %e, key, "could not record the batch outcome in the online store");
+    }
 }
 
 async fn sql_command(args: SqlArgs, config: &Config) -> Result<()> {
@@ -750,8 +791,13 @@ fn stop_on_signals() -> Result<tokio_util::sync::CancellationToken> {
 
 fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Result<()> {
     if let Some(addr) = listen {
+        // The same histogram buckets as serve's, so that dashboards read every layer alike.
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                tandem_serving::ops::BUCKETS,
+            )?
             .install()
             .with_context(|| format!("--metrics-listen {addr}"))?;
         tracing::info!(%addr, "Serving metrics.");
@@ -808,6 +854,13 @@ async fn serve_command(args: ServeArgs, config: &Config) -> Result<()> {
              Add [[server.api_keys]] entries (name, key of 16+ characters, scopes from ingest/read/admin) to the config file"
         );
     }
+    let lake = open_lake(args.lake.as_deref(), config)?;
+    if lake.url().starts_with("memory://") {
+        bail!(
+            "lake `memory://` is this process's alone: the batch layer would never see the API's erasure tombstones. \
+             Use the lake the batch layer reads (--lake or lake.url)"
+        );
+    }
     let store = open_shared_store(
         args.store.as_deref(),
         config,
@@ -830,6 +883,7 @@ async fn serve_command(args: ServeArgs, config: &Config) -> Result<()> {
     let app = App::start(
         store,
         bus,
+        lake,
         Keys::new(&config.server.api_keys),
         ServeOptions::from_config(config),
         stop.clone(),

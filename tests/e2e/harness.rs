@@ -1,19 +1,29 @@
 //! Running the real binary in a scratch directory of its own.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A scratch directory; every `tandem` run in it uses its own lake and bus there.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    common: Vec<String>,
 }
 
 impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
             dir: tempfile::tempdir().unwrap(),
+            common: Vec::new(),
         }
+    }
+
+    /// The same scratch directory, with `args` (`--config`, `--set`, …) after every command's.
+    pub fn with_args(mut self, args: &[&str]) -> Scratch {
+        self.common = args.iter().map(|a| a.to_string()).collect();
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -28,6 +38,7 @@ impl Scratch {
     pub fn tandem(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tandem"));
         c.args(args)
+            .args(&self.common)
             .current_dir(self.dir.path())
             .env("TANDEM__LAKE__URL", self.lake_url())
             .env(
@@ -68,6 +79,61 @@ impl Scratch {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// A long-running `tandem` (serve, demo) listening on `port`; killed if dropped unstopped.
+pub struct Listening {
+    child: Child,
+    pub port: u16,
+}
+
+impl Listening {
+    /// Starts `cmd` (standard error kept for [`Listening::stop`]) and waits until `port`
+    /// accepts connections, failing after `patience`.
+    pub fn start(mut cmd: Command, port: u16, patience: Duration) -> Listening {
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tandem binary starts");
+        let mut l = Listening { child, port };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = l.child.try_wait().unwrap() {
+                let mut err = String::new();
+                let _ = l.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("{what} exited with {status} before listening:\n{err}");
+            }
+            assert!(
+                start.elapsed() < patience,
+                "{what} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        l
+    }
+
+    /// SIGTERM; whether it exited cleanly, and what it printed on standard error.
+    pub fn stop(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (self.child.wait().unwrap().success(), err)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod batch;
 mod cli;
+mod demo;
 mod harness;
 mod serve;
 mod stream;

@@ -1,16 +1,16 @@
 //! `tandem serve` (issue #5): the real binary and a real Redis. Events posted to the API show in
 //! the profile once the speed layer applies them; after a batch run, the same totals come from
-//! the snapshot with the speed part emptied.
+//! the snapshot with the speed part emptied; an erased user is gone from the API at once and
+//! stays gone after the next batch run.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tandem_common::testkit::{RedisServer, free_port};
 
-use crate::harness::{Scratch, summary};
+use crate::harness::{Listening, Scratch, summary};
 
 const KEY: &str = "e2e-key-0123456789abcdef";
 
@@ -66,10 +66,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 /// A running `tandem serve`, stopped with SIGTERM when dropped.
-pub struct Server {
-    child: Child,
-    pub port: u16,
-}
+pub struct Server(Listening);
 
 impl Server {
     pub fn start(s: &Scratch, args: &[&str]) -> Server {
@@ -77,43 +74,24 @@ impl Server {
         let listen = format!("127.0.0.1:{port}");
         let mut all = vec!["serve", "--listen", &listen];
         all.extend_from_slice(args);
-        let child = s
-            .tandem(&all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tandem serve starts");
-        let server = Server { child, port };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "tandem serve did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        Server(Listening::start(
+            s.tandem(&all),
+            port,
+            Duration::from_secs(60),
+        ))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        http(self.port, "GET", path, Some(KEY), None)
+        http(self.0.port, "GET", path, Some(KEY), None)
     }
 
     /// Stops with SIGTERM and returns whether it exited cleanly.
-    pub fn stop(mut self) -> bool {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn stop(self) -> bool {
+        self.0.stop().0
     }
 }
 
@@ -148,7 +126,7 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
     let redis = RedisServer::start();
     let store = redis.url();
     let conf = config(&s);
-    let set = [
+    let s = s.with_args(&[
         "--config",
         conf.as_str(),
         "--set",
@@ -159,25 +137,13 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
         "batch.window=2d",
         "--set",
         "bus.partitions=1",
-    ];
-    let with = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .chain(set.iter())
-            .map(|a| a.to_string())
-            .collect()
-    };
-    let run = |args: &[&str]| {
-        let args = with(args);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        summary(&s.ok(&args, b""))
-    };
-    let args = with(&["--store", &store]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&s, &args);
-    let (status, _) = http(server.port, "GET", "/healthz", None, None);
+    ]);
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
+    let server = Server::start(&s, &["--store", &store]);
+    let (status, _) = http(server.port(), "GET", "/healthz", None, None);
     assert_eq!(status, 200);
     // Not ready: no snapshot yet.
-    let (status, ready) = http(server.port, "GET", "/readyz", None, None);
+    let (status, ready) = http(server.port(), "GET", "/readyz", None, None);
     assert_eq!(status, 503, "{ready}");
 
     let now = tandem_common::event::now_ms();
@@ -195,7 +161,7 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
     }
     batch.push(json!({"event_id": "bad", "user_id": "user-0", "kind": "purchase", "item_id": "x", "ts": now}));
     let (status, body) = http(
-        server.port,
+        server.port(),
         "POST",
         "/v1/events",
         Some(KEY),
@@ -207,7 +173,13 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
         (Some(60), Some(1))
     );
     assert_eq!(body["errors"][0]["index"], 60);
-    let (status, _) = http(server.port, "POST", "/v1/events", None, Some(&json!(batch)));
+    let (status, _) = http(
+        server.port(),
+        "POST",
+        "/v1/events",
+        None,
+        Some(&json!(batch)),
+    );
     assert_eq!(status, 401);
 
     // The speed layer applies them: the profile shows them.
@@ -261,18 +233,84 @@ fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
         let (_, p) = server.get(&format!("/v1/users/user-{u}/profile"));
         assert_eq!(p["profile"]["events"], 15, "{p}");
     }
-    let (status, ready) = http(server.port, "GET", "/readyz", None, None);
+    let (status, ready) = http(server.port(), "GET", "/readyz", None, None);
     assert_eq!((status, ready["snapshot"].clone()), (200, json!(snapshot)));
-    let (status, recs) = server.get("/v1/users/user-3/recommendations?n=3");
+    let (status, recs) = server.get("/v1/users/user-0/recommendations?n=3");
     assert_eq!(status, 200, "{recs}");
     assert!(!recs["items"].as_array().unwrap().is_empty(), "{recs}");
-    let (status, metrics) = http(server.port, "GET", "/metrics", None, None);
+    // user-3 bought every one of the 7 items: nothing is left to recommend.
+    let (status, recs) = server.get("/v1/users/user-3/recommendations?n=3");
+    assert_eq!((status, recs["items"].clone()), (200, json!([])), "{recs}");
+
+    // Erase user-2: gone at once, with a tombstone the next batch run honours, while a user
+    // active after the erasure and the other users keep everything.
+    let (status, erased) = http(server.port(), "DELETE", "/v1/users/user-2", Some(KEY), None);
+    assert_eq!(status, 200, "{erased}");
+    let (status, body) = server.get("/v1/users/user-2/profile");
+    assert_eq!(status, 404, "{body}");
+    let (_, recs) = server.get("/v1/users/user-2/recommendations");
+    assert_eq!(recs["cold_start"], true, "{recs}");
+    std::thread::sleep(Duration::from_millis(5));
+    let late = json!([event(
+        100,
+        "user-0",
+        "view",
+        "item-1",
+        tandem_common::event::now_ms()
+    )]);
+    let (status, body) = http(server.port(), "POST", "/v1/events", Some(KEY), Some(&late));
+    assert_eq!(status, 202, "{body}");
+    let ingest_ts = body["ingest_ts"].as_i64().unwrap();
+    run(&["stream", "run", "--store", &store, "--until-caught-up"]);
+    let pause = ingest_ts + 2_300 - tandem_common::event::now_ms();
+    std::thread::sleep(Duration::from_millis(pause.max(0) as u64));
+    run(&["stream", "archive", "--until-caught-up"]);
+    std::thread::sleep(Duration::from_millis(2_200));
+    let second = run(&["batch", "run", "--store", &store]);
+    assert_eq!(second["outcome"], "published", "{second}");
+    assert_eq!(second["events"], 46, "61 events less user-2's 15: {second}");
+    let start = Instant::now();
+    while server.get("/v1/users/user-0/profile").1["freshness"]["snapshot"] != second["snapshot"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not follow"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = server.get("/v1/users/user-2/profile");
+    assert_eq!(status, 404, "{body}");
+    let (_, p) = server.get("/v1/users/user-0/profile");
+    assert_eq!(p["profile"]["events"], 16, "{p}");
+    let n = s.ok(
+        &[
+            "sql",
+            "-e",
+            "SELECT count(*) AS n FROM events WHERE user_id = 'user-2'",
+            "--format",
+            "csv",
+        ],
+        b"",
+    );
+    assert_eq!(
+        n, "n\n0\n",
+        "analysts' events leave the erased user out too"
+    );
+
+    let (status, metrics) = http(server.port(), "GET", "/metrics", None, None);
     assert_eq!(status, 200);
     assert!(
         metrics
             .as_str()
             .unwrap()
             .contains("tandem_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    // The batch runs left their outcome in Redis; serve exports it for the alerts.
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("tandem_batch_last_success_timestamp_seconds "),
         "{metrics}"
     );
     assert!(server.stop(), "tandem serve exits cleanly on SIGTERM");
@@ -289,6 +327,20 @@ fn serve_refuses_to_start_without_keys_or_with_the_memory_store() {
     let out = s.run(&["serve", "--config", &conf, "--store", "memory://"], b"");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory://"), "{err}");
+    let out = s.run(
+        &[
+            "serve",
+            "--config",
+            &conf,
+            "--store",
+            "redis://127.0.0.1:1",
+            "--lake",
+            "memory://",
+        ],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lake `memory://`"), "{err}");
     let out = s.run(&["serve", "--config", &conf, "--listen", "nonsense"], b"");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");

@@ -207,26 +207,15 @@ fn archive_then_batch_then_speed_merge_exactly_on_a_redis_cluster() {
 }
 
 fn lambda_merges_exactly(store: &str) {
-    let s = Scratch::new();
-    let set = [
+    let s = Scratch::new().with_args(&[
         "--set",
         "events.epoch=1s",
         "--set",
         "bus.max_produce_delay=1s",
         "--set",
         "batch.window=2d",
-    ];
-    let with = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .chain(set.iter())
-            .map(|a| a.to_string())
-            .collect()
-    };
-    let run = |args: &[&str]| {
-        let args = with(args);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        summary(&s.ok(&args, b""))
-    };
+    ]);
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
     generate_to_bus(&s, "250", "7");
     std::thread::sleep(Duration::from_millis(1_100));
     let cutoff = tandem_common::event::now_ms() / 1000 * 1000;

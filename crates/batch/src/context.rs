@@ -4,7 +4,10 @@
 //! and the event files become the listing table `events_all`, partitioned by `date` (the ingest
 //! date, a string). [`LakeContext::with_cutoff`] adds the view `events`: exactly the events with
 //! `ingest_ts < cutoff`, one per `event_id` (the first ingested), with date folders after the
-//! cutoff's date pruned unread.
+//! cutoff's date pruned unread, and without the events that erasures removed: the lake's
+//! tombstones become the table `erasures` (`user_id`, `erased_ms`: the latest per user), and an
+//! event of an erased user counts only if it was ingested after the erasure. Erasure comes
+//! before deduplication, as in the speed layer, which forgets an erased user's recent ids.
 
 use std::sync::Arc;
 
@@ -38,6 +41,8 @@ pub struct LakeContext {
     pub ctx: SessionContext,
     /// The cutoff of the `events` view, epoch ms, if set.
     pub cutoff_ms: Option<i64>,
+    /// Users erased (rows of the `erasures` table).
+    pub erased_users: usize,
 }
 
 impl LakeContext {
@@ -58,10 +63,29 @@ impl LakeContext {
             .with_listing_options(options)
             .with_schema(event_schema());
         ctx.register_table("events_all", Arc::new(ListingTable::try_new(config)?))?;
+        let erasures = lake.erasures().await?;
+        let table = erasures_table(&erasures)?;
+        ctx.register_table("erasures", Arc::new(table))?;
         Ok(LakeContext {
             ctx,
             cutoff_ms: None,
+            erased_users: erasures.len(),
         })
+    }
+
+    /// `FROM … WHERE …` of the stored rows ingested before `cutoff_ms` (as `a`), less those
+    /// erasures removed; the join is left out when nobody was erased.
+    fn kept_rows(&self, cutoff_ms: i64) -> String {
+        let date = date_of_ms(cutoff_ms);
+        let before =
+            format!("a.date <= '{date}' AND a.ingest_ts < to_timestamp_millis({cutoff_ms})");
+        if self.erased_users == 0 {
+            return format!("FROM events_all a WHERE {before}");
+        }
+        format!(
+            "FROM events_all a LEFT JOIN erasures x ON a.user_id = x.user_id \
+             WHERE {before} AND (x.user_id IS NULL OR a.ingest_ts > to_timestamp_millis(x.erased_ms))"
+        )
     }
 
     /// Adds the view `events`: events ingested before `cutoff_ms`, deduplicated by `event_id`.
@@ -70,12 +94,11 @@ impl LakeContext {
             "CREATE OR REPLACE VIEW events AS \
              SELECT event_id, user_id, kind, item_id, category, price, quantity, rating, query, ts, \
                     session_id, props, ingest_ts, \"partition\", \"offset\" \
-             FROM (SELECT *, row_number() OVER (PARTITION BY event_id \
-                       ORDER BY ingest_ts, \"partition\" NULLS FIRST, \"offset\" NULLS FIRST) AS copy \
-                   FROM events_all \
-                   WHERE date <= '{date}' AND ingest_ts < to_timestamp_millis({cutoff_ms})) \
+             FROM (SELECT a.*, row_number() OVER (PARTITION BY a.event_id \
+                       ORDER BY a.ingest_ts, a.\"partition\" NULLS FIRST, a.\"offset\" NULLS FIRST) AS copy \
+                   {rows}) \
              WHERE copy = 1",
-            date = date_of_ms(cutoff_ms),
+            rows = self.kept_rows(cutoff_ms),
         );
         self.ctx.sql(&sql).await?.collect().await?;
         self.cutoff_ms = Some(cutoff_ms);
@@ -94,10 +117,9 @@ impl LakeContext {
             Error::Internal("materialise needs a LakeContext with a cutoff".into())
         })?;
         let sql = format!(
-            "SELECT {cols}, event_id, ingest_ts, \"partition\", \"offset\" FROM events_all \
-             WHERE date <= '{date}' AND ingest_ts < to_timestamp_millis({cutoff})",
-            cols = MATERIALISED_COLUMNS.join(", "),
-            date = date_of_ms(cutoff),
+            "SELECT {cols}, a.event_id, a.ingest_ts, a.\"partition\", a.\"offset\" {rows}",
+            cols = MATERIALISED_COLUMNS.map(|c| format!("a.{c}")).join(", "),
+            rows = self.kept_rows(cutoff),
         );
         let scanned = self.ctx.sql(&sql).await?.collect().await?;
         let keep = first_copies(&scanned)?;
@@ -132,6 +154,23 @@ impl LakeContext {
         self.ctx.register_table("events", Arc::new(table))?;
         Ok(batches)
     }
+}
+
+/// The `erasures` table: each erased user and their latest erasure (epoch ms).
+fn erasures_table(erasures: &std::collections::BTreeMap<String, i64>) -> Result<MemTable> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("erased_ms", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(erasures.keys())),
+            Arc::new(Int64Array::from_iter_values(erasures.values().copied())),
+        ],
+    )?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
 }
 
 /// The columns of `events` that [`LakeContext::materialise`] keeps: those the views and the

@@ -80,6 +80,8 @@ pub struct Summary {
     pub events: u64,
     /// Event files under the cutoff's dates (what a run reads at most).
     pub event_files: usize,
+    /// Users erased so far: their events ingested until their erasure are left out.
+    pub erased_users: usize,
     /// Rows per output.
     pub rows: BTreeMap<String, u64>,
     /// Rows written to the online store.
@@ -189,6 +191,7 @@ pub async fn run(
         previous: previous.as_ref().map(|p| p.snapshot.clone()),
         events: 0,
         event_files,
+        erased_users: lake.erasures().await?.len(),
         rows: BTreeMap::new(),
         store_rows: 0,
         deleted_keys: 0,

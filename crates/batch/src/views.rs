@@ -23,7 +23,8 @@ use crate::error::{Error, Result};
 /// A view of the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
-    /// One row per user: counts, spend, first/last seen, category affinity, recent items.
+    /// One row per user: counts, spend, first/last seen, category affinity, recent items,
+    /// items bought lately.
     Profiles,
     /// One row per item: counts, units, revenue, popularity, category.
     Items,
@@ -175,6 +176,7 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
             c.i64s("last_purchase_ts")?,
         );
         let (affinity, recent) = (c.structs("affinity")?, c.structs("recent")?);
+        let bought = c.structs("bought")?;
         for i in 0..b.num_rows() {
             let mut p = Profile::new();
             p.counts = counts(i);
@@ -190,12 +192,17 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
                         .insert(names.value(j).to_string(), scores.value(j));
                 }
             }
-            if let Some(s) = recent.row(i)? {
-                let (ids, ts) = (field_strings(&s, "item_id")?, field_i64s(&s, "ts")?);
-                p.recent_items = (0..s.len())
-                    .map(|j| (ids.value(j).to_string(), ts.value(j)))
-                    .collect();
-                sort_recent(&mut p.recent_items);
+            for (list, to) in [
+                (&recent, &mut p.recent_items),
+                (&bought, &mut p.recent_purchases),
+            ] {
+                if let Some(s) = list.row(i)? {
+                    let (ids, ts) = (field_strings(&s, "item_id")?, field_i64s(&s, "ts")?);
+                    *to = (0..s.len())
+                        .map(|j| (ids.value(j).to_string(), ts.value(j)))
+                        .collect();
+                    sort_recent(to);
+                }
             }
             out.insert(users.value(i).to_string(), p);
         }

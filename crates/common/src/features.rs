@@ -5,8 +5,8 @@
 //!
 //! - counters and sums are integers (money in micro-units), so merging is exact;
 //! - first/last times are min/max;
-//! - `recent_items` is a bounded "latest N" set, merged by union (newest time per item) then
-//!   top N by time, ties broken by item id;
+//! - `recent_items` and `recent_purchases` are bounded "latest N" sets, merged by union (newest
+//!   time per item) then top N by time, ties broken by item id;
 //! - decayed scores (category affinity, item popularity) are kept as `ln Σ wᵢ·e^((tsᵢ − R)/τ)`
 //!   at the fixed reference time [`DECAY_REF_MS`]: adding events adds terms, so two partial
 //!   scores merge with `logaddexp`, and the score at any time `T` is `e^(L − (T − R)/τ)`.
@@ -90,6 +90,10 @@ pub struct Profile {
     pub affinity: BTreeMap<String, f64>,
     /// The latest distinct items with their latest time, newest first.
     pub recent_items: Vec<(String, i64)>,
+    /// The latest distinct items bought, with their latest purchase time, newest first
+    /// (recommendations leave them out).
+    #[serde(default)]
+    pub recent_purchases: Vec<(String, i64)>,
 }
 
 impl Default for Profile {
@@ -103,6 +107,7 @@ impl Default for Profile {
             last_purchase_ts: None,
             affinity: BTreeMap::new(),
             recent_items: Vec::new(),
+            recent_purchases: Vec::new(),
         }
     }
 }
@@ -134,6 +139,18 @@ fn touch_recent(items: &mut Vec<(String, i64)>, item: &str, ts: i64) {
 pub fn sort_recent(items: &mut Vec<(String, i64)>) {
     items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     items.truncate(RECENT_ITEMS);
+}
+
+/// Adds `other`'s items to a "latest N" list: the union, newest time per item, then the first
+/// [`RECENT_ITEMS`] by [`sort_recent`]'s order.
+fn merge_recent(mine: &mut Vec<(String, i64)>, other: &[(String, i64)]) {
+    for (item, ts) in other {
+        match mine.iter_mut().find(|(i, _)| i == item) {
+            Some(entry) => entry.1 = entry.1.max(*ts),
+            None => mine.push((item.clone(), *ts)),
+        }
+    }
+    sort_recent(mine);
 }
 
 impl Profile {
@@ -169,6 +186,9 @@ impl Profile {
         }
         if let Some(item) = &e.item_id {
             touch_recent(&mut self.recent_items, item, e.ts);
+            if e.kind == Kind::Purchase {
+                touch_recent(&mut self.recent_purchases, item, e.ts);
+            }
         }
     }
 
@@ -189,13 +209,8 @@ impl Profile {
             let mine = self.affinity.entry(c.clone()).or_insert(f64::NEG_INFINITY);
             *mine = logaddexp(*mine, *l);
         }
-        for (item, ts) in &other.recent_items {
-            match self.recent_items.iter_mut().find(|(i, _)| i == item) {
-                Some(entry) => entry.1 = entry.1.max(*ts),
-                None => self.recent_items.push((item.clone(), *ts)),
-            }
-        }
-        sort_recent(&mut self.recent_items);
+        merge_recent(&mut self.recent_items, &other.recent_items);
+        merge_recent(&mut self.recent_purchases, &other.recent_purchases);
     }
 
     /// Equal up to floating-point rounding in the decayed scores (relative 1e-9).
@@ -207,6 +222,7 @@ impl Profile {
             && self.last_ts == other.last_ts
             && self.last_purchase_ts == other.last_purchase_ts
             && self.recent_items == other.recent_items
+            && self.recent_purchases == other.recent_purchases
             && self.affinity.len() == other.affinity.len()
             && self
                 .affinity

@@ -7,6 +7,7 @@
 //! | `events/date=YYYY-MM-DD/<writer>-<seq>.parquet` | events, partitioned by the UTC date of `ingest_ts` |
 //! | `_meta/ingest/<run_id>.json` | one record per ingest run, holding back the ingest watermark while it runs |
 //! | `_meta/archive/p-<partition>.json` | the archiver's watermark of one bus partition ([`ArchiveMark`]) |
+//! | `_meta/erasures/<ms>-<id>.json` | one erasure ([`Tombstone`]): every later batch leaves out the user's events ingested until then |
 //!
 //! Files are partitioned by *ingest* date because the batch layer's cutoff is an ingest time:
 //! a batch run prunes whole date folders past its cutoff. A file is either whole or not visible:
@@ -37,6 +38,18 @@ pub const EVENTS_DIR: &str = "events";
 pub const INGEST_RUNS_DIR: &str = "_meta/ingest";
 /// The folder of the archiver's per-partition records.
 pub const ARCHIVE_DIR: &str = "_meta/archive";
+/// The folder of erasure tombstones.
+pub const ERASURES_DIR: &str = "_meta/erasures";
+
+/// An erasure (DESIGN §7): the user's events ingested at or before `erased_ms` are gone for
+/// every batch run after it (the event files keep them until a compaction rewrites them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The user erased.
+    pub user_id: String,
+    /// When, as an ingest time (epoch ms): events ingested later are the user's new activity.
+    pub erased_ms: i64,
+}
 
 /// A lake: an object store and the root of Tandem's layout in it.
 #[derive(Clone)]
@@ -151,6 +164,37 @@ impl Lake {
             for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
                 out.push(batch?);
             }
+        }
+        Ok(out)
+    }
+
+    /// Records an erasure: a tombstone file of its own, so that concurrent erasures never
+    /// overwrite each other.
+    pub async fn record_erasure(&self, t: &Tombstone) -> Result<()> {
+        let name = format!(
+            "{ERASURES_DIR}/{:013}-{:016x}.json",
+            t.erased_ms,
+            rand::random::<u64>()
+        );
+        self.put_json(&name, t).await
+    }
+
+    /// Every erased user with their latest erasure time.
+    pub async fn erasures(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(ERASURES_DIR);
+        let files: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut out = std::collections::BTreeMap::new();
+        for f in files {
+            let bytes = self.store.get(&f.location).await?.bytes().await?;
+            let t: Tombstone = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Input(format!(
+                    "erasure tombstone {} is not valid: {e}",
+                    f.location
+                ))
+            })?;
+            let at = out.entry(t.user_id).or_insert(t.erased_ms);
+            *at = (*at).max(t.erased_ms);
         }
         Ok(out)
     }

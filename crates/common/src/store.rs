@@ -16,8 +16,9 @@
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
 //! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
 //! | `tandem:u:{<user>}:epoch:<ms>:recent` | the epoch's latest items (zset by time) |
+//! | `tandem:u:{<user>}:epoch:<ms>:bought` | the epoch's latest items bought (zset by time) |
 //! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
-//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`) |
+//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`); when the user was erased (`erased`) |
 //! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
 //!
 //! A snapshot's rows are written before the pointer names it and removed only after the pointer
@@ -71,6 +72,26 @@ pub fn snapshot_of_key(key: &str) -> Option<&str> {
         return key[close..].strip_prefix("}:snap:");
     }
     None
+}
+
+/// The key of the record of the last batch run that published a snapshot.
+pub const BATCH_SUCCESS_KEY: &str = "tandem:batch:last_success";
+/// The key of the record of the last batch run that failed (as far as it could say so).
+pub const BATCH_FAILURE_KEY: &str = "tandem:batch:last_failure";
+
+/// What `batch run` leaves in the store when it ends, under [`BATCH_SUCCESS_KEY`] or
+/// [`BATCH_FAILURE_KEY`]: serving exports both times as gauges, so that an alert can say a
+/// run failed (a run killed before it could write this is caught by the snapshot's age).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// When the run ended, epoch ms.
+    pub at_ms: i64,
+    /// The snapshot it published (success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Why it failed (failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What serving follows: the current snapshot and its cutoff.
@@ -133,6 +154,11 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts>;
     /// A user's speed state: the last offset applied and the epochs at or after `from_epoch_ms`.
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState>;
+    /// Erases a user (DESIGN §7), atomically: deletes the user's speed deltas, recent event ids
+    /// and rows of the snapshots `snapshots`, and records `at_ms` (an ingest time) so that the
+    /// user's events ingested until then are skipped if they are applied later. Returns how
+    /// many keys it deleted.
+    async fn erase_user(&self, user: &str, at_ms: i64, snapshots: &[String]) -> Result<u64>;
 }
 
 /// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…` (one server) or

@@ -188,13 +188,18 @@ pub fn rank(
             }
         })
         .collect();
-    scored.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.item.cmp(&b.item))
-    });
-    scored.truncate(n);
+    keep_best(&mut scored, n, |s| (s.score, &s.item));
     scored
+}
+
+/// Sorts `items` best first by score, ties by item id (so that equal scores rank alike
+/// wherever items are ranked), and keeps the first `n`.
+pub fn keep_best<T>(items: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f64, &str)) {
+    items.sort_by(|a, b| {
+        let ((sa, ia), (sb, ib)) = (key(a), key(b));
+        sb.total_cmp(&sa).then_with(|| ia.cmp(ib))
+    });
+    items.truncate(n);
 }
 
 /// Similar-item lists by item, as the batch view gives them (best first).

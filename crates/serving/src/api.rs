@@ -19,7 +19,7 @@ use tandem_common::config::Scope;
 use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
-use tandem_models::candidates::{Catalog, candidates, rank};
+use tandem_models::candidates::{Catalog, candidates, keep_best, rank};
 use tandem_models::features::user_features;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -45,6 +45,7 @@ pub const MAX_N: usize = 100;
         post_events,
         get_profile,
         get_recommendations,
+        delete_user,
         get_similar,
         get_popular,
         crate::ops::healthz,
@@ -281,6 +282,8 @@ pub struct ProfileView {
     pub affinity: Vec<CategoryScore>,
     /// The latest distinct items, newest first.
     pub recent_items: Vec<RecentItem>,
+    /// The latest distinct items bought, newest first (recommendations leave them out).
+    pub recent_purchases: Vec<RecentItem>,
 }
 
 impl ProfileView {
@@ -311,16 +314,20 @@ impl ProfileView {
             last_seen: if seen { rfc3339(p.last_ts) } else { None },
             last_purchase: p.last_purchase_ts.and_then(rfc3339),
             affinity,
-            recent_items: p
-                .recent_items
-                .iter()
-                .map(|(i, t)| RecentItem {
-                    item: i.clone(),
-                    ts: rfc3339(*t).unwrap_or_default(),
-                })
-                .collect(),
+            recent_items: recent_view(&p.recent_items),
+            recent_purchases: recent_view(&p.recent_purchases),
         }
     }
+}
+
+fn recent_view(items: &[(String, i64)]) -> Vec<RecentItem> {
+    items
+        .iter()
+        .map(|(i, t)| RecentItem {
+            item: i.clone(),
+            ts: rfc3339(*t).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// How fresh an answer is.
@@ -368,7 +375,9 @@ struct Merged {
 }
 
 /// Reads the user's snapshot row (cached) and speed state (one store call) concurrently and
-/// merges them: snapshot ⊕ the speed epochs at or after its cutoff (DESIGN §3).
+/// merges them: snapshot ⊕ the speed epochs at or after its cutoff (DESIGN §3). A snapshot whose
+/// cutoff is not after the user's erasure may still hold what was erased (its batch ran before
+/// the tombstone, or another server cached its row): its row is left out.
 async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
     let cutoff = snap.map_or(i64::MIN, |s| s.pointer.cutoff_ms);
     let timeout = app.opts.store_timeout;
@@ -383,15 +392,17 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
     };
     let mut profile = Profile::new();
     let mut known = false;
+    let speed = speed.ok();
+    let erased = speed.as_ref().and_then(|s| s.erased_ms);
+    let before_erasure = snap.is_some_and(|s| erased.is_some_and(|e| s.pointer.cutoff_ms <= e));
     let snapshot_row = match &row {
-        Ok(Some(r)) => {
+        Ok(Some(r)) if !before_erasure => {
             profile.merge(&r.profile);
             known = true;
             Some(r.clone())
         }
         _ => None,
     };
-    let speed = speed.ok();
     if let Some(s) = &speed {
         for e in s.epochs.values() {
             profile.merge(e);
@@ -551,7 +562,8 @@ fn ranked_popular<'a>(
 }
 
 /// Recommendations for the user: candidates (similar to recent items, top of strongest
-/// categories, popular), ranked by the snapshot's model, each with its score and source.
+/// categories, popular), ranked by the snapshot's model, each with its score and source. The
+/// items the user bought lately (the profile's `recent_purchases`) are left out.
 #[utoipa::path(
     get,
     path = "/v1/users/{id}/recommendations",
@@ -575,6 +587,12 @@ pub async fn get_recommendations(
     let snap = app.snapshots.current();
     let snap = snap.as_deref();
     let mut m = merged(&app, snap, &user).await;
+    let bought: Vec<String> = m
+        .profile
+        .recent_purchases
+        .iter()
+        .map(|(i, _)| i.clone())
+        .collect();
     let mut exclude: HashSet<&str> = q
         .exclude
         .as_deref()
@@ -586,6 +604,7 @@ pub async fn get_recommendations(
     if let Some(c) = q.context_item.as_deref() {
         exclude.insert(c);
     }
+    exclude.extend(bought.iter().map(String::as_str));
     let fresh = freshness(&app, snap, &user, &m);
     let popular = |degraded| {
         let items = ranked_popular(popular_items(snap, None), &exclude, n)
@@ -681,12 +700,7 @@ pub async fn get_recommendations(
                     source: c.source.to_string(),
                 })
                 .collect();
-            scored.sort_by(|a, b| {
-                b.score
-                    .total_cmp(&a.score)
-                    .then_with(|| a.item.cmp(&b.item))
-            });
-            scored.truncate(n);
+            keep_best(&mut scored, n, |r| (r.score, &r.item));
             // Popularity is a log-space score: shown relative to the best, in (0, 1].
             let top = scored.first().map_or(0.0, |r| r.score);
             for r in &mut scored {
@@ -787,6 +801,92 @@ pub async fn get_similar(
             })
             .collect(),
         snapshot: Some(s.id().to_string()),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Erasure
+
+/// The answer to `DELETE /v1/users/{id}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EraseResponse {
+    /// The user erased.
+    pub user_id: String,
+    /// The erasure's time (RFC 3339): the user's events accepted until then are gone from the
+    /// online store now and from every batch run from now on; later events are new activity.
+    pub erased_at: String,
+    /// The same, epoch ms.
+    pub erased_ms: i64,
+    /// Keys deleted from the online store.
+    pub keys_deleted: u64,
+}
+
+/// Erases a user (DESIGN §7): records a tombstone in the lake, which every later batch run
+/// honours, then deletes the user's speed deltas, recent event ids and snapshot row from the
+/// online store. The user's events still on their way to the speed layer are skipped when they
+/// arrive. Idempotent: repeating it erases again, at the new time.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = EraseResponse),
+        (status = 401, body = ErrorBody), (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
+        (status = 503, description = "The lake or the online store is unavailable: retry; a tombstone already written stays", body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "users"
+)]
+pub async fn delete_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<EraseResponse>, ApiError> {
+    app.keys.check(&headers, Scope::Admin)?;
+    let erased_ms = now_ms();
+    // The tombstone first: once it is written, no batch run that starts later brings the user
+    // back, whatever happens to the store call after it.
+    let tombstone = tandem_common::lake::Tombstone {
+        user_id: user.clone(),
+        erased_ms,
+    };
+    let recorded = tokio::time::timeout(app.opts.bus_timeout, app.lake.record_erasure(&tombstone));
+    match recorded.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "writing an erasure tombstone failed");
+            return Err(ApiError::unavailable(
+                "lake_unavailable",
+                "the lake is unavailable; nothing was erased, retry later",
+                1,
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "lake_unavailable",
+                "the lake did not answer in time; retry later",
+                1,
+            ));
+        }
+    }
+    // The rows of the snapshot served now; older ones are gone or going (the batch's cleanup),
+    // and serving leaves out any row of a snapshot cut before the erasure.
+    let snap = app.snapshots.current();
+    let ids: Vec<String> = snap.iter().map(|s| s.id().to_string()).collect();
+    let erase = app.store.erase_user(&user, erased_ms, &ids);
+    let keys_deleted = timed("erase_user", app.opts.bus_timeout, erase)
+        .await
+        .map_err(store_unavailable)?;
+    if let Some(s) = &snap {
+        s.forget_user(&user);
+    }
+    tracing::info!(keys_deleted, "user erased");
+    metrics::counter!("tandem_serving_erasures_total").increment(1);
+    Ok(Json(EraseResponse {
+        user_id: user,
+        erased_at: rfc3339(erased_ms).unwrap_or_default(),
+        erased_ms,
+        keys_deleted,
     }))
 }
 

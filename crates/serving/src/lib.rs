@@ -12,10 +12,11 @@
 //!
 //! ```no_run
 //! # async fn run(store: std::sync::Arc<dyn tandem_common::store::OnlineStore>,
-//! #              bus: std::sync::Arc<dyn tandem_stream::bus::Bus>) -> std::io::Result<()> {
+//! #              bus: std::sync::Arc<dyn tandem_stream::bus::Bus>,
+//! #              lake: tandem_common::lake::Lake) -> std::io::Result<()> {
 //! use tandem_serving::{App, ServeOptions, auth::Keys};
 //! let cancel = tokio_util::sync::CancellationToken::new();
-//! let app = App::start(store, bus, Keys::disabled(), ServeOptions::default(), cancel.clone()).await;
+//! let app = App::start(store, bus, lake, Keys::disabled(), ServeOptions::default(), cancel.clone()).await;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! tandem_serving::serve(listener, app, cancel).await
 //! # }
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tandem_stream::bus::{Bus, partition_for};
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +94,8 @@ pub struct App {
     pub store: Arc<dyn tandem_common::store::OnlineStore>,
     /// The bus events are produced to.
     pub bus: Arc<dyn Bus>,
+    /// The lake, where erasures leave their tombstones for the batch layer.
+    pub lake: tandem_common::lake::Lake,
     /// The snapshot followed.
     pub snapshots: Arc<Snapshots>,
     /// The accepted API keys.
@@ -118,6 +121,7 @@ impl App {
     pub async fn start(
         store: Arc<dyn tandem_common::store::OnlineStore>,
         bus: Arc<dyn Bus>,
+        lake: tandem_common::lake::Lake,
         keys: auth::Keys,
         opts: ServeOptions,
         cancel: CancellationToken,
@@ -135,6 +139,7 @@ impl App {
             lag: RwLock::new(vec![None; bus.partitions() as usize]),
             store,
             bus,
+            lake,
             snapshots: snapshots.clone(),
             keys,
             opts,
@@ -173,6 +178,7 @@ impl App {
                 }
             }
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.opts.poll) => {}
             }
@@ -187,6 +193,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/events",
             post(api::post_events).layer(DefaultBodyLimit::max(api::MAX_BODY)),
         )
+        .route("/v1/users/{id}", delete(api::delete_user))
         .route("/v1/users/{id}/profile", get(api::get_profile))
         .route(
             "/v1/users/{id}/recommendations",

@@ -17,8 +17,9 @@ use crate::App;
 use crate::api::ApiDoc;
 use crate::snapshot::timed;
 
-/// Histogram buckets (seconds) of every `*_seconds` metric: 0.25 ms to 2.5 s.
-const BUCKETS: &[f64] = &[
+/// Histogram buckets (seconds) of every `*_seconds` histogram: 0.25 ms to 2.5 s (also those of
+/// the stream commands' `--metrics-listen`).
+pub const BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 

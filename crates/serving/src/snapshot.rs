@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 use tandem_common::store::{
-    ItemRow, OnlineStore, Pointer, PopularRow, UserRow, item_key, snapshot_key, user_key,
+    BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome, ItemRow, OnlineStore, Pointer, PopularRow,
+    UserRow, item_key, snapshot_key, user_key,
 };
 use tandem_models::candidates::Catalog;
 use tandem_models::training::Models;
@@ -105,6 +106,11 @@ impl Loaded {
         };
         self.users.insert(user.to_string(), row.clone());
         Ok(row)
+    }
+
+    /// Forgets the user's cached row (after an erasure).
+    pub fn forget_user(&self, user: &str) {
+        self.users.remove(user);
     }
 
     /// The rows of `items` (in order; `None` for an item not in the snapshot): cached ones from
@@ -221,6 +227,25 @@ impl Snapshots {
         Ok(true)
     }
 
+    /// Sets `tandem_batch_last_success_timestamp_seconds` and
+    /// `tandem_batch_last_failure_timestamp_seconds` from what the last batch runs recorded.
+    async fn export_batch_outcomes(&self) {
+        let keys = [BATCH_SUCCESS_KEY, BATCH_FAILURE_KEY].map(String::from);
+        let Ok(got) = timed("batch_outcomes", self.timeout, self.store.get(&keys)).await else {
+            return;
+        };
+        let seconds = |v: Option<&bytes::Bytes>| {
+            let o: BatchOutcome = serde_json::from_slice(v?).ok()?;
+            Some(o.at_ms as f64 / 1000.0)
+        };
+        if let Some(s) = seconds(got.first().and_then(Option::as_ref)) {
+            metrics::gauge!("tandem_batch_last_success_timestamp_seconds").set(s);
+        }
+        if let Some(s) = seconds(got.get(1).and_then(Option::as_ref)) {
+            metrics::gauge!("tandem_batch_last_failure_timestamp_seconds").set(s);
+        }
+    }
+
     /// Polls the pointer every `every` until `cancel`, and keeps the snapshot-age gauge
     /// (`tandem_serving_snapshot_age_seconds`: now − the cutoff) current.
     pub async fn follow(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
@@ -232,7 +257,9 @@ impl Snapshots {
                 let age = chrono::Utc::now().timestamp_millis() - c.pointer.cutoff_ms;
                 metrics::gauge!("tandem_serving_snapshot_age_seconds").set(age as f64 / 1000.0);
             }
+            self.export_batch_outcomes().await;
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }

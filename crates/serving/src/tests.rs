@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use tandem_common::config::{ApiKey, Scope, Secret};
 use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile};
+use tandem_common::lake::Lake;
 use tandem_common::store::{
-    ApplyCounts, ItemRow, MemoryStore, OnlineStore, Pointer, PopularRow, RedisStore, SpeedEvent,
-    SpeedState, UserRow, item_key, snapshot_key, user_key,
+    ApplyCounts, BATCH_FAILURE_KEY, BatchOutcome, ItemRow, MemoryStore, OnlineStore, Pointer,
+    PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, item_key, snapshot_key, user_key,
 };
 use tandem_common::testkit::RedisServer;
 use tandem_stream::bus::{Bus, Position, Record};
@@ -36,6 +37,7 @@ struct Fixture {
     app: Arc<App>,
     store: Arc<dyn OnlineStore>,
     bus: Arc<dyn Bus>,
+    lake: Lake,
     _dir: tempfile::TempDir,
     cancel: CancellationToken,
 }
@@ -74,9 +76,19 @@ async fn fixture_with(store: Arc<dyn OnlineStore>, bus: Option<Arc<dyn Bus>>) ->
         poll: Duration::from_millis(20),
         ..Default::default()
     };
-    let app = App::start(store.clone(), bus.clone(), keys(), opts, cancel.clone()).await;
+    let lake = Lake::open("memory://").unwrap();
+    let app = App::start(
+        store.clone(),
+        bus.clone(),
+        lake.clone(),
+        keys(),
+        opts,
+        cancel.clone(),
+    )
+    .await;
     Fixture {
         app,
+        lake,
         store,
         bus,
         _dir: dir,
@@ -321,6 +333,7 @@ async fn snapshot_plus_speed(f: Fixture) {
         .enumerate()
         .map(|(i, e)| SpeedEvent {
             offset: i as u64,
+            ingest_ts: (e.ts.max(cutoff - HOUR) / HOUR) * HOUR,
             epoch_ms: (e.ts.max(cutoff - HOUR) / HOUR) * HOUR,
             event: e.clone(),
         })
@@ -349,6 +362,128 @@ async fn snapshot_plus_speed(f: Fixture) {
     // A user only in the snapshot is known.
     let (status, _) = f.get("/v1/users/carol/profile").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Erasure: the user's row and speed deltas go at once, a tombstone is left for the batch, the
+/// user's events still on the bus are skipped when they arrive, and what the user does after
+/// the erasure counts afresh. Only an admin key may erase.
+async fn erasure(f: Fixture) {
+    let cutoff = (now() / HOUR - 2) * HOUR;
+    let mut row = Profile::new();
+    row.apply(&event(
+        "old",
+        "erin",
+        Kind::Purchase,
+        "i1",
+        "shoes",
+        cutoff - HOUR,
+    ));
+    f.publish(
+        "s1",
+        cutoff,
+        &[("erin", row.clone()), ("finn", row)],
+        &[],
+        PopularRow::default(),
+    )
+    .await;
+    let t = now() - 60_000;
+    f.post(&json!([
+        wire(&event("e1", "erin", Kind::View, "i2", "hats", t)),
+        wire(&event("f1", "finn", Kind::View, "i2", "hats", t)),
+    ]))
+    .await;
+    f.catch_up().await;
+    // Warm the row cache: the erasure must not be undone by it.
+    let (status, body) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(
+        (status, body["profile"]["events"].clone()),
+        (StatusCode::OK, json!(2))
+    );
+    // On the bus, not yet applied: accepted before the erasure, so erased too.
+    f.post(&json!([wire(&event(
+        "e2",
+        "erin",
+        Kind::Click,
+        "i3",
+        "hats",
+        t + 1
+    ))]))
+    .await;
+
+    let (status, body) = f
+        .call("DELETE", "/v1/users/erin", Some(READ_ONLY), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = f.call("DELETE", "/v1/users/erin", Some(KEY), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], "erin");
+    assert!(body["keys_deleted"].as_u64().unwrap() >= 2, "{body}");
+    let erased_ms = body["erased_ms"].as_i64().unwrap();
+    assert_eq!(
+        f.lake
+            .erasures()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("erin".to_string(), erased_ms)]
+    );
+    let (status, body) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    f.catch_up().await;
+    let (status, body) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the event on the bus stays erased: {body}"
+    );
+    let (_, body) = f.get("/v1/users/erin/recommendations").await;
+    assert_eq!(body["cold_start"], true, "{body}");
+    // Others keep everything.
+    let (_, body) = f.get("/v1/users/finn/profile").await;
+    assert_eq!(body["profile"]["events"], 2, "{body}");
+    // A row of a snapshot cut before the erasure is left out even where it is still stored
+    // (a batch that ran before the tombstone, a server that had cached it).
+    let mut stale = Profile::new();
+    stale.apply(&event(
+        "old",
+        "erin",
+        Kind::Purchase,
+        "i1",
+        "shoes",
+        cutoff - HOUR,
+    ));
+    f.publish("s2", cutoff, &[("erin", stale)], &[], PopularRow::default())
+        .await;
+    let (status, body) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // After the erasure, the user's new events count.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    f.post(&json!([wire(&event(
+        "e3",
+        "erin",
+        Kind::View,
+        "i4",
+        "hats",
+        now()
+    ))]))
+    .await;
+    f.catch_up().await;
+    let (status, body) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["profile"]["events"], 1, "{body}");
+    assert_eq!(body["profile"]["recent_items"][0]["item"], "i4");
+}
+
+#[tokio::test]
+async fn erasure_memory() {
+    erasure(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn erasure_redis() {
+    let server = RedisServer::start();
+    erasure(fixture(redis_store(&server).await).await).await;
 }
 
 #[tokio::test]
@@ -429,6 +564,31 @@ async fn recommendations(f: Fixture) {
     for gone in ["i2", "h1", "i3"] {
         assert!(!items.contains(&gone), "{gone} in {items:?}");
     }
+    // Once bought, an item is left out, and shows in the profile's purchases.
+    f.post(&json!([wire(&event(
+        "e2",
+        "dave",
+        Kind::Purchase,
+        "i2",
+        "shoes",
+        t + 1
+    ))]))
+    .await;
+    f.catch_up().await;
+    let (_, body) = f.get("/v1/users/dave/recommendations?n=10").await;
+    assert!(
+        !body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["item"] == "i2"),
+        "{body}"
+    );
+    let (_, body) = f.get("/v1/users/dave/profile").await;
+    assert_eq!(
+        body["profile"]["recent_purchases"][0]["item"], "i2",
+        "{body}"
+    );
     // n bounds the list; scores are in order.
     let (_, body) = f.get("/v1/users/dave/recommendations?n=2").await;
     let scores: Vec<f64> = body["items"]
@@ -591,6 +751,30 @@ async fn operations_routes() {
         text.contains(r#"tandem_http_request_duration_seconds_bucket{route="/readyz",method="GET",status="200""#),
         "{text}"
     );
+    // What the last batch runs recorded is exported for the alerts (infra/observability).
+    let outcome = |at_ms| {
+        let o = BatchOutcome {
+            at_ms,
+            snapshot: None,
+            error: Some("lake unreachable".into()),
+        };
+        Bytes::from(serde_json::to_vec(&o).unwrap())
+    };
+    f.store
+        .put(&[(BATCH_FAILURE_KEY.to_string(), outcome(1_700_000_123_000))])
+        .await
+        .unwrap();
+    let want = "tandem_batch_last_failure_timestamp_seconds 1700000123";
+    let mut seen = String::new();
+    for _ in 0..500 {
+        let (_, text) = f.call("GET", "/metrics", None, None).await;
+        seen = text.as_str().unwrap().to_string();
+        if seen.contains(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen.contains(want), "{seen}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -644,6 +828,15 @@ impl OnlineStore for Flaky {
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> tandem_common::Result<SpeedState> {
         self.check(true)?;
         self.inner.speed(user, from_epoch_ms).await
+    }
+    async fn erase_user(
+        &self,
+        user: &str,
+        at_ms: i64,
+        snapshots: &[String],
+    ) -> tandem_common::Result<u64> {
+        self.check(false)?;
+        self.inner.erase_user(user, at_ms, snapshots).await
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! | table | what |
 //! |---|---|
-//! | `events` | every event ingested so far, one per `event_id` |
-//! | `events_all` | every stored row, duplicates included, with the `date` (ingest date) partition |
+//! | `events` | every event ingested so far, one per `event_id`, less what erasures removed |
+//! | `events_all` | every stored row, duplicates and erased users' rows included, with the `date` (ingest date) partition |
+//! | `erasures` | each erased user and the time of their latest erasure (`erased_ms`) |
 //! | `profiles`, `items`, `similar_items`, `segments` | the snapshot's views (Parquet in the lake) |
 //! | `snapshots` | every complete snapshot: id, cutoff, creation time, events, model metrics |
 //!

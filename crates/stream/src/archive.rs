@@ -219,6 +219,7 @@ impl Partition {
             let (bus, read, fetch, wait) =
                 (self.bus.clone(), self.read, self.opts.fetch, self.opts.wait);
             let records = tokio::select! {
+                biased;
                 _ = self.stop.cancelled() => {
                     self.roll(totals).await?;
                     return Ok(());

@@ -56,7 +56,7 @@ impl Default for SpeedOptions {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SpeedSummary {
-    /// Events applied, replays and duplicates skipped.
+    /// Events applied; replays, duplicates and erased users' events skipped.
     #[serde(flatten)]
     pub counts: ApplyCounts,
     /// Bus records that are not valid events (logged and skipped).
@@ -76,6 +76,7 @@ struct Totals {
     applied: AtomicU64,
     replayed: AtomicU64,
     duplicates: AtomicU64,
+    erased: AtomicU64,
     calls: AtomicU64,
     users: AtomicU64,
     invalid: AtomicU64,
@@ -87,6 +88,7 @@ impl Totals {
         self.applied.load(Ordering::Relaxed)
             + self.replayed.load(Ordering::Relaxed)
             + self.duplicates.load(Ordering::Relaxed)
+            + self.erased.load(Ordering::Relaxed)
             + self.invalid.load(Ordering::Relaxed)
     }
 }
@@ -124,6 +126,7 @@ pub async fn run(
             let mut last = (Instant::now(), 0);
             loop {
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
@@ -148,6 +151,7 @@ pub async fn run(
             applied: totals.applied.load(Ordering::Relaxed),
             replayed: totals.replayed.load(Ordering::Relaxed),
             duplicates: totals.duplicates.load(Ordering::Relaxed),
+            erased: totals.erased.load(Ordering::Relaxed),
             calls: totals.calls.load(Ordering::Relaxed),
             users: totals.users.load(Ordering::Relaxed),
         },
@@ -161,6 +165,7 @@ pub async fn run(
         applied = summary.counts.applied,
         replayed = summary.counts.replayed,
         duplicates = summary.counts.duplicates,
+        erased = summary.counts.erased,
         invalid = summary.invalid,
         "Speed layer stopped."
     );
@@ -179,10 +184,11 @@ async fn consume(
     let lag = metrics::gauge!("tandem_stream_lag_records", "layer" => "speed", "partition" => label.clone());
     let apply_seconds = metrics::histogram!("tandem_stream_batch_apply_seconds");
     let events = |outcome: &'static str| metrics::counter!("tandem_stream_events_total", "outcome" => outcome);
-    let (applied_c, replayed_c, dup_c, invalid_c) = (
+    let (applied_c, replayed_c, dup_c, erased_c, invalid_c) = (
         events("applied"),
         events("replayed"),
         events("duplicate"),
+        events("erased"),
         events("invalid"),
     );
     let mut next = retry(&stop, "read the stored position", || {
@@ -208,6 +214,7 @@ async fn consume(
             lag_checked = Instant::now();
         }
         let records = tokio::select! {
+            biased;
             _ = stop.cancelled() => return Ok(()),
             r = retry(&stop, "fetch", || bus.fetch(partition, next, opts.batch, opts.wait)) => r?,
         };
@@ -219,6 +226,7 @@ async fn consume(
             match from_bus_value(&r.value) {
                 Ok((ingest_ts, event)) => batch.push(SpeedEvent {
                     offset: r.offset,
+                    ingest_ts,
                     epoch_ms: ingest_ts.div_euclid(opts.epoch_ms) * opts.epoch_ms,
                     event,
                 }),
@@ -242,6 +250,8 @@ async fn consume(
         applied_c.increment(counts.applied);
         replayed_c.increment(counts.replayed);
         dup_c.increment(counts.duplicates);
+        erased_c.increment(counts.erased);
+        totals.erased.fetch_add(counts.erased, Ordering::Relaxed);
         totals.applied.fetch_add(counts.applied, Ordering::Relaxed);
         totals
             .replayed

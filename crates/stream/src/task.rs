@@ -84,6 +84,7 @@ where
         }
         warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Could not {what}; retrying.");
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return Err(Error::Stopped(what.to_string())),
             _ = tokio::time::sleep(pause) => {}
         }

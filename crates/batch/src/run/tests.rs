@@ -215,6 +215,9 @@ impl OnlineStore for Flaky {
     async fn speed(&self, user: &str, from: i64) -> tandem_common::Result<SpeedState> {
         self.inner.speed(user, from).await
     }
+    async fn erase_user(&self, user: &str, at: i64, ids: &[String]) -> tandem_common::Result<u64> {
+        self.inner.erase_user(user, at, ids).await
+    }
 }
 
 #[tokio::test]
@@ -238,6 +241,7 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
             e.user_id = "user-x".into();
             SpeedEvent {
                 offset: i as u64,
+                ingest_ts: *epoch,
                 epoch_ms: *epoch,
                 event: e,
             }

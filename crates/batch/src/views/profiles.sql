@@ -61,8 +61,21 @@ recent AS (
     )
     WHERE rank <= ${RECENT}
     GROUP BY user_id
+),
+bought AS (
+    SELECT user_id,
+           -- the last ${RECENT} items bought and their last purchase times; a set, in no order
+           array_agg(named_struct('item_id', item_id, 'ts', last_ts)) AS bought
+    FROM (
+        SELECT user_id, item_id, last_ts,
+               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank
+        FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
+              FROM e WHERE item_id IS NOT NULL AND kind = 'purchase' GROUP BY user_id, item_id)
+    )
+    WHERE rank <= ${RECENT}
+    GROUP BY user_id
 )
-SELECT b.*, a.affinity, r.recent,
+SELECT b.*, a.affinity, r.recent, bo.bought,
        coalesce(r.distinct_items, 0)                    AS distinct_items,
        -- recency / frequency / monetary at the cutoff
        (${CUTOFF_MS} - b.last_ts) / 86400000.0          AS recency_days,
@@ -71,3 +84,4 @@ SELECT b.*, a.affinity, r.recent,
 FROM base b
 LEFT JOIN affinity a ON a.user_id = b.user_id
 LEFT JOIN recent r ON r.user_id = b.user_id
+LEFT JOIN bought bo ON bo.user_id = b.user_id

@@ -76,9 +76,24 @@ fn expected(
     events: &[(Event<'static>, Stamp)],
     cutoff: i64,
 ) -> (BTreeMap<String, Profile>, BTreeMap<String, ItemStats>) {
+    expected_erased(events, cutoff, &BTreeMap::new())
+}
+
+/// [`expected`] after `erased` (user → erasure time): an erased user's events ingested until
+/// the erasure are gone before the first copy is chosen.
+fn expected_erased(
+    events: &[(Event<'static>, Stamp)],
+    cutoff: i64,
+    erased: &BTreeMap<String, i64>,
+) -> (BTreeMap<String, Profile>, BTreeMap<String, ItemStats>) {
     let mut before: Vec<_> = events
         .iter()
         .filter(|(_, s)| s.ingest_ts < cutoff)
+        .filter(|(e, s)| {
+            erased
+                .get(e.user_id.as_ref())
+                .is_none_or(|at| s.ingest_ts > *at)
+        })
         .collect();
     before.sort_by_key(|(_, s)| (s.ingest_ts, s.partition, s.offset));
     recompute(before.into_iter().map(|(e, _)| e))
@@ -175,10 +190,82 @@ async fn views_equal_the_feature_definitions_at_every_cutoff() {
     assert!(largest > 20, "some cutoff sees many buyers: {largest}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_users_events_are_left_out_until_their_erasure() {
+    use tandem_common::lake::Tombstone;
+    let events = stamped(7);
+    let lake = lake_of(&events).await;
+    let first = events.iter().map(|(_, s)| s.ingest_ts).min().unwrap();
+    let last = events.iter().map(|(_, s)| s.ingest_ts).max().unwrap();
+    // Every tenth user: erased before anything, in the middle of their own events, or after
+    // everything (each twice: the later counts); a user no event names, too.
+    let mut users: Vec<&str> = events.iter().map(|(e, _)| e.user_id.as_ref()).collect();
+    users.sort();
+    users.dedup();
+    let mut erased = BTreeMap::new();
+    for (k, user) in users.iter().step_by(10).enumerate() {
+        let mut own: Vec<i64> = events
+            .iter()
+            .filter(|(e, _)| e.user_id == *user)
+            .map(|(_, s)| s.ingest_ts)
+            .collect();
+        own.sort();
+        let at = match k % 3 {
+            0 => first - 1,
+            1 => own[own.len() / 2],
+            _ => last,
+        };
+        erased.insert(user.to_string(), at);
+    }
+    erased.insert("nobody".to_string(), last);
+    for (user, at) in &erased {
+        for t in [at - 10 * HOUR, *at] {
+            let t = Tombstone {
+                user_id: user.clone(),
+                erased_ms: t,
+            };
+            lake.record_erasure(&t).await.unwrap();
+        }
+    }
+    let cutoff = last / HOUR * HOUR + HOUR;
+    let lc = LakeContext::new(&lake)
+        .await
+        .unwrap()
+        .with_cutoff(cutoff)
+        .await
+        .unwrap();
+    assert_eq!(lc.erased_users, erased.len());
+    let (want_profiles, want_items) = expected_erased(&events, cutoff, &erased);
+    let (all, _) = expected(&events, cutoff);
+    let gone = all.len() - want_profiles.len();
+    assert!(gone >= 3, "some users have nothing left: {gone}");
+    let partly = erased
+        .keys()
+        .filter(|u| {
+            want_profiles
+                .get(*u)
+                .is_some_and(|p| Some(p) != all.get(*u))
+        })
+        .count();
+    assert!(
+        partly >= 3,
+        "some keep their events after the erasure: {partly}"
+    );
+    check_views(&lc, cutoff, "the SQL view", &want_profiles, &want_items).await;
+    lc.materialise().await.unwrap();
+    check_views(&lc, cutoff, "materialised", &want_profiles, &want_items).await;
+}
+
 #[tokio::test]
 async fn the_events_view_prunes_dates_after_the_cutoff() {
     let events = stamped(5);
     let lake = lake_of(&events).await;
+    // With an erasure on record, so that the plan holds its join too.
+    let t = tandem_common::lake::Tombstone {
+        user_id: events[0].0.user_id.to_string(),
+        erased_ms: END - 72 * HOUR,
+    };
+    lake.record_erasure(&t).await.unwrap();
     let cutoff = END - 48 * HOUR;
     let lc = LakeContext::new(&lake)
         .await

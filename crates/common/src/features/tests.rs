@@ -112,4 +112,5 @@ fn decayed_scores_read_back() {
     assert_eq!(p.spend_micros, 5_000_000);
     assert_eq!(p.units, 2);
     assert_eq!(p.recent_items, vec![("i".to_string(), t0 + day)]);
+    assert_eq!(p.recent_purchases, vec![("i".to_string(), t0 + day)]);
 }

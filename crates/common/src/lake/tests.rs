@@ -123,3 +123,37 @@ fn urls_open_the_right_store() {
     let err = Lake::open("s3://").unwrap_err().to_string();
     assert!(err.starts_with("lake url `s3://`"), "{err}");
 }
+
+#[tokio::test]
+async fn erasures_keep_each_users_latest_tombstone() {
+    let lake = Lake::open("memory://").unwrap();
+    assert!(lake.erasures().await.unwrap().is_empty());
+    for (user, at) in [
+        ("u1", 500),
+        ("u2", 300),
+        ("u1", 900),
+        ("u1", 700),
+        ("u1", 900),
+    ] {
+        let t = Tombstone {
+            user_id: user.into(),
+            erased_ms: at,
+        };
+        lake.record_erasure(&t).await.unwrap();
+    }
+    let got = lake.erasures().await.unwrap();
+    assert_eq!(
+        got.into_iter().collect::<Vec<_>>(),
+        [("u1".into(), 900), ("u2".into(), 300)]
+    );
+    // A damaged tombstone is an error naming it, not an erasure silently lost.
+    lake.store()
+        .put(
+            &lake.path("_meta/erasures/0000000000001-bad.json"),
+            PutPayload::from_static(b"{\"user_id\": 7}"),
+        )
+        .await
+        .unwrap();
+    let err = lake.erasures().await.unwrap_err().to_string();
+    assert!(err.contains("0000000000001-bad.json"), "{err}");
+}

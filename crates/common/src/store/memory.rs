@@ -19,6 +19,8 @@ struct UserSpeed {
     seen: BTreeMap<u64, String>,
     seen_ids: HashSet<String>,
     epochs: BTreeMap<i64, Profile>,
+    /// When the user was erased (ingest ms): their events ingested until then are skipped.
+    erased: Option<i64>,
 }
 
 impl UserSpeed {
@@ -28,6 +30,10 @@ impl UserSpeed {
             return;
         }
         self.offset = Some(e.offset);
+        if self.erased.is_some_and(|at| e.ingest_ts <= at) {
+            counts.erased += 1;
+            return;
+        }
         if !self.seen_ids.insert(e.event.event_id.to_string()) {
             counts.duplicates += 1;
             return;
@@ -145,6 +151,7 @@ impl OnlineStore for MemoryStore {
             None => SpeedState::default(),
             Some(u) => SpeedState {
                 offset: u.offset,
+                erased_ms: u.erased,
                 epochs: u
                     .epochs
                     .range(from_epoch_ms..)
@@ -152,5 +159,23 @@ impl OnlineStore for MemoryStore {
                     .collect(),
             },
         })
+    }
+
+    async fn erase_user(&self, user: &str, at_ms: i64, snapshots: &[String]) -> Result<u64> {
+        let mut n = 0;
+        {
+            let mut map = self.map()?;
+            for id in snapshots {
+                n += u64::from(map.remove(&super::user_key(user, id)).is_some());
+            }
+        }
+        let mut speed = self.speed_map()?;
+        let u = speed.entry(user.to_string()).or_default();
+        n += u.epochs.len() as u64 + u64::from(!u.seen.is_empty());
+        u.epochs.clear();
+        u.seen.clear();
+        u.seen_ids.clear();
+        u.erased = Some(u.erased.map_or(at_ms, |t| t.max(at_ms)));
+        Ok(n)
     }
 }

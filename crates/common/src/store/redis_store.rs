@@ -413,7 +413,7 @@ impl OnlineStore for RedisStore {
         let end_call =
             |pipe: &mut redis::Pipeline, keys: &mut Vec<String>, args: &mut Vec<String>| {
                 pipe.cmd("FCALL")
-                    .arg("tandem_apply_v2")
+                    .arg("tandem_apply_v3")
                     .arg(keys.len())
                     .arg(&*keys)
                     .arg(&*args);
@@ -428,23 +428,25 @@ impl OnlineStore for RedisStore {
             let user = group[0].event.user_id.as_ref();
             keys.extend([speed_key(user), seen_key(user), epochs_key(user)]);
             let prefix = epoch_prefix(user);
+            // The user's epoch slots first: their keys, and their ms in the header.
             let mut slots: Vec<i64> = Vec::new();
-            let header = args.len();
-            args.reserve(2 + group.len() * speed::STRIDE);
-            args.extend([String::new(), group.len().to_string()]);
             for e in &group {
-                let slot = match slots.iter().position(|s| *s == e.epoch_ms) {
-                    Some(i) => i + 1,
-                    None => {
-                        slots.push(e.epoch_ms);
-                        keys.push(format!("{prefix}{}", e.epoch_ms));
-                        keys.push(format!("{prefix}{}:recent", e.epoch_ms));
-                        slots.len()
-                    }
-                };
+                if !slots.contains(&e.epoch_ms) {
+                    slots.push(e.epoch_ms);
+                }
+            }
+            args.reserve(2 + slots.len() + group.len() * speed::STRIDE);
+            args.extend([slots.len().to_string(), group.len().to_string()]);
+            for ms in &slots {
+                keys.push(format!("{prefix}{ms}"));
+                keys.push(format!("{prefix}{ms}:recent"));
+                keys.push(format!("{prefix}{ms}:bought"));
+                args.push(ms.to_string());
+            }
+            for e in &group {
+                let slot = 1 + slots.iter().position(|s| *s == e.epoch_ms).unwrap_or(0);
                 speed::push_args(&mut args, e, slot);
             }
-            args[header] = slots.len().to_string();
             in_call += group.len();
             users += 1;
         }
@@ -457,12 +459,13 @@ impl OnlineStore for RedisStore {
             ..ApplyCounts::default()
         };
         for got in self.call_functions(&pipe, "apply events").await? {
-            let (applied, replayed, duplicates) =
+            let (applied, replayed, duplicates, erased) =
                 FromRedisValue::from_redis_value(got).map_err(|e| external("apply events", e))?;
             counts += ApplyCounts {
                 applied,
                 replayed,
                 duplicates,
+                erased,
                 calls: 1,
                 users: 0,
             };
@@ -473,7 +476,7 @@ impl OnlineStore for RedisStore {
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
         let mut pipe = redis::pipe();
         pipe.cmd("FCALL_RO")
-            .arg("tandem_read_v1")
+            .arg("tandem_read_v2")
             .arg(2)
             .arg(speed_key(user))
             .arg(epochs_key(user))
@@ -489,22 +492,42 @@ impl OnlineStore for RedisStore {
             .unwrap_or_default();
         decode_speed(user, got)
     }
+
+    async fn erase_user(&self, user: &str, at_ms: i64, snapshots: &[String]) -> Result<u64> {
+        let mut keys = vec![speed_key(user), seen_key(user), epochs_key(user)];
+        keys.extend(snapshots.iter().map(|id| super::user_key(user, id)));
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL")
+            .arg("tandem_erase_v1")
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(at_ms)
+            .arg(epoch_prefix(user));
+        let got = self.call_functions(&pipe, "erase user").await?;
+        got.into_iter()
+            .next()
+            .map(u64::from_redis_value)
+            .transpose()
+            .map_err(|e| external("erase user", e))
+            .map(Option::unwrap_or_default)
+    }
 }
 
-/// The answer of `tandem_read_v1`: the offset, then (epoch, fields, recent items) per epoch.
+/// The answer of `tandem_read_v2`: the offset and the erasure time, then (epoch, fields, recent
+/// items, items bought) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
     let mut it = got.into_iter();
-    let offset: Option<u64> = match it.next() {
-        None => return Err(bad("empty answer".into())),
-        Some(v) => Option::<u64>::from_redis_value(v).map_err(|e| bad(e.to_string()))?,
+    let (Some(offset), Some(erased)) = (it.next(), it.next()) else {
+        return Err(bad("a short answer".into()));
     };
     let mut state = SpeedState {
-        offset,
+        offset: Option::<u64>::from_redis_value(offset).map_err(|e| bad(e.to_string()))?,
+        erased_ms: Option::<i64>::from_redis_value(erased).map_err(|e| bad(e.to_string()))?,
         ..SpeedState::default()
     };
     while let Some(epoch) = it.next() {
-        let (Some(fields), Some(recent)) = (it.next(), it.next()) else {
+        let (Some(fields), Some(recent), Some(bought)) = (it.next(), it.next(), it.next()) else {
             return Err(bad("an epoch without its fields".into()));
         };
         let epoch = i64::from_redis_value(epoch).map_err(|e| bad(e.to_string()))?;
@@ -515,7 +538,7 @@ fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
                 .map(|c| (c[0].clone(), c[1].clone()))
                 .collect())
         };
-        let profile = speed::profile_from_redis(&pairs(fields)?, &pairs(recent)?)
+        let profile = speed::profile_from_redis(&pairs(fields)?, &pairs(recent)?, &pairs(bought)?)
             .map_err(|e| bad(format!("epoch {epoch}: {e}")))?;
         state.epochs.insert(epoch, profile);
     }

@@ -4,12 +4,15 @@
 -- same in memory. Every key of one user shares the user's `{user}` hash tag: one slot.
 --
 -- Keys of a user U:
---   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U
+--   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U;
+--                                    `erased` = when U was erased (ingest ms), if ever: U's
+--                                    events ingested at or before it are skipped
 --   tandem:u:{U}:seen                zset: recent event ids, scored by offset (the newest SEEN_MAX;
 --                                    gone SEEN_TTL_MS after the user's last event)
 --   tandem:u:{U}:epochs              zset: the ingest epochs U has deltas in (member = score = ms)
 --   tandem:u:{U}:epoch:<ms>          hash: the epoch's mergeable features (see below)
 --   tandem:u:{U}:epoch:<ms>:recent   zset: the epoch's latest items, scored by their latest time
+--   tandem:u:{U}:epoch:<ms>:bought   zset: the epoch's latest items bought, likewise
 --
 -- Epoch hash fields: c0..c6 (events per kind), units, spend (micro-units), first, last, lastbuy
 -- (epoch ms), a:<category> (decayed interest in log space, `%.17g`).
@@ -80,16 +83,18 @@ local function epoch_state(key, fields)
   return st
 end
 
--- One user's events, in offset order: its keys from keys[k + 1], its events' entries
--- args[a .. b] (see `apply`). Returns applied, skipped as already applied (offset), skipped as
--- duplicate (event id).
-local function apply_user(keys, k, args, a, b)
+-- One user's events, in offset order: its keys from keys[k + 1], its epoch slots' ms from
+-- args[h + 1], its events' entries args[a .. b] (see `apply`). Returns applied, skipped as
+-- already applied (offset), skipped as duplicate (event id), skipped as erased.
+local function apply_user(keys, k, args, h, a, b)
   local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
-  local last = tonumber(redis.call('HGET', speed, 'offset') or '-1')
-  local applied, old, dup = 0, 0, 0
+  local meta = redis.call('HMGET', speed, 'offset', 'erased')
+  local last = tonumber(meta[1] or '-1')
+  local erased = meta[2] and tonumber(meta[2])
+  local applied, old, dup, gone = 0, 0, 0, 0
   local fields = nil -- per epoch slot, the fields its events may touch
   local states = {} -- per epoch slot: the hash's values, and which of them changed
-  local added_recent = {}
+  local added_recent = {} -- per recent / bought zset: items it gained
   local top = nil
   local seen_n = nil
   for i = a, b, STRIDE do
@@ -99,7 +104,9 @@ local function apply_user(keys, k, args, a, b)
     else
       last = offset
       top = args[i]
-      if redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
+      if erased and tonumber(args[i + 3]) <= erased then
+        gone = gone + 1
+      elseif redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
         dup = dup + 1
       else
         -- Keep the newest SEEN_MAX ids after every event, as the memory backend does.
@@ -113,9 +120,10 @@ local function apply_user(keys, k, args, a, b)
         local st = states[slot]
         if not st then
           fields = fields or touched_fields(args, a, b)
-          st = epoch_state(keys[k + 2 + 2 * slot], fields[slot])
+          st = epoch_state(keys[k + 1 + 3 * slot], fields[slot])
           states[slot] = st
-          if st.fresh then redis.call('ZADD', epochs, args[i + 3], args[i + 3]) end
+          local ms = args[h + slot]
+          if st.fresh then redis.call('ZADD', epochs, ms, ms) end
         end
         local val, dirty = st.val, st.dirty
         local ts = tonumber(args[i + 5])
@@ -139,9 +147,14 @@ local function apply_user(keys, k, args, a, b)
         end
         local item = args[i + 10]
         if item ~= '' then
-          local recent = keys[k + 3 + 2 * slot]
+          local recent = keys[k + 2 + 3 * slot]
           added_recent[recent] = (added_recent[recent] or 0)
             + redis.call('ZADD', recent, 'GT', args[i + 5], item)
+          if args[i + 4] == PURCHASE then
+            local bought = keys[k + 3 + 3 * slot]
+            added_recent[bought] = (added_recent[bought] or 0)
+              + redis.call('ZADD', bought, 'GT', args[i + 5], item)
+          end
         end
       end
     end
@@ -165,47 +178,67 @@ local function apply_user(keys, k, args, a, b)
   for recent, n in pairs(added_recent) do
     if n > 0 then trim_recent(recent) end
   end
-  if applied + dup > 0 then
-    redis.call('HSET', speed, 'offset', top)
-    redis.call('PEXPIRE', seen, SEEN_TTL_MS)
-  end
-  return applied, old, dup
+  if applied + dup > 0 then redis.call('PEXPIRE', seen, SEEN_TTL_MS) end
+  if top then redis.call('HSET', speed, 'offset', top) end
+  return applied, old, dup, gone
 end
 
 -- The events of several users, each user's applied as one atomic step (the whole call is one).
--- KEYS: per user: speed, seen, epochs, then per epoch slot its hash and its recent zset.
--- ARGV: per user: its number of epoch slots, its number of events, then per event (in offset
---       order): offset, event_id, epoch slot (1-based), epoch ms, kind index, ts, units, spend
---       (micro-units; both 0 unless a purchase), category ('' if none), decay term ('' if the
---       event carries no interest), item ('' if none): STRIDE entries each.
+-- KEYS: per user: speed, seen, epochs, then per epoch slot its hash, its recent zset and its
+--       bought zset.
+-- ARGV: per user: its number of epoch slots, its number of events, each slot's epoch ms, then
+--       per event (in offset order): offset, event_id, epoch slot (1-based), ingest ts (ms),
+--       kind index, ts, units, spend (micro-units; both 0 unless a purchase), category ('' if
+--       none), decay term ('' if the event carries no interest), item ('' if none): STRIDE
+--       entries each.
 -- On a Redis Cluster a call holds one user (all of a user's keys share its slot).
--- Returns { applied, skipped as already applied (offset), skipped as duplicate (event id) }.
+-- Returns { applied, skipped as already applied (offset), skipped as duplicate (event id),
+--           skipped as erased }.
 local function apply(keys, args)
-  local applied, old, dup = 0, 0, 0
+  local applied, old, dup, gone = 0, 0, 0, 0
   local k, i = 0, 1
   while i <= #args do
     local slots, n = tonumber(args[i]), tonumber(args[i + 1])
-    local a = i + 2
+    local a = i + 2 + slots
     local b = a + n * STRIDE - 1
-    local x, y, z = apply_user(keys, k, args, a, b)
-    applied, old, dup = applied + x, old + y, dup + z
-    k = k + 3 + 2 * slots
+    local w, x, y, z = apply_user(keys, k, args, i + 1, a, b)
+    applied, old, dup, gone = applied + w, old + x, dup + y, gone + z
+    k = k + 3 + 3 * slots
     i = b + 1
   end
-  return { applied, old, dup }
+  return { applied, old, dup, gone }
 end
 
 -- KEYS: speed, epochs. ARGV: from epoch (ms), the prefix of the user's epoch keys.
--- Returns { offset or false, epoch, fields (flat), recent (flat, with scores), epoch, … }.
+-- Returns { offset or false, erased or false, epoch, fields (flat), recent (flat, with scores),
+--           bought (likewise), epoch, … }.
 local function read(keys, args)
-  local out = { redis.call('HGET', keys[1], 'offset') }
+  local out = redis.call('HMGET', keys[1], 'offset', 'erased')
   for _, e in ipairs(redis.call('ZRANGE', keys[2], args[1], '+inf', 'BYSCORE')) do
     local key = args[2] .. e
     out[#out + 1] = e
     out[#out + 1] = redis.call('HGETALL', key)
     out[#out + 1] = redis.call('ZRANGE', key .. ':recent', 0, -1, 'WITHSCORES')
+    out[#out + 1] = redis.call('ZRANGE', key .. ':bought', 0, -1, 'WITHSCORES')
   end
   return out
+end
+
+-- Erasure (DESIGN §7). KEYS: speed, seen, epochs, then the user's snapshot rows to delete.
+-- ARGV: when (ingest ms), the prefix of the user's epoch keys.
+-- Deletes every delta, recent id and named row of the user; keeps the offset and records
+-- `erased` (the later of the old and new), so that the user's events ingested until then are
+-- skipped when they come (late, or replayed). Returns how many keys it deleted.
+local function erase(keys, args)
+  local n = 0
+  for _, e in ipairs(redis.call('ZRANGE', keys[3], 0, -1)) do
+    n = n + redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
+  end
+  n = n + redis.call('UNLINK', keys[2], keys[3])
+  for j = 4, #keys do n = n + redis.call('UNLINK', keys[j]) end
+  local before = tonumber(redis.call('HGET', keys[1], 'erased') or '-1')
+  if tonumber(args[1]) > before then redis.call('HSET', keys[1], 'erased', args[1]) end
+  return n
 end
 
 -- KEYS: epochs. ARGV: cutoff (ms), the prefix of the user's epoch keys.
@@ -213,7 +246,7 @@ end
 local function drop_before(keys, args)
   local doomed = redis.call('ZRANGE', keys[1], '-inf', '(' .. args[1], 'BYSCORE')
   for _, e in ipairs(doomed) do
-    redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent')
+    redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
   end
   if #doomed > 0 then
     redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. args[1])
@@ -221,6 +254,7 @@ local function drop_before(keys, args)
   return #doomed
 end
 
-redis.register_function('tandem_apply_v2', apply)
-redis.register_function{ function_name = 'tandem_read_v1', callback = read, flags = { 'no-writes' } }
+redis.register_function('tandem_apply_v3', apply)
+redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)
+redis.register_function('tandem_erase_v1', erase)

@@ -22,6 +22,8 @@ pub const SEEN_TTL_MS: u64 = 3_600_000;
 pub struct SpeedEvent<'a> {
     /// Its offset in its partition (each user lives in one partition).
     pub offset: u64,
+    /// When it was accepted, epoch ms (an erasure skips the user's events up to its time).
+    pub ingest_ts: i64,
     /// The start of its ingest epoch, epoch ms.
     pub epoch_ms: i64,
     /// The event.
@@ -37,6 +39,8 @@ pub struct ApplyCounts {
     pub replayed: u64,
     /// Events whose `event_id` the user had recently (a retried producer): skipped.
     pub duplicates: u64,
+    /// Events of an erased user ingested at or before the erasure: skipped.
+    pub erased: u64,
     /// Store calls made (Redis: function calls, each holding whole users' events; memory: one
     /// per user of each batch).
     pub calls: u64,
@@ -50,6 +54,7 @@ impl std::ops::AddAssign for ApplyCounts {
         self.applied += o.applied;
         self.replayed += o.replayed;
         self.duplicates += o.duplicates;
+        self.erased += o.erased;
         self.calls += o.calls;
         self.users += o.users;
     }
@@ -60,6 +65,9 @@ impl std::ops::AddAssign for ApplyCounts {
 pub struct SpeedState {
     /// The last bus offset applied for the user, if any.
     pub offset: Option<u64>,
+    /// When the user was last erased (ingest time, epoch ms), if ever: a snapshot whose cutoff
+    /// is not after it may hold what was erased, and serving must not use its row.
+    pub erased_ms: Option<i64>,
     /// The deltas per ingest epoch (start ms), in epoch order.
     pub epochs: BTreeMap<i64, Profile>,
 }
@@ -77,10 +85,10 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v2` (its `STRIDE`).
+/// Entries of ARGV per event in `tandem_apply_v3` (its `STRIDE`).
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v2` (see `speed.lua`).
+/// Appends one event's ARGV entries for `tandem_apply_v3` (see `speed.lua`).
 pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize) {
     let ev = &e.event;
     let purchase = ev.kind == Kind::Purchase;
@@ -93,7 +101,7 @@ pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize)
         e.offset.to_string(),
         ev.event_id.to_string(),
         slot.to_string(),
-        e.epoch_ms.to_string(),
+        e.ingest_ts.to_string(),
         kind_index(ev.kind).to_string(),
         ev.ts.to_string(),
         if purchase { ev.quantity } else { 0 }.to_string(),
@@ -109,10 +117,12 @@ pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize)
     ]);
 }
 
-/// A profile from an epoch hash's fields and its recent items (item, time) as Redis keeps them.
+/// A profile from an epoch hash's fields, its recent items and its items bought (item, time),
+/// as Redis keeps them.
 pub(crate) fn profile_from_redis(
     fields: &[(String, String)],
     recent: &[(String, String)],
+    bought: &[(String, String)],
 ) -> Result<Profile, String> {
     let int = |f: &str, v: &str| -> Result<i64, String> {
         v.parse::<i64>()
@@ -140,17 +150,22 @@ pub(crate) fn profile_from_redis(
             }
         }
     }
-    for (item, score) in recent {
-        let ts: f64 = score
-            .parse()
-            .map_err(|e| format!("recent item `{item}` score `{score}`: {e}"))?;
-        p.recent_items.push((item.clone(), ts as i64));
+    for (what, from, to) in [
+        ("recent item", recent, &mut p.recent_items),
+        ("item bought", bought, &mut p.recent_purchases),
+    ] {
+        for (item, score) in from {
+            let ts: f64 = score
+                .parse()
+                .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?;
+            to.push((item.clone(), ts as i64));
+        }
+        crate::features::sort_recent(to);
     }
-    crate::features::sort_recent(&mut p.recent_items);
     Ok(p)
 }
 
-/// The key of a user's speed metadata (hash: `offset`).
+/// The key of a user's speed metadata (hash: `offset`, `erased`).
 pub(crate) fn speed_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:speed")
 }
@@ -165,7 +180,8 @@ pub(crate) fn epochs_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:epochs")
 }
 
-/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:recent` the zset.
+/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:recent` and
+/// `<prefix><ms>:bought` the zsets.
 pub(crate) fn epoch_prefix(user: &str) -> String {
     format!("tandem:u:{{{user}}}:epoch:")
 }

@@ -98,6 +98,7 @@ async fn reloads_lost_functions(store: &dyn OnlineStore, flush: impl Fn()) {
     let events: Vec<SpeedEvent<'static>> = (0..40)
         .map(|i| SpeedEvent {
             offset: 1_000_000 + i as u64,
+            ingest_ts: H,
             epoch_ms: H,
             event: event(
                 &format!("lost-{i}"),
@@ -138,7 +139,7 @@ async fn redis_cluster_store_conforms() {
         let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
         assert_ne!(keys.trim(), "0", "node {}: no keys", node.port());
         let libs = crate::testkit::cli(node.port(), &["FUNCTION", "LIST"]);
-        assert!(libs.contains("tandem_apply_v2"), "{libs}");
+        assert!(libs.contains("tandem_apply_v3"), "{libs}");
     }
     reloads_lost_functions(store.as_ref(), || {
         for node in cluster.nodes() {
@@ -182,6 +183,7 @@ async fn speed_conformance(store: &dyn OnlineStore) {
         let ts = epoch - 86_400_000 + ((i * 7919) % 50) as i64 * 1000;
         events.push(SpeedEvent {
             offset,
+            ingest_ts: epoch,
             epoch_ms: epoch,
             event: event(&format!("e{i}"), &user, kind, i % 29, ts),
         });
@@ -196,6 +198,7 @@ async fn speed_conformance(store: &dyn OnlineStore) {
             applied: 40,
             replayed: 50,
             duplicates: 0,
+            erased: 0,
             calls: 0,
             users: 3,
         },
@@ -244,6 +247,7 @@ async fn speed_conformance(store: &dyn OnlineStore) {
     for i in 0..(speed::SEEN_MAX + 5) as u64 {
         batch.push(SpeedEvent {
             offset: i,
+            ingest_ts: base,
             epoch_ms: base,
             event: event(
                 &format!("s{i}"),
@@ -300,6 +304,7 @@ async fn speed_conformance(store: &dyn OnlineStore) {
     let tied: Vec<SpeedEvent<'_>> = (0..61_u64)
         .map(|i| SpeedEvent {
             offset: 10_000 + i,
+            ingest_ts: base + 5 * H,
             epoch_ms: base + 5 * H,
             event: event(
                 &format!("t{i}"),
@@ -329,6 +334,76 @@ async fn speed_conformance(store: &dyn OnlineStore) {
         );
     }
     assert_eq!(want.recent_items.len(), crate::features::RECENT_ITEMS);
+    erase_conformance(store).await;
+}
+
+/// Erasure: the user's deltas, recent ids and named snapshot rows go at once, the offset stays;
+/// the user's events ingested until the erasure are skipped when they come, later ones apply
+/// (a retried id included: its earlier copy was forgotten with the rest).
+async fn erase_conformance(store: &dyn OnlineStore) {
+    let base = 1_763_900_000_000_i64 / H * H;
+    let user = "erased-user";
+    let rows: Vec<(String, Bytes)> = ["s1", "s2"]
+        .iter()
+        .map(|id| (user_key(user, id), Bytes::from_static(b"{}")))
+        .chain([(user_key("kept-user", "s1"), Bytes::from_static(b"{}"))])
+        .collect();
+    store.put(&rows).await.unwrap();
+    let at = |offset: u64, ingest_ts: i64, id: &str, who: &str| SpeedEvent {
+        offset,
+        ingest_ts,
+        epoch_ms: ingest_ts / H * H,
+        event: event(id, who, Kind::Purchase, offset as usize, base - H),
+    };
+    let before = [
+        at(1, base + 10, "x1", user),
+        at(2, base + H + 10, "x2", user),
+        at(3, base + H + 20, "k1", "kept-user"),
+    ];
+    assert_eq!(store.apply_events(&before).await.unwrap().applied, 3);
+    let when = base + H + 500;
+    assert!(store.erase_user(user, when, &["s1".into()]).await.unwrap() >= 3);
+    // An earlier erasure time later on does not move it back.
+    store.erase_user(user, when - 100, &[]).await.unwrap();
+    let got = store
+        .get(&rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let present: Vec<bool> = got.iter().map(Option::is_some).collect();
+    assert_eq!(
+        present,
+        [false, true, true],
+        "only the named snapshot's row goes"
+    );
+    let state = store.speed(user, 0).await.unwrap();
+    assert_eq!(
+        (state.offset, state.erased_ms, state.epochs.len()),
+        (Some(2), Some(when), 0)
+    );
+    assert_eq!(store.speed("kept-user", 0).await.unwrap().epochs.len(), 1);
+    let after = [
+        at(1, base + 10, "x1", user), // a replay: below the offset
+        at(5, when, "x3", user),      // ingested at the erasure: erased
+        at(6, when + 1, "x1", user),  // after it: counts, though its id was seen
+        at(7, when + 2, "x4", user),
+    ];
+    let counts = store.apply_events(&after).await.unwrap();
+    assert_eq!(
+        (
+            counts.applied,
+            counts.replayed,
+            counts.erased,
+            counts.duplicates
+        ),
+        (2, 1, 1, 0),
+        "{counts:?}"
+    );
+    let state = store.speed(user, 0).await.unwrap();
+    let mut want = Profile::new();
+    want.apply(&after[2].event);
+    want.apply(&after[3].event);
+    assert!(state.merged().approx_eq(&want), "{state:?}");
+    assert_eq!(state.merged().recent_purchases.len(), 2);
 }
 
 #[test]
