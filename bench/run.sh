@@ -99,7 +99,7 @@ cat > "$OUT" <<MD
 # Tandem benchmark results
 
 Written by \`make bench\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB,
-commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
 
 ## Foundation (issue #2): generate and ingest, $EVENTS events
 

@@ -41,7 +41,9 @@ cat > "$WORK/tandem.toml" <<TOML
 api_keys = [{ name = "bench", key = "$BENCH_KEY", scopes = ["ingest", "read", "admin"] }]
 TOML
 # A 1-second ingest epoch: the bulk-loaded history is ingested now, and the cutoff must pass it.
-SET=(--config "$WORK/tandem.toml" --set log.level=warn --set bus.partitions=4 --set events.epoch=1s)
+# A 4-day model window, so that the 14 days of history train the ranker (features from the
+# first 6 days, labels from the next 4, evaluated on the last 4) and the ranker is measured.
+SET=(--config "$WORK/tandem.toml" --set log.level=warn --set bus.partitions=4 --set events.epoch=1s --set batch.window=4d)
 
 echo "== tandem serving bench: $USERS users, median of $RUNS runs, $(nproc) cores =="
 "$BIN" generate --users "$USERS" --days 14 --seed 1 --lake "$LAKE" "${SET[@]}" > "$WORK/generate.json"
@@ -103,7 +105,7 @@ cat > "$OUT" <<MD
 # Tandem serving benchmark results
 
 Written by \`make bench\` (\`bench/serve.sh\`) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores,
-commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
 A snapshot of $EVENTS generated events ($USERS users, 14 days) in a redis-server
 $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own; \`tandem serve\` and \`tandem stream run\` on a
 4-partition \`local://\` bus; an open-loop load (latency from when each request was due) on 64

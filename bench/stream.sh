@@ -115,7 +115,7 @@ cat > "$OUT" <<MD
 # Tandem speed-layer benchmark results
 
 Written by \`make bench\` (\`bench/stream.sh\`) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores,
-commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
 $EVENTS generated events on a \`local://\` bus of $PARTS partitions, a redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own.
 
 | figure | value | target |

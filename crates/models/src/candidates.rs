@@ -4,25 +4,26 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 
 use serde::{Deserialize, Serialize};
 use tandem_common::features::{ItemStats, Profile};
 
-use crate::features::pair_features;
+use crate::features::PairContext;
 use crate::linear::LinearModel;
 
-/// Where a candidate came from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Source {
+/// Where a candidate came from (borrowing the item or category it names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source<'a> {
     /// Similar to this item of the user's recent items.
-    SimilarTo(String),
+    SimilarTo(&'a str),
     /// A top item of this category, one of the user's strongest.
-    Category(String),
+    Category(&'a str),
     /// Popular overall (also the cold-start fallback).
     Popular,
 }
 
-impl fmt::Display for Source {
+impl fmt::Display for Source<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::SimilarTo(i) => write!(f, "similar_to:{i}"),
@@ -105,38 +106,40 @@ impl Catalog {
     }
 }
 
-/// One candidate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+/// One candidate, borrowing its id from the profile, the catalog or the similar lists: building
+/// the candidates of a request allocates only their list (serving builds ~200 per request).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate<'a> {
     /// The item.
-    pub item: String,
+    pub item: &'a str,
     /// Where it came from.
-    pub source: Source,
+    pub source: Source<'a>,
 }
 
 /// The candidates for the user of `profile`: similar items of the recent items (from
 /// `similar`, best first), top items of the strongest categories, popular items; each item once,
 /// under its first source; items in `exclude` left out.
-pub fn candidates(
-    profile: &Profile,
-    catalog: &Catalog,
-    similar: &dyn Fn(&str) -> Vec<String>,
-    exclude: &HashSet<&str>,
+pub fn candidates<'a, S: BuildHasher>(
+    profile: &'a Profile,
+    catalog: &'a Catalog,
+    similar: &dyn Fn(&str) -> Vec<&'a str>,
+    exclude: &HashSet<&str, S>,
     opts: &CandidateOptions,
-) -> Vec<Candidate> {
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut out = Vec::new();
-    let mut push = |item: &str, source: Source, out: &mut Vec<Candidate>| {
-        if !exclude.contains(item) && seen.insert(item.to_string()) {
-            out.push(Candidate {
-                item: item.to_string(),
-                source,
-            });
+) -> Vec<Candidate<'a>> {
+    let most = opts.recent_for_similar * opts.similar_per_item
+        + opts.categories * opts.per_category
+        + opts.popular;
+    let mut seen: HashSet<&str, foldhash::fast::FixedState> =
+        HashSet::with_capacity_and_hasher(most, Default::default());
+    let mut out = Vec::with_capacity(most);
+    let mut push = |item: &'a str, source: Source<'a>| {
+        if !exclude.contains(item) && seen.insert(item) {
+            out.push(Candidate { item, source });
         }
     };
     for (recent, _) in profile.recent_items.iter().take(opts.recent_for_similar) {
-        for s in similar(recent).iter().take(opts.similar_per_item) {
-            push(s, Source::SimilarTo(recent.clone()), &mut out);
+        for s in similar(recent).into_iter().take(opts.similar_per_item) {
+            push(s, Source::SimilarTo(recent));
         }
     }
     let mut cats: Vec<(&String, &f64)> = profile.affinity.iter().collect();
@@ -144,62 +147,72 @@ pub fn candidates(
     for (c, _) in cats.into_iter().take(opts.categories) {
         if let Some(list) = catalog.by_category.get(c) {
             for i in list.iter().take(opts.per_category) {
-                push(i, Source::Category(c.clone()), &mut out);
+                push(i, Source::Category(c));
             }
         }
     }
     for i in catalog.popular.iter().take(opts.popular) {
-        push(i, Source::Popular, &mut out);
+        push(i, Source::Popular);
     }
     out
 }
 
 /// A ranked recommendation.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scored {
+pub struct Scored<'a> {
     /// The item.
-    pub item: String,
+    pub item: &'a str,
     /// Where it came from.
-    pub source: Source,
+    pub source: Source<'a>,
     /// The ranker's probability of interest.
     pub score: f64,
 }
 
 /// The `n` best of `candidates` for the user of `profile` at `now_ms`, by the ranker; ties by
-/// item id.
-pub fn rank(
+/// item id. `stats[i]` are the stats of `candidates[i]` (`None`: the item has none).
+pub fn rank<'a>(
     ranker: &LinearModel,
     profile: &Profile,
-    candidates: Vec<Candidate>,
-    catalog: &Catalog,
+    candidates: &[Candidate<'a>],
+    stats: &[Option<&ItemStats>],
     now_ms: i64,
     n: usize,
-) -> Vec<Scored> {
+) -> Vec<Scored<'a>> {
     let none = ItemStats::default();
+    let user = PairContext::new(profile, now_ms);
     let mut scored: Vec<Scored> = candidates
-        .into_iter()
-        .map(|c| {
-            let stats = catalog.items.get(&c.item).unwrap_or(&none);
-            let score = ranker.probability(&pair_features(profile, &c.item, stats, now_ms));
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let s = stats.get(i).copied().flatten().unwrap_or(&none);
             Scored {
                 item: c.item,
                 source: c.source,
-                score,
+                score: ranker.probability(&user.features(c.item, s)),
             }
         })
         .collect();
-    keep_best(&mut scored, n, |s| (s.score, &s.item));
+    keep_best(&mut scored, n, |s| (s.score, s.item));
     scored
 }
 
 /// Sorts `items` best first by score, ties by item id (so that equal scores rank alike
 /// wherever items are ranked), and keeps the first `n`.
 pub fn keep_best<T>(items: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f64, &str)) {
-    items.sort_by(|a, b| {
+    let order = |a: &T, b: &T| {
         let ((sa, ia), (sb, ib)) = (key(a), key(b));
         sb.total_cmp(&sa).then_with(|| ia.cmp(ib))
-    });
-    items.truncate(n);
+    };
+    // The n best first (linear), then only those sorted.
+    if n == 0 {
+        items.clear();
+        return;
+    }
+    if items.len() > n {
+        items.select_nth_unstable_by(n - 1, order);
+        items.truncate(n);
+    }
+    items.sort_unstable_by(order);
 }
 
 /// Similar-item lists by item, as the batch view gives them (best first).

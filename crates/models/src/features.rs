@@ -5,6 +5,8 @@
 //! Changing what a feature means, or the list, changes [`FEATURE_SCHEMA_VERSION`]; a model
 //! trained for another version is refused when loaded.
 
+use std::collections::HashMap;
+
 use tandem_common::event::Kind;
 use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
 
@@ -56,39 +58,80 @@ pub const PAIR_FEATURES: [&str; 8] = [
 
 /// The features of showing `item` (with its stats) to the user of `p`, at `now_ms`:
 /// the user's interest in the item's category (share and level, decayed), the item's decayed
-/// popularity and conversion, and whether and how recently the user saw the item.
+/// popularity and conversion, and whether and how recently the user saw the item. To score many
+/// items for one user, [`PairContext`] computes the user's part once.
 pub fn pair_features(p: &Profile, item_id: &str, item: &ItemStats, now_ms: i64) -> [f64; 8] {
-    let category = item.category.as_ref().map(|(c, _)| c.as_str());
-    let (share, level) = match category.and_then(|c| p.affinity.get(c)) {
-        Some(&l) => {
-            // Shares of log-space scores: e^(l − max) / Σ e^(lᵢ − max), time-free.
-            let max = p
-                .affinity
-                .values()
-                .copied()
-                .fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = p.affinity.values().map(|v| (v - max).exp()).sum();
-            ((l - max).exp() / total, decayed_at(l, now_ms).ln_1p())
+    PairContext::new(p, now_ms).features(item_id, item)
+}
+
+/// The user's side of [`pair_features`] at one time, computed once for the many candidates of
+/// a request: the normaliser of the category shares, the recent items by id, the event count.
+/// `features` gives exactly what `pair_features` gives.
+#[derive(Debug)]
+pub struct PairContext<'a> {
+    profile: &'a Profile,
+    now_ms: i64,
+    /// The largest category score and Σ e^(lᵢ − max).
+    max: f64,
+    total: f64,
+    /// Position of each recent item (its first).
+    recent: HashMap<&'a str, usize, foldhash::fast::FixedState>,
+    ln_events: f64,
+}
+
+impl<'a> PairContext<'a> {
+    /// The user of `p` at `now_ms`.
+    pub fn new(p: &'a Profile, now_ms: i64) -> PairContext<'a> {
+        let max = p
+            .affinity
+            .values()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = p.affinity.values().map(|v| (v - max).exp()).sum();
+        let mut recent =
+            HashMap::with_capacity_and_hasher(p.recent_items.len(), Default::default());
+        for (r, (i, _)) in p.recent_items.iter().enumerate() {
+            recent.entry(i.as_str()).or_insert(r);
         }
-        None => (0.0, 0.0),
-    };
-    let (recent_rank, recent_recency) = match p.recent_items.iter().position(|(i, _)| i == item_id)
-    {
-        Some(r) => (
-            1.0 / (1.0 + r as f64),
-            (-((now_ms - p.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS).exp(),
-        ),
-        None => (0.0, 0.0),
-    };
-    let events: u64 = p.counts.iter().sum();
-    [
-        share,
-        level,
-        decayed_at(item.popularity, now_ms).ln_1p(),
-        item.count(Kind::Purchase) as f64 / (item.count(Kind::View) as f64 + 1.0),
-        (item.count(Kind::Purchase) as f64).ln_1p(),
-        recent_rank,
-        recent_recency,
-        (events as f64).ln_1p(),
-    ]
+        let events: u64 = p.counts.iter().sum();
+        PairContext {
+            profile: p,
+            now_ms,
+            max,
+            total,
+            recent,
+            ln_events: (events as f64).ln_1p(),
+        }
+    }
+
+    /// The features of showing `item_id` (with its stats `item`).
+    pub fn features(&self, item_id: &str, item: &ItemStats) -> [f64; 8] {
+        let (p, now_ms) = (self.profile, self.now_ms);
+        let category = item.category.as_ref().map(|(c, _)| c.as_str());
+        let (share, level) = match category.and_then(|c| p.affinity.get(c)) {
+            // Shares of log-space scores: e^(l − max) / Σ e^(lᵢ − max), time-free.
+            Some(&l) => (
+                (l - self.max).exp() / self.total,
+                decayed_at(l, now_ms).ln_1p(),
+            ),
+            None => (0.0, 0.0),
+        };
+        let (recent_rank, recent_recency) = match self.recent.get(item_id) {
+            Some(&r) => (
+                1.0 / (1.0 + r as f64),
+                (-((now_ms - p.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS).exp(),
+            ),
+            None => (0.0, 0.0),
+        };
+        [
+            share,
+            level,
+            decayed_at(item.popularity, now_ms).ln_1p(),
+            item.count(Kind::Purchase) as f64 / (item.count(Kind::View) as f64 + 1.0),
+            (item.count(Kind::Purchase) as f64).ln_1p(),
+            recent_rank,
+            recent_recency,
+            self.ln_events,
+        ]
+    }
 }

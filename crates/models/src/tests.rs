@@ -49,11 +49,14 @@ fn auc_and_ndcg_on_known_cases() {
     assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
     let truth: HashSet<String> = ["b".to_string(), "z".to_string()].into();
     let ranked: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    let (hit, ndcg) = score_list(ranked.iter(), &truth, 10);
+    let (hit, ndcg) = score_list(ranked.iter().map(String::as_str), &truth, 10);
     assert_eq!(hit, 1.0);
     let ideal = 1.0 + 1.0 / 3f64.log2();
     assert!((ndcg - (1.0 / 3f64.log2()) / ideal).abs() < 1e-12);
-    assert_eq!(score_list(ranked.iter(), &truth, 1), (0.0, 0.0));
+    assert_eq!(
+        score_list(ranked.iter().map(String::as_str), &truth, 1),
+        (0.0, 0.0)
+    );
 }
 
 #[test]
@@ -109,13 +112,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
     p.affinity.insert("shoes".into(), 3.0);
     p.affinity.insert("hats".into(), 1.0);
     p.recent_items = vec![("x".into(), 10)];
-    let similar = |i: &str| {
-        if i == "x" {
-            vec!["b".to_string()]
-        } else {
-            vec![]
-        }
-    };
+    let similar = |i: &str| if i == "x" { vec!["b"] } else { vec![] };
     let exclude: HashSet<&str> = ["a"].into();
     let opts = CandidateOptions {
         categories: 1,
@@ -123,7 +120,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
     };
     let got: Vec<(String, String)> = candidates(&p, &catalog, &similar, &exclude, &opts)
         .into_iter()
-        .map(|c| (c.item, c.source.to_string()))
+        .map(|c| (c.item.to_string(), c.source.to_string()))
         .collect();
     let want = [("b", "similar_to:x"), ("d", "popular"), ("c", "popular")];
     let want: Vec<(String, String)> = want
@@ -132,7 +129,8 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
         .collect();
     assert_eq!(got, want);
     // A cold user gets popular items only.
-    let cold = candidates(&Profile::new(), &catalog, &similar, &HashSet::new(), &opts);
+    let nobody = Profile::new();
+    let cold = candidates(&nobody, &catalog, &similar, &HashSet::new(), &opts);
     assert!(cold.iter().all(|c| c.source == Source::Popular));
 }
 

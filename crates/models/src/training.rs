@@ -24,7 +24,7 @@ use tandem_common::features::{ItemStats, Profile};
 use crate::candidates::{CandidateOptions, Catalog, candidates, rank};
 use crate::error::{Error, Result};
 use crate::features::{
-    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, pair_features, user_features,
+    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, user_features,
 };
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
@@ -342,7 +342,6 @@ pub fn train(
             "Training step done."
         )
     };
-    let no_similar = |_: &str| Vec::new();
     let none = HashSet::new();
 
     // Segments over every profile at C.
@@ -360,29 +359,31 @@ pub fn train(
 
     // The ranker: features at T₁, labels in [T₁, T).
     let empty = Profile::new();
+    let no_stats = ItemStats::default();
     let catalog_t1 = Catalog::new(history.before.items.clone(), opts.catalog_top);
     let (mut x, mut y, mut train_users) = (Vec::new(), Vec::new(), 0);
     for user in sample(history.train.engaged.keys().collect(), opts.max_train_users) {
         let p = history.before.profiles.get(user).unwrap_or(&empty);
         let engaged = &history.train.engaged[user];
-        let cands = candidates(p, &catalog_t1, &no_similar, &none, &opts.candidates);
-        if !cands.iter().any(|c| engaged.contains(&c.item)) {
+        let cands = candidates(p, &catalog_t1, &|_| Vec::new(), &none, &opts.candidates);
+        if !cands.iter().any(|c| engaged.contains(c.item)) {
             continue;
         }
         train_users += 1;
-        let negatives = cands.iter().filter(|c| !engaged.contains(&c.item)).count();
+        let negatives = cands.iter().filter(|c| !engaged.contains(c.item)).count();
         let step = negatives.div_ceil(opts.negatives_per_user.max(1)).max(1);
         let mut negative = 0;
+        let pair = PairContext::new(p, split.train_from_ms);
         for c in cands {
-            let label = engaged.contains(&c.item);
+            let label = engaged.contains(c.item);
             if !label {
                 negative += 1;
                 if (negative - 1) % step != 0 {
                     continue;
                 }
             }
-            let stats = catalog_t1.items.get(&c.item).cloned().unwrap_or_default();
-            x.push(pair_features(p, &c.item, &stats, split.train_from_ms));
+            let stats = catalog_t1.items.get(c.item).unwrap_or(&no_stats);
+            x.push(pair.features(c.item, stats));
             y.push(label);
         }
     }
@@ -437,15 +438,17 @@ pub fn train(
     for user in &eval {
         let truth = &history.holdout.engaged[*user];
         let p = at_t.profiles.get(*user).unwrap_or(&empty);
-        let cands = candidates(p, &catalog_t, &no_similar, &none, &opts.candidates);
-        if cands.iter().any(|c| truth.contains(&c.item)) {
+        let cands = candidates(p, &catalog_t, &|_| Vec::new(), &none, &opts.candidates);
+        if cands.iter().any(|c| truth.contains(c.item)) {
             recall += 1.0;
         }
-        let top = rank(&ranker, p, cands, &catalog_t, split.holdout_from_ms, opts.k);
-        let (h, n) = score_list(top.iter().map(|s| &s.item), truth, opts.k);
+        let stats: Vec<Option<&ItemStats>> =
+            cands.iter().map(|c| catalog_t.items.get(c.item)).collect();
+        let top = rank(&ranker, p, &cands, &stats, split.holdout_from_ms, opts.k);
+        let (h, n) = score_list(top.iter().map(|s| s.item), truth, opts.k);
         r_hits += h;
         r_ndcg += n;
-        let (h, n) = score_list(popular.iter().copied(), truth, opts.k);
+        let (h, n) = score_list(popular.iter().map(|i| i.as_str()), truth, opts.k);
         p_hits += h;
         p_ndcg += n;
     }
@@ -482,7 +485,7 @@ pub fn train(
 
 /// (hit, NDCG) at `k` of a ranked list against the engaged set.
 pub fn score_list<'a>(
-    ranked: impl Iterator<Item = &'a String>,
+    ranked: impl Iterator<Item = &'a str>,
     truth: &HashSet<String>,
     k: usize,
 ) -> (f64, f64) {

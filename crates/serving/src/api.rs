@@ -19,7 +19,7 @@ use tandem_common::config::Scope;
 use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
-use tandem_models::candidates::{Catalog, candidates, keep_best, rank};
+use tandem_models::candidates::{Candidate, Source, candidates, keep_best, rank};
 use tandem_models::features::user_features;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -548,10 +548,13 @@ fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [S
     }
 }
 
+/// Items left out of a list (a fast hasher: recommendations test ~200 candidates against it).
+type Exclude<'a> = HashSet<&'a str, foldhash::fast::FixedState>;
+
 /// The first `n` of a popular list not in `exclude`, scored by rank (1 for the first, then 1/2, …).
 fn ranked_popular<'a>(
     list: &'a [String],
-    exclude: &'a HashSet<&str>,
+    exclude: &'a Exclude,
     n: usize,
 ) -> impl Iterator<Item = (String, f64)> + 'a {
     list.iter()
@@ -593,7 +596,7 @@ pub async fn get_recommendations(
         .iter()
         .map(|(i, _)| i.clone())
         .collect();
-    let mut exclude: HashSet<&str> = q
+    let mut exclude: Exclude = q
         .exclude
         .as_deref()
         .unwrap_or("")
@@ -647,70 +650,59 @@ pub async fn get_recommendations(
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
-    let similar: BTreeMap<&str, Vec<String>> = sources
-        .iter()
-        .zip(&similar_rows)
-        .map(|(i, r)| {
-            let list = r
-                .as_ref()
-                .map(|r| r.similar.iter().map(|(s, _)| s.clone()).collect())
-                .unwrap_or_default();
-            (*i, list)
-        })
-        .collect();
-    let lookup = |i: &str| similar.get(i).cloned().unwrap_or_default();
+    let lookup = |i: &str| -> Vec<&str> {
+        let row = sources.iter().position(|s| *s == i);
+        match row.and_then(|k| similar_rows[k].as_deref()) {
+            Some(r) => r.similar.iter().map(|(s, _)| s.as_str()).collect(),
+            None => Vec::new(),
+        }
+    };
     let cands = candidates(&profile, &s.catalog, &lookup, &exclude, &opts);
-    let names: Vec<&str> = cands.iter().map(|c| c.item.as_str()).collect();
+    let names: Vec<&str> = cands.iter().map(|c| c.item).collect();
     let rows = match s.item_rows(app.store.as_ref(), &names, timeout).await {
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
-    let stats: std::collections::HashMap<String, ItemStats> = names
+    let stats: Vec<Option<&ItemStats>> = rows
         .iter()
-        .zip(rows)
-        .filter_map(|(i, r)| r.map(|r| (i.to_string(), r.stats.clone())))
+        .map(|r| r.as_deref().map(|r| &r.stats))
         .collect();
+    let recommendation = |item: &str, source: &Source, score| Recommendation {
+        item: item.to_string(),
+        score,
+        source: source.to_string(),
+    };
     let (items, ranked_by) = match &s.models {
         Some(models) => {
-            let catalog = Catalog {
-                items: stats,
-                ..Default::default()
-            };
-            let ranked = rank(&models.ranker, &profile, cands, &catalog, now_ms(), n);
+            let ranked = rank(&models.ranker, &profile, &cands, &stats, now_ms(), n);
             (
                 ranked
-                    .into_iter()
-                    .map(|r| Recommendation {
-                        item: r.item,
-                        score: r.score,
-                        source: r.source.to_string(),
-                    })
+                    .iter()
+                    .map(|r| recommendation(r.item, &r.source, r.score))
                     .collect(),
                 "ranker",
             )
         }
         None => {
-            let mut scored: Vec<Recommendation> = cands
-                .into_iter()
-                .map(|c| Recommendation {
-                    score: stats
-                        .get(&c.item)
-                        .map_or(f64::NEG_INFINITY, |s| s.popularity),
-                    item: c.item,
-                    source: c.source.to_string(),
-                })
+            let mut scored: Vec<(f64, &Candidate)> = cands
+                .iter()
+                .zip(&stats)
+                .map(|(c, s)| (s.map_or(f64::NEG_INFINITY, |s| s.popularity), c))
                 .collect();
-            keep_best(&mut scored, n, |r| (r.score, &r.item));
+            keep_best(&mut scored, n, |(score, c)| (*score, c.item));
             // Popularity is a log-space score: shown relative to the best, in (0, 1].
-            let top = scored.first().map_or(0.0, |r| r.score);
-            for r in &mut scored {
-                r.score = if r.score.is_finite() {
-                    (r.score - top).exp()
-                } else {
-                    0.0
-                };
-            }
-            (scored, "popularity")
+            let top = scored.first().map_or(0.0, |r| r.0);
+            let relative = |score: f64| match score.is_finite() {
+                true => (score - top).exp(),
+                false => 0.0,
+            };
+            (
+                scored
+                    .iter()
+                    .map(|(score, c)| recommendation(c.item, &c.source, relative(*score)))
+                    .collect(),
+                "popularity",
+            )
         }
     };
     Ok(Json(RecsResponse {
@@ -921,7 +913,7 @@ pub async fn get_popular(
     let snap = app.snapshots.current();
     let list = popular_items(snap.as_deref(), q.category.as_deref());
     Ok(Json(ItemsResponse {
-        items: ranked_popular(list, &HashSet::new(), n)
+        items: ranked_popular(list, &Exclude::default(), n)
             .map(|(item, score)| ScoredItem { item, score })
             .collect(),
         snapshot: snap.map(|s| s.id().to_string()),
