@@ -207,3 +207,20 @@ fn trained_models_beat_popularity_and_round_trip() {
     assert_eq!(USER_FEATURES.len(), models.segments.centroids[0].len());
     let _ = Kind::View;
 }
+
+#[test]
+fn keep_best_equals_a_full_sort_then_truncation() {
+    use crate::candidates::keep_best;
+    // Scores with ties, so that the item id decides among equals.
+    let items: Vec<(f64, String)> = (0..200u64)
+        .map(|i| (((i * 7919) % 13) as f64, format!("i{:03}", (i * 31) % 200)))
+        .collect();
+    for n in [0, 1, 5, 10, 199, 200, 300] {
+        let mut want = items.clone();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        want.truncate(n);
+        let mut got = items.clone();
+        keep_best(&mut got, n, |(s, i)| (*s, i));
+        assert_eq!(got, want, "n = {n}");
+    }
+}
