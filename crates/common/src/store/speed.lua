@@ -21,6 +21,7 @@ local SEEN_MAX = 64 -- store::speed::SEEN_MAX
 local SEEN_TTL_MS = 3600000 -- store::speed::SEEN_TTL_MS
 local RECENT_MAX = 20
 local RECENT_STOP = '-20' -- -RECENT_MAX: ZRANGE's rank of the RECENT_MAXth item from the top
+local SEEN_TRIM_STOP = '-65' -- -(SEEN_MAX + 1): ZREMRANGEBYRANK up to it keeps the newest SEEN_MAX
 
 local function logaddexp(a, b)
   local m = math.max(a, b)
@@ -55,21 +56,6 @@ local STRIDE = 11 -- ARGV entries per event
 -- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
 local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
 
--- The fields of each epoch slot that events args[a .. b] may touch: { slot = { field = true } }.
--- One HMGET reads them all and one HSET writes them back, instead of a call per counter.
-local function touched_fields(args, a, b)
-  local by_slot = {}
-  for i = a, b, STRIDE do
-    local slot = tonumber(args[i + 2])
-    local f = by_slot[slot]
-    if not f then f = {}; by_slot[slot] = f end
-    f['c' .. args[i + 4]] = true
-    if args[i + 4] == PURCHASE then f.units = true; f.spend = true end
-    if args[i + 8] ~= '' and args[i + 9] ~= '' then f['a:' .. args[i + 8]] = true end
-  end
-  return by_slot
-end
-
 -- Reads an epoch's current values of `fields` (plus first, last, lastbuy) as numbers.
 local function epoch_state(key, fields)
   local names = { 'first', 'last', 'lastbuy' }
@@ -83,80 +69,132 @@ local function epoch_state(key, fields)
   return st
 end
 
--- One user's events, in offset order: its keys from keys[k + 1], its epoch slots' ms from
--- args[h + 1], its events' entries args[a .. b] (see `apply`). Returns applied, skipped as
--- already applied (offset), skipped as duplicate (event id), skipped as erased.
-local function apply_user(keys, k, args, h, a, b)
-  local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
-  local meta = redis.call('HMGET', speed, 'offset', 'erased')
-  local last = tonumber(meta[1] or '-1')
-  local erased = meta[2] and tonumber(meta[2])
-  local applied, old, dup, gone = 0, 0, 0, 0
-  local fields = nil -- per epoch slot, the fields its events may touch
-  local states = {} -- per epoch slot: the hash's values, and which of them changed
-  local added_recent = {} -- per recent / bought zset: items it gained
-  local top = nil
-  local seen_n = nil
-  for i = a, b, STRIDE do
-    local offset = tonumber(args[i])
-    if offset <= last then
-      old = old + 1
+-- Redis commands over a long list, in chunks: Lua's `unpack` is limited to a few thousand
+-- values (a user alone in a call may bring thousands of events). `head` is the command and its
+-- leading arguments; returns the replies concatenated (tables) or summed (integers).
+local CHUNK = 1024 -- list entries per command; a multiple of 2 (pairs stay together)
+local function bulk(head, list)
+  if #list <= CHUNK then
+    local cmd = { unpack(head) }
+    for _, v in ipairs(list) do cmd[#cmd + 1] = v end
+    return redis.call(unpack(cmd))
+  end
+  local sum, all = 0, {}
+  for from = 1, #list, CHUNK do
+    local cmd = { unpack(head) }
+    for j = from, math.min(from + CHUNK - 1, #list) do cmd[#cmd + 1] = list[j] end
+    local r = redis.call(unpack(cmd))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do all[#all + 1] = v end
     else
-      last = offset
-      top = args[i]
-      if erased and tonumber(args[i + 3]) <= erased then
-        gone = gone + 1
-      elseif redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
-        dup = dup + 1
-      else
-        -- Keep the newest SEEN_MAX ids after every event, as the memory backend does.
-        if seen_n then seen_n = seen_n + 1 else seen_n = redis.call('ZCARD', seen) end
-        if seen_n > SEEN_MAX then
-          redis.call('ZREMRANGEBYRANK', seen, 0, string.format('%d', seen_n - SEEN_MAX - 1))
-          seen_n = SEEN_MAX
-        end
-        applied = applied + 1
-        local slot = tonumber(args[i + 2])
-        local st = states[slot]
-        if not st then
-          fields = fields or touched_fields(args, a, b)
-          st = epoch_state(keys[k + 1 + 3 * slot], fields[slot])
-          states[slot] = st
-          local ms = args[h + slot]
-          if st.fresh then redis.call('ZADD', epochs, ms, ms) end
-        end
-        local val, dirty = st.val, st.dirty
-        local ts = tonumber(args[i + 5])
-        if not val.first or ts < val.first then val.first = ts; dirty.first = args[i + 5] end
-        if not val.last or ts > val.last then val.last = ts; dirty.last = args[i + 5] end
-        local c = 'c' .. args[i + 4]
-        val[c] = (val[c] or 0) + 1
-        dirty[c] = true
-        if args[i + 4] == PURCHASE then
-          val.units = (val.units or 0) + tonumber(args[i + 6])
-          val.spend = (val.spend or 0) + tonumber(args[i + 7])
-          dirty.units, dirty.spend = true, true
-          if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = args[i + 5] end
-        end
-        local cat, term = args[i + 8], args[i + 9]
-        if cat ~= '' and term ~= '' then
-          local f = 'a:' .. cat
-          local x, t = val[f], tonumber(term)
-          if x == nil then val[f] = t else val[f] = logaddexp(x, t) end
-          dirty[f] = false
-        end
-        local item = args[i + 10]
-        if item ~= '' then
-          local recent = keys[k + 2 + 3 * slot]
-          added_recent[recent] = (added_recent[recent] or 0)
-            + redis.call('ZADD', recent, 'GT', args[i + 5], item)
-          if args[i + 4] == PURCHASE then
-            local bought = keys[k + 3 + 3 * slot]
-            added_recent[bought] = (added_recent[bought] or 0)
-              + redis.call('ZADD', bought, 'GT', args[i + 5], item)
-          end
-        end
+      sum = sum + r
+    end
+  end
+  if #all > 0 then return all end
+  return sum
+end
+
+-- Which of the fresh events args[i] (i in `fresh`, in offset order, each past the user's last
+-- offset) are new, and which repeat an event id the user has among its newest SEEN_MAX; records
+-- the new ones in `seen`, keeping the newest SEEN_MAX by offset. Returns the new ones' indices
+-- and how many were duplicates.
+--
+-- The memory backend checks and trims after each event. When no id is already in the set and
+-- none repeats within the call (every event but a retried producer's), the outcome is the same
+-- in constant calls: one ZMSCORE finds none, one ZADD adds all, one trim keeps the newest
+-- SEEN_MAX (the fresh offsets are past every offset in the set, so the per-event trims evict
+-- exactly what the one trim does). Otherwise it goes event by event, as the memory backend does.
+local function record_seen(seen, args, fresh)
+  local ids = {}
+  for j, i in ipairs(fresh) do ids[j] = args[i + 1] end
+  local known = bulk({ 'ZMSCORE', seen }, ids)
+  local clash = false
+  local in_call = {}
+  for j, id in ipairs(ids) do
+    if known[j] or in_call[id] then clash = true; break end
+    in_call[id] = true
+  end
+  if not clash then
+    local pairs_ = {}
+    for _, i in ipairs(fresh) do
+      pairs_[#pairs_ + 1] = args[i]
+      pairs_[#pairs_ + 1] = args[i + 1]
+    end
+    bulk({ 'ZADD', seen }, pairs_)
+    redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
+    return fresh, 0
+  end
+  local new, dup, seen_n = {}, 0, redis.call('ZCARD', seen)
+  for _, i in ipairs(fresh) do
+    if redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
+      dup = dup + 1
+    else
+      seen_n = seen_n + 1
+      if seen_n > SEEN_MAX then
+        redis.call('ZREMRANGEBYRANK', seen, 0, string.format('%d', seen_n - SEEN_MAX - 1))
+        seen_n = SEEN_MAX
       end
+      new[#new + 1] = i
+    end
+  end
+  return new, dup
+end
+
+-- Adds the deltas of the events args[i] (i in `new`) to their epochs: per epoch slot, one HMGET
+-- of the fields they touch and one HSET of the changed ones; per recent / bought zset, one ZADD
+-- of all its items and one trim. Epoch slots' keys from keys[k + 1], their ms from args[h + 1].
+local function add_deltas(keys, k, args, h, new)
+  local epochs = keys[k + 3]
+  local by_slot = {} -- per epoch slot: the fields its events touch
+  for _, i in ipairs(new) do
+    local slot = tonumber(args[i + 2])
+    local f = by_slot[slot]
+    if not f then f = {}; by_slot[slot] = f end
+    f['c' .. args[i + 4]] = true
+    if args[i + 4] == PURCHASE then f.units = true; f.spend = true end
+    if args[i + 8] ~= '' and args[i + 9] ~= '' then f['a:' .. args[i + 8]] = true end
+  end
+  local states = {} -- per epoch slot: the hash's values, and which of them changed
+  for slot, fields in pairs(by_slot) do
+    states[slot] = epoch_state(keys[k + 1 + 3 * slot], fields)
+    local ms = args[h + slot]
+    if states[slot].fresh then redis.call('ZADD', epochs, ms, ms) end
+  end
+  local items = {} -- per recent / bought zset: its (time, item) pairs to add
+  local function add_item(key, ts, item)
+    local l = items[key]
+    if not l then l = {}; items[key] = l end
+    l[#l + 1] = ts
+    l[#l + 1] = item
+  end
+  for _, i in ipairs(new) do
+    local slot = tonumber(args[i + 2])
+    local st = states[slot]
+    local val, dirty = st.val, st.dirty
+    local ts = tonumber(args[i + 5])
+    if not val.first or ts < val.first then val.first = ts; dirty.first = args[i + 5] end
+    if not val.last or ts > val.last then val.last = ts; dirty.last = args[i + 5] end
+    local c = 'c' .. args[i + 4]
+    val[c] = (val[c] or 0) + 1
+    dirty[c] = true
+    local purchase = args[i + 4] == PURCHASE
+    if purchase then
+      val.units = (val.units or 0) + tonumber(args[i + 6])
+      val.spend = (val.spend or 0) + tonumber(args[i + 7])
+      dirty.units, dirty.spend = true, true
+      if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = args[i + 5] end
+    end
+    local cat, term = args[i + 8], args[i + 9]
+    if cat ~= '' and term ~= '' then
+      local f = 'a:' .. cat
+      local x, t = val[f], tonumber(term)
+      if x == nil then val[f] = t else val[f] = logaddexp(x, t) end
+      dirty[f] = false
+    end
+    local item = args[i + 10]
+    if item ~= '' then
+      add_item(keys[k + 2 + 3 * slot], args[i + 5], item)
+      if purchase then add_item(keys[k + 3 + 3 * slot], args[i + 5], item) end
     end
   end
   -- dirty[f]: the string to store (first, last, lastbuy), true for a counter (`%d`), false for
@@ -175,12 +213,46 @@ local function apply_user(keys, k, args, h, a, b)
     end
     if #flat > 0 then redis.call('HSET', st.key, unpack(flat)) end
   end
-  for recent, n in pairs(added_recent) do
-    if n > 0 then trim_recent(recent) end
+  -- One ZADD GT of several pairs does what a ZADD GT per pair does, in order; it counts the
+  -- items it added, and a zset that gained none needs no trim.
+  for key, l in pairs(items) do
+    if bulk({ 'ZADD', key, 'GT' }, l) > 0 then trim_recent(key) end
   end
-  if applied + dup > 0 then redis.call('PEXPIRE', seen, SEEN_TTL_MS) end
+end
+
+-- One user's events, in offset order: its keys from keys[k + 1], its epoch slots' ms from
+-- args[h + 1], its events' entries args[a .. b] (see `apply`). Returns applied, skipped as
+-- already applied (offset), skipped as duplicate (event id), skipped as erased.
+local function apply_user(keys, k, args, h, a, b)
+  local speed, seen = keys[k + 1], keys[k + 2]
+  local meta = redis.call('HMGET', speed, 'offset', 'erased')
+  local last = tonumber(meta[1] or '-1')
+  local erased = meta[2] and tonumber(meta[2])
+  local old, gone = 0, 0
+  local fresh = {} -- events past the last offset, not erased
+  local top = nil
+  for i = a, b, STRIDE do
+    local offset = tonumber(args[i])
+    if offset <= last then
+      old = old + 1
+    else
+      last = offset
+      top = args[i]
+      if erased and tonumber(args[i + 3]) <= erased then
+        gone = gone + 1
+      else
+        fresh[#fresh + 1] = i
+      end
+    end
+  end
+  local new, dup = {}, 0
+  if #fresh > 0 then
+    new, dup = record_seen(seen, args, fresh)
+    add_deltas(keys, k, args, h, new)
+    redis.call('PEXPIRE', seen, SEEN_TTL_MS)
+  end
   if top then redis.call('HSET', speed, 'offset', top) end
-  return applied, old, dup, gone
+  return #new, old, dup, gone
 end
 
 -- The events of several users, each user's applied as one atomic step (the whole call is one).

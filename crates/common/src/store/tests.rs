@@ -272,12 +272,79 @@ async fn speed_conformance(store: &dyn OnlineStore) {
         (speed::SEEN_MAX as u64 + 6, 1)
     );
 
+    // Evictions across calls: a call of new ids only (one bulk add and one trim) evicts the
+    // oldest ids exactly as a trim after each event would; a later copy of an evicted id is new,
+    // a copy of one still kept is a duplicate.
+    let user = "user-evict";
+    let seen_event = |i: u64, offset: u64| SpeedEvent {
+        offset,
+        ingest_ts: base,
+        epoch_ms: base,
+        event: event(
+            &format!("v{i}"),
+            user,
+            Kind::View,
+            i as usize,
+            base + i as i64,
+        ),
+    };
+    let first: Vec<_> = (0..speed::SEEN_MAX as u64)
+        .map(|i| seen_event(i, i))
+        .collect();
+    assert_eq!(
+        store.apply_events(&first).await.unwrap().applied,
+        first.len() as u64
+    );
+    let more: Vec<_> = (100..103).map(|i| seen_event(i, i)).collect();
+    assert_eq!(store.apply_events(&more).await.unwrap().applied, 3);
+    // (v3 first: the new copy of v2 itself pushes the oldest kept id, v3, out.)
+    let copies = [seen_event(3, 200), seen_event(2, 201)];
+    let counts = store.apply_events(&copies).await.unwrap();
+    assert_eq!(
+        (counts.applied, counts.duplicates),
+        (1, 1),
+        "v3 is kept (SEEN_MAX - 1 newer ids), v2 fell out"
+    );
+
+    // One user with more events in one call than one Redis command takes (chunked), as a
+    // user alone in a partition's batch brings: the same deltas as folding them.
+    let user = "user-many";
+    let many: Vec<_> = (0..1500_u64)
+        .map(|i| SpeedEvent {
+            offset: i,
+            ingest_ts: base,
+            epoch_ms: base,
+            event: event(
+                &format!("m{i}"),
+                user,
+                Kind::ALL[i as usize % Kind::ALL.len()],
+                i as usize % 97,
+                base + ((i * 7919) % 1000) as i64,
+            ),
+        })
+        .collect();
+    let counts = store.apply_events(&many).await.unwrap();
+    assert_eq!(counts.applied, many.len() as u64);
+    let mut want = Profile::new();
+    many.iter().for_each(|e| want.apply(&e.event));
+    let got = store.speed(user, 0).await.unwrap().merged();
+    assert!(got.approx_eq(&want), "{got:?}\n{want:?}");
+    let again = store.apply_events(&many).await.unwrap();
+    assert_eq!(again.replayed, many.len() as u64);
+    // Its newest SEEN_MAX ids are kept: a copy of the last is a duplicate, of an older one not.
+    let mut last_copy = many[1499].clone();
+    last_copy.offset = 2_000;
+    let mut old_copy = many[1000].clone();
+    old_copy.offset = 2_001;
+    let counts = store.apply_events(&[last_copy, old_copy]).await.unwrap();
+    assert_eq!((counts.applied, counts.duplicates), (1, 1));
+
     // Dropping epochs before a cutoff: per user-epoch, the rest kept whole.
     let dropped = store.drop_epochs_before(base + 2 * H).await.unwrap();
     assert_eq!(
         dropped,
-        3 * 2 + 1,
-        "two old epochs of 3 users, and user-seen's"
+        3 * 2 + 3,
+        "two old epochs of 3 users, and those of user-seen, user-evict and user-many"
     );
     for u in ["user-0", "user-1"] {
         let got = store.speed(u, 0).await.unwrap();
@@ -412,6 +479,10 @@ fn the_lua_library_agrees_with_the_rust_constants() {
     assert!(lua.contains(&format!("local SEEN_MAX = {} ", speed::SEEN_MAX)));
     assert!(lua.contains(&format!("local SEEN_TTL_MS = {} ", speed::SEEN_TTL_MS)));
     assert!(lua.contains(&format!("local STRIDE = {} ", speed::STRIDE)));
+    assert!(lua.contains(&format!(
+        "local SEEN_TRIM_STOP = '-{}'",
+        speed::SEEN_MAX + 1
+    )));
     assert!(lua.contains(&format!(
         "local RECENT_MAX = {}\n",
         crate::features::RECENT_ITEMS
