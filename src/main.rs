@@ -16,6 +16,11 @@ use tandem_common::lake::{IngestRun, Lake, ingest_watermark};
 mod demo;
 mod progress;
 
+/// mimalloc rather than glibc's malloc: the API's worker threads contended on malloc's arena
+/// locks (a profile of `tandem serve` under load), and DataFusion's batch allocates in many threads.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tandem: real-time personalization, batch plus stream.
 #[derive(Parser)]
 #[command(name = "tandem", version, about, propagate_version = true)]

@@ -3,18 +3,20 @@
 // utoipa's `path` macro expands the `IntoParams` types of `params(…)` with qualified paths.
 #![allow(unused_qualifications)]
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes as Payload;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde::{Deserialize, Serialize, Serializer};
 use tandem_common::config::Scope;
 use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
@@ -80,9 +82,69 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn rfc3339(ms: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+/// An epoch-ms time, shown as RFC 3339 in UTC with milliseconds (`2026-11-22T07:00:00.000Z`),
+/// written straight into the answer: a profile shows some forty times, and a `String` each
+/// was a good part of a request's allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(DateTime<Utc>);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_millis()
+        )
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `ms` as RFC 3339; `None` out of chrono's range.
+fn rfc3339(ms: i64) -> Option<Rfc3339> {
+    DateTime::<Utc>::from_timestamp_millis(ms).map(Rfc3339)
+}
+
+/// Serializes a value by its `Display` (a candidate's source), without a `String` between.
+fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// `value` as a JSON answer. Serialized here rather than returned as `Json<T>`, so that the
+/// answer can borrow its strings from the snapshot and the merged profile instead of copying
+/// each one out of them.
+fn json<T: Serialize>(value: &T) -> Response {
+    let mut body = Vec::with_capacity(2048);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "an answer could not be serialized");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the answer could not be serialized",
+            )
+            .into_response()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,28 +306,30 @@ pub enum Degraded {
 }
 
 /// A category and the user's decayed interest in it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CategoryScore {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryScore<'a> {
     /// The category.
-    pub category: String,
+    pub category: &'a str,
     /// The interest, decayed to the time of the request.
     pub score: f64,
 }
 
 /// One of the user's latest items.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecentItem {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentItem<'a> {
     /// The item.
-    pub item: String,
+    pub item: &'a str,
     /// When the user last touched it (RFC 3339).
-    pub ts: String,
+    #[schema(value_type = Option<String>)]
+    pub ts: Option<Rfc3339>,
 }
 
 /// A user's profile: the snapshot's features plus the speed layer's since its cutoff.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProfileView {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileView<'a> {
     /// Events per kind.
-    pub counts: BTreeMap<String, u64>,
+    #[schema(value_type = BTreeMap<String, u64>)]
+    pub counts: BTreeMap<&'static str, u64>,
     /// Events in all.
     pub events: u64,
     /// Units bought.
@@ -273,26 +337,29 @@ pub struct ProfileView {
     /// Money spent.
     pub spend: f64,
     /// The first event's time (RFC 3339).
-    pub first_seen: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub first_seen: Option<Rfc3339>,
     /// The latest event's time.
-    pub last_seen: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub last_seen: Option<Rfc3339>,
     /// The latest purchase's time.
-    pub last_purchase: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub last_purchase: Option<Rfc3339>,
     /// Interest per category, strongest first.
-    pub affinity: Vec<CategoryScore>,
+    pub affinity: Vec<CategoryScore<'a>>,
     /// The latest distinct items, newest first.
-    pub recent_items: Vec<RecentItem>,
+    pub recent_items: Vec<RecentItem<'a>>,
     /// The latest distinct items bought, newest first (recommendations leave them out).
-    pub recent_purchases: Vec<RecentItem>,
+    pub recent_purchases: Vec<RecentItem<'a>>,
 }
 
-impl ProfileView {
-    fn new(p: &Profile, now_ms: i64) -> Self {
+impl<'a> ProfileView<'a> {
+    fn new(p: &'a Profile, now_ms: i64) -> Self {
         let mut affinity: Vec<CategoryScore> = p
             .affinity
             .iter()
             .map(|(c, s)| CategoryScore {
-                category: c.clone(),
+                category: c,
                 score: decayed_at(*s, now_ms),
             })
             .collect();
@@ -305,7 +372,7 @@ impl ProfileView {
         ProfileView {
             counts: tandem_common::event::Kind::ALL
                 .iter()
-                .map(|k| (k.as_str().to_string(), p.count(*k)))
+                .map(|k| (k.as_str(), p.count(*k)))
                 .collect(),
             events: p.counts.iter().sum(),
             units: p.units,
@@ -320,25 +387,26 @@ impl ProfileView {
     }
 }
 
-fn recent_view(items: &[(String, i64)]) -> Vec<RecentItem> {
+fn recent_view(items: &[(String, i64)]) -> Vec<RecentItem<'_>> {
     items
         .iter()
         .map(|(i, t)| RecentItem {
-            item: i.clone(),
-            ts: rfc3339(*t).unwrap_or_default(),
+            item: i,
+            ts: rfc3339(*t),
         })
         .collect()
 }
 
 /// How fresh an answer is.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Freshness {
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Freshness<'a> {
     /// The snapshot merged in, if any has been published.
-    pub snapshot: Option<String>,
+    pub snapshot: Option<&'a str>,
     /// Its cutoff (RFC 3339): its part holds the events ingested before it.
-    pub cutoff: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub cutoff: Option<Rfc3339>,
     /// When the batch run that made the snapshot started.
-    pub snapshot_created_at: Option<String>,
+    pub snapshot_created_at: Option<&'a str>,
     /// The bus offset of the last event of this user the speed layer applied.
     pub last_offset: Option<u64>,
     /// Speed-layer epochs merged in (ingest-time epochs at or after the cutoff).
@@ -349,25 +417,27 @@ pub struct Freshness {
 }
 
 /// The answer to `GET /v1/users/{id}/profile`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProfileResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProfileResponse<'a> {
     /// The user.
-    pub user_id: String,
+    pub user_id: &'a str,
     /// The merged profile.
-    pub profile: ProfileView,
+    pub profile: ProfileView<'a>,
     /// The user's segment, from the snapshot's models applied to the merged profile.
     pub segment: Option<u32>,
     /// P(the user buys within the models' window), likewise.
     pub propensity: Option<f64>,
     /// Where the answer comes from.
-    pub freshness: Freshness,
+    pub freshness: Freshness<'a>,
     /// Set when part of the answer could not be read.
     pub degraded: Option<Degraded>,
 }
 
 /// A user's merged profile and what went into it.
 struct Merged {
-    profile: Profile,
+    /// The snapshot row's profile with the speed epochs merged in, when there are epochs;
+    /// without, [`Merged::profile`] is the row's own (no copy of it per request).
+    with_speed: Option<Profile>,
     known: bool,
     snapshot_row: Option<Arc<tandem_common::store::UserRow>>,
     speed: Option<SpeedState>,
@@ -390,25 +460,25 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
         }
         None => (Ok(None), speed.await),
     };
-    let mut profile = Profile::new();
-    let mut known = false;
     let speed = speed.ok();
     let erased = speed.as_ref().and_then(|s| s.erased_ms);
     let before_erasure = snap.is_some_and(|s| erased.is_some_and(|e| s.pointer.cutoff_ms <= e));
     let snapshot_row = match &row {
-        Ok(Some(r)) if !before_erasure => {
-            profile.merge(&r.profile);
-            known = true;
-            Some(r.clone())
-        }
+        Ok(Some(r)) if !before_erasure => Some(r.clone()),
         _ => None,
     };
-    if let Some(s) = &speed {
-        for e in s.epochs.values() {
+    let epochs = speed.as_ref().map(|s| &s.epochs).filter(|e| !e.is_empty());
+    let known = snapshot_row.is_some() || epochs.is_some();
+    let with_speed = epochs.map(|epochs| {
+        let mut profile = Profile::new();
+        if let Some(r) = &snapshot_row {
+            profile.merge(&r.profile);
+        }
+        for e in epochs.values() {
             profile.merge(e);
         }
-        known |= !s.epochs.is_empty();
-    }
+        profile
+    });
     let degraded = match (&row, &speed) {
         (Err(_), None) => Some(Degraded::PopularOnly),
         (Err(_), Some(_)) => Some(Degraded::SpeedOnly),
@@ -416,7 +486,7 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
         _ => None,
     };
     Merged {
-        profile,
+        with_speed,
         known,
         snapshot_row,
         speed,
@@ -424,11 +494,25 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
     }
 }
 
-fn freshness(app: &App, snap: Option<&Loaded>, user: &str, m: &Merged) -> Freshness {
+/// The profile of no events: what a user without a row or epochs is shown as.
+static NO_PROFILE: LazyLock<Profile> = LazyLock::new(Profile::new);
+
+impl Merged {
+    /// The merged profile.
+    fn profile(&self) -> &Profile {
+        match (&self.with_speed, &self.snapshot_row) {
+            (Some(p), _) => p,
+            (None, Some(r)) => &r.profile,
+            (None, None) => &NO_PROFILE,
+        }
+    }
+}
+
+fn freshness<'a>(app: &App, snap: Option<&'a Loaded>, user: &str, m: &Merged) -> Freshness<'a> {
     Freshness {
-        snapshot: snap.map(|s| s.id().to_string()),
+        snapshot: snap.map(|s| s.id()),
         cutoff: snap.and_then(|s| rfc3339(s.pointer.cutoff_ms)),
-        snapshot_created_at: snap.and_then(|s| s.created_at().map(str::to_string)),
+        snapshot_created_at: snap.and_then(|s| s.created_at()),
         last_offset: m.speed.as_ref().and_then(|s| s.offset),
         speed_epochs: m.speed.as_ref().map_or(0, |s| s.epochs.len()),
         consumer_lag: app.lag_of(user),
@@ -452,10 +536,11 @@ pub async fn get_profile(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(user): Path<String>,
-) -> Result<Json<ProfileResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
     let snap = app.snapshots.current();
     let m = merged(&app, snap.as_deref(), &user).await;
+    let profile = m.profile();
     if !m.known && m.degraded.is_none() {
         return Err(ApiError::not_found(format!(
             "no event of user `{user}` is known"
@@ -464,7 +549,7 @@ pub async fn get_profile(
     let now = now_ms();
     let (segment, propensity) = match snap.as_deref().and_then(|s| s.models.as_ref()) {
         Some(models) if m.known => {
-            let x = user_features(&m.profile, now);
+            let x = user_features(profile, now);
             (
                 Some(models.segments.assign(&x) as u32),
                 Some(models.propensity.probability(&x)),
@@ -475,13 +560,13 @@ pub async fn get_profile(
             .as_ref()
             .map_or((None, None), |r| (r.segment, r.propensity)),
     };
-    Ok(Json(ProfileResponse {
+    Ok(json(&ProfileResponse {
         freshness: freshness(&app, snap.as_deref(), &user, &m),
-        profile: ProfileView::new(&m.profile, now),
+        profile: ProfileView::new(profile, now),
         segment,
         propensity,
         degraded: m.degraded,
-        user_id: user,
+        user_id: &user,
     }))
 }
 
@@ -501,30 +586,32 @@ pub struct RecsQuery {
 }
 
 /// One recommended item.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Recommendation {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recommendation<'a> {
     /// The item.
-    pub item: String,
+    pub item: &'a str,
     /// The ranker's probability of interest, or, when the snapshot has no models, the item's
     /// popularity relative to the first item's (1 for the first).
     pub score: f64,
     /// Where the candidate came from: `similar_to:<item>`, `category:<c>` or `popular`.
-    pub source: String,
+    #[serde(serialize_with = "display")]
+    #[schema(value_type = String)]
+    pub source: Source<'a>,
 }
 
 /// The answer to `GET /v1/users/{id}/recommendations`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecsResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecsResponse<'a> {
     /// The user.
-    pub user_id: String,
+    pub user_id: &'a str,
     /// The items, best first.
-    pub items: Vec<Recommendation>,
+    pub items: Vec<Recommendation<'a>>,
     /// The user has no history: the items are popular ones.
     pub cold_start: bool,
     /// What ordered them: `ranker` (the snapshot's model) or `popularity`.
-    pub ranked_by: String,
+    pub ranked_by: &'static str,
     /// Where the answer comes from.
-    pub freshness: Freshness,
+    pub freshness: Freshness<'a>,
     /// Set when part of the answer could not be read.
     pub degraded: Option<Degraded>,
 }
@@ -556,12 +643,12 @@ fn ranked_popular<'a>(
     list: &'a [String],
     exclude: &'a Exclude,
     n: usize,
-) -> impl Iterator<Item = (String, f64)> + 'a {
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
     list.iter()
         .filter(|i| !exclude.contains(i.as_str()))
         .take(n)
         .enumerate()
-        .map(|(rank, i)| (i.clone(), 1.0 / (rank + 1) as f64))
+        .map(|(rank, i)| (i.as_str(), 1.0 / (rank + 1) as f64))
 }
 
 /// Recommendations for the user: candidates (similar to recent items, top of strongest
@@ -583,19 +670,13 @@ pub async fn get_recommendations(
     headers: HeaderMap,
     Path(user): Path<String>,
     query: Result<Query<RecsQuery>, QueryRejection>,
-) -> Result<Json<RecsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
     let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
     let n = check_n(q.n)?;
     let snap = app.snapshots.current();
     let snap = snap.as_deref();
-    let mut m = merged(&app, snap, &user).await;
-    let bought: Vec<String> = m
-        .profile
-        .recent_purchases
-        .iter()
-        .map(|(i, _)| i.clone())
-        .collect();
+    let m = merged(&app, snap, &user).await;
     let mut exclude: Exclude = q
         .exclude
         .as_deref()
@@ -607,24 +688,27 @@ pub async fn get_recommendations(
     if let Some(c) = q.context_item.as_deref() {
         exclude.insert(c);
     }
-    exclude.extend(bought.iter().map(String::as_str));
+    exclude.extend(m.profile().recent_purchases.iter().map(|(i, _)| i.as_str()));
     let fresh = freshness(&app, snap, &user, &m);
+    let answer = |items, ranked_by, degraded| {
+        json(&RecsResponse {
+            user_id: &user,
+            items,
+            cold_start: !m.known,
+            ranked_by,
+            freshness: fresh,
+            degraded,
+        })
+    };
     let popular = |degraded| {
         let items = ranked_popular(popular_items(snap, None), &exclude, n)
             .map(|(item, score)| Recommendation {
                 item,
                 score,
-                source: "popular".into(),
+                source: Source::Popular,
             })
             .collect();
-        Json(RecsResponse {
-            user_id: user.clone(),
-            items,
-            cold_start: !m.known,
-            ranked_by: "popularity".into(),
-            freshness: fresh.clone(),
-            degraded,
-        })
+        answer(items, "popularity", degraded)
     };
     let Some(s) = snap else {
         return Ok(popular(m.degraded));
@@ -633,11 +717,15 @@ pub async fn get_recommendations(
         return Ok(popular(m.degraded));
     }
     // The context item leads the recent items, so that its similar items come first.
-    let mut profile = std::mem::take(&mut m.profile);
-    if let Some(c) = q.context_item.as_deref() {
-        profile.recent_items.retain(|(i, _)| i != c);
-        profile.recent_items.insert(0, (c.to_string(), now_ms()));
-    }
+    let profile: Cow<'_, Profile> = match q.context_item.as_deref() {
+        Some(c) => {
+            let mut p = m.profile().clone();
+            p.recent_items.retain(|(i, _)| i != c);
+            p.recent_items.insert(0, (c.to_string(), now_ms()));
+            Cow::Owned(p)
+        }
+        None => Cow::Borrowed(m.profile()),
+    };
     let timeout = app.opts.store_timeout;
     let opts = s.models.as_ref().map(|m| m.candidates).unwrap_or_default();
     let sources: Vec<&str> = profile
@@ -667,18 +755,17 @@ pub async fn get_recommendations(
         .iter()
         .map(|r| r.as_deref().map(|r| &r.stats))
         .collect();
-    let recommendation = |item: &str, source: &Source, score| Recommendation {
-        item: item.to_string(),
-        score,
-        source: source.to_string(),
-    };
     let (items, ranked_by) = match &s.models {
         Some(models) => {
             let ranked = rank(&models.ranker, &profile, &cands, &stats, now_ms(), n);
             (
                 ranked
-                    .iter()
-                    .map(|r| recommendation(r.item, &r.source, r.score))
+                    .into_iter()
+                    .map(|r| Recommendation {
+                        item: r.item,
+                        score: r.score,
+                        source: r.source,
+                    })
                     .collect(),
                 "ranker",
             )
@@ -699,20 +786,17 @@ pub async fn get_recommendations(
             (
                 scored
                     .iter()
-                    .map(|(score, c)| recommendation(c.item, &c.source, relative(*score)))
+                    .map(|(score, c)| Recommendation {
+                        item: c.item,
+                        score: relative(*score),
+                        source: c.source,
+                    })
                     .collect(),
                 "popularity",
             )
         }
     };
-    Ok(Json(RecsResponse {
-        user_id: user.clone(),
-        items,
-        cold_start: !m.known,
-        ranked_by: ranked_by.into(),
-        freshness: fresh,
-        degraded: m.degraded,
-    }))
+    Ok(answer(items, ranked_by, m.degraded))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,21 +812,21 @@ pub struct ListQuery {
 }
 
 /// An item and a score.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ScoredItem {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScoredItem<'a> {
     /// The item.
-    pub item: String,
+    pub item: &'a str,
     /// Cosine similarity (similar items) or rank-based popularity (1 = most popular).
     pub score: f64,
 }
 
 /// An item list.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ItemsResponse {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemsResponse<'a> {
     /// The items, best first.
-    pub items: Vec<ScoredItem>,
+    pub items: Vec<ScoredItem<'a>>,
     /// The snapshot they come from.
-    pub snapshot: Option<String>,
+    pub snapshot: Option<&'a str>,
 }
 
 /// The items most often engaged with by the same users as `id` (item-item co-occurrence,
@@ -764,7 +848,7 @@ pub async fn get_similar(
     headers: HeaderMap,
     Path(item): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<ItemsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
     let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
     let n = check_n(q.n)?;
@@ -782,17 +866,17 @@ pub async fn get_similar(
         .ok_or_else(|| {
             ApiError::not_found(format!("item `{item}` is not in snapshot {}", s.id()))
         })?;
-    Ok(Json(ItemsResponse {
+    Ok(json(&ItemsResponse {
         items: row
             .similar
             .iter()
             .take(n)
             .map(|(i, score)| ScoredItem {
-                item: i.clone(),
+                item: i,
                 score: *score,
             })
             .collect(),
-        snapshot: Some(s.id().to_string()),
+        snapshot: Some(s.id()),
     }))
 }
 
@@ -876,7 +960,7 @@ pub async fn delete_user(
     metrics::counter!("tandem_serving_erasures_total").increment(1);
     Ok(Json(EraseResponse {
         user_id: user,
-        erased_at: rfc3339(erased_ms).unwrap_or_default(),
+        erased_at: rfc3339(erased_ms).map_or_else(String::new, |t| t.to_string()),
         erased_ms,
         keys_deleted,
     }))
@@ -906,16 +990,46 @@ pub async fn get_popular(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<ItemsResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
     let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
     let n = check_n(q.n)?;
     let snap = app.snapshots.current();
     let list = popular_items(snap.as_deref(), q.category.as_deref());
-    Ok(Json(ItemsResponse {
-        items: ranked_popular(list, &Exclude::default(), n)
+    let exclude = Exclude::default();
+    Ok(json(&ItemsResponse {
+        items: ranked_popular(list, &exclude, n)
             .map(|(item, score)| ScoredItem { item, score })
             .collect(),
-        snapshot: snap.map(|s| s.id().to_string()),
+        snapshot: snap.as_deref().map(Loaded::id),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_show_as_chrono_writes_rfc3339() {
+        for ms in [
+            0,
+            1,
+            999,
+            -1,
+            -86_400_001,
+            1_763_800_000_123,
+            1_763_800_059_999,
+            253_402_300_799_999, // 9999-12-31T23:59:59.999Z
+        ] {
+            let want = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(rfc3339(ms).unwrap().to_string(), want, "{ms}");
+            assert_eq!(
+                serde_json::to_string(&rfc3339(ms)).unwrap(),
+                format!("\"{want}\"")
+            );
+        }
+        assert_eq!(rfc3339(i64::MAX), None);
+    }
 }

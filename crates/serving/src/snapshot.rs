@@ -13,6 +13,7 @@ use tandem_common::store::{
     BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome, ItemRow, OnlineStore, Pointer, PopularRow,
     UserRow, item_key, snapshot_key, user_key,
 };
+use tandem_common::features::sort_recent;
 use tandem_models::candidates::Catalog;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
@@ -99,9 +100,16 @@ impl Loaded {
         let key = user_key(user, self.id());
         let got = timed("get_user", timeout, store.get(std::slice::from_ref(&key))).await?;
         let row = match got.into_iter().next().flatten() {
-            Some(b) => Some(Arc::new(serde_json::from_slice::<UserRow>(&b).map_err(
-                |e| StoreFailure::Error(format!("user row `{key}` is not valid: {e}")),
-            )?)),
+            Some(b) => {
+                let mut row = serde_json::from_slice::<UserRow>(&b).map_err(|e| {
+                    StoreFailure::Error(format!("user row `{key}` is not valid: {e}"))
+                })?;
+                // In the order a merge leaves them, so that a user without speed epochs is
+                // served the row as it is, exactly as merged with nothing.
+                sort_recent(&mut row.profile.recent_items);
+                sort_recent(&mut row.profile.recent_purchases);
+                Some(Arc::new(row))
+            }
             None => None,
         };
         self.users.insert(user.to_string(), row.clone());

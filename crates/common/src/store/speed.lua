@@ -69,23 +69,21 @@ local function epoch_state(key, fields)
   return st
 end
 
--- Redis commands over a long list, in chunks: Lua's `unpack` is limited to a few thousand
--- values (a user alone in a call may bring thousands of events). `head` is the command and its
--- leading arguments; returns the replies concatenated (tables) or summed (integers).
-local CHUNK = 1024 -- list entries per command; a multiple of 2 (pairs stay together)
-local function bulk(head, list)
-  if #list <= CHUNK then
-    local cmd = { unpack(head) }
-    for _, v in ipairs(list) do cmd[#cmd + 1] = v end
-    return redis.call(unpack(cmd))
+-- A Redis command over a long list, in chunks: Lua's `unpack` is limited to a few thousand
+-- values (a user alone in a call may bring thousands of events). `opt` is an option before the
+-- list, or nil. Returns the replies concatenated (tables) or summed (integers).
+local CHUNK = 1024 -- list entries per command; even, so that pairs stay together
+local function bulk(cmd, key, opt, list)
+  local function run(from, to)
+    if opt then return redis.call(cmd, key, opt, unpack(list, from, to)) end
+    return redis.call(cmd, key, unpack(list, from, to))
   end
+  if #list <= CHUNK then return run(1, #list) end
   local sum, all = 0, {}
   for from = 1, #list, CHUNK do
-    local cmd = { unpack(head) }
-    for j = from, math.min(from + CHUNK - 1, #list) do cmd[#cmd + 1] = list[j] end
-    local r = redis.call(unpack(cmd))
+    local r = run(from, math.min(from + CHUNK - 1, #list))
     if type(r) == 'table' then
-      for _, v in ipairs(r) do all[#all + 1] = v end
+      for j = 1, #r do all[#all + 1] = r[j] end
     else
       sum = sum + r
     end
@@ -101,29 +99,29 @@ end
 --
 -- The memory backend checks and trims after each event. When no id is already in the set and
 -- none repeats within the call (every event but a retried producer's), the outcome is the same
--- in constant calls: one ZMSCORE finds none, one ZADD adds all, one trim keeps the newest
+-- in two calls: one ZADD NX adds every id (it says so by its count), one trim keeps the newest
 -- SEEN_MAX (the fresh offsets are past every offset in the set, so the per-event trims evict
--- exactly what the one trim does). Otherwise it goes event by event, as the memory backend does.
+-- exactly what the one trim does). Otherwise the ids that ZADD added (scored with their own
+-- event's offset: an id already there keeps its older one) are removed again, and the events
+-- go one by one, as the memory backend does.
 local function record_seen(seen, args, fresh)
-  local ids = {}
-  for j, i in ipairs(fresh) do ids[j] = args[i + 1] end
-  local known = bulk({ 'ZMSCORE', seen }, ids)
-  local clash = false
-  local in_call = {}
-  for j, id in ipairs(ids) do
-    if known[j] or in_call[id] then clash = true; break end
-    in_call[id] = true
+  local pairs_ = {}
+  for _, i in ipairs(fresh) do
+    pairs_[#pairs_ + 1] = args[i]
+    pairs_[#pairs_ + 1] = args[i + 1]
   end
-  if not clash then
-    local pairs_ = {}
-    for _, i in ipairs(fresh) do
-      pairs_[#pairs_ + 1] = args[i]
-      pairs_[#pairs_ + 1] = args[i + 1]
-    end
-    bulk({ 'ZADD', seen }, pairs_)
+  if bulk('ZADD', seen, 'NX', pairs_) == #fresh then
     redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
     return fresh, 0
   end
+  local ids = {}
+  for j, i in ipairs(fresh) do ids[j] = args[i + 1] end
+  local scores = bulk('ZMSCORE', seen, nil, ids)
+  local added = {}
+  for j, i in ipairs(fresh) do
+    if scores[j] and tonumber(scores[j]) == tonumber(args[i]) then added[#added + 1] = ids[j] end
+  end
+  if #added > 0 then bulk('ZREM', seen, nil, added) end
   local new, dup, seen_n = {}, 0, redis.call('ZCARD', seen)
   for _, i in ipairs(fresh) do
     if redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
@@ -216,7 +214,7 @@ local function add_deltas(keys, k, args, h, new)
   -- One ZADD GT of several pairs does what a ZADD GT per pair does, in order; it counts the
   -- items it added, and a zset that gained none needs no trim.
   for key, l in pairs(items) do
-    if bulk({ 'ZADD', key, 'GT' }, l) > 0 then trim_recent(key) end
+    if bulk('ZADD', key, 'GT', l) > 0 then trim_recent(key) end
   end
 end
 
