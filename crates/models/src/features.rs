@@ -65,15 +65,14 @@ pub fn pair_features(p: &Profile, item_id: &str, item: &ItemStats, now_ms: i64) 
 }
 
 /// The user's side of [`pair_features`] at one time, computed once for the many candidates of
-/// a request: the normaliser of the category shares, the recent items by id, the event count.
-/// `features` gives exactly what `pair_features` gives.
+/// a request: the share and level of each of the user's categories, the recent items by id,
+/// the event count. `features` gives exactly what `pair_features` gives.
 #[derive(Debug)]
 pub struct PairContext<'a> {
     profile: &'a Profile,
     now_ms: i64,
-    /// The largest category score and Σ e^(lᵢ − max).
-    max: f64,
-    total: f64,
+    /// Per category of the user: (share, level), the first two features.
+    categories: HashMap<&'a str, (f64, f64), foldhash::fast::FixedState>,
     /// Position of each recent item (its first).
     recent: HashMap<&'a str, usize, foldhash::fast::FixedState>,
     ln_events: f64,
@@ -88,6 +87,15 @@ impl<'a> PairContext<'a> {
             .copied()
             .fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = p.affinity.values().map(|v| (v - max).exp()).sum();
+        // Shares of log-space scores: e^(l − max) / Σ e^(lᵢ − max), time-free.
+        let categories = p
+            .affinity
+            .iter()
+            .map(|(c, &l)| {
+                let share = (l - max).exp() / total;
+                (c.as_str(), (share, decayed_at(l, now_ms).ln_1p()))
+            })
+            .collect();
         let mut recent =
             HashMap::with_capacity_and_hasher(p.recent_items.len(), Default::default());
         for (r, (i, _)) in p.recent_items.iter().enumerate() {
@@ -97,8 +105,7 @@ impl<'a> PairContext<'a> {
         PairContext {
             profile: p,
             now_ms,
-            max,
-            total,
+            categories,
             recent,
             ln_events: (events as f64).ln_1p(),
         }
@@ -108,14 +115,10 @@ impl<'a> PairContext<'a> {
     pub fn features(&self, item_id: &str, item: &ItemStats) -> [f64; 8] {
         let (p, now_ms) = (self.profile, self.now_ms);
         let category = item.category.as_ref().map(|(c, _)| c.as_str());
-        let (share, level) = match category.and_then(|c| p.affinity.get(c)) {
-            // Shares of log-space scores: e^(l − max) / Σ e^(lᵢ − max), time-free.
-            Some(&l) => (
-                (l - self.max).exp() / self.total,
-                decayed_at(l, now_ms).ln_1p(),
-            ),
-            None => (0.0, 0.0),
-        };
+        let (share, level) = category
+            .and_then(|c| self.categories.get(c))
+            .copied()
+            .unwrap_or((0.0, 0.0));
         let (recent_rank, recent_recency) = match self.recent.get(item_id) {
             Some(&r) => (
                 1.0 / (1.0 + r as f64),

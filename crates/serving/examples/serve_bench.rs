@@ -5,7 +5,8 @@
 //!   connection was free, so a slow server is not hidden by a slower load (no coordinated
 //!   omission). Prints one JSON line: rate asked, rate done, p50/p90/p99/max in ms, errors.
 //! - `serve_bench max ADDR ROUTE P99_MS SECONDS`: the highest load with p99 ≤ P99_MS, found by
-//!   raising the rate by a quarter from 1,000 requests/s until p99 or the rate done fails.
+//!   raising the rate by a quarter from 1,000 requests/s until p99 or the rate done fails
+//!   twice in a row at one rate.
 //! - `serve_bench freshness ADDR N`: N times, POST one event for a user and GET the user's
 //!   profile until it shows; prints the p50/p99 of the wait in ms.
 //! - `serve_bench ceiling LISTEN STORE SNAPSHOT`: the ceiling's server, a bare axum handler
@@ -246,12 +247,22 @@ async fn max(addr: &str, route: &str, p99_ms: f64, seconds: f64) -> Res<()> {
     let mut rate = 1000.0;
     let mut best: Option<LoadResult> = None;
     loop {
-        let r = load(addr, route, rate, seconds).await?;
-        eprintln!("  {}", r.json());
-        let ok = r.p99 <= p99_ms && r.done_rate >= 0.97 * rate && r.errors == 0;
-        if !ok {
-            break;
+        // A step that fails is run once more: on a shared 2-core machine one descheduling can
+        // spoil a step's p99, and the search should not end on it (the same rule for every
+        // route, the ceiling included).
+        let mut passed = None;
+        for _attempt in 0..2 {
+            let r = load(addr, route, rate, seconds).await?;
+            eprintln!("  {}", r.json());
+            if r.p99 <= p99_ms && r.done_rate >= 0.97 * rate && r.errors == 0 {
+                passed = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let Some(r) = passed else {
+            break;
+        };
         best = Some(r);
         rate *= 1.25;
         // Let the server's queues drain between steps.

@@ -4,16 +4,18 @@
 //! rows are cached in memory (bounded, per snapshot) and most requests make one store round trip:
 //! the speed layer's state.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
+use tandem_common::features::sort_recent;
 use tandem_common::store::{
     BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome, ItemRow, OnlineStore, Pointer, PopularRow,
     UserRow, item_key, snapshot_key, user_key,
 };
-use tandem_common::features::sort_recent;
 use tandem_models::candidates::Catalog;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +65,10 @@ pub struct Loaded {
     pub catalog: Catalog,
     /// When this process loaded it.
     pub loaded_at: Instant,
+    /// The rows of every item on the popular lists, loaded with the snapshot: most of a
+    /// request's candidates come from those lists, and a plain map read costs no cache lock
+    /// and no reference count shared between threads.
+    listed: HashMap<String, ItemRow, foldhash::fast::RandomState>,
     users: Cache<String, Option<Arc<UserRow>>>,
     items: Cache<String, Option<Arc<ItemRow>>>,
 }
@@ -121,16 +127,21 @@ impl Loaded {
         self.users.remove(user);
     }
 
-    /// The rows of `items` (in order; `None` for an item not in the snapshot): cached ones from
-    /// memory, the rest in one store round trip.
+    /// The rows of `items` (in order; `None` for an item not in the snapshot): those of the
+    /// popular lists and cached ones from memory, the rest in one store round trip.
     pub async fn item_rows(
         &self,
         store: &dyn OnlineStore,
         items: &[&str],
         timeout: Duration,
-    ) -> Result<Vec<Option<Arc<ItemRow>>>, StoreFailure> {
-        let mut out: Vec<Option<Option<Arc<ItemRow>>>> =
-            items.iter().map(|i| self.items.get(*i)).collect();
+    ) -> Result<Vec<Option<ItemRef<'_>>>, StoreFailure> {
+        let mut out: Vec<Option<Option<ItemRef<'_>>>> = items
+            .iter()
+            .map(|i| match self.listed.get(*i) {
+                Some(row) => Some(Some(ItemRef::Listed(row))),
+                None => self.items.get(*i).map(|r| r.map(ItemRef::Cached)),
+            })
+            .collect();
         let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
             let keys: Vec<String> = missing
@@ -146,10 +157,30 @@ impl Loaded {
                     None => None,
                 };
                 self.items.insert(items[i].to_string(), row.clone());
-                out[i] = Some(row);
+                out[i] = Some(row.map(ItemRef::Cached));
             }
         }
         Ok(out.into_iter().map(Option::flatten).collect())
+    }
+}
+
+/// An item row: one of the snapshot's popular-list rows, or one shared from the cache.
+#[derive(Debug)]
+pub enum ItemRef<'a> {
+    /// Loaded with the snapshot.
+    Listed(&'a ItemRow),
+    /// From the bounded cache (or the store).
+    Cached(Arc<ItemRow>),
+}
+
+impl Deref for ItemRef<'_> {
+    type Target = ItemRow;
+
+    fn deref(&self) -> &ItemRow {
+        match self {
+            ItemRef::Listed(r) => r,
+            ItemRef::Cached(r) => r,
+        }
     }
 }
 
@@ -217,6 +248,27 @@ impl Snapshots {
             None => None,
         };
         let manifest = manifest.and_then(|b| serde_json::from_slice(&b).ok());
+        let mut names: Vec<&String> = popular
+            .overall
+            .iter()
+            .chain(popular.by_category.iter().flat_map(|(_, l)| l))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let keys: Vec<String> = names
+            .iter()
+            .map(|i| item_key(i, &pointer.snapshot))
+            .collect();
+        let got = timed("load_snapshot", patience, self.store.get(&keys)).await?;
+        let mut listed = HashMap::with_capacity_and_hasher(names.len(), Default::default());
+        for ((name, key), value) in names.into_iter().zip(&keys).zip(got) {
+            if let Some(b) = value {
+                let row = serde_json::from_slice::<ItemRow>(&b).map_err(|e| {
+                    StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))
+                })?;
+                listed.insert(name.clone(), row);
+            }
+        }
         let loaded = Arc::new(Loaded {
             catalog: Catalog {
                 items: Default::default(),
@@ -226,6 +278,7 @@ impl Snapshots {
             models,
             manifest,
             loaded_at: Instant::now(),
+            listed,
             users: Cache::new(self.cache_rows),
             items: Cache::new(self.cache_rows),
             pointer,

@@ -411,14 +411,24 @@ impl Inner {
         let Some((base, pos)) = cached else {
             return false;
         };
-        let grown = fs::metadata(segment_path(&self.dir, p, base))
-            .map_or(true, |m| m.len() >= pos + HEADER as u64);
+        // A segment not there yet (an empty partition's first) has had nothing appended.
+        let grown = match fs::metadata(segment_path(&self.dir, p, base)) {
+            Ok(m) => m.len() >= pos + HEADER as u64,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        };
         !grown && (base == offset || !segment_path(&self.dir, p, offset).exists())
     }
 
     fn read_blocking(&self, p: u32, offset: u64, max: usize) -> Result<Vec<Record>> {
         let bases = segments(&self.dir, p)?;
         let Some(seg_idx) = bases.iter().rposition(|b| *b <= offset) else {
+            if bases.is_empty()
+                && offset == 0
+                && let Ok(mut c) = self.cursors[p as usize].lock()
+            {
+                // An empty partition: its first segment will start at 0 (see `nothing_new`).
+                c.insert(0, (0, 0));
+            }
             return Ok(Vec::new());
         };
         let cached = self.cursors[p as usize]
