@@ -366,7 +366,7 @@ impl<'a> ProfileView<'a> {
         affinity.sort_by(|a, b| {
             b.score
                 .total_cmp(&a.score)
-                .then_with(|| a.category.cmp(&b.category))
+                .then_with(|| a.category.cmp(b.category))
         });
         let seen = p.last_ts >= p.first_ts;
         ProfileView {

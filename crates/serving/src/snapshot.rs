@@ -251,7 +251,7 @@ impl Snapshots {
         let mut names: Vec<&String> = popular
             .overall
             .iter()
-            .chain(popular.by_category.iter().flat_map(|(_, l)| l))
+            .chain(popular.by_category.values().flatten())
             .collect();
         names.sort_unstable();
         names.dedup();
