@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 
 use serde::{Deserialize, Serialize};
 use tandem_common::features::{ItemStats, Profile};
@@ -108,10 +108,11 @@ impl Catalog {
 
 /// One candidate, borrowing its id from the profile, the catalog or the similar lists: building
 /// the candidates of a request allocates only their list (serving builds ~200 per request).
+/// `T` is how the item is named: its id, or (in serving) a handle into the snapshot's rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Candidate<'a> {
+pub struct Candidate<'a, T = &'a str> {
     /// The item.
-    pub item: &'a str,
+    pub item: T,
     /// Where it came from.
     pub source: Source<'a>,
 }
@@ -126,14 +127,47 @@ pub fn candidates<'a, S: BuildHasher>(
     exclude: &HashSet<&str, S>,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a>> {
+    gather(
+        profile,
+        similar,
+        |c| {
+            catalog
+                .by_category
+                .get(c)
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+        },
+        catalog.popular.iter().map(String::as_str),
+        |i| exclude.contains(i),
+        opts,
+    )
+}
+
+/// [`candidates`] for items named by any `T` that names each item one way only (equal `T`s,
+/// equal items): `similar(recent)` gives the similar items of a recent item, best first;
+/// `category(c)` the items of category `c` by popularity; `popular` the items by popularity.
+pub fn gather<'a, T, Sim, Cat>(
+    profile: &'a Profile,
+    similar: impl Fn(&'a str) -> Sim,
+    category: impl Fn(&'a str) -> Cat,
+    popular: impl IntoIterator<Item = T>,
+    excluded: impl Fn(T) -> bool,
+    opts: &CandidateOptions,
+) -> Vec<Candidate<'a, T>>
+where
+    T: Copy + Eq + Hash,
+    Sim: IntoIterator<Item = T>,
+    Cat: IntoIterator<Item = T>,
+{
     let most = opts.recent_for_similar * opts.similar_per_item
         + opts.categories * opts.per_category
         + opts.popular;
-    let mut seen: HashSet<&str, foldhash::fast::FixedState> =
+    let mut seen: HashSet<T, foldhash::fast::FixedState> =
         HashSet::with_capacity_and_hasher(most, Default::default());
     let mut out = Vec::with_capacity(most);
-    let mut push = |item: &'a str, source: Source<'a>| {
-        if !exclude.contains(item) && seen.insert(item) {
+    let mut push = |item: T, source: Source<'a>| {
+        if !excluded(item) && seen.insert(item) {
             out.push(Candidate { item, source });
         }
     };
@@ -145,13 +179,11 @@ pub fn candidates<'a, S: BuildHasher>(
     let mut cats: Vec<(&String, &f64)> = profile.affinity.iter().collect();
     cats.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
     for (c, _) in cats.into_iter().take(opts.categories) {
-        if let Some(list) = catalog.by_category.get(c) {
-            for i in list.iter().take(opts.per_category) {
-                push(i, Source::Category(c));
-            }
+        for i in category(c).into_iter().take(opts.per_category) {
+            push(i, Source::Category(c));
         }
     }
-    for i in catalog.popular.iter().take(opts.popular) {
+    for i in popular.into_iter().take(opts.popular) {
         push(i, Source::Popular);
     }
     out
@@ -180,16 +212,25 @@ pub fn rank<'a>(
 ) -> Vec<Scored<'a>> {
     let none = ItemStats::default();
     let user = PairContext::new(profile, now_ms);
-    let mut scored: Vec<Scored> = candidates
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let s = stats.get(i).copied().flatten().unwrap_or(&none);
-            Scored {
-                item: c.item,
-                source: c.source,
-                score: ranker.probability(&user.features(c.item, s)),
-            }
+    let rows = candidates.iter().enumerate().map(|(i, c)| {
+        let s = stats.get(i).copied().flatten().unwrap_or(&none);
+        (c.item, c.source, user.features(c.item, s))
+    });
+    rank_rows(ranker, rows, n)
+}
+
+/// The `n` best of `(item, source, pair features)` rows by the ranker; ties by item id. What
+/// [`rank`] does once the features are computed (serving computes them from its own rows).
+pub fn rank_rows<'a>(
+    ranker: &LinearModel,
+    rows: impl Iterator<Item = (&'a str, Source<'a>, [f64; 8])>,
+    n: usize,
+) -> Vec<Scored<'a>> {
+    let mut scored: Vec<Scored> = rows
+        .map(|(item, source, features)| Scored {
+            item,
+            source,
+            score: ranker.probability(&features),
         })
         .collect();
     keep_best(&mut scored, n, |s| (s.score, s.item));

@@ -113,14 +113,39 @@ impl<'a> PairContext<'a> {
 
     /// The features of showing `item_id` (with its stats `item`).
     pub fn features(&self, item_id: &str, item: &ItemStats) -> [f64; 8] {
-        let (p, now_ms) = (self.profile, self.now_ms);
         let category = item.category.as_ref().map(|(c, _)| c.as_str());
-        let (share, level) = category
-            .and_then(|c| self.categories.get(c))
-            .copied()
-            .unwrap_or((0.0, 0.0));
-        let (recent_rank, recent_recency) = match self.recent.get(item_id) {
-            Some(&r) => (
+        let interest = category.map_or((0.0, 0.0), |c| self.interest(c));
+        self.features_with(interest, self.recent_position(item_id), &ItemSide::of(item))
+    }
+
+    /// The user's (share, level) of interest in `category`; (0, 0) for a category of none of
+    /// the user's events.
+    pub fn interest(&self, category: &str) -> (f64, f64) {
+        self.categories.get(category).copied().unwrap_or((0.0, 0.0))
+    }
+
+    /// The user's categories with their (share, level) of interest, in no order.
+    pub fn interests(&self) -> impl Iterator<Item = (&'a str, (f64, f64))> + '_ {
+        self.categories.iter().map(|(c, v)| (*c, *v))
+    }
+
+    /// Where `item_id` first is among the user's recent items.
+    pub fn recent_position(&self, item_id: &str) -> Option<usize> {
+        self.recent.get(item_id).copied()
+    }
+
+    /// The features from their parts: the user's `interest` in the item's category (see
+    /// [`Self::interest`]), the item's position among the recent items, the item's side. What
+    /// [`Self::features`] computes, for callers that find the parts faster themselves.
+    pub fn features_with(
+        &self,
+        (share, level): (f64, f64),
+        recent: Option<usize>,
+        item: &ItemSide,
+    ) -> [f64; 8] {
+        let (p, now_ms) = (self.profile, self.now_ms);
+        let (recent_rank, recent_recency) = match recent {
+            Some(r) => (
                 1.0 / (1.0 + r as f64),
                 (-((now_ms - p.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS).exp(),
             ),
@@ -130,11 +155,35 @@ impl<'a> PairContext<'a> {
             share,
             level,
             decayed_at(item.popularity, now_ms).ln_1p(),
-            item.count(Kind::Purchase) as f64 / (item.count(Kind::View) as f64 + 1.0),
-            (item.count(Kind::Purchase) as f64).ln_1p(),
+            item.conversion,
+            item.ln_purchases,
             recent_rank,
             recent_recency,
             self.ln_events,
         ]
+    }
+}
+
+/// The item's part of [`pair_features`] that does not depend on the user: computed once per
+/// item where items are scored often (serving keeps one per loaded item row).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemSide {
+    /// Popularity in log space (decayed to the scoring time in the features).
+    pub popularity: f64,
+    /// Purchases per view (+1).
+    pub conversion: f64,
+    /// ln(1 + purchases).
+    pub ln_purchases: f64,
+}
+
+impl ItemSide {
+    /// The side of an item with `stats`.
+    pub fn of(stats: &ItemStats) -> ItemSide {
+        let purchases = stats.count(Kind::Purchase) as f64;
+        ItemSide {
+            popularity: stats.popularity,
+            conversion: purchases / (stats.count(Kind::View) as f64 + 1.0),
+            ln_purchases: purchases.ln_1p(),
+        }
     }
 }

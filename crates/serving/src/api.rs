@@ -21,13 +21,16 @@ use tandem_common::config::Scope;
 use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
-use tandem_models::candidates::{Candidate, Source, candidates, keep_best, rank};
-use tandem_models::features::user_features;
+use tandem_models::candidates::{
+    Candidate, CandidateOptions, Scored, Source, gather, keep_best, rank_rows,
+};
+use tandem_models::features::{PairContext, user_features};
+use tandem_models::linear::LinearModel;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::App;
 use crate::error::{ApiError, ErrorBody, rejection};
-use crate::snapshot::{Loaded, StoreFailure, timed};
+use crate::snapshot::{ItemId, ItemRef, ListedItem, Loaded, StoreFailure, timed};
 
 /// Events per `POST /v1/events`.
 pub const MAX_BATCH: usize = 1000;
@@ -636,7 +639,7 @@ fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [S
 }
 
 /// Items left out of a list (a fast hasher: recommendations test ~200 candidates against it).
-type Exclude<'a> = HashSet<&'a str, foldhash::fast::FixedState>;
+pub(crate) type Exclude<'a> = HashSet<&'a str, foldhash::fast::FixedState>;
 
 /// The first `n` of a popular list not in `exclude`, scored by rank (1 for the first, then 1/2, …).
 fn ranked_popular<'a>(
@@ -738,26 +741,22 @@ pub async fn get_recommendations(
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
-    let lookup = |i: &str| -> Vec<&str> {
-        let row = sources.iter().position(|s| *s == i);
-        match row.and_then(|k| similar_rows[k].as_deref()) {
-            Some(r) => r.similar.iter().map(|(s, _)| s.as_str()).collect(),
-            None => Vec::new(),
-        }
-    };
-    let cands = candidates(&profile, &s.catalog, &lookup, &exclude, &opts);
-    let names: Vec<&str> = cands.iter().map(|c| c.item).collect();
-    let rows = match s.item_rows(app.store.as_ref(), &names, timeout).await {
+    let cands = candidate_ids(s, &profile, &sources, &similar_rows, &exclude, &opts);
+    let unlisted: Vec<&str> = cands
+        .iter()
+        .filter_map(|c| match c.item {
+            ItemId::Unlisted(i) => Some(i),
+            ItemId::Listed(_) => None,
+        })
+        .collect();
+    let rows = match s.item_rows(app.store.as_ref(), &unlisted, timeout).await {
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
-    let stats: Vec<Option<&ItemStats>> = rows
-        .iter()
-        .map(|r| r.as_deref().map(|r| &r.stats))
-        .collect();
+    let resolved = resolve_rows(s, &cands, &rows);
     let (items, ranked_by) = match &s.models {
         Some(models) => {
-            let ranked = rank(&models.ranker, &profile, &cands, &stats, now_ms(), n);
+            let ranked = rank_resolved(s, &models.ranker, &profile, &cands, &resolved, now_ms(), n);
             (
                 ranked
                     .into_iter()
@@ -771,12 +770,15 @@ pub async fn get_recommendations(
             )
         }
         None => {
-            let mut scored: Vec<(f64, &Candidate)> = cands
+            let mut scored: Vec<(f64, &str, Source)> = cands
                 .iter()
-                .zip(&stats)
-                .map(|(c, s)| (s.map_or(f64::NEG_INFINITY, |s| s.popularity), c))
+                .zip(&resolved)
+                .map(|(c, (id, _, st))| {
+                    let score = st.map_or(f64::NEG_INFINITY, |s| s.popularity);
+                    (score, *id, c.source)
+                })
                 .collect();
-            keep_best(&mut scored, n, |(score, c)| (*score, c.item));
+            keep_best(&mut scored, n, |(score, id, _)| (*score, *id));
             // Popularity is a log-space score: shown relative to the best, in (0, 1].
             let top = scored.first().map_or(0.0, |r| r.0);
             let relative = |score: f64| match score.is_finite() {
@@ -786,10 +788,10 @@ pub async fn get_recommendations(
             (
                 scored
                     .iter()
-                    .map(|(score, c)| Recommendation {
-                        item: c.item,
+                    .map(|(score, item, source)| Recommendation {
+                        item: *item,
                         score: relative(*score),
-                        source: c.source,
+                        source: *source,
                     })
                     .collect(),
                 "popularity",
@@ -797,6 +799,107 @@ pub async fn get_recommendations(
         }
     };
     Ok(answer(items, ranked_by, m.degraded))
+}
+
+/// The candidates (DESIGN §6) with the snapshot's listed items named by number, so that most
+/// of them cost no string hashing, here or in ranking: exactly
+/// [`tandem_models::candidates::candidates`] over the whole catalog. `similar_rows` are the rows
+/// of `sources`, the user's recent items whose similar items are candidates.
+pub(crate) fn candidate_ids<'a>(
+    s: &'a Loaded,
+    profile: &'a Profile,
+    sources: &[&'a str],
+    similar_rows: &'a [Option<ItemRef<'a>>],
+    exclude: &Exclude,
+    opts: &CandidateOptions,
+) -> Vec<Candidate<'a, ItemId<'a>>> {
+    let excluded: HashSet<ItemId, foldhash::fast::FixedState> =
+        exclude.iter().map(|i| s.resolve(i)).collect();
+    let similar = |recent: &str| {
+        let k = sources.iter().position(|x| *x == recent);
+        let found = k.and_then(|k| Some((sources[k], similar_rows[k].as_deref()?)));
+        found
+            .into_iter()
+            .flat_map(|(item, row)| s.similar_ids(item, row))
+    };
+    gather(
+        profile,
+        similar,
+        |c| s.category_ids(c),
+        s.popular_ids(),
+        |i| excluded.contains(&i),
+        opts,
+    )
+}
+
+/// A candidate's id, listed row (if it is listed) and stats (if it has a row).
+pub(crate) type Resolved<'a> = (&'a str, Option<&'a ListedItem>, Option<&'a ItemStats>);
+
+/// Per candidate, its id, listed row and stats; `unlisted_rows` are the rows of the unlisted
+/// candidates, in order.
+pub(crate) fn resolve_rows<'a>(
+    s: &'a Loaded,
+    cands: &[Candidate<'a, ItemId<'a>>],
+    unlisted_rows: &'a [Option<ItemRef<'a>>],
+) -> Vec<Resolved<'a>> {
+    let mut unlisted = unlisted_rows.iter();
+    cands
+        .iter()
+        .map(|c| match c.item {
+            ItemId::Listed(k) => {
+                let l = s.listed(k);
+                (l.id.as_str(), Some(l), Some(&l.row.stats))
+            }
+            ItemId::Unlisted(i) => {
+                let row = unlisted.next().and_then(Option::as_deref);
+                (i, None, row.map(|r| &r.stats))
+            }
+        })
+        .collect()
+}
+
+/// The `n` best candidates by the ranker: exactly [`tandem_models::candidates::rank`] over the
+/// same candidates and stats, with the parts of the features found by number for listed items
+/// (their category, their place among the user's recent items, their precomputed side).
+pub(crate) fn rank_resolved<'a>(
+    s: &Loaded,
+    ranker: &LinearModel,
+    profile: &Profile,
+    cands: &[Candidate<'a, ItemId<'a>>],
+    resolved: &[Resolved<'a>],
+    now_ms: i64,
+    n: usize,
+) -> Vec<Scored<'a>> {
+    let user = PairContext::new(profile, now_ms);
+    // The user's categories and recent items that listed items can have, by number: a
+    // category no listed item has, or a recent item not listed, matches none of them.
+    let interests: Vec<(u32, (f64, f64))> = user
+        .interests()
+        .filter_map(|(c, v)| Some((s.category_number(c)?, v)))
+        .collect();
+    let mut recent: Vec<(u32, usize)> = Vec::with_capacity(profile.recent_items.len());
+    for (r, (i, _)) in profile.recent_items.iter().enumerate() {
+        if let ItemId::Listed(k) = s.resolve(i)
+            && !recent.iter().any(|(x, _)| *x == k)
+        {
+            recent.push((k, r));
+        }
+    }
+    let none = ItemStats::default();
+    let rows = cands.iter().zip(resolved).map(|(c, (id, listed, stats))| {
+        let features = match (c.item, listed) {
+            (ItemId::Listed(k), Some(l)) => {
+                let interest = l
+                    .category
+                    .and_then(|cat| interests.iter().find(|(x, _)| *x == cat).map(|(_, v)| *v));
+                let at = recent.iter().find(|(x, _)| *x == k).map(|(_, r)| *r);
+                user.features_with(interest.unwrap_or((0.0, 0.0)), at, &l.side)
+            }
+            _ => user.features(id, stats.unwrap_or(&none)),
+        };
+        (*id, c.source, features)
+    });
+    rank_rows(ranker, rows, n)
 }
 
 // ---------------------------------------------------------------------------------------------

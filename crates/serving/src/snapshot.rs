@@ -17,6 +17,7 @@ use tandem_common::store::{
     UserRow, item_key, snapshot_key, user_key,
 };
 use tandem_models::candidates::Catalog;
+use tandem_models::features::ItemSide;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
 
@@ -66,9 +67,9 @@ pub struct Loaded {
     /// When this process loaded it.
     pub loaded_at: Instant,
     /// The rows of every item on the popular lists, loaded with the snapshot: most of a
-    /// request's candidates come from those lists, and a plain map read costs no cache lock
-    /// and no reference count shared between threads.
-    listed: HashMap<String, ItemRow, foldhash::fast::RandomState>,
+    /// request's candidates come from those lists, and reading them costs no cache lock, no
+    /// reference count shared between threads and, by [`ItemId::Listed`], no string hashing.
+    listed: Listed,
     users: Cache<String, Option<Arc<UserRow>>>,
     items: Cache<String, Option<Arc<ItemRow>>>,
 }
@@ -127,6 +128,60 @@ impl Loaded {
         self.users.remove(user);
     }
 
+    /// How `item` is named among this snapshot's rows: by its place among the listed rows if
+    /// it is one of them (then always so), else by its id.
+    pub fn resolve<'a>(&'a self, item: &'a str) -> ItemId<'a> {
+        match self.listed.index.get(item) {
+            Some(&k) => ItemId::Listed(k),
+            None => ItemId::Unlisted(item),
+        }
+    }
+
+    /// The listed row `k` (of an [`ItemId::Listed`]).
+    pub fn listed(&self, k: u32) -> &ListedItem {
+        &self.listed.items[k as usize]
+    }
+
+    /// The number of `category` among the listed rows' categories (`ListedItem::category`).
+    pub fn category_number(&self, category: &str) -> Option<u32> {
+        self.listed.categories.get(category).copied()
+    }
+
+    /// The popular list, resolved.
+    pub fn popular_ids(&self) -> impl Iterator<Item = ItemId<'_>> + '_ {
+        let names = self.catalog.popular.iter();
+        names
+            .zip(&self.listed.popular)
+            .map(|(n, k)| ItemId::of(n, *k))
+    }
+
+    /// The popular list of `category`, resolved (empty for a category without one).
+    pub fn category_ids(&self, category: &str) -> impl Iterator<Item = ItemId<'_>> + '_ {
+        let names = self.catalog.by_category.get(category).into_iter().flatten();
+        let ks = self.listed.by_category.get(category).into_iter().flatten();
+        names.zip(ks).map(|(n, k)| ItemId::of(n, *k))
+    }
+
+    /// The similar items of `item` (with its row `row`), best first, resolved.
+    pub fn similar_ids<'a>(
+        &'a self,
+        item: &str,
+        row: &'a ItemRow,
+    ) -> impl Iterator<Item = ItemId<'a>> + use<'a> {
+        let known = self
+            .listed
+            .index
+            .get(item)
+            .map(|&k| &self.listed(k).similar);
+        row.similar
+            .iter()
+            .enumerate()
+            .map(move |(j, (name, _))| match known {
+                Some(ks) => ItemId::of(name, ks[j]),
+                None => self.resolve(name),
+            })
+    }
+
     /// The rows of `items` (in order; `None` for an item not in the snapshot): those of the
     /// popular lists and cached ones from memory, the rest in one store round trip.
     pub async fn item_rows(
@@ -137,8 +192,8 @@ impl Loaded {
     ) -> Result<Vec<Option<ItemRef<'_>>>, StoreFailure> {
         let mut out: Vec<Option<Option<ItemRef<'_>>>> = items
             .iter()
-            .map(|i| match self.listed.get(*i) {
-                Some(row) => Some(Some(ItemRef::Listed(row))),
+            .map(|i| match self.listed.index.get(*i) {
+                Some(&k) => Some(Some(ItemRef::Listed(&self.listed.items[k as usize].row))),
                 None => self.items.get(*i).map(|r| r.map(ItemRef::Cached)),
             })
             .collect();
@@ -161,6 +216,88 @@ impl Loaded {
             }
         }
         Ok(out.into_iter().map(Option::flatten).collect())
+    }
+}
+
+/// An item as a request's candidates name it: one of the snapshot's listed rows by its place,
+/// any other by its id. An item has one name only (see [`Loaded::resolve`]), so equal names are
+/// equal items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemId<'a> {
+    /// The listed row of this number ([`Loaded::listed`]).
+    Listed(u32),
+    /// An item not on the popular lists.
+    Unlisted(&'a str),
+}
+
+impl<'a> ItemId<'a> {
+    fn of(name: &'a str, listed: Option<u32>) -> ItemId<'a> {
+        listed.map_or(ItemId::Unlisted(name), ItemId::Listed)
+    }
+}
+
+/// A row of the popular lists, loaded with the snapshot, with what ranking reads of it ready.
+#[derive(Debug)]
+pub struct ListedItem {
+    /// The item.
+    pub id: String,
+    /// Its row.
+    pub row: ItemRow,
+    /// Its side of the ranker's features.
+    pub side: ItemSide,
+    /// The number of its category ([`Loaded::category_number`]).
+    pub category: Option<u32>,
+    /// Per item of `row.similar`, its number if it is listed too.
+    pub similar: Vec<Option<u32>>,
+}
+
+/// The listed rows: numbered, with the popular lists and similar lists in numbers.
+#[derive(Debug, Default)]
+struct Listed {
+    items: Vec<ListedItem>,
+    index: HashMap<String, u32, foldhash::fast::RandomState>,
+    categories: HashMap<String, u32, foldhash::fast::RandomState>,
+    /// Per item of the catalog's popular list, its number if it has a row.
+    popular: Vec<Option<u32>>,
+    /// Likewise per category list.
+    by_category: HashMap<String, Vec<Option<u32>>, foldhash::fast::RandomState>,
+}
+
+impl Listed {
+    /// Numbers `rows` (the rows of the items of `catalog`'s lists) and resolves the lists.
+    fn new(rows: Vec<(String, ItemRow)>, catalog: &Catalog) -> Listed {
+        let mut l = Listed::default();
+        for (k, (id, _)) in rows.iter().enumerate() {
+            l.index.insert(id.clone(), k as u32);
+        }
+        for (id, row) in rows {
+            let category = row.stats.category.as_ref().map(|(c, _)| {
+                let next = l.categories.len() as u32;
+                *l.categories.entry(c.clone()).or_insert(next)
+            });
+            let similar = row
+                .similar
+                .iter()
+                .map(|(s, _)| l.index.get(s).copied())
+                .collect();
+            l.items.push(ListedItem {
+                side: ItemSide::of(&row.stats),
+                category,
+                similar,
+                id,
+                row,
+            });
+        }
+        let numbers = |list: &[String]| list.iter().map(|i| l.index.get(i).copied()).collect();
+        let popular = numbers(&catalog.popular);
+        let by_category = catalog
+            .by_category
+            .iter()
+            .map(|(c, list)| (c.clone(), numbers(list)))
+            .collect();
+        l.popular = popular;
+        l.by_category = by_category;
+        l
     }
 }
 
@@ -260,21 +397,23 @@ impl Snapshots {
             .map(|i| item_key(i, &pointer.snapshot))
             .collect();
         let got = timed("load_snapshot", patience, self.store.get(&keys)).await?;
-        let mut listed = HashMap::with_capacity_and_hasher(names.len(), Default::default());
+        let mut rows = Vec::with_capacity(names.len());
         for ((name, key), value) in names.into_iter().zip(&keys).zip(got) {
             if let Some(b) = value {
                 let row = serde_json::from_slice::<ItemRow>(&b).map_err(|e| {
                     StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))
                 })?;
-                listed.insert(name.clone(), row);
+                rows.push((name.clone(), row));
             }
         }
+        let catalog = Catalog {
+            items: Default::default(),
+            popular: popular.overall,
+            by_category: popular.by_category.into_iter().collect(),
+        };
+        let listed = Listed::new(rows, &catalog);
         let loaded = Arc::new(Loaded {
-            catalog: Catalog {
-                items: Default::default(),
-                popular: popular.overall,
-                by_category: popular.by_category.into_iter().collect(),
-            },
+            catalog,
             models,
             manifest,
             loaded_at: Instant::now(),

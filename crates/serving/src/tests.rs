@@ -939,3 +939,163 @@ async fn an_unavailable_bus_is_a_503_with_retry_after() {
     assert_eq!(b["code"], "bus_unavailable");
     assert_eq!(b["retry_after"], "1");
 }
+
+/// The ranking path of serving (candidates named by number, features from precomputed parts)
+/// gives exactly what the models' own `candidates` and `rank` give over the whole catalog:
+/// same items, sources and scores, for listed items, items only on similar lists, an item
+/// without a row, a category no listed item has, exclusions and recent items of both kinds.
+#[tokio::test]
+async fn serving_ranks_exactly_as_the_models_do() {
+    use std::collections::HashMap;
+
+    use tandem_models::candidates::{CandidateOptions, Catalog, candidates, rank};
+    use tandem_models::features::PAIR_FEATURES;
+    use tandem_models::linear::{LinearModel, Scaler};
+
+    use crate::api::{Exclude, candidate_ids, rank_resolved, resolve_rows};
+
+    let f = fixture(Arc::new(MemoryStore::default())).await;
+    let stats = |cat: &str, k: u64| ItemStats {
+        counts: [10 + 3 * k, k % 4, k % 3, k % 5, 0, 1, 0],
+        popularity: 2.0 + (k as f64) * 0.37,
+        category: Some((cat.into(), 0)),
+        ..Default::default()
+    };
+    // l*: listed (on the popular lists); u*: only on similar lists; "ghost": no row at all.
+    let mut rows: Vec<(String, ItemRow)> = Vec::new();
+    for k in 0..12u64 {
+        let cat = ["shoes", "hats", "socks"][k as usize % 3];
+        let similar = vec![
+            (format!("u{}", k % 5), 0.9),
+            (format!("l{}", (k + 1) % 12), 0.8),
+            ("ghost".to_string(), 0.7),
+            (format!("u{}", (k + 2) % 5), 0.6),
+        ];
+        rows.push((
+            format!("l{k}"),
+            ItemRow {
+                stats: stats(cat, k),
+                similar,
+            },
+        ));
+    }
+    for k in 0..5u64 {
+        let cat = ["bags", "shoes"][k as usize % 2];
+        let similar = vec![(format!("u{}", (k + 1) % 5), 0.5), ("l3".into(), 0.4)];
+        rows.push((
+            format!("u{k}"),
+            ItemRow {
+                stats: stats(cat, 20 + k),
+                similar,
+            },
+        ));
+    }
+    let listed: Vec<String> = (0..12).map(|k| format!("l{k}")).collect();
+    let popular = PopularRow {
+        overall: listed
+            .iter()
+            .rev()
+            .cloned()
+            .chain(["ghost".into()])
+            .collect(),
+        by_category: ["shoes", "hats", "socks"]
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                let list = (0..12).filter(|k| k % 3 == c).map(|k| format!("l{k}"));
+                (name.to_string(), list.collect())
+            })
+            .collect(),
+    };
+    let refs: Vec<(&str, ItemRow)> = rows.iter().map(|(i, r)| (i.as_str(), r.clone())).collect();
+    f.publish("s1", now() - 5 * HOUR, &[], &refs, popular.clone())
+        .await;
+    let s = f.app.snapshots.current().unwrap();
+
+    let t = now() - 2 * HOUR;
+    let mut p = Profile::new();
+    let seen = [
+        ("u1", "bags"),
+        ("l4", "hats"),
+        ("u3", "bags"),
+        ("l7", "hats"),
+        ("l2", "socks"),
+        ("l4", "hats"),
+    ];
+    for (n, (item, cat)) in seen.iter().enumerate() {
+        p.apply(&event(
+            &format!("e{n}"),
+            "u",
+            Kind::View,
+            item,
+            cat,
+            t + n as i64 * 1000,
+        ));
+    }
+    p.apply(&event("b", "u", Kind::Purchase, "l5", "socks", t + 9000));
+    let ranker = LinearModel {
+        features: PAIR_FEATURES.iter().map(|s| s.to_string()).collect(),
+        scaler: Scaler {
+            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0],
+            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0],
+        },
+        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1],
+        intercept: -0.4,
+    };
+    let opts = CandidateOptions {
+        recent_for_similar: 4,
+        similar_per_item: 3,
+        categories: 2,
+        per_category: 3,
+        popular: 6,
+    };
+    let at = now();
+    let mut exclude: Exclude = ["l9", "u2"].into_iter().collect();
+    exclude.extend(p.recent_purchases.iter().map(|(i, _)| i.as_str()));
+
+    // The models' way, over the whole catalog.
+    let by_id: HashMap<&str, &ItemRow> = rows.iter().map(|(i, r)| (i.as_str(), r)).collect();
+    let catalog = Catalog {
+        items: Default::default(),
+        popular: popular.overall.clone(),
+        by_category: popular.by_category.clone().into_iter().collect(),
+    };
+    let similar = |i: &str| -> Vec<&str> {
+        by_id.get(i).map_or(Vec::new(), |r| {
+            r.similar.iter().map(|(s, _)| s.as_str()).collect()
+        })
+    };
+    let want_cands = candidates(&p, &catalog, &similar, &exclude, &opts);
+    let want_stats: Vec<Option<&ItemStats>> = want_cands
+        .iter()
+        .map(|c| by_id.get(c.item).map(|r| &r.stats))
+        .collect();
+    let want = rank(&ranker, &p, &want_cands, &want_stats, at, 100);
+
+    // Serving's way.
+    let timeout = Duration::from_secs(5);
+    let sources: Vec<&str> = p
+        .recent_items
+        .iter()
+        .take(opts.recent_for_similar)
+        .map(|(i, _)| i.as_str())
+        .collect();
+    let store = f.store.as_ref();
+    let similar_rows = s.item_rows(store, &sources, timeout).await.unwrap();
+    let cands = candidate_ids(&s, &p, &sources, &similar_rows, &exclude, &opts);
+    let unlisted: Vec<&str> = cands
+        .iter()
+        .filter_map(|c| match c.item {
+            crate::snapshot::ItemId::Unlisted(i) => Some(i),
+            crate::snapshot::ItemId::Listed(_) => None,
+        })
+        .collect();
+    assert!(unlisted.contains(&"ghost") && unlisted.iter().any(|i| i.starts_with('u')));
+    let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
+    let resolved = resolve_rows(&s, &cands, &rows);
+    let got = rank_resolved(&s, &ranker, &p, &cands, &resolved, at, 100);
+
+    assert_eq!(got.len(), want_cands.len());
+    assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
+    assert_eq!(got, want);
+}
