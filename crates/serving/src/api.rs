@@ -789,7 +789,7 @@ pub async fn get_recommendations(
                 scored
                     .iter()
                     .map(|(score, item, source)| Recommendation {
-                        item: *item,
+                        item,
                         score: relative(*score),
                         source: *source,
                     })
