@@ -8,8 +8,9 @@
 #    bench's own, then `tandem serve` and `tandem stream run` on a local:// bus.
 # 2. Freshness: POST one event, GET the profile until it shows (300 times per run).
 # 3. GET profile and GET recommendations at 2,000 requests/s (open loop, random snapshot
-#    users), then the highest rate with p99 ≤ 10 ms (raised by a quarter from 1,000/s; a
-#    step that fails is run once more before the search stops).
+#    users), then the highest rate with p99 ≤ 10 ms (raised by a quarter from 1,000/s until
+#    a step fails, then three halvings of the last interval; a step that fails is run once
+#    more before it counts as failed).
 # 4. The ceiling: the same loads on a bare axum handler doing one Redis GET of the user's
 #    snapshot row with the same client (crates/serving/examples/serve_bench.rs).
 # Load, server, speed layer and Redis share the machine's cores.

@@ -90,7 +90,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
     /// Rows of the current snapshot (users and items, each) kept in memory; rows of an
-    /// immutable snapshot never change, so a cached row is never stale.
+    /// immutable snapshot never change, so a cached row is never stale. Also the most item
+    /// rows loaded with a snapshot beyond its popular lists' (the items similar to those).
     pub cache_rows: usize,
 }
 

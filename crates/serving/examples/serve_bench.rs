@@ -243,30 +243,51 @@ async fn load(addr: &str, route: &str, rate: f64, seconds: f64) -> Res<LoadResul
     })
 }
 
+/// One step of the max-rate search: `rate` for `seconds`, passed when p99 ≤ `p99_ms`, ≥ 97% of
+/// the rate done and no errors. A step that fails is run once more: on a shared 2-core machine
+/// one descheduling can spoil a step's p99, and the search should not end on it (the same rule
+/// for every route, the ceiling included).
+async fn step(
+    addr: &str,
+    route: &str,
+    rate: f64,
+    p99_ms: f64,
+    seconds: f64,
+) -> Res<Option<LoadResult>> {
+    for _attempt in 0..2 {
+        let r = load(addr, route, rate, seconds).await?;
+        eprintln!("  {}", r.json());
+        // Let the server's queues drain before the next step.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if r.p99 <= p99_ms && r.done_rate >= 0.97 * rate && r.errors == 0 {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// The highest rate with p99 ≤ `p99_ms`: up by a quarter from 1,000/s until a step fails, then
+/// three halvings of the interval between the last step passed and the one failed (a
+/// resolution of 3%).
 async fn max(addr: &str, route: &str, p99_ms: f64, seconds: f64) -> Res<()> {
     let mut rate = 1000.0;
     let mut best: Option<LoadResult> = None;
-    loop {
-        // A step that fails is run once more: on a shared 2-core machine one descheduling can
-        // spoil a step's p99, and the search should not end on it (the same rule for every
-        // route, the ceiling included).
-        let mut passed = None;
-        for _attempt in 0..2 {
-            let r = load(addr, route, rate, seconds).await?;
-            eprintln!("  {}", r.json());
-            if r.p99 <= p99_ms && r.done_rate >= 0.97 * rate && r.errors == 0 {
-                passed = Some(r);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let Some(r) = passed else {
-            break;
-        };
+    while let Some(r) = step(addr, route, rate, p99_ms, seconds).await? {
         best = Some(r);
         rate *= 1.25;
-        // Let the server's queues drain between steps.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Some(b) = &best {
+        let (mut lo, mut hi) = (b.rate, rate);
+        for _ in 0..3 {
+            let mid = (lo + hi) / 2.0;
+            match step(addr, route, mid, p99_ms, seconds).await? {
+                Some(r) => {
+                    lo = mid;
+                    best = Some(r);
+                }
+                None => hi = mid,
+            }
+        }
     }
     match best {
         Some(b) => println!("{}", b.json()),

@@ -731,25 +731,16 @@ pub async fn get_recommendations(
     };
     let timeout = app.opts.store_timeout;
     let opts = s.models.as_ref().map(|m| m.candidates).unwrap_or_default();
-    let sources: Vec<&str> = profile
-        .recent_items
-        .iter()
-        .take(opts.recent_for_similar)
-        .map(|(i, _)| i.as_str())
-        .collect();
+    let sources = similar_sources(&profile, &opts);
     let similar_rows = match s.item_rows(app.store.as_ref(), &sources, timeout).await {
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
     let cands = candidate_ids(s, &profile, &sources, &similar_rows, &exclude, &opts);
-    let unlisted: Vec<&str> = cands
-        .iter()
-        .filter_map(|c| match c.item {
-            ItemId::Unlisted(i) => Some(i),
-            ItemId::Listed(_) => None,
-        })
-        .collect();
-    let rows = match s.item_rows(app.store.as_ref(), &unlisted, timeout).await {
+    let rows = match s
+        .item_rows(app.store.as_ref(), &unlisted(&cands), timeout)
+        .await
+    {
         Ok(rows) => rows,
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
@@ -801,10 +792,27 @@ pub async fn get_recommendations(
     Ok(answer(items, ranked_by, m.degraded))
 }
 
+/// The recent items whose similar items are candidates (DESIGN §6), most recent first.
+pub(crate) fn similar_sources<'a>(profile: &'a Profile, opts: &CandidateOptions) -> Vec<&'a str> {
+    let recent = profile.recent_items.iter().take(opts.recent_for_similar);
+    recent.map(|(i, _)| i.as_str()).collect()
+}
+
+/// The candidates not among the snapshot's listed rows, whose rows come from the cache or the
+/// store.
+pub(crate) fn unlisted<'a>(cands: &[Candidate<'a, ItemId<'a>>]) -> Vec<&'a str> {
+    let ids = cands.iter().map(|c| c.item);
+    ids.filter_map(|i| match i {
+        ItemId::Unlisted(i) => Some(i),
+        ItemId::Listed(_) => None,
+    })
+    .collect()
+}
+
 /// The candidates (DESIGN §6) with the snapshot's listed items named by number, so that most
 /// of them cost no string hashing, here or in ranking: exactly
 /// [`tandem_models::candidates::candidates`] over the whole catalog. `similar_rows` are the rows
-/// of `sources`, the user's recent items whose similar items are candidates.
+/// of `sources` ([`similar_sources`]).
 pub(crate) fn candidate_ids<'a>(
     s: &'a Loaded,
     profile: &'a Profile,
@@ -817,10 +825,8 @@ pub(crate) fn candidate_ids<'a>(
         exclude.iter().map(|i| s.resolve(i)).collect();
     let similar = |recent: &str| {
         let k = sources.iter().position(|x| *x == recent);
-        let found = k.and_then(|k| Some((sources[k], similar_rows[k].as_deref()?)));
-        found
-            .into_iter()
-            .flat_map(|(item, row)| s.similar_ids(item, row))
+        let row = k.and_then(|k| similar_rows[k].as_ref());
+        row.into_iter().flat_map(|row| s.similar_ids(row))
     };
     gather(
         profile,
@@ -887,15 +893,15 @@ pub(crate) fn rank_resolved<'a>(
     }
     let none = ItemStats::default();
     let rows = cands.iter().zip(resolved).map(|(c, (id, listed, stats))| {
-        let features = match (c.item, listed) {
-            (ItemId::Listed(k), Some(l)) => {
+        let features = match listed {
+            Some(l) => {
                 let interest = l
                     .category
                     .and_then(|cat| interests.iter().find(|(x, _)| *x == cat).map(|(_, v)| *v));
-                let at = recent.iter().find(|(x, _)| *x == k).map(|(_, r)| *r);
+                let at = recent.iter().find(|(x, _)| *x == l.number).map(|(_, r)| *r);
                 user.features_with(interest.unwrap_or((0.0, 0.0)), at, &l.side)
             }
-            _ => user.features(id, stats.unwrap_or(&none)),
+            None => user.features(id, stats.unwrap_or(&none)),
         };
         (*id, c.source, features)
     });

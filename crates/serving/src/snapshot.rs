@@ -1,10 +1,10 @@
 //! The snapshot serving follows (DESIGN §5): the pointer `tandem:snapshot:current` is polled,
-//! and when it names a new snapshot, that snapshot's popular lists, models and manifest are
-//! loaded before requests see it. Rows of an immutable snapshot never change, so user and item
+//! and when it names a new snapshot, that snapshot's popular lists, models, manifest and hot item
+//! rows are loaded before requests see it. Rows of an immutable snapshot never change, so user and item
 //! rows are cached in memory (bounded, per snapshot) and most requests make one store round trip:
 //! the speed layer's state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::{Arc, RwLock};
@@ -66,8 +66,9 @@ pub struct Loaded {
     pub catalog: Catalog,
     /// When this process loaded it.
     pub loaded_at: Instant,
-    /// The rows of every item on the popular lists, loaded with the snapshot: most of a
-    /// request's candidates come from those lists, and reading them costs no cache lock, no
+    /// The rows of every item on the popular lists and of the items similar to them (ring by
+    /// ring, up to the cache's size: `Snapshots::listed_rows`), loaded with the snapshot: most
+    /// of a request's candidates are among them, and reading them costs no cache lock, no
     /// reference count shared between threads and, by [`ItemId::Listed`], no string hashing.
     listed: Listed,
     users: Cache<String, Option<Arc<UserRow>>>,
@@ -162,17 +163,16 @@ impl Loaded {
         names.zip(ks).map(|(n, k)| ItemId::of(n, *k))
     }
 
-    /// The similar items of `item` (with its row `row`), best first, resolved.
+    /// The similar items of the item of `row`, best first, resolved: by the numbers stored
+    /// with a listed row, by id for any other.
     pub fn similar_ids<'a>(
         &'a self,
-        item: &str,
-        row: &'a ItemRow,
+        row: &'a ItemRef<'a>,
     ) -> impl Iterator<Item = ItemId<'a>> + use<'a> {
-        let known = self
-            .listed
-            .index
-            .get(item)
-            .map(|&k| &self.listed(k).similar);
+        let known = match row {
+            ItemRef::Listed(l) => Some(&l.similar),
+            ItemRef::Cached(_) => None,
+        };
         row.similar
             .iter()
             .enumerate()
@@ -183,7 +183,7 @@ impl Loaded {
     }
 
     /// The rows of `items` (in order; `None` for an item not in the snapshot): those of the
-    /// popular lists and cached ones from memory, the rest in one store round trip.
+    /// listed rows and cached ones from memory, the rest in one store round trip.
     pub async fn item_rows(
         &self,
         store: &dyn OnlineStore,
@@ -193,7 +193,7 @@ impl Loaded {
         let mut out: Vec<Option<Option<ItemRef<'_>>>> = items
             .iter()
             .map(|i| match self.listed.index.get(*i) {
-                Some(&k) => Some(Some(ItemRef::Listed(&self.listed.items[k as usize].row))),
+                Some(&k) => Some(Some(ItemRef::Listed(self.listed(k)))),
                 None => self.items.get(*i).map(|r| r.map(ItemRef::Cached)),
             })
             .collect();
@@ -226,7 +226,7 @@ impl Loaded {
 pub enum ItemId<'a> {
     /// The listed row of this number ([`Loaded::listed`]).
     Listed(u32),
-    /// An item not on the popular lists.
+    /// An item not among the listed rows.
     Unlisted(&'a str),
 }
 
@@ -236,9 +236,11 @@ impl<'a> ItemId<'a> {
     }
 }
 
-/// A row of the popular lists, loaded with the snapshot, with what ranking reads of it ready.
+/// A listed row, loaded with the snapshot, with what ranking reads of it ready.
 #[derive(Debug)]
 pub struct ListedItem {
+    /// Its number ([`ItemId::Listed`]).
+    pub number: u32,
     /// The item.
     pub id: String,
     /// Its row.
@@ -264,13 +266,14 @@ struct Listed {
 }
 
 impl Listed {
-    /// Numbers `rows` (the rows of the items of `catalog`'s lists) and resolves the lists.
+    /// Numbers `rows` (those of `catalog`'s lists' items and of items similar to them) and
+    /// resolves the lists.
     fn new(rows: Vec<(String, ItemRow)>, catalog: &Catalog) -> Listed {
         let mut l = Listed::default();
         for (k, (id, _)) in rows.iter().enumerate() {
             l.index.insert(id.clone(), k as u32);
         }
-        for (id, row) in rows {
+        for (number, (id, row)) in (0..).zip(rows) {
             let category = row.stats.category.as_ref().map(|(c, _)| {
                 let next = l.categories.len() as u32;
                 *l.categories.entry(c.clone()).or_insert(next)
@@ -281,6 +284,7 @@ impl Listed {
                 .map(|(s, _)| l.index.get(s).copied())
                 .collect();
             l.items.push(ListedItem {
+                number,
                 side: ItemSide::of(&row.stats),
                 category,
                 similar,
@@ -301,11 +305,11 @@ impl Listed {
     }
 }
 
-/// An item row: one of the snapshot's popular-list rows, or one shared from the cache.
+/// An item row: one of the snapshot's listed rows, or one shared from the cache.
 #[derive(Debug)]
 pub enum ItemRef<'a> {
     /// Loaded with the snapshot.
-    Listed(&'a ItemRow),
+    Listed(&'a ListedItem),
     /// From the bounded cache (or the store).
     Cached(Arc<ItemRow>),
 }
@@ -315,7 +319,7 @@ impl Deref for ItemRef<'_> {
 
     fn deref(&self) -> &ItemRow {
         match self {
-            ItemRef::Listed(r) => r,
+            ItemRef::Listed(l) => &l.row,
             ItemRef::Cached(r) => r,
         }
     }
@@ -385,27 +389,9 @@ impl Snapshots {
             None => None,
         };
         let manifest = manifest.and_then(|b| serde_json::from_slice(&b).ok());
-        let mut names: Vec<&String> = popular
-            .overall
-            .iter()
-            .chain(popular.by_category.values().flatten())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        let keys: Vec<String> = names
-            .iter()
-            .map(|i| item_key(i, &pointer.snapshot))
-            .collect();
-        let got = timed("load_snapshot", patience, self.store.get(&keys)).await?;
-        let mut rows = Vec::with_capacity(names.len());
-        for ((name, key), value) in names.into_iter().zip(&keys).zip(got) {
-            if let Some(b) = value {
-                let row = serde_json::from_slice::<ItemRow>(&b).map_err(|e| {
-                    StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))
-                })?;
-                rows.push((name.clone(), row));
-            }
-        }
+        let rows = self
+            .listed_rows(&pointer.snapshot, &popular, patience)
+            .await?;
         let catalog = Catalog {
             items: Default::default(),
             popular: popular.overall,
@@ -425,6 +411,55 @@ impl Snapshots {
         tracing::info!(snapshot = %loaded.pointer.snapshot, cutoff_ms = loaded.pointer.cutoff_ms, models = loaded.models.is_some(), "Serving snapshot.");
         *self.current.write().expect("snapshot lock") = Some(loaded);
         Ok(true)
+    }
+
+    /// The item rows loaded with snapshot `snapshot`, ring by ring: those of the items on the
+    /// popular lists (always), then those of the items similar to them, and so on, while fewer
+    /// than `cache_rows` are loaded. A request's candidates are those items' similar items and
+    /// the popular lists, so most of them are found here, by number.
+    async fn listed_rows(
+        &self,
+        snapshot: &str,
+        popular: &PopularRow,
+        patience: Duration,
+    ) -> Result<Vec<(String, ItemRow)>, StoreFailure> {
+        let mut known: HashSet<String, foldhash::fast::RandomState> = HashSet::default();
+        let lists = popular
+            .overall
+            .iter()
+            .chain(popular.by_category.values().flatten());
+        let mut ring: Vec<String> = lists
+            .filter(|i| known.insert(i.to_string()))
+            .cloned()
+            .collect();
+        ring.sort_unstable();
+        let mut rows: Vec<(String, ItemRow)> = Vec::with_capacity(ring.len());
+        while !ring.is_empty() {
+            let first = rows.len();
+            // One store call per 4,096 rows, not one for them all.
+            for names in ring.chunks(4096) {
+                let keys: Vec<String> = names.iter().map(|i| item_key(i, snapshot)).collect();
+                let got = timed("load_snapshot", patience, self.store.get(&keys)).await?;
+                for ((name, key), value) in names.iter().zip(&keys).zip(got) {
+                    if let Some(b) = value {
+                        let row = serde_json::from_slice::<ItemRow>(&b).map_err(|e| {
+                            StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))
+                        })?;
+                        rows.push((name.clone(), row));
+                    }
+                }
+            }
+            let room = self.cache_rows.saturating_sub(rows.len());
+            ring.clear();
+            for (_, row) in &rows[first..] {
+                for (i, _) in &row.similar {
+                    if ring.len() < room && known.insert(i.clone()) {
+                        ring.push(i.clone());
+                    }
+                }
+            }
+        }
+        Ok(rows)
     }
 
     /// Sets `tandem_batch_last_success_timestamp_seconds` and

@@ -942,8 +942,8 @@ async fn an_unavailable_bus_is_a_503_with_retry_after() {
 
 /// The ranking path of serving (candidates named by number, features from precomputed parts)
 /// gives exactly what the models' own `candidates` and `rank` give over the whole catalog:
-/// same items, sources and scores, for listed items, items only on similar lists, an item
-/// without a row, a category no listed item has, exclusions and recent items of both kinds.
+/// same items, sources and scores, for listed items, items only on similar lists (listed or
+/// not), an item without a row, a category no listed item has, exclusions and recent items of both kinds.
 #[tokio::test]
 async fn serving_ranks_exactly_as_the_models_do() {
     use std::collections::HashMap;
@@ -952,7 +952,10 @@ async fn serving_ranks_exactly_as_the_models_do() {
     use tandem_models::features::PAIR_FEATURES;
     use tandem_models::linear::{LinearModel, Scaler};
 
-    use crate::api::{Exclude, candidate_ids, rank_resolved, resolve_rows};
+    use crate::api::{
+        Exclude, candidate_ids, rank_resolved, resolve_rows, similar_sources, unlisted,
+    };
+    use crate::snapshot::Snapshots;
 
     let f = fixture(Arc::new(MemoryStore::default())).await;
     let stats = |cat: &str, k: u64| ItemStats {
@@ -961,7 +964,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
         category: Some((cat.into(), 0)),
         ..Default::default()
     };
-    // l*: listed (on the popular lists); u*: only on similar lists; "ghost": no row at all.
+    // l*: on the popular lists; u*: only on similar lists; "ghost": no row at all.
     let mut rows: Vec<(String, ItemRow)> = Vec::new();
     for k in 0..12u64 {
         let cat = ["shoes", "hats", "socks"][k as usize % 3];
@@ -1072,30 +1075,30 @@ async fn serving_ranks_exactly_as_the_models_do() {
         .collect();
     let want = rank(&ranker, &p, &want_cands, &want_stats, at, 100);
 
-    // Serving's way.
+    // Serving's way: with the rows of the items similar to the listed ones listed too (the
+    // app's snapshot: the u* rows), and with only the popular lists' rows listed (a cache of
+    // one row: the u* rows come from the cache).
     let timeout = Duration::from_secs(5);
-    let sources: Vec<&str> = p
-        .recent_items
-        .iter()
-        .take(opts.recent_for_similar)
-        .map(|(i, _)| i.as_str())
-        .collect();
-    let store = f.store.as_ref();
-    let similar_rows = s.item_rows(store, &sources, timeout).await.unwrap();
-    let cands = candidate_ids(&s, &p, &sources, &similar_rows, &exclude, &opts);
-    let unlisted: Vec<&str> = cands
-        .iter()
-        .filter_map(|c| match c.item {
-            crate::snapshot::ItemId::Unlisted(i) => Some(i),
-            crate::snapshot::ItemId::Listed(_) => None,
-        })
-        .collect();
-    assert!(unlisted.contains(&"ghost") && unlisted.iter().any(|i| i.starts_with('u')));
-    let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
-    let resolved = resolve_rows(&s, &cands, &rows);
-    let got = rank_resolved(&s, &ranker, &p, &cands, &resolved, at, 100);
+    let small = Snapshots::new(f.store.clone(), 1, timeout);
+    assert!(small.refresh().await.unwrap());
+    for (s, u_listed) in [(s, true), (small.current().unwrap(), false)] {
+        let sources = similar_sources(&p, &opts);
+        let store = f.store.as_ref();
+        let similar_rows = s.item_rows(store, &sources, timeout).await.unwrap();
+        let cands = candidate_ids(&s, &p, &sources, &similar_rows, &exclude, &opts);
+        let unlisted = unlisted(&cands);
+        assert!(unlisted.contains(&"ghost"));
+        assert_eq!(
+            unlisted.iter().any(|i| i.starts_with('u')),
+            !u_listed,
+            "{unlisted:?}"
+        );
+        let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
+        let resolved = resolve_rows(&s, &cands, &rows);
+        let got = rank_resolved(&s, &ranker, &p, &cands, &resolved, at, 100);
 
-    assert_eq!(got.len(), want_cands.len());
-    assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
-    assert_eq!(got, want);
+        assert_eq!(got.len(), want_cands.len());
+        assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
+        assert_eq!(got, want);
+    }
 }
