@@ -199,24 +199,36 @@ impl Loaded {
             .collect();
         let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
         if !missing.is_empty() {
-            let keys: Vec<String> = missing
-                .iter()
-                .map(|&i| item_key(items[i], self.id()))
-                .collect();
-            let got = timed("get_items", timeout, store.get(&keys)).await?;
-            for ((&i, key), value) in missing.iter().zip(&keys).zip(got) {
-                let row = match value {
-                    Some(b) => Some(Arc::new(serde_json::from_slice::<ItemRow>(&b).map_err(
-                        |e| StoreFailure::Error(format!("item row `{key}` is not valid: {e}")),
-                    )?)),
-                    None => None,
-                };
+            let names: Vec<&str> = missing.iter().map(|&i| items[i]).collect();
+            let got = fetch_item_rows(store, self.id(), &names, "get_items", timeout).await?;
+            for (&i, row) in missing.iter().zip(got) {
+                let row = row.map(Arc::new);
                 self.items.insert(items[i].to_string(), row.clone());
                 out[i] = Some(row.map(ItemRef::Cached));
             }
         }
         Ok(out.into_iter().map(Option::flatten).collect())
     }
+}
+
+/// The rows of `items` in snapshot `snapshot`, in order (`None`: the item has no row), in one
+/// store call timed as `op`.
+async fn fetch_item_rows(
+    store: &dyn OnlineStore,
+    snapshot: &str,
+    items: &[&str],
+    op: &'static str,
+    timeout: Duration,
+) -> Result<Vec<Option<ItemRow>>, StoreFailure> {
+    let keys: Vec<String> = items.iter().map(|i| item_key(i, snapshot)).collect();
+    let got = timed(op, timeout, store.get(&keys)).await?;
+    let decode = |(key, value): (&String, Option<bytes::Bytes>)| match value {
+        Some(b) => serde_json::from_slice::<ItemRow>(&b)
+            .map(Some)
+            .map_err(|e| StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))),
+        None => Ok(None),
+    };
+    keys.iter().zip(got).map(decode).collect()
 }
 
 /// An item as a request's candidates name it: one of the snapshot's listed rows by its place,
@@ -429,7 +441,7 @@ impl Snapshots {
             .iter()
             .chain(popular.by_category.values().flatten());
         let mut ring: Vec<String> = lists
-            .filter(|i| known.insert(i.to_string()))
+            .filter(|i| known.insert((*i).clone()))
             .cloned()
             .collect();
         ring.sort_unstable();
@@ -438,14 +450,12 @@ impl Snapshots {
             let first = rows.len();
             // One store call per 4,096 rows, not one for them all.
             for names in ring.chunks(4096) {
-                let keys: Vec<String> = names.iter().map(|i| item_key(i, snapshot)).collect();
-                let got = timed("load_snapshot", patience, self.store.get(&keys)).await?;
-                for ((name, key), value) in names.iter().zip(&keys).zip(got) {
-                    if let Some(b) = value {
-                        let row = serde_json::from_slice::<ItemRow>(&b).map_err(|e| {
-                            StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))
-                        })?;
-                        rows.push((name.clone(), row));
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let store = self.store.as_ref();
+                let got = fetch_item_rows(store, snapshot, &names, "load_snapshot", patience);
+                for (name, row) in names.iter().zip(got.await?) {
+                    if let Some(row) = row {
+                        rows.push((name.to_string(), row));
                     }
                 }
             }
