@@ -77,6 +77,7 @@ async fn conformance(store: &dyn OnlineStore) {
 async fn memory_store_conforms() {
     conformance(&MemoryStore::default()).await;
     speed_conformance(&MemoryStore::default()).await;
+    epochs_come_and_go(&MemoryStore::default()).await;
 }
 
 #[tokio::test]
@@ -85,6 +86,7 @@ async fn redis_store_conforms() {
     let store = RedisStore::connect(&server.url()).await.unwrap();
     conformance(&store).await;
     speed_conformance(&store).await;
+    epochs_come_and_go(&store).await;
     reloads_lost_functions(&store, || {
         crate::testkit::cli(server.port(), &["FUNCTION", "FLUSH"]);
     })
@@ -134,6 +136,7 @@ async fn redis_cluster_store_conforms() {
     let store = open(&cluster.url()).await.unwrap();
     conformance(store.as_ref()).await;
     speed_conformance(store.as_ref()).await;
+    epochs_come_and_go(store.as_ref()).await;
     // The function library is on every primary, and the rows are spread over them.
     for node in cluster.nodes() {
         let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
@@ -150,6 +153,68 @@ async fn redis_cluster_store_conforms() {
 }
 
 const H: i64 = 3_600_000;
+
+/// Reads between which a user's epochs change (an event in a new epoch, epochs dropped after a
+/// snapshot, a later cutoff, an erasure) see each change at once: the Redis backend reads the
+/// epochs it last saw for the user, and a stale guess must never show in an answer.
+async fn epochs_come_and_go(store: &dyn OnlineStore) {
+    let base = 1_763_900_000_000_i64 / H * H;
+    let user = "user-epochs";
+    let at = |offset: u64, epoch: i64| SpeedEvent {
+        offset,
+        ingest_ts: epoch + 1,
+        epoch_ms: epoch,
+        event: event(
+            &format!("g{offset}"),
+            user,
+            Kind::View,
+            offset as usize,
+            epoch + 2,
+        ),
+    };
+    let epochs = |s: &SpeedState| s.epochs.keys().copied().collect::<Vec<_>>();
+    let views = |s: &SpeedState| s.merged().counts[0];
+    store.apply_events(&[at(0, base)]).await.unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!((epochs(&s), views(&s), s.offset), (vec![base], 1, Some(0)));
+    // More in the same epoch, then a new epoch: each read has all of it.
+    store.apply_events(&[at(1, base)]).await.unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!((epochs(&s), views(&s), s.offset), (vec![base], 2, Some(1)));
+    store
+        .apply_events(&[at(2, base + H), at(3, base + 2 * H)])
+        .await
+        .unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!(
+        (epochs(&s), views(&s), s.offset),
+        (vec![base, base + H, base + 2 * H], 4, Some(3))
+    );
+    // A later cutoff reads fewer epochs; an earlier one all of them again.
+    let s = store.speed(user, base + H).await.unwrap();
+    assert_eq!((epochs(&s), views(&s)), (vec![base + H, base + 2 * H], 2));
+    let s = store.speed(user, base + 3 * H).await.unwrap();
+    assert_eq!((epochs(&s), views(&s), s.offset), (vec![], 0, Some(3)));
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!(views(&s), 4);
+    // Epochs dropped after a snapshot are gone from the next read.
+    store.drop_epochs_before(base + 2 * H).await.unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!((epochs(&s), views(&s)), (vec![base + 2 * H], 1));
+    // An erasure: nothing left but the offset and the erasure time.
+    store.erase_user(user, base + 3 * H, &[]).await.unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!(
+        (epochs(&s), s.offset, s.erased_ms),
+        (vec![], Some(3), Some(base + 3 * H))
+    );
+    store.apply_events(&[at(4, base + 4 * H)]).await.unwrap();
+    let s = store.speed(user, 0).await.unwrap();
+    assert_eq!(
+        (epochs(&s), views(&s), s.offset),
+        (vec![base + 4 * H], 1, Some(4))
+    );
+}
 
 fn event(id: &str, user: &str, kind: Kind, item: usize, ts: i64) -> Event<'static> {
     Event {
