@@ -653,8 +653,9 @@ impl OnlineStore for RedisStore {
     }
 }
 
-/// The answer of `tandem_read_v2`: the offset and the erasure time, then (epoch, fields, recent
-/// items, items bought) per epoch.
+/// A speed read's answer, as `tandem_read_v2` gives it and `speed_native` rebuilds it from its
+/// transaction: the offset and the erasure time, then (epoch, fields, recent items, items
+/// bought) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
     let mut it = got.into_iter();
