@@ -1,14 +1,16 @@
 //! Operations: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the request-latency
 //! middleware behind the per-route histograms.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
@@ -56,21 +58,65 @@ pub fn prometheus() -> PrometheusHandle {
 
 /// Records `tandem_http_request_duration_seconds{route, method, status}` and
 /// `tandem_http_requests_total{route, method, status}`; the route is the matched pattern
-/// (`/v1/users/{id}/profile`), never the raw path.
+/// (`/v1/users/{id}/profile`), never the raw path, and a method outside HTTP's own is `OTHER`
+/// (so a client cannot grow the label sets without bound).
 pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().to_string();
-    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::DELETE
+        | Method::PATCH
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::TRACE
+        | Method::CONNECT => req.method().clone(),
+        _ => Method::from_bytes(b"OTHER").expect("a valid method token"),
+    };
     let resp = next.run(req).await;
-    let labels = [
-        ("route", route),
-        ("method", method),
-        ("status", resp.status().as_u16().to_string()),
-    ];
-    metrics::histogram!("tandem_http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
-    metrics::counter!("tandem_http_requests_total", &labels).increment(1);
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
+    let (latency, count) = route_metrics(route, &method, resp.status().as_u16());
+    latency.record(start.elapsed().as_secs_f64());
+    count.increment(1);
     resp
+}
+
+/// A route's request metrics, per method and status.
+type RouteMetrics = HashMap<(Method, u16), (Histogram, Counter)>;
+
+/// The handles of one (route, method, status), registered on first use and then shared: a
+/// request costs a read lock and two hash lookups, not three label strings and two registry
+/// lookups. Routes are the router's patterns, methods and statuses few, so the map stays small.
+fn route_metrics(route: &str, method: &Method, status: u16) -> (Histogram, Counter) {
+    static HANDLES: OnceLock<RwLock<HashMap<String, RouteMetrics>>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    let key = (method.clone(), status);
+    if let Some(found) = handles
+        .read()
+        .expect("metrics handles lock")
+        .get(route)
+        .and_then(|by| by.get(&key))
+    {
+        return found.clone();
+    }
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
+    let made = (
+        metrics::histogram!("tandem_http_request_duration_seconds", &labels),
+        metrics::counter!("tandem_http_requests_total", &labels),
+    );
+    handles
+        .write()
+        .expect("metrics handles lock")
+        .entry(route.to_string())
+        .or_default()
+        .entry(key)
+        .or_insert(made)
+        .clone()
 }
 
 /// The process is up.

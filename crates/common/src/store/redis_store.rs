@@ -31,14 +31,6 @@ const PIPELINE: usize = 1_000;
 /// more goes alone): ~1 ms of Redis time, so reads wait at most that long behind it.
 const CALL_EVENTS: usize = 128;
 
-/// Reads of a user's speed state before giving up on the guessed epochs and asking the Lua
-/// function instead (each miss learns the current list, so a second attempt misses only when
-/// an epoch came or went in between).
-const READ_ATTEMPTS: usize = 3;
-
-/// Users whose epoch list the reads remember (direct-mapped: a user's slot by hash).
-const GUESS_SLOTS: usize = 16_384;
-
 /// Compare-and-set of the pointer in one step.
 const FLIP: &str = r"
 local cur = redis.call('GET', KEYS[1])
@@ -92,56 +84,6 @@ impl redis::aio::ConnectionLike for Conn {
 pub struct RedisStore {
     conn: Conn,
     url: String,
-    guesses: std::sync::Arc<EpochGuesses>,
-}
-
-/// The epochs each recently read user had, by user: what a read of the user's speed state
-/// guesses its keys will be. Bounded (one entry per slot, the latest user hashed there wins);
-/// a wrong guess costs one more round trip, never a wrong answer (see `speed_native`).
-struct EpochGuesses {
-    hasher: std::collections::hash_map::RandomState,
-    slots: Vec<GuessSlot>,
-}
-
-/// One slot of `EpochGuesses`: the user last read there and its epochs.
-type GuessSlot = std::sync::Mutex<Option<(Box<str>, Vec<i64>)>>;
-
-impl EpochGuesses {
-    fn new() -> EpochGuesses {
-        EpochGuesses {
-            hasher: std::collections::hash_map::RandomState::new(),
-            slots: (0..GUESS_SLOTS)
-                .map(|_| std::sync::Mutex::new(None))
-                .collect(),
-        }
-    }
-
-    fn slot(&self, user: &str) -> &GuessSlot {
-        use std::hash::BuildHasher;
-        &self.slots[self.hasher.hash_one(user) as usize % self.slots.len()]
-    }
-
-    /// The epochs from `from_ms` on that `user` had when last read; empty if not remembered.
-    fn get(&self, user: &str, from_ms: i64) -> Vec<i64> {
-        let slot = self.slot(user).lock().unwrap_or_else(|e| e.into_inner());
-        match &*slot {
-            Some((u, epochs)) if &**u == user => {
-                epochs.iter().copied().filter(|e| *e >= from_ms).collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    fn put(&self, user: &str, epochs: &[i64]) {
-        let mut slot = self.slot(user).lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *slot {
-            Some((u, old)) if &**u == user => {
-                old.clear();
-                old.extend_from_slice(epochs);
-            }
-            _ => *slot = Some((user.into(), epochs.to_vec())),
-        }
-    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -194,11 +136,7 @@ impl RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(|e| external("PING", e))?;
-        let store = RedisStore {
-            conn,
-            url: shown,
-            guesses: std::sync::Arc::new(EpochGuesses::new()),
-        };
+        let store = RedisStore { conn, url: shown };
         store.load_functions().await?;
         Ok(store)
     }
@@ -254,79 +192,6 @@ impl RedisStore {
                 .await
             }
         }
-    }
-
-    /// A user's speed state by plain commands in one transaction (`MULTI` … `EXEC`: atomic, as
-    /// the Lua read is, at a fraction of its Redis time: a Lua function pays twice for every
-    /// element it returns). The transaction reads the user's offset, erasure time and epoch list,
-    /// and the contents of the epochs guessed from the user's last read. When the list read
-    /// equals the guess, the answer is exactly the Lua read's; otherwise the read is repeated
-    /// with the list just learnt. `None` when the list keeps changing between attempts: the
-    /// caller asks the Lua function then.
-    async fn speed_native(
-        &self,
-        conn: &ConnectionManager,
-        user: &str,
-        from_epoch_ms: i64,
-    ) -> Result<Option<SpeedState>> {
-        let (speed, epochs, prefix) = (speed_key(user), epochs_key(user), epoch_prefix(user));
-        let mut guess = self.guesses.get(user, from_epoch_ms);
-        for _ in 0..READ_ATTEMPTS {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            pipe.cmd("HMGET").arg(&speed).arg("offset").arg("erased");
-            pipe.cmd("ZRANGE")
-                .arg(&epochs)
-                .arg(from_epoch_ms)
-                .arg("+inf")
-                .arg("BYSCORE");
-            for e in &guess {
-                let key = format!("{prefix}{e}");
-                pipe.cmd("HGETALL").arg(&key);
-                for set in [":recent", ":bought"] {
-                    pipe.cmd("ZRANGE")
-                        .arg(format!("{key}{set}"))
-                        .arg(0)
-                        .arg(-1)
-                        .arg("WITHSCORES");
-                }
-            }
-            let got: Vec<redis::Value> = pipe
-                .query_async(&mut conn.clone())
-                .await
-                .map_err(|e| external("read speed", e))?;
-            if got.len() != 2 + 3 * guess.len() {
-                return Err(external(
-                    "read speed",
-                    format!(
-                        "{} replies in a transaction of {} commands",
-                        got.len(),
-                        2 + 3 * guess.len()
-                    ),
-                ));
-            }
-            let mut it = got.into_iter();
-            let (Some(meta), Some(listed)) = (it.next(), it.next()) else {
-                return Err(external("read speed", "an empty transaction reply"));
-            };
-            let listed =
-                Vec::<i64>::from_redis_value(listed).map_err(|e| external("read speed", e))?;
-            if listed != guess {
-                guess = listed;
-                continue;
-            }
-            self.guesses.put(user, &listed);
-            let mut flat = Vec::<redis::Value>::from_redis_value(meta)
-                .map_err(|e| external("read speed", e))?;
-            for (e, contents) in listed.iter().zip(std::iter::from_fn(|| {
-                Some([it.next()?, it.next()?, it.next()?])
-            })) {
-                flat.push(redis::Value::Int(*e));
-                flat.extend(contents);
-            }
-            return decode_speed(user, flat).map(Some);
-        }
-        Ok(None)
     }
 
     /// Where to run `SCAN`: the one server, or each primary of the cluster (named by one of
@@ -609,11 +474,6 @@ impl OnlineStore for RedisStore {
     }
 
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
-        if let Conn::Single(c) = &self.conn
-            && let Some(state) = self.speed_native(c, user, from_epoch_ms).await?
-        {
-            return Ok(state);
-        }
         let mut pipe = redis::pipe();
         pipe.cmd("FCALL_RO")
             .arg("tandem_read_v2")
@@ -653,9 +513,8 @@ impl OnlineStore for RedisStore {
     }
 }
 
-/// A speed read's answer, as `tandem_read_v2` gives it and `speed_native` rebuilds it from its
-/// transaction: the offset and the erasure time, then (epoch, fields, recent items, items
-/// bought) per epoch.
+/// The answer of `tandem_read_v2`: the offset and the erasure time, then (epoch, fields, recent
+/// items, items bought) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
     let mut it = got.into_iter();

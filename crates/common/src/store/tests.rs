@@ -155,8 +155,8 @@ async fn redis_cluster_store_conforms() {
 const H: i64 = 3_600_000;
 
 /// Reads between which a user's epochs change (an event in a new epoch, epochs dropped after a
-/// snapshot, a later cutoff, an erasure) see each change at once: the Redis backend reads the
-/// epochs it last saw for the user, and a stale guess must never show in an answer.
+/// snapshot, a later cutoff, an erasure) see each change at once: no backend may answer from
+/// what it learnt of the user at an earlier read.
 async fn epochs_come_and_go(store: &dyn OnlineStore) {
     let base = 1_763_900_000_000_i64 / H * H;
     let user = "user-epochs";
