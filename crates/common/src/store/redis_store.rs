@@ -11,6 +11,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::{AsyncCommands, FromRedisValue};
+use std::fmt::Write;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -407,53 +408,66 @@ impl OnlineStore for RedisStore {
             Conn::Single(_) => CALL_EVENTS,
             Conn::Cluster(_) => 1,
         };
-        let mut pipe = redis::pipe();
-        let (mut keys, mut args) = (Vec::new(), Vec::new());
-        let (mut users, mut in_call) = (0, 0);
-        let end_call =
-            |pipe: &mut redis::Pipeline, keys: &mut Vec<String>, args: &mut Vec<String>| {
-                pipe.cmd("FCALL")
-                    .arg("tandem_apply_v3")
-                    .arg(keys.len())
-                    .arg(&*keys)
-                    .arg(&*args);
-                keys.clear();
-                args.clear();
-            };
-        for group in by_user(events) {
-            if in_call > 0 && in_call + group.len() > per_call {
-                end_call(&mut pipe, &mut keys, &mut args);
-                in_call = 0;
-            }
-            let user = group[0].event.user_id.as_ref();
-            keys.extend([speed_key(user), seen_key(user), epochs_key(user)]);
-            let prefix = epoch_prefix(user);
-            // The user's epoch slots first: their keys, and their ms in the header.
-            let mut slots: Vec<i64> = Vec::new();
-            for e in &group {
-                if !slots.contains(&e.epoch_ms) {
-                    slots.push(e.epoch_ms);
-                }
-            }
-            args.reserve(2 + slots.len() + group.len() * speed::STRIDE);
-            args.extend([slots.len().to_string(), group.len().to_string()]);
-            for ms in &slots {
-                keys.push(format!("{prefix}{ms}"));
-                keys.push(format!("{prefix}{ms}:recent"));
-                keys.push(format!("{prefix}{ms}:bought"));
-                args.push(ms.to_string());
-            }
-            for e in &group {
-                let slot = 1 + slots.iter().position(|s| *s == e.epoch_ms).unwrap_or(0);
-                speed::push_args(&mut args, e, slot);
-            }
-            in_call += group.len();
-            users += 1;
-        }
-        if users == 0 {
+        let groups = by_user(events);
+        if groups.is_empty() {
             return Ok(ApplyCounts::default());
         }
-        end_call(&mut pipe, &mut keys, &mut args);
+        let mut calls: Vec<&[Vec<&SpeedEvent<'_>>]> = Vec::new();
+        let (mut first, mut in_call) = (0, 0);
+        for (i, group) in groups.iter().enumerate() {
+            if in_call > 0 && in_call + group.len() > per_call {
+                calls.push(&groups[first..i]);
+                (first, in_call) = (i, 0);
+            }
+            in_call += group.len();
+        }
+        calls.push(&groups[first..]);
+        // Each call: its keys (per user: speed, seen, epochs, then three per epoch slot), then
+        // per user a header (slots, events, each slot's ms) and its events; all written straight
+        // into the pipeline's buffer.
+        let mut pipe = redis::pipe();
+        let mut buf = String::new();
+        for call in calls {
+            let slots: Vec<Vec<i64>> = call
+                .iter()
+                .map(|group| {
+                    let mut slots: Vec<i64> = Vec::new();
+                    for e in group {
+                        if !slots.contains(&e.epoch_ms) {
+                            slots.push(e.epoch_ms);
+                        }
+                    }
+                    slots
+                })
+                .collect();
+            let keys: usize = slots.iter().map(|s| 3 + 3 * s.len()).sum();
+            pipe.cmd("FCALL").arg("tandem_apply_v3").arg(keys);
+            for (group, slots) in call.iter().zip(&slots) {
+                let user = group[0].event.user_id.as_ref();
+                pipe.arg(speed_key(user))
+                    .arg(seen_key(user))
+                    .arg(epochs_key(user));
+                let prefix = epoch_prefix(user);
+                for ms in slots {
+                    for set in ["", ":recent", ":bought"] {
+                        buf.clear();
+                        let _ = write!(buf, "{prefix}{ms}{set}");
+                        pipe.arg(buf.as_str());
+                    }
+                }
+            }
+            for (group, slots) in call.iter().zip(&slots) {
+                pipe.arg(slots.len()).arg(group.len());
+                for ms in slots {
+                    pipe.arg(*ms);
+                }
+                for e in group {
+                    let slot = 1 + slots.iter().position(|s| *s == e.epoch_ms).unwrap_or(0);
+                    speed::push_args(&mut pipe, e, slot, &mut buf);
+                }
+            }
+        }
+        let users = groups.len() as u64;
         let mut counts = ApplyCounts {
             users,
             ..ApplyCounts::default()

@@ -85,36 +85,51 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v3` (its `STRIDE`).
+/// Entries of ARGV per event in `tandem_apply_v3` (its `STRIDE`): what `push_args` writes, held
+/// equal to the Lua's by a test.
+#[cfg(test)]
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v3` (see `speed.lua`).
-pub(crate) fn push_args(args: &mut Vec<String>, e: &SpeedEvent<'_>, slot: usize) {
+/// Appends one event's ARGV entries for `tandem_apply_v3` (see `speed.lua`) to the last command
+/// of `pipe`, written straight into its buffer (integers without an intermediate `String`);
+/// `buf` is scratch space for the one float.
+pub(crate) fn push_args(
+    pipe: &mut redis::Pipeline,
+    e: &SpeedEvent<'_>,
+    slot: usize,
+    buf: &mut String,
+) {
+    use std::fmt::Write;
     let ev = &e.event;
     let purchase = ev.kind == Kind::Purchase;
     let w = interest_weight(ev.kind);
-    let (category, term) = match (&ev.category, w > 0.0) {
-        (Some(c), true) => (c.to_string(), decay_term(w, ev.ts).to_string()),
-        _ => (String::new(), String::new()),
+    let (quantity, spend) = match purchase {
+        true => (
+            ev.quantity,
+            spend_micros(ev.price.unwrap_or(0.0), ev.quantity),
+        ),
+        false => (0, 0),
     };
-    args.extend([
-        e.offset.to_string(),
-        ev.event_id.to_string(),
-        slot.to_string(),
-        e.ingest_ts.to_string(),
-        kind_index(ev.kind).to_string(),
-        ev.ts.to_string(),
-        if purchase { ev.quantity } else { 0 }.to_string(),
-        if purchase {
-            spend_micros(ev.price.unwrap_or(0.0), ev.quantity)
-        } else {
-            0
+    pipe.arg(e.offset)
+        .arg(ev.event_id.as_ref())
+        .arg(slot)
+        .arg(e.ingest_ts)
+        .arg(kind_index(ev.kind))
+        .arg(ev.ts)
+        .arg(quantity)
+        .arg(spend);
+    match (&ev.category, w > 0.0) {
+        (Some(c), true) => {
+            buf.clear();
+            // `Display` of an f64: the shortest text that parses back to the same number.
+            let _ = write!(buf, "{}", decay_term(w, ev.ts));
+            pipe.arg(c.as_ref()).arg(buf.as_str());
         }
-        .to_string(),
-        category,
-        term,
-        ev.item_id.as_deref().unwrap_or("").to_string(),
-    ]);
+        _ => {
+            pipe.arg("").arg("");
+        }
+    }
+    pipe.arg(ev.item_id.as_deref().unwrap_or(""));
 }
 
 /// A profile from an epoch hash's fields, its recent items and its items bought (item, time),

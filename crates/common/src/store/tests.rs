@@ -556,6 +556,55 @@ fn the_lua_library_agrees_with_the_rust_constants() {
     assert!(lua.contains(&format!("local PURCHASE = '{purchase}'")));
 }
 
+/// `push_args` writes STRIDE entries per event, in the order the Lua reads them.
+#[test]
+fn an_event_is_stride_arguments() {
+    let args = |e: &SpeedEvent<'_>| {
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL");
+        speed::push_args(&mut pipe, e, 2, &mut String::new());
+        let cmd = pipe.cmd_iter().next().unwrap();
+        cmd.args_iter()
+            .skip(1)
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8(b.to_vec()).unwrap(),
+                _ => panic!("push_args writes plain arguments only"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let ts = 1_763_800_000_000;
+    let at = |event| SpeedEvent {
+        offset: 7,
+        ingest_ts: ts + 5,
+        epoch_ms: ts,
+        event,
+    };
+    // A purchase of 2 at 1.25 × 4, in a category: counts, spend in micro-units, an interest term.
+    let bought = at(event("e1", "u", Kind::Purchase, 4, ts));
+    let term = crate::features::decay_term(crate::features::interest_weight(Kind::Purchase), ts);
+    let want: Vec<String> = [
+        "7",
+        "e1",
+        "2",
+        &(ts + 5).to_string(),
+        "4",
+        &ts.to_string(),
+        "2",
+        "10000000",
+        "cat-4",
+        &term.to_string(),
+        "item-4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(args(&bought), want);
+    // A search: no item, no category, no quantity.
+    let search = args(&at(event("e2", "u", Kind::Search, 3, ts)));
+    assert_eq!(search.len(), speed::STRIDE);
+    assert_eq!(&search[6..], ["0", "0", "", "", ""]);
+}
+
 #[test]
 fn keys_parse_back() {
     assert_eq!(snapshot_of_key(&user_key("u:{x}", "s1")), Some("s1"));
