@@ -221,6 +221,11 @@ pub fn rank<'a>(
 
 /// The `n` best of `(item, source, pair features)` rows by the ranker; ties by item id. What
 /// [`rank`] does once the features are computed (serving computes them from its own rows).
+///
+/// Rows are ordered by the ranker's logit, and the probability (the `score`) is computed for
+/// the `n` kept only: the logistic is monotone, so this is the order of the probabilities,
+/// except that two logits a rounding apart may share one probability and then keep the logits'
+/// order rather than the ids'. Serving ranks ~200 candidates per request and returns ~10.
 pub fn rank_rows<'a>(
     ranker: &LinearModel,
     rows: impl Iterator<Item = (&'a str, Source<'a>, [f64; 8])>,
@@ -230,10 +235,13 @@ pub fn rank_rows<'a>(
         .map(|(item, source, features)| Scored {
             item,
             source,
-            score: ranker.probability(&features),
+            score: ranker.logit(&features),
         })
         .collect();
     keep_best(&mut scored, n, |s| (s.score, s.item));
+    for s in &mut scored {
+        s.score = LinearModel::logistic(s.score);
+    }
     scored
 }
 

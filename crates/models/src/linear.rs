@@ -105,7 +105,12 @@ impl LinearModel {
 
     /// The probability of one row.
     pub fn probability(&self, row: &[f64]) -> f64 {
-        1.0 / (1.0 + (-self.logit(row)).exp())
+        Self::logistic(self.logit(row))
+    }
+
+    /// The probability of a logit: 1 / (1 + e^−logit).
+    pub fn logistic(logit: f64) -> f64 {
+        1.0 / (1.0 + (-logit).exp())
     }
 
     /// Checks that the model was trained on `expected` features.
