@@ -48,6 +48,15 @@ pub struct CandidateOptions {
     pub popular: usize,
 }
 
+impl CandidateOptions {
+    /// The most candidates these options give (every source full, no item twice).
+    pub fn most(&self) -> usize {
+        self.recent_for_similar * self.similar_per_item
+            + self.categories * self.per_category
+            + self.popular
+    }
+}
+
 impl Default for CandidateOptions {
     fn default() -> Self {
         CandidateOptions {
@@ -127,6 +136,8 @@ pub fn candidates<'a, S: BuildHasher>(
     exclude: &HashSet<&str, S>,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a>> {
+    let mut seen: HashSet<&str, foldhash::fast::FixedState> =
+        HashSet::with_capacity_and_hasher(opts.most(), Default::default());
     gather(
         profile,
         similar,
@@ -139,35 +150,32 @@ pub fn candidates<'a, S: BuildHasher>(
                 .map(String::as_str)
         },
         catalog.popular.iter().map(String::as_str),
-        |i| exclude.contains(i),
+        |i| !exclude.contains(i) && seen.insert(i),
         opts,
     )
 }
 
-/// [`candidates`] for items named by any `T` that names each item one way only (equal `T`s,
-/// equal items): `similar(recent)` gives the similar items of a recent item, best first;
-/// `category(c)` the items of category `c` by popularity; `popular` the items by popularity.
+/// [`candidates`] for items named by any `T`: `similar(recent)` gives the similar items of a
+/// recent item, best first; `category(c)` the items of category `c` by popularity; `popular`
+/// the items by popularity. `admit(item)` says whether an item is a candidate: false for an
+/// excluded item and for one admitted before (it keeps each item once, under its first source;
+/// [`candidates`] uses a set, serving marks its rows by number).
 pub fn gather<'a, T, Sim, Cat>(
     profile: &'a Profile,
     similar: impl Fn(&'a str) -> Sim,
     category: impl Fn(&'a str) -> Cat,
     popular: impl IntoIterator<Item = T>,
-    excluded: impl Fn(T) -> bool,
+    mut admit: impl FnMut(T) -> bool,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a, T>>
 where
-    T: Copy + Eq + Hash,
+    T: Copy,
     Sim: IntoIterator<Item = T>,
     Cat: IntoIterator<Item = T>,
 {
-    let most = opts.recent_for_similar * opts.similar_per_item
-        + opts.categories * opts.per_category
-        + opts.popular;
-    let mut seen: HashSet<T, foldhash::fast::FixedState> =
-        HashSet::with_capacity_and_hasher(most, Default::default());
-    let mut out = Vec::with_capacity(most);
+    let mut out = Vec::with_capacity(opts.most());
     let mut push = |item: T, source: Source<'a>| {
-        if !excluded(item) && seen.insert(item) {
+        if admit(item) {
             out.push(Candidate { item, source });
         }
     };
@@ -231,11 +239,22 @@ pub fn rank_rows<'a>(
     rows: impl Iterator<Item = (&'a str, Source<'a>, [f64; 8])>,
     n: usize,
 ) -> Vec<Scored<'a>> {
+    let logits = rows.map(|(item, source, features)| (item, source, ranker.logit(&features)));
+    rank_logits(logits, n)
+}
+
+/// [`rank_rows`] over rows whose logits ([`LinearModel::logit`], or
+/// [`LinearModel::logit_of_terms`]) are computed: the `n` best by logit, ties by item id, each
+/// with its probability as the score.
+pub fn rank_logits<'a>(
+    rows: impl Iterator<Item = (&'a str, Source<'a>, f64)>,
+    n: usize,
+) -> Vec<Scored<'a>> {
     let mut scored: Vec<Scored> = rows
-        .map(|(item, source, features)| Scored {
+        .map(|(item, source, score)| Scored {
             item,
             source,
-            score: ranker.logit(&features),
+            score,
         })
         .collect();
     keep_best(&mut scored, n, |s| (s.score, s.item));

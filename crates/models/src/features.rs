@@ -5,10 +5,13 @@
 //! Changing what a feature means, or the list, changes [`FEATURE_SCHEMA_VERSION`]; a model
 //! trained for another version is refused when loaded.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 
 use tandem_common::event::Kind;
 use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
+
+use crate::linear::LinearModel;
 
 /// The version of the feature definitions below. Models carry the version they were trained on.
 pub const FEATURE_SCHEMA_VERSION: u32 = 1;
@@ -73,8 +76,9 @@ pub struct PairContext<'a> {
     now_ms: i64,
     /// Per category of the user: (share, level), the first two features.
     categories: HashMap<&'a str, (f64, f64), foldhash::fast::FixedState>,
-    /// Position of each recent item (its first).
-    recent: HashMap<&'a str, usize, foldhash::fast::FixedState>,
+    /// Position of each recent item (its first), made on first use: callers that find
+    /// positions themselves (serving, for its listed rows) never need it.
+    recent: OnceCell<HashMap<&'a str, usize, foldhash::fast::FixedState>>,
     ln_events: f64,
 }
 
@@ -96,17 +100,12 @@ impl<'a> PairContext<'a> {
                 (c.as_str(), (share, decayed_at(l, now_ms).ln_1p()))
             })
             .collect();
-        let mut recent =
-            HashMap::with_capacity_and_hasher(p.recent_items.len(), Default::default());
-        for (r, (i, _)) in p.recent_items.iter().enumerate() {
-            recent.entry(i.as_str()).or_insert(r);
-        }
         let events: u64 = p.counts.iter().sum();
         PairContext {
             profile: p,
             now_ms,
             categories,
-            recent,
+            recent: OnceCell::new(),
             ln_events: (events as f64).ln_1p(),
         }
     }
@@ -131,7 +130,15 @@ impl<'a> PairContext<'a> {
 
     /// Where `item_id` first is among the user's recent items.
     pub fn recent_position(&self, item_id: &str) -> Option<usize> {
-        self.recent.get(item_id).copied()
+        let recent = self.recent.get_or_init(|| {
+            let items = &self.profile.recent_items;
+            let mut recent = HashMap::with_capacity_and_hasher(items.len(), Default::default());
+            for (r, (i, _)) in items.iter().enumerate() {
+                recent.entry(i.as_str()).or_insert(r);
+            }
+            recent
+        });
+        recent.get(item_id).copied()
     }
 
     /// The features from their parts: the user's `interest` in the item's category (see
@@ -143,24 +150,127 @@ impl<'a> PairContext<'a> {
         recent: Option<usize>,
         item: &ItemSide,
     ) -> [f64; 8] {
-        let (p, now_ms) = (self.profile, self.now_ms);
-        let (recent_rank, recent_recency) = match recent {
-            Some(r) => (
-                1.0 / (1.0 + r as f64),
-                (-((now_ms - p.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS).exp(),
-            ),
-            None => (0.0, 0.0),
-        };
+        let (recent_rank, recent_recency) = self.recent_features(recent);
         [
             share,
             level,
-            decayed_at(item.popularity, now_ms).ln_1p(),
+            self.popularity_feature(item.popularity),
             item.conversion,
             item.ln_purchases,
             recent_rank,
             recent_recency,
             self.ln_events,
         ]
+    }
+
+    /// `ln_item_popularity` of an item of log-space `popularity`.
+    fn popularity_feature(&self, popularity: f64) -> f64 {
+        decayed_at(popularity, self.now_ms).ln_1p()
+    }
+
+    /// `recent_rank` and `recent_recency` of an item at position `recent` of the recent items.
+    fn recent_features(&self, recent: Option<usize>) -> (f64, f64) {
+        match recent {
+            Some(r) => (
+                1.0 / (1.0 + r as f64),
+                (-((self.now_ms - self.profile.recent_items[r].1).max(0) as f64) / DECAY_TAU_MS)
+                    .exp(),
+            ),
+            None => (0.0, 0.0),
+        }
+    }
+
+    /// The user's side of `ranker`'s logit (a model over [`PAIR_FEATURES`]), for scoring many
+    /// items: see [`PairScorer`].
+    pub fn scorer<'r>(&'r self, ranker: &'r LinearModel) -> PairScorer<'r, 'a> {
+        PairScorer {
+            ranker,
+            user: self,
+            no_interest: (ranker.term(0, 0.0), ranker.term(1, 0.0)),
+            not_recent: (ranker.term(5, 0.0), ranker.term(6, 0.0)),
+            ln_events: ranker.term(7, self.ln_events),
+        }
+    }
+}
+
+/// A ranker's logit of pair features (DESIGN §6) for one user, with every [`LinearModel::term`]
+/// that is the same for many candidates computed once: the user's, the terms of an item not
+/// among the recent items or of a category not the user's, and (by the caller, with
+/// [`ItemTerms`]) each item's. [`Self::logit`] is exactly
+/// `ranker.logit(&user.features_with(..))`: the same terms, summed in the same order.
+#[derive(Debug)]
+pub struct PairScorer<'r, 'a> {
+    ranker: &'r LinearModel,
+    user: &'r PairContext<'a>,
+    no_interest: (f64, f64),
+    not_recent: (f64, f64),
+    ln_events: f64,
+}
+
+impl PairScorer<'_, '_> {
+    /// The terms of the user's (share, level) of interest in a category
+    /// ([`PairContext::interest`]).
+    pub fn interest_terms(&self, (share, level): (f64, f64)) -> (f64, f64) {
+        (self.ranker.term(0, share), self.ranker.term(1, level))
+    }
+
+    /// The interest terms of a category of none of the user's events.
+    pub fn no_interest_terms(&self) -> (f64, f64) {
+        self.no_interest
+    }
+
+    /// The `ln_item_popularity` term of an item of log-space `popularity` (the same for every
+    /// user at one time: callers may keep it for the time it was computed at).
+    pub fn popularity_term(&self, popularity: f64) -> f64 {
+        self.ranker
+            .term(2, self.user.popularity_feature(popularity))
+    }
+
+    /// The logit of an item from its terms: the interest terms of its category, its
+    /// popularity term, its position among the recent items, its [`ItemTerms`].
+    #[inline]
+    pub fn logit(
+        &self,
+        (share, level): (f64, f64),
+        popularity: f64,
+        recent: Option<usize>,
+        item: &ItemTerms,
+    ) -> f64 {
+        let (rank, recency) = match recent {
+            None => self.not_recent,
+            Some(_) => {
+                let (rank, recency) = self.user.recent_features(recent);
+                (self.ranker.term(5, rank), self.ranker.term(6, recency))
+            }
+        };
+        self.ranker.logit_of_terms([
+            share,
+            level,
+            popularity,
+            item.conversion,
+            item.ln_purchases,
+            rank,
+            recency,
+            self.ln_events,
+        ])
+    }
+}
+
+/// An item's terms of a ranker's logit that depend on the item only ([`ItemSide`]'s conversion
+/// and purchases): computed once per item and ranker (serving keeps them with its rows).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ItemTerms {
+    conversion: f64,
+    ln_purchases: f64,
+}
+
+impl ItemTerms {
+    /// The terms of `item` in `ranker` (a model over [`PAIR_FEATURES`]).
+    pub fn of(item: &ItemSide, ranker: &LinearModel) -> ItemTerms {
+        ItemTerms {
+            conversion: ranker.term(3, item.conversion),
+            ln_purchases: ranker.term(4, item.ln_purchases),
+        }
     }
 }
 

@@ -92,15 +92,24 @@ impl LinearModel {
         })
     }
 
-    /// The log-odds of one row (unscaled features, in [`Self::features`] order).
+    /// The log-odds of one row (unscaled features, in [`Self::features`] order): the sum of
+    /// the row's [`Self::term`]s, in order, plus the intercept.
     pub fn logit(&self, row: &[f64]) -> f64 {
-        row.iter()
-            .zip(&self.scaler.mean)
-            .zip(&self.scaler.std)
-            .zip(&self.weights)
-            .map(|(((v, m), s), w)| (v - m) / s * w)
-            .sum::<f64>()
-            + self.intercept
+        self.logit_of_terms(row.iter().enumerate().map(|(i, v)| self.term(i, *v)))
+    }
+
+    /// Feature `i`'s part of the logit at value `v`: `(v − mean) / std × weight`. Callers that
+    /// score many rows sharing some features compute those terms once and give all of them to
+    /// [`Self::logit_of_terms`], which gives exactly what [`Self::logit`] gives.
+    #[inline]
+    pub fn term(&self, i: usize, v: f64) -> f64 {
+        (v - self.scaler.mean[i]) / self.scaler.std[i] * self.weights[i]
+    }
+
+    /// The log-odds from every feature's [`Self::term`], in feature order.
+    #[inline]
+    pub fn logit_of_terms(&self, terms: impl IntoIterator<Item = f64>) -> f64 {
+        terms.into_iter().sum::<f64>() + self.intercept
     }
 
     /// The probability of one row.
@@ -113,7 +122,8 @@ impl LinearModel {
         1.0 / (1.0 + (-logit).exp())
     }
 
-    /// Checks that the model was trained on `expected` features.
+    /// Checks that the model was trained on `expected` features (a name, a weight, a mean and
+    /// a standard deviation for each).
     pub fn check_features(&self, what: &str, expected: &[&str]) -> Result<()> {
         if self
             .features
@@ -121,6 +131,8 @@ impl LinearModel {
             .map(String::as_str)
             .eq(expected.iter().copied())
             && self.weights.len() == expected.len()
+            && self.scaler.mean.len() == expected.len()
+            && self.scaler.std.len() == expected.len()
         {
             Ok(())
         } else {

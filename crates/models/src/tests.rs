@@ -6,7 +6,7 @@ use tandem_common::features::{ItemStats, Profile, recompute};
 use tandem_common::generate::{GenerateOptions, Generator};
 
 use crate::candidates::{CandidateOptions, Catalog, Source, candidates};
-use crate::features::{FEATURE_SCHEMA_VERSION, USER_FEATURES};
+use crate::features::{FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PairContext, USER_FEATURES};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
 use crate::training::{History, Models, Split, TrainOptions, score_list, train};
@@ -206,6 +206,44 @@ fn trained_models_beat_popularity_and_round_trip() {
     assert_eq!(sizes, models.segments.sizes);
     assert_eq!(USER_FEATURES.len(), models.segments.centroids[0].len());
     let _ = Kind::View;
+
+    // The ranker's logit from precomputed terms is its logit of the features, to the bit, for
+    // every user and item: recent or not, of the user's categories or not, at two times.
+    let (_, items) = recompute(&events);
+    let ranker = &models.ranker;
+    let mut recent_pairs = 0;
+    for now in [END, END + 3 * DAY + 12_345] {
+        for (uid, p) in profiles.iter().take(200) {
+            let user = PairContext::new(p, now);
+            let scorer = user.scorer(ranker);
+            for (id, stats) in &items {
+                let side = ItemSide::of(stats);
+                let interest = stats
+                    .category
+                    .as_ref()
+                    .map_or((0.0, 0.0), |(c, _)| user.interest(c));
+                let recent = user.recent_position(id);
+                recent_pairs += recent.is_some() as usize;
+                let want = ranker.logit(&user.features_with(interest, recent, &side));
+                let terms = match interest == (0.0, 0.0) {
+                    true => scorer.no_interest_terms(),
+                    false => scorer.interest_terms(interest),
+                };
+                let got = scorer.logit(
+                    terms,
+                    scorer.popularity_term(side.popularity),
+                    recent,
+                    &ItemTerms::of(&side, ranker),
+                );
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "user {uid}, item {id}, at {now}"
+                );
+            }
+        }
+    }
+    assert!(recent_pairs > 100, "{recent_pairs}");
 }
 
 #[test]

@@ -22,10 +22,9 @@ use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
-    Candidate, CandidateOptions, Scored, Source, gather, keep_best, rank_rows,
+    Candidate, CandidateOptions, Scored, Source, gather, keep_best, rank_logits,
 };
 use tandem_models::features::{PairContext, user_features};
-use tandem_models::linear::LinearModel;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::App;
@@ -91,8 +90,36 @@ fn now_ms() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rfc3339(DateTime<Utc>);
 
+impl Rfc3339 {
+    /// The time's 24 ASCII bytes, for years 0–9999 (`None` outside: [`fmt::Display`] writes
+    /// those). Written digit by digit: `write!` with seven formatted integers, then serde's
+    /// escaping of each piece, cost more than the rest of a profile's JSON.
+    fn ascii(&self) -> Option<[u8; 24]> {
+        let t = self.0;
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for d in b[at..at + width].iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 3, t.timestamp_subsec_millis());
+        Some(b)
+    }
+}
+
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(b) = self.ascii() {
+            return f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?);
+        }
         let t = self.0;
         write!(
             f,
@@ -110,7 +137,10 @@ impl fmt::Display for Rfc3339 {
 
 impl Serialize for Rfc3339 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.ascii() {
+            Some(b) => s.serialize_str(std::str::from_utf8(&b).map_err(serde::ser::Error::custom)?),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -745,21 +775,18 @@ pub async fn get_recommendations(
         Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
     };
     let resolved = resolve_rows(s, &cands, &rows);
-    let (items, ranked_by) = match &s.models {
-        Some(models) => {
-            let ranked = rank_resolved(s, &models.ranker, &profile, &cands, &resolved, now_ms(), n);
-            (
-                ranked
-                    .into_iter()
-                    .map(|r| Recommendation {
-                        item: r.item,
-                        score: r.score,
-                        source: r.source,
-                    })
-                    .collect(),
-                "ranker",
-            )
-        }
+    let (items, ranked_by) = match rank_resolved(s, &profile, &cands, &resolved, now_ms(), n) {
+        Some(ranked) => (
+            ranked
+                .into_iter()
+                .map(|r| Recommendation {
+                    item: r.item,
+                    score: r.score,
+                    source: r.source,
+                })
+                .collect(),
+            "ranker",
+        ),
         None => {
             let mut scored: Vec<(f64, &str, Source)> = cands
                 .iter()
@@ -821,21 +848,70 @@ pub(crate) fn candidate_ids<'a>(
     exclude: &Exclude,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a, ItemId<'a>>> {
-    let excluded: HashSet<ItemId, foldhash::fast::FixedState> =
-        exclude.iter().map(|i| s.resolve(i)).collect();
     let similar = |recent: &str| {
         let k = sources.iter().position(|x| *x == recent);
         let row = k.and_then(|k| similar_rows[k].as_ref());
         row.into_iter().flat_map(|row| s.similar_ids(row))
     };
-    gather(
-        profile,
-        similar,
-        |c| s.category_ids(c),
-        s.popular_ids(),
-        |i| excluded.contains(&i),
-        opts,
-    )
+    MARKS.with_borrow_mut(|marks| {
+        // An excluded item is marked before gathering, as if taken already: `gather` skips
+        // both alike.
+        marks.start(s);
+        let mut unlisted: HashSet<&str, foldhash::fast::FixedState> = HashSet::default();
+        for i in exclude {
+            match s.resolve(i) {
+                ItemId::Listed(k) => _ = marks.mark(k),
+                ItemId::Unlisted(i) => _ = unlisted.insert(i),
+            }
+        }
+        let admit = |i: ItemId<'a>| match i {
+            ItemId::Listed(k) => marks.mark(k),
+            ItemId::Unlisted(i) => unlisted.insert(i),
+        };
+        gather(
+            profile,
+            similar,
+            |c| s.category_ids(c),
+            s.popular_ids(),
+            admit,
+            opts,
+        )
+    })
+}
+
+/// Which of a snapshot's listed rows the request gathering on this thread has taken or
+/// excluded: a row is marked when its stamp is the request's, so a new request clears nothing
+/// (~200 candidates a request, against up to `server.cache_rows` rows).
+#[derive(Default)]
+struct Marks {
+    snapshot: Option<u64>,
+    stamp: u32,
+    rows: Vec<u32>,
+}
+
+impl Marks {
+    /// Starts a request on snapshot `s`: no row marked.
+    fn start(&mut self, s: &Loaded) {
+        if self.snapshot != Some(s.serial) || self.stamp == u32::MAX {
+            self.snapshot = Some(s.serial);
+            self.rows.clear();
+            self.rows.resize(s.listed_len(), 0);
+            self.stamp = 0;
+        }
+        self.stamp += 1;
+    }
+
+    /// Marks listed row `k`: false if it was marked already.
+    fn mark(&mut self, k: u32) -> bool {
+        let slot = &mut self.rows[k as usize];
+        let fresh = *slot != self.stamp;
+        *slot = self.stamp;
+        fresh
+    }
+}
+
+thread_local! {
+    static MARKS: std::cell::RefCell<Marks> = Default::default();
 }
 
 /// A candidate's id, listed row (if it is listed) and stats (if it has a row).
@@ -864,48 +940,92 @@ pub(crate) fn resolve_rows<'a>(
         .collect()
 }
 
-/// The `n` best candidates by the ranker: exactly [`tandem_models::candidates::rank`] over the
-/// same candidates and stats, with the parts of the features found by number for listed items
-/// (their category, their place among the user's recent items, their precomputed side).
+/// The `n` best candidates by the snapshot's ranker (`None` when it has no models): exactly
+/// [`tandem_models::candidates::rank`] over the same candidates and stats. For listed items,
+/// the parts of the features are found by number (their category, their place among the user's
+/// recent items) and the logit is summed from terms computed once: per snapshot (the item's
+/// own, [`ListedItem::terms`], of this same ranker), per request (the user's,
+/// [`tandem_models::features::PairScorer`]) and per millisecond and thread (the item's
+/// popularity term, the same for every request at one time: [`POPULARITY_TERMS`]).
 pub(crate) fn rank_resolved<'a>(
     s: &Loaded,
-    ranker: &LinearModel,
     profile: &Profile,
     cands: &[Candidate<'a, ItemId<'a>>],
     resolved: &[Resolved<'a>],
     now_ms: i64,
     n: usize,
-) -> Vec<Scored<'a>> {
+) -> Option<Vec<Scored<'a>>> {
+    let ranker = &s.models.as_ref()?.ranker;
     let user = PairContext::new(profile, now_ms);
+    let scorer = user.scorer(ranker);
     // The user's categories and recent items that listed items can have, by number: a
     // category no listed item has, or a recent item not listed, matches none of them.
     let interests: Vec<(u32, (f64, f64))> = user
         .interests()
-        .filter_map(|(c, v)| Some((s.category_number(c)?, v)))
+        .filter_map(|(c, v)| Some((s.category_number(c)?, scorer.interest_terms(v))))
         .collect();
     let mut recent: Vec<(u32, usize)> = Vec::with_capacity(profile.recent_items.len());
+    // A bit per listed number modulo 256 of the recent ones: most candidates are not recent,
+    // and the bit tells so without a search.
+    let mut recent_bits = [0u64; 4];
+    let bit = |k: u32| ((k / 64 % 4) as usize, 1u64 << (k % 64));
     for (r, (i, _)) in profile.recent_items.iter().enumerate() {
         if let ItemId::Listed(k) = s.resolve(i)
             && !recent.iter().any(|(x, _)| *x == k)
         {
             recent.push((k, r));
+            let (w, b) = bit(k);
+            recent_bits[w] |= b;
         }
     }
+    let no_interest = scorer.no_interest_terms();
     let none = ItemStats::default();
-    let rows = cands.iter().zip(resolved).map(|(c, (id, listed, stats))| {
-        let features = match listed {
-            Some(l) => {
-                let interest = l
-                    .category
-                    .and_then(|cat| interests.iter().find(|(x, _)| *x == cat).map(|(_, v)| *v));
-                let at = recent.iter().find(|(x, _)| *x == l.number).map(|(_, r)| *r);
-                user.features_with(interest.unwrap_or((0.0, 0.0)), at, &l.side)
-            }
-            None => user.features(id, stats.unwrap_or(&none)),
-        };
-        (*id, c.source, features)
-    });
-    rank_rows(ranker, rows, n)
+    POPULARITY_TERMS.with_borrow_mut(|memo| {
+        if memo.snapshot != Some(s.serial) {
+            memo.snapshot = Some(s.serial);
+            memo.terms.clear();
+            memo.terms.resize(s.listed_len(), (i64::MIN, 0.0));
+        }
+        let rows = cands.iter().zip(resolved).map(|(c, (id, listed, stats))| {
+            let logit = match listed {
+                Some(l) => {
+                    let interest = l
+                        .category
+                        .and_then(|cat| interests.iter().find(|(x, _)| *x == cat).map(|(_, v)| *v));
+                    let (w, b) = bit(l.number);
+                    let at = match recent_bits[w] & b {
+                        0 => None,
+                        _ => recent.iter().find(|(x, _)| *x == l.number).map(|(_, r)| *r),
+                    };
+                    let slot = &mut memo.terms[l.number as usize];
+                    if slot.0 != now_ms {
+                        *slot = (now_ms, scorer.popularity_term(l.side.popularity));
+                    }
+                    let terms = interest.unwrap_or(no_interest);
+                    scorer.logit(terms, slot.1, at, &l.terms)
+                }
+                None => ranker.logit(&user.features(id, stats.unwrap_or(&none))),
+            };
+            (*id, c.source, logit)
+        });
+        Some(rank_logits(rows, n))
+    })
+}
+
+/// Per listed row of one snapshot, its ranker's popularity term
+/// ([`tandem_models::features::PairScorer::popularity_term`]) at the millisecond it was
+/// computed at: requests ranked in the same millisecond on one thread
+/// share it (at thousands of requests a second, most of a request's candidates are in the
+/// popular lists every request has). Each row's term depends only on the snapshot and the time,
+/// so a shared term is exactly the one the request would compute.
+#[derive(Default)]
+struct PopularityTerms {
+    snapshot: Option<u64>,
+    terms: Vec<(i64, f64)>,
+}
+
+thread_local! {
+    static POPULARITY_TERMS: std::cell::RefCell<PopularityTerms> = Default::default();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1138,6 +1258,25 @@ mod tests {
                 serde_json::to_string(&rfc3339(ms)).unwrap(),
                 format!("\"{want}\"")
             );
+        }
+        // Spread over the years 0–9999, every field's digits vary.
+        let (lo, hi) = (-62_167_219_200_000_i64, 253_402_300_799_999_i64);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ms = lo + (x % (hi - lo + 1) as u64) as i64;
+            let want = DateTime::<Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(rfc3339(ms).unwrap().to_string(), want, "{ms}");
+        }
+        // Outside 0–9999 the digits are the formatter's, the same in text and in JSON.
+        for ms in [hi + 1, lo - 1] {
+            let t = rfc3339(ms).unwrap();
+            assert_eq!(t.ascii(), None);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
         }
         assert_eq!(rfc3339(i64::MAX), None);
     }

@@ -7,7 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
@@ -17,7 +18,8 @@ use tandem_common::store::{
     UserRow, item_key, snapshot_key, user_key,
 };
 use tandem_models::candidates::Catalog;
-use tandem_models::features::ItemSide;
+use tandem_models::features::{ItemSide, ItemTerms};
+use tandem_models::linear::LinearModel;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
 
@@ -45,13 +47,27 @@ pub async fn timed<T>(
         Ok(Err(e)) => Err(StoreFailure::Error(e.to_string())),
         Err(_) => Err(StoreFailure::Timeout(timeout)),
     };
-    metrics::histogram!("tandem_serving_store_seconds", "op" => op)
-        .record(start.elapsed().as_secs_f64());
+    store_latency(op).record(start.elapsed().as_secs_f64());
     if let Err(e) = &out {
         metrics::counter!("tandem_serving_store_errors_total", "op" => op).increment(1);
         tracing::warn!(op, error = %e, "online store call failed");
     }
     out
+}
+
+/// The handle of `tandem_serving_store_seconds{op}`, registered on first use and then shared
+/// (a read lock and a lookup among a few ops, not a registry lookup by labels per call).
+fn store_latency(op: &'static str) -> metrics::Histogram {
+    static HANDLES: OnceLock<RwLock<HashMap<&'static str, metrics::Histogram>>> = OnceLock::new();
+    let handles = HANDLES.get_or_init(Default::default);
+    if let Some(h) = handles.read().expect("store metrics lock").get(op) {
+        return h.clone();
+    }
+    // A handle taken before the recorder is installed would record nowhere, for good.
+    crate::ops::prometheus();
+    let made = metrics::histogram!("tandem_serving_store_seconds", "op" => op);
+    let mut handles = handles.write().expect("store metrics lock");
+    handles.entry(op).or_insert(made).clone()
 }
 
 /// One loaded snapshot.
@@ -66,6 +82,8 @@ pub struct Loaded {
     pub catalog: Catalog,
     /// When this process loaded it.
     pub loaded_at: Instant,
+    /// A number no other snapshot loaded by this process has (memos of per-row values key on it).
+    pub serial: u64,
     /// The rows of every item on the popular lists and of the items similar to them (ring by
     /// ring, up to the cache's size: `Snapshots::listed_rows`), loaded with the snapshot: most
     /// of a request's candidates are among them, and reading them costs no cache lock, no
@@ -136,6 +154,11 @@ impl Loaded {
             Some(&k) => ItemId::Listed(k),
             None => ItemId::Unlisted(item),
         }
+    }
+
+    /// How many rows are listed (their numbers are `0..listed_len()`).
+    pub fn listed_len(&self) -> usize {
+        self.listed.items.len()
     }
 
     /// The listed row `k` (of an [`ItemId::Listed`]).
@@ -259,6 +282,8 @@ pub struct ListedItem {
     pub row: ItemRow,
     /// Its side of the ranker's features.
     pub side: ItemSide,
+    /// Its terms of the snapshot's ranker's logit (zero without a ranker).
+    pub terms: ItemTerms,
     /// The number of its category ([`Loaded::category_number`]).
     pub category: Option<u32>,
     /// Per item of `row.similar`, its number if it is listed too.
@@ -278,9 +303,13 @@ struct Listed {
 }
 
 impl Listed {
-    /// Numbers `rows` (those of `catalog`'s lists' items and of items similar to them) and
-    /// resolves the lists.
-    fn new(rows: Vec<(String, ItemRow)>, catalog: &Catalog) -> Listed {
+    /// Numbers `rows` (those of `catalog`'s lists' items and of items similar to them),
+    /// resolves the lists and computes each row's terms of `ranker`.
+    fn new(
+        rows: Vec<(String, ItemRow)>,
+        catalog: &Catalog,
+        ranker: Option<&LinearModel>,
+    ) -> Listed {
         let mut l = Listed::default();
         for (k, (id, _)) in rows.iter().enumerate() {
             l.index.insert(id.clone(), k as u32);
@@ -295,9 +324,11 @@ impl Listed {
                 .iter()
                 .map(|(s, _)| l.index.get(s).copied())
                 .collect();
+            let side = ItemSide::of(&row.stats);
             l.items.push(ListedItem {
                 number,
-                side: ItemSide::of(&row.stats),
+                terms: ranker.map_or_else(ItemTerms::default, |r| ItemTerms::of(&side, r)),
+                side,
                 category,
                 similar,
                 id,
@@ -409,8 +440,10 @@ impl Snapshots {
             popular: popular.overall,
             by_category: popular.by_category.into_iter().collect(),
         };
-        let listed = Listed::new(rows, &catalog);
+        let listed = Listed::new(rows, &catalog, models.as_ref().map(|m| &m.ranker));
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
         let loaded = Arc::new(Loaded {
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             catalog,
             models,
             manifest,

@@ -949,7 +949,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
     use std::collections::HashMap;
 
     use tandem_models::candidates::{CandidateOptions, Catalog, candidates, rank};
-    use tandem_models::features::PAIR_FEATURES;
+    use tandem_models::features::{FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES};
     use tandem_models::linear::{LinearModel, Scaler};
 
     use crate::api::{
@@ -1010,10 +1010,58 @@ async fn serving_ranks_exactly_as_the_models_do() {
             })
             .collect(),
     };
+    // The snapshot's models carry this ranker: serving ranks by its snapshot's models, whose
+    // item terms it computes when it loads them.
+    let ranker = LinearModel {
+        features: PAIR_FEATURES.iter().map(|s| s.to_string()).collect(),
+        scaler: Scaler {
+            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0],
+            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0],
+        },
+        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1],
+        intercept: -0.4,
+    };
+    let opts = CandidateOptions {
+        recent_for_similar: 4,
+        similar_per_item: 3,
+        categories: 2,
+        per_category: 3,
+        popular: 6,
+    };
+    let (zeros, ones) = (
+        vec![0.0; USER_FEATURES.len()],
+        vec![1.0; USER_FEATURES.len()],
+    );
+    let models = json!({
+        "feature_schema_version": FEATURE_SCHEMA_VERSION,
+        "segments": {
+            "features": USER_FEATURES, "scaler": {"mean": zeros, "std": ones},
+            "centroids": [zeros], "labels": ["all"], "sizes": [1], "silhouettes": [],
+        },
+        "ranker": ranker,
+        "propensity": {
+            "features": USER_FEATURES, "scaler": {"mean": zeros, "std": ones},
+            "weights": zeros, "intercept": 0.0,
+        },
+        "candidates": opts,
+        "metrics": {
+            "split": {"train_from_ms": 0, "holdout_from_ms": 0, "end_ms": 0}, "k": 10,
+            "train_users": 0, "train_rows": 0, "eval_users": 0,
+            "ranker": {"hit_rate": 0.0, "ndcg": 0.0}, "popularity": {"hit_rate": 0.0, "ndcg": 0.0},
+            "candidate_recall": 0.0, "propensity_auc": null, "propensity_base_rate": 0.0,
+            "segments": 1, "silhouette": 0.0,
+        },
+    });
     let refs: Vec<(&str, ItemRow)> = rows.iter().map(|(i, r)| (i.as_str(), r.clone())).collect();
+    let models_row = (
+        snapshot_key("s1", "models"),
+        models.to_string().into_bytes().into(),
+    );
+    f.store.put(&[models_row]).await.unwrap();
     f.publish("s1", now() - 5 * HOUR, &[], &refs, popular.clone())
         .await;
     let s = f.app.snapshots.current().unwrap();
+    assert_eq!(s.models.as_ref().map(|m| &m.ranker), Some(&ranker));
 
     let t = now() - 2 * HOUR;
     let mut p = Profile::new();
@@ -1036,22 +1084,6 @@ async fn serving_ranks_exactly_as_the_models_do() {
         ));
     }
     p.apply(&event("b", "u", Kind::Purchase, "l5", "socks", t + 9000));
-    let ranker = LinearModel {
-        features: PAIR_FEATURES.iter().map(|s| s.to_string()).collect(),
-        scaler: Scaler {
-            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0],
-            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0],
-        },
-        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1],
-        intercept: -0.4,
-    };
-    let opts = CandidateOptions {
-        recent_for_similar: 4,
-        similar_per_item: 3,
-        categories: 2,
-        per_category: 3,
-        popular: 6,
-    };
     let at = now();
     let mut exclude: Exclude = ["l9", "u2"].into_iter().collect();
     exclude.extend(p.recent_purchases.iter().map(|(i, _)| i.as_str()));
@@ -1095,7 +1127,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
         );
         let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
         let resolved = resolve_rows(&s, &cands, &rows);
-        let got = rank_resolved(&s, &ranker, &p, &cands, &resolved, at, 100);
+        let got = rank_resolved(&s, &p, &cands, &resolved, at, 100).unwrap();
 
         assert_eq!(got.len(), want_cands.len());
         assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
