@@ -6,6 +6,8 @@
 #   EVENTS=10000000 BENCH_RUNS=3 bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tree measured, named before the results file is written (that file would make it dirty).
+COMMIT=$(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown)
 EVENTS="${EVENTS:-10000000}"
 RUNS="${BENCH_RUNS:-3}"
 BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
@@ -99,7 +101,7 @@ cat > "$OUT" <<MD
 # Tandem benchmark results
 
 Written by \`make bench\` on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB,
-commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $COMMIT. Median of $RUNS runs.
 
 ## Foundation (issue #2): generate and ingest, $EVENTS events
 

@@ -16,6 +16,8 @@
 # Load, server, speed layer and Redis share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tree measured, named before the results file is written (that file would make it dirty).
+COMMIT=$(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown)
 RUNS="${BENCH_RUNS:-3}"
 USERS="${BENCH_USERS_N:-20000}"
 REL="${CARGO_TARGET_DIR:-target}/release"
@@ -107,7 +109,7 @@ cat > "$OUT" <<MD
 # Tandem serving benchmark results
 
 Written by \`make bench\` (\`bench/serve.sh\`) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores,
-commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $COMMIT. Median of $RUNS runs.
 A snapshot of $EVENTS generated events ($USERS users, 14 days) in a redis-server
 $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own; \`tandem serve\` and \`tandem stream run\` on a
 4-partition \`local://\` bus; an open-loop load (latency from when each request was due) on 64

@@ -13,6 +13,8 @@
 # 5. `tandem stream archive --until-caught-up` writes the bus into a Parquet lake.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tree measured, named before the results file is written (that file would make it dirty).
+COMMIT=$(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown)
 EVENTS="${EVENTS:-10000000}"
 RUNS="${BENCH_RUNS:-3}"
 BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
@@ -115,7 +117,7 @@ cat > "$OUT" <<MD
 # Tandem speed-layer benchmark results
 
 Written by \`make bench\` (\`bench/stream.sh\`) on $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores,
-commit $(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown). Median of $RUNS runs.
+commit $COMMIT. Median of $RUNS runs.
 $EVENTS generated events on a \`local://\` bus of $PARTS partitions, a redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own.
 
 | figure | value | target |
