@@ -186,7 +186,6 @@ impl<'a> PairContext<'a> {
         PairScorer {
             ranker,
             user: self,
-            no_interest: (ranker.term(0, 0.0), ranker.term(1, 0.0)),
             not_recent: (ranker.term(5, 0.0), ranker.term(6, 0.0)),
             ln_events: ranker.term(7, self.ln_events),
         }
@@ -202,21 +201,15 @@ impl<'a> PairContext<'a> {
 pub struct PairScorer<'r, 'a> {
     ranker: &'r LinearModel,
     user: &'r PairContext<'a>,
-    no_interest: (f64, f64),
     not_recent: (f64, f64),
     ln_events: f64,
 }
 
 impl PairScorer<'_, '_> {
     /// The terms of the user's (share, level) of interest in a category
-    /// ([`PairContext::interest`]).
+    /// ([`PairContext::interest`]; (0, 0) for a category of none of the user's events).
     pub fn interest_terms(&self, (share, level): (f64, f64)) -> (f64, f64) {
         (self.ranker.term(0, share), self.ranker.term(1, level))
-    }
-
-    /// The interest terms of a category of none of the user's events.
-    pub fn no_interest_terms(&self) -> (f64, f64) {
-        self.no_interest
     }
 
     /// The `ln_item_popularity` term of an item of log-space `popularity` (the same for every

@@ -225,12 +225,8 @@ fn trained_models_beat_popularity_and_round_trip() {
                 let recent = user.recent_position(id);
                 recent_pairs += recent.is_some() as usize;
                 let want = ranker.logit(&user.features_with(interest, recent, &side));
-                let terms = match interest == (0.0, 0.0) {
-                    true => scorer.no_interest_terms(),
-                    false => scorer.interest_terms(interest),
-                };
                 let got = scorer.logit(
-                    terms,
+                    scorer.interest_terms(interest),
                     scorer.popularity_term(side.popularity),
                     recent,
                     &ItemTerms::of(&side, ranker),

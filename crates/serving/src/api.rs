@@ -853,19 +853,19 @@ pub(crate) fn candidate_ids<'a>(
         let row = k.and_then(|k| similar_rows[k].as_ref());
         row.into_iter().flat_map(|row| s.similar_ids(row))
     };
-    MARKS.with_borrow_mut(|marks| {
+    RowMemo::with(s, |memo| {
         // An excluded item is marked before gathering, as if taken already: `gather` skips
         // both alike.
-        marks.start(s);
+        memo.start_marks();
         let mut unlisted: HashSet<&str, foldhash::fast::FixedState> = HashSet::default();
         for i in exclude {
             match s.resolve(i) {
-                ItemId::Listed(k) => _ = marks.mark(k),
+                ItemId::Listed(k) => _ = memo.mark(k),
                 ItemId::Unlisted(i) => _ = unlisted.insert(i),
             }
         }
         let admit = |i: ItemId<'a>| match i {
-            ItemId::Listed(k) => marks.mark(k),
+            ItemId::Listed(k) => memo.mark(k),
             ItemId::Unlisted(i) => unlisted.insert(i),
         };
         gather(
@@ -879,23 +879,48 @@ pub(crate) fn candidate_ids<'a>(
     })
 }
 
-/// Which of a snapshot's listed rows the request gathering on this thread has taken or
-/// excluded: a row is marked when its stamp is the request's, so a new request clears nothing
-/// (~200 candidates a request, against up to `server.cache_rows` rows).
+/// What the requests on this thread keep per listed row of one snapshot (made anew when the
+/// snapshot changes), so that a request costs per candidate, not per row:
+/// - which rows the request gathering now has taken or excluded: a row is marked when its stamp
+///   is the request's, so a new request clears nothing (~200 candidates a request, against up to
+///   `server.cache_rows` rows);
+/// - each row's ranker popularity term
+///   ([`tandem_models::features::PairScorer::popularity_term`]) at the millisecond it was
+///   computed at: requests ranked in the same millisecond share it (most of a request's
+///   candidates are in the popular lists every request has). The term depends only on the
+///   snapshot and the time, so a shared term is exactly the one the request would compute.
 #[derive(Default)]
-struct Marks {
+struct RowMemo {
     snapshot: Option<u64>,
     stamp: u32,
-    rows: Vec<u32>,
+    marks: Vec<u32>,
+    popularity: Vec<(i64, f64)>,
 }
 
-impl Marks {
-    /// Starts a request on snapshot `s`: no row marked.
-    fn start(&mut self, s: &Loaded) {
-        if self.snapshot != Some(s.serial) || self.stamp == u32::MAX {
-            self.snapshot = Some(s.serial);
-            self.rows.clear();
-            self.rows.resize(s.listed_len(), 0);
+thread_local! {
+    static ROW_MEMO: std::cell::RefCell<RowMemo> = Default::default();
+}
+
+impl RowMemo {
+    /// Runs `f` with this thread's memo of snapshot `s`.
+    fn with<R>(s: &Loaded, f: impl FnOnce(&mut RowMemo) -> R) -> R {
+        ROW_MEMO.with_borrow_mut(|m| {
+            if m.snapshot != Some(s.serial) {
+                *m = RowMemo {
+                    snapshot: Some(s.serial),
+                    stamp: 0,
+                    marks: vec![0; s.listed_len()],
+                    popularity: vec![(i64::MIN, 0.0); s.listed_len()],
+                };
+            }
+            f(m)
+        })
+    }
+
+    /// Starts a request's gathering: no row marked.
+    fn start_marks(&mut self) {
+        if self.stamp == u32::MAX {
+            self.marks.fill(0);
             self.stamp = 0;
         }
         self.stamp += 1;
@@ -903,15 +928,20 @@ impl Marks {
 
     /// Marks listed row `k`: false if it was marked already.
     fn mark(&mut self, k: u32) -> bool {
-        let slot = &mut self.rows[k as usize];
+        let slot = &mut self.marks[k as usize];
         let fresh = *slot != self.stamp;
         *slot = self.stamp;
         fresh
     }
-}
 
-thread_local! {
-    static MARKS: std::cell::RefCell<Marks> = Default::default();
+    /// Row `k`'s popularity term at `now_ms`: `term()` unless computed at that time already.
+    fn popularity(&mut self, k: u32, now_ms: i64, term: impl FnOnce() -> f64) -> f64 {
+        let slot = &mut self.popularity[k as usize];
+        if slot.0 != now_ms {
+            *slot = (now_ms, term());
+        }
+        slot.1
+    }
 }
 
 /// A candidate's id, listed row (if it is listed) and stats (if it has a row).
@@ -946,7 +976,7 @@ pub(crate) fn resolve_rows<'a>(
 /// recent items) and the logit is summed from terms computed once: per snapshot (the item's
 /// own, [`ListedItem::terms`], of this same ranker), per request (the user's,
 /// [`tandem_models::features::PairScorer`]) and per millisecond and thread (the item's
-/// popularity term, the same for every request at one time: [`POPULARITY_TERMS`]).
+/// popularity term, the same for every request at one time: [`RowMemo`]).
 pub(crate) fn rank_resolved<'a>(
     s: &Loaded,
     profile: &Profile,
@@ -978,14 +1008,9 @@ pub(crate) fn rank_resolved<'a>(
             recent_bits[w] |= b;
         }
     }
-    let no_interest = scorer.no_interest_terms();
+    let no_interest = scorer.interest_terms((0.0, 0.0));
     let none = ItemStats::default();
-    POPULARITY_TERMS.with_borrow_mut(|memo| {
-        if memo.snapshot != Some(s.serial) {
-            memo.snapshot = Some(s.serial);
-            memo.terms.clear();
-            memo.terms.resize(s.listed_len(), (i64::MIN, 0.0));
-        }
+    RowMemo::with(s, |memo| {
         let rows = cands.iter().zip(resolved).map(|(c, (id, listed, stats))| {
             let logit = match listed {
                 Some(l) => {
@@ -997,12 +1022,10 @@ pub(crate) fn rank_resolved<'a>(
                         0 => None,
                         _ => recent.iter().find(|(x, _)| *x == l.number).map(|(_, r)| *r),
                     };
-                    let slot = &mut memo.terms[l.number as usize];
-                    if slot.0 != now_ms {
-                        *slot = (now_ms, scorer.popularity_term(l.side.popularity));
-                    }
-                    let terms = interest.unwrap_or(no_interest);
-                    scorer.logit(terms, slot.1, at, &l.terms)
+                    let popularity = memo.popularity(l.number, now_ms, || {
+                        scorer.popularity_term(l.side.popularity)
+                    });
+                    scorer.logit(interest.unwrap_or(no_interest), popularity, at, &l.terms)
                 }
                 None => ranker.logit(&user.features(id, stats.unwrap_or(&none))),
             };
@@ -1010,22 +1033,6 @@ pub(crate) fn rank_resolved<'a>(
         });
         Some(rank_logits(rows, n))
     })
-}
-
-/// Per listed row of one snapshot, its ranker's popularity term
-/// ([`tandem_models::features::PairScorer::popularity_term`]) at the millisecond it was
-/// computed at: requests ranked in the same millisecond on one thread
-/// share it (at thousands of requests a second, most of a request's candidates are in the
-/// popular lists every request has). Each row's term depends only on the snapshot and the time,
-/// so a shared term is exactly the one the request would compute.
-#[derive(Default)]
-struct PopularityTerms {
-    snapshot: Option<u64>,
-    terms: Vec<(i64, f64)>,
-}
-
-thread_local! {
-    static POPULARITY_TERMS: std::cell::RefCell<PopularityTerms> = Default::default();
 }
 
 // ---------------------------------------------------------------------------------------------
