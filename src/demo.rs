@@ -140,17 +140,13 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
     }
     let speed_opts = tandem_stream::speed::SpeedOptions {
         group: speed_group(memory),
-        batch: config.stream.batch,
         epoch_ms: EPOCH_MS,
         wait: Duration::from_millis(20),
-        ..Default::default()
+        ..tandem_stream::speed::SpeedOptions::from_config(config)
     };
     let archive_opts = tandem_stream::archive::ArchiveOptions {
-        roll_rows: config.stream.archive_roll_rows,
         roll_age: Duration::from_secs(30),
-        max_produce_delay_ms: config.bus.max_produce_delay.as_millis() as i64,
-        writer: (&config.lake).into(),
-        ..Default::default()
+        ..tandem_stream::archive::ArchiveOptions::from_config(config)
     };
     let mut tasks = tokio::task::JoinSet::new();
     {

@@ -733,7 +733,8 @@ async fn open_bus(
         None | Some("config") => config.bus.url.as_str(),
         Some(u) => u,
     };
-    Ok(tandem_stream::bus::open(url, config.bus.partitions).await?)
+    let opts = tandem_stream::bus::BusOptions::from_config(&config.bus);
+    Ok(tandem_stream::bus::open_with(url, &opts).await?)
 }
 
 /// Sends generated events onto the bus in chunks, each stamped with the time it is sent.
@@ -821,12 +822,12 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
             )
             .await?;
             serve_metrics(args.stream.metrics_listen)?;
+            let defaults = tandem_stream::speed::SpeedOptions::from_config(config);
             let opts = tandem_stream::speed::SpeedOptions {
                 partitions: args.stream.partitions,
-                batch: args.batch.unwrap_or(config.stream.batch),
-                epoch_ms: config.events.epoch.as_millis() as i64,
+                batch: args.batch.unwrap_or(defaults.batch),
                 until_caught_up: args.stream.until_caught_up,
-                ..Default::default()
+                ..defaults
             };
             let summary = tandem_stream::speed::run(bus, store, opts, stop_on_signals()?).await?;
             println!("{}", serde_json::to_string(&summary)?);
@@ -835,14 +836,13 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
             let bus = open_bus(args.stream.bus.as_deref(), config).await?;
             let lake = open_lake(args.lake.as_deref(), config)?;
             serve_metrics(args.stream.metrics_listen)?;
+            let defaults = tandem_stream::archive::ArchiveOptions::from_config(config);
             let opts = tandem_stream::archive::ArchiveOptions {
                 partitions: args.stream.partitions,
-                roll_rows: args.roll_rows.unwrap_or(config.stream.archive_roll_rows),
-                roll_age: args.roll_age.unwrap_or(config.stream.archive_roll_age),
-                max_produce_delay_ms: config.bus.max_produce_delay.as_millis() as i64,
-                writer: (&config.lake).into(),
+                roll_rows: args.roll_rows.unwrap_or(defaults.roll_rows),
+                roll_age: args.roll_age.unwrap_or(defaults.roll_age),
                 until_caught_up: args.stream.until_caught_up,
-                ..Default::default()
+                ..defaults
             };
             let summary = tandem_stream::archive::run(bus, lake, opts, stop_on_signals()?).await?;
             println!("{}", serde_json::to_string(&summary)?);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub struct Scratch {
     pub dir: tempfile::TempDir,
     common: Vec<String>,
+    bus: Option<String>,
 }
 
 impl Scratch {
@@ -17,7 +18,22 @@ impl Scratch {
         Scratch {
             dir: tempfile::tempdir().unwrap(),
             common: Vec::new(),
+            bus: None,
         }
+    }
+
+    /// The same scratch directory with its bus at `url` (a Fluvio topic) instead of a
+    /// `local://` bus inside it.
+    pub fn with_bus(mut self, url: String) -> Scratch {
+        self.bus = Some(url);
+        self
+    }
+
+    /// The bus every command uses.
+    pub fn bus_url(&self) -> String {
+        self.bus
+            .clone()
+            .unwrap_or_else(|| format!("local://{}", self.path("bus").display()))
     }
 
     /// The same scratch directory, with `args` (`--config`, `--set`, …) after every command's.
@@ -41,10 +57,7 @@ impl Scratch {
             .args(&self.common)
             .current_dir(self.dir.path())
             .env("TANDEM__LAKE__URL", self.lake_url())
-            .env(
-                "TANDEM__BUS__URL",
-                format!("local://{}", self.path("bus").display()),
-            )
+            .env("TANDEM__BUS__URL", self.bus_url())
             .env("TANDEM__LOG__FORMAT", "json")
             .env_remove("TANDEM_CONFIG");
         c
@@ -162,4 +175,62 @@ pub fn parquet_rows(path: &std::path::Path) -> u64 {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
     reader.metadata().file_metadata().num_rows() as u64
+}
+
+/// A long-running `tandem` without a port (`stream run`, `stream archive`); killed if dropped
+/// unstopped.
+pub struct Running {
+    child: Child,
+    what: String,
+}
+
+impl Running {
+    /// Starts `cmd` with its standard output and error kept.
+    pub fn start(mut cmd: Command) -> Running {
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tandem binary starts");
+        Running { child, what }
+    }
+
+    /// Panics (with what it printed) when it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("{} exited with {status}:\n{err}", self.what);
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; asserts a clean exit and returns its summary line.
+    pub fn stop(mut self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} exited with {} after SIGTERM:\n{}",
+            self.what,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        summary(&String::from_utf8(out.stdout).unwrap())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -5,6 +5,7 @@
 mod batch;
 mod cli;
 mod demo;
+mod fluvio;
 mod harness;
 mod serve;
 mod stream;

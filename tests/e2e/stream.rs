@@ -7,24 +7,27 @@ use tandem_common::event::{Event, from_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::{OnlineStore, RedisStore, UserRow, user_key};
 use tandem_common::testkit::{RedisCluster, RedisServer};
-use tandem_stream::bus::Bus;
 
 use crate::harness::{Scratch, summary};
 
-/// Every event on the scratch bus with its ingest time, in offset order per partition.
-fn bus_events(s: &Scratch) -> Vec<(i64, Event<'static>)> {
-    let bus =
-        tandem_stream::bus::local::LocalBus::open(&s.path("bus"), 8, false, 64 << 20).unwrap();
+/// Every event on the scratch bus (8 partitions) with its ingest time, in offset order per
+/// partition.
+pub fn bus_events(s: &Scratch) -> Vec<(i64, Event<'static>)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        let bus = tandem_stream::bus::open(&s.bus_url(), 8).await.unwrap();
         let mut out = Vec::new();
         for p in 0..bus.partitions() {
+            let end = bus.end_offset(p).await.unwrap();
             let mut offset = 0;
-            loop {
+            while offset < end {
                 let got = bus.fetch(p, offset, 10_000, Duration::ZERO).await.unwrap();
-                let Some(last) = got.last() else { break };
-                offset = last.offset + 1;
                 for r in &got {
+                    assert_eq!(
+                        r.offset, offset,
+                        "the bus's records of partition {p} in order"
+                    );
+                    offset += 1;
                     let (ingest, e) = from_bus_value(&r.value).unwrap();
                     out.push((ingest, e.into_owned()));
                 }
@@ -34,7 +37,7 @@ fn bus_events(s: &Scratch) -> Vec<(i64, Event<'static>)> {
     })
 }
 
-fn generate_to_bus(s: &Scratch, users: &str, seed: &str) -> serde_json::Value {
+pub fn generate_to_bus(s: &Scratch, users: &str, seed: &str) -> serde_json::Value {
     summary(&s.ok(
         &[
             "generate",
@@ -56,7 +59,7 @@ fn generate_to_bus(s: &Scratch, users: &str, seed: &str) -> serde_json::Value {
 }
 
 /// Each user's speed deltas (all epochs from `from`), merged, from the real Redis.
-fn speed_profiles(url: &str, users: &[String], from: i64) -> BTreeMap<String, Profile> {
+pub fn speed_profiles(url: &str, users: &[String], from: i64) -> BTreeMap<String, Profile> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = RedisStore::connect(url).await.unwrap();
@@ -71,7 +74,7 @@ fn speed_profiles(url: &str, users: &[String], from: i64) -> BTreeMap<String, Pr
     })
 }
 
-fn assert_profiles_equal(got: &BTreeMap<String, Profile>, want: &BTreeMap<String, Profile>) {
+pub fn assert_profiles_equal(got: &BTreeMap<String, Profile>, want: &BTreeMap<String, Profile>) {
     assert_eq!(got.len(), want.len(), "users with events");
     for (u, p) in want {
         let g = got.get(u).unwrap_or_else(|| panic!("user {u} is missing"));
@@ -80,7 +83,7 @@ fn assert_profiles_equal(got: &BTreeMap<String, Profile>, want: &BTreeMap<String
 }
 
 /// `tandem stream run --until-caught-up` on `store`; its summary.
-fn catch_up(s: &Scratch, store: &str) -> serde_json::Value {
+pub fn catch_up(s: &Scratch, store: &str) -> serde_json::Value {
     summary(&s.ok(
         &["stream", "run", "--store", store, "--until-caught-up"],
         b"",
@@ -89,7 +92,7 @@ fn catch_up(s: &Scratch, store: &str) -> serde_json::Value {
 
 /// Checks every user's speed deltas against the recomputation over every event on the bus;
 /// returns how many events the bus holds.
-fn assert_speed_matches_bus(s: &Scratch, store: &str) -> usize {
+pub fn assert_speed_matches_bus(s: &Scratch, store: &str) -> usize {
     let events = bus_events(s);
     let (want, _) = recompute(events.iter().map(|(_, e)| e));
     let users: Vec<String> = want.keys().cloned().collect();
@@ -99,7 +102,8 @@ fn assert_speed_matches_bus(s: &Scratch, store: &str) -> usize {
 
 #[test]
 fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
-    let s = Scratch::new();
+    // Positions stored as it goes (by default once a second), so that the kill comes after one.
+    let s = Scratch::new().with_args(&["--set", "stream.commit_interval=10ms"]);
     let redis = RedisServer::start();
     let sent = generate_to_bus(&s, "300", "5");
     assert!(sent["sent"].as_u64().unwrap() > 5_000, "{sent}");
@@ -258,6 +262,12 @@ fn lambda_merges_exactly(store: &str) {
         "the cutoff splits the events"
     );
 
+    assert_merged_equals_recompute(store, cutoff, &events);
+}
+
+/// Every user's snapshot row ⊕ speed epochs at or after the snapshot's cutoff (which must be
+/// `cutoff`) equals the recomputation over `events`.
+pub fn assert_merged_equals_recompute(store: &str, cutoff: i64, events: &[(i64, Event<'static>)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (want, _) = recompute(events.iter().map(|(_, e)| e));
     let merged: BTreeMap<String, Profile> = rt.block_on(async {

@@ -120,6 +120,7 @@ mod tests {
             partition,
             partitions: 2,
             next_offset: 10,
+            log: None,
             watermark,
             updated_at: T,
         };

@@ -67,6 +67,45 @@ pub struct BusConfig {
     /// timeout and clock skew); the archiver's watermark trails by it.
     #[serde(with = "humantime_serde")]
     pub max_produce_delay: Duration,
+    /// Replicas of each partition when Tandem creates the topic (Fluvio).
+    pub replication: u32,
+    /// How long the producer waits to batch records of concurrent callers together (Fluvio).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How long a produce waits for the cluster's acknowledgement before it fails (the API then
+    /// answers 503); capped at `max_produce_delay`.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+    /// `[bus.tls]`: TLS to the Fluvio cluster.
+    pub tls: BusTlsConfig,
+}
+
+/// `[bus.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusTlsConfig {
+    /// `disabled`, `anonymous` (TLS, the server's certificate not checked) or `verified`.
+    pub mode: BusTlsMode,
+    /// The name the server's certificate must carry (`verified`).
+    pub domain: String,
+    /// The CA certificate, PEM (`verified`).
+    pub ca_cert: PathBuf,
+    /// The client certificate, PEM (`verified`).
+    pub cert: PathBuf,
+    /// The client key, PEM (`verified`).
+    pub key: PathBuf,
+}
+
+/// How Tandem talks TLS to the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusTlsMode {
+    /// Plaintext.
+    Disabled,
+    /// TLS without checking the server's certificate.
+    Anonymous,
+    /// TLS with certificates checked both ways.
+    Verified,
 }
 
 /// `[online_store]`.
@@ -152,6 +191,14 @@ pub struct BatchConfig {
 pub struct StreamConfig {
     /// Records per fetch and per pipelined apply of the speed layer.
     pub batch: usize,
+    /// How long a consumer's fetch waits for records when there are none (a new record ends
+    /// the wait at once).
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// How often the speed layer stores its consumer positions (and when it stops); a restart
+    /// re-reads at most this much, which the store skips as replays.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
     /// Rows after which the archiver makes a file visible.
     pub archive_roll_rows: usize,
     /// Age after which the archiver makes a file with rows visible.
@@ -503,6 +550,12 @@ impl Config {
                 format!("must be 1–1000000, got {}", self.stream.batch),
             ));
         }
+        if self.stream.wait > Duration::from_secs(60) {
+            p.push(("stream.wait", "must be at most 60s".to_string()));
+        }
+        if self.stream.commit_interval > Duration::from_secs(600) {
+            p.push(("stream.commit_interval", "must be at most 10m".to_string()));
+        }
         if self.stream.archive_roll_rows == 0 {
             p.push(("stream.archive_roll_rows", "must be at least 1".to_string()));
         }
@@ -567,6 +620,48 @@ impl Config {
             p.push((
                 "bus.partitions",
                 format!("must be 1–4096, got {}", self.bus.partitions),
+            ));
+        }
+        if !(1..=7).contains(&self.bus.replication) {
+            p.push((
+                "bus.replication",
+                format!("must be 1–7, got {}", self.bus.replication),
+            ));
+        }
+        if self.bus.linger > Duration::from_secs(1) {
+            p.push(("bus.linger", "must be at most 1s".to_string()));
+        }
+        if self.bus.produce_timeout.is_zero() {
+            p.push(("bus.produce_timeout", "must be more than 0".to_string()));
+        }
+        let tls = &self.bus.tls;
+        if tls.mode == BusTlsMode::Verified {
+            if tls.domain.is_empty() {
+                p.push((
+                    "bus.tls.domain",
+                    "required when bus.tls.mode = \"verified\"".to_string(),
+                ));
+            }
+            for (key, path) in [
+                ("bus.tls.ca_cert", &tls.ca_cert),
+                ("bus.tls.cert", &tls.cert),
+                ("bus.tls.key", &tls.key),
+            ] {
+                if !path.is_file() {
+                    p.push((
+                        key,
+                        format!(
+                            "`{}` is not a readable file (required when bus.tls.mode = \"verified\")",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if tls.mode != BusTlsMode::Disabled && !self.bus.url.starts_with("fluvio://") {
+            p.push((
+                "bus.tls.mode",
+                "TLS applies to fluvio:// buses only".to_string(),
             ));
         }
         match scheme_of(self.online_store.url.expose()).as_deref() {

@@ -11,7 +11,7 @@
 //! | [`ingest`] | bulk loading of JSON lines and CSV into the lake, streaming |
 //! | [`generate`] | a synthetic storefront, deterministic by seed |
 //! | [`error`] | the error type and the error kinds all crates share |
-//! | `testkit` | (feature `testkit`) a real `redis-server` per test |
+//! | `testkit` | (feature `testkit`) a real `redis-server`, Redis Cluster or Fluvio cluster per test |
 //!
 //! # Example
 //!

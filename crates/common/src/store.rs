@@ -147,11 +147,19 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn drop_snapshots_except(&self, keep: &str) -> Result<u64>;
     /// Deletes the speed epochs before `cutoff_ms`; returns how many user-epochs it deleted.
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64>;
-    /// Applies the speed layer's deltas of `events` (DESIGN §3–4). Per user, atomically: the
-    /// deltas are filed under each event's epoch and the user's last applied offset advances.
-    /// An event at or below that offset (a replay), or whose `event_id` is among the user's
-    /// recent ones (a retried producer), is skipped. One user's events must come in offset order.
-    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts>;
+    /// Applies the speed layer's deltas of `events`, read from the bus log `log` (DESIGN §3–4).
+    /// Per user, atomically: the deltas are filed under each event's epoch and the user's last
+    /// applied offset advances, with `log` kept beside it. An event at or below that offset (a
+    /// replay), or whose `event_id` is among the user's recent ones (a retried producer), is
+    /// skipped — but an offset kept for another log says nothing about this one (the topic was
+    /// deleted and created again, its offsets starting from 0): the user's events then count
+    /// from the first. `""` is a log of unknown identity (taken for the one kept). One user's
+    /// events must come in offset order.
+    async fn apply(&self, log: &str, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts>;
+    /// [`apply`](Self::apply) from a log of unknown identity.
+    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+        self.apply("", events).await
+    }
     /// A user's speed state: the last offset applied and the epochs at or after `from_epoch_ms`.
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState>;
     /// Erases a user (DESIGN §7), atomically: deletes the user's speed deltas, recent event ids

@@ -1,4 +1,5 @@
-//! Test helpers: a real `redis-server` of the test's own, or a real Redis Cluster.
+//! Test helpers: a real `redis-server` of the test's own, a real Redis Cluster, or a real Fluvio
+//! cluster ([`FluvioCluster`]).
 //!
 //! [`RedisServer::start`] runs `redis-server` on a free loopback port with its own temporary
 //! directory and nothing persisted; dropping it stops the server and removes the directory. Tests
@@ -9,6 +10,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod fluvio;
+pub use fluvio::{FluvioCluster, fluvio_bin};
 
 /// A `redis-server` owned by a test.
 pub struct RedisServer {

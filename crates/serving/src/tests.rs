@@ -822,8 +822,12 @@ impl OnlineStore for Flaky {
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
         self.inner.drop_epochs_before(cutoff_ms).await
     }
-    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> tandem_common::Result<ApplyCounts> {
-        self.inner.apply_events(events).await
+    async fn apply(
+        &self,
+        log: &str,
+        events: &[SpeedEvent<'_>],
+    ) -> tandem_common::Result<ApplyCounts> {
+        self.inner.apply(log, events).await
     }
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> tandem_common::Result<SpeedState> {
         self.check(true)?;
@@ -913,6 +917,9 @@ impl Bus for DownBus {
     }
     async fn end_offset(&self, _: u32) -> tandem_stream::Result<u64> {
         Ok(0)
+    }
+    async fn log_id(&self, _: u32) -> tandem_stream::Result<Option<String>> {
+        Ok(None)
     }
     async fn committed(&self, _: &str, _: u32) -> tandem_stream::Result<Option<u64>> {
         Ok(None)

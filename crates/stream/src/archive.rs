@@ -3,10 +3,12 @@
 //!
 //! One task per partition appends records to an open file and makes it visible (rolls it) when
 //! it reaches `roll_rows`, when it is `roll_age` old, when the next record's ingest date differs
-//! (the lake is partitioned by ingest date) and when stopping. A file is named by its partition
-//! and the offset of its first record — `events/date=<d>/bus-p0003-o00000000000000000100-00000.parquet`
-//! — and the position is stored only after the file is visible, so a restart reads the same
-//! records again and writes the same name: it rewrites, never duplicates.
+//! (the lake is partitioned by ingest date) and when stopping. A file is named by the bus log's
+//! identity, its partition and the offset of its first record —
+//! `events/date=<d>/bus-<log>-p0003-o00000000000000000100-00000.parquet` — and the position is
+//! stored only after the file is visible, so a restart reads the same records again and writes
+//! the same name: it rewrites, never duplicates. A topic deleted and created again (offsets
+//! from 0 again) is another log, so its files never overwrite the old one's.
 //!
 //! After each roll the task publishes the partition's [`ArchiveMark`]: every event of the
 //! partition with `ingest_ts` below its watermark is in visible files. The watermark is the
@@ -26,7 +28,7 @@ use tandem_common::schema::{EventBatchBuilder, Stamp};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::bus::{Bus, Record};
+use crate::bus::{Bus, Record, check_contiguous};
 use crate::error::Result;
 use crate::task::{Tasks, retry};
 
@@ -65,6 +67,21 @@ impl Default for ArchiveOptions {
             max_produce_delay_ms: 30_000,
             writer: WriterOptions::default(),
             until_caught_up: false,
+        }
+    }
+}
+
+impl ArchiveOptions {
+    /// The options of the configuration (`[stream]`, `[lake]`, `bus.max_produce_delay`), all
+    /// partitions.
+    pub fn from_config(c: &tandem_common::config::Config) -> ArchiveOptions {
+        ArchiveOptions {
+            roll_rows: c.stream.archive_roll_rows,
+            roll_age: c.stream.archive_roll_age,
+            wait: c.stream.wait.max(Duration::from_millis(500)),
+            max_produce_delay_ms: c.bus.max_produce_delay.as_millis() as i64,
+            writer: (&c.lake).into(),
+            ..ArchiveOptions::default()
         }
     }
 }
@@ -154,6 +171,8 @@ struct Partition {
     rows: EventBatchBuilder,
     /// The published watermark (it never goes back).
     watermark: i64,
+    /// The bus log's identity, once the partition has a record.
+    log: Option<String>,
     marked_at: Instant,
 }
 
@@ -170,8 +189,9 @@ impl Partition {
         })
         .await?
         .unwrap_or(0);
+        let log = retry(&stop, "read the log's identity", || bus.log_id(partition)).await?;
         let watermark = match ArchiveMark::load(&lake, partition).await? {
-            Some(m) if m.next_offset == next => m.watermark,
+            Some(m) if m.next_offset == next && (m.log.is_none() || m.log == log) => m.watermark,
             _ => i64::MIN,
         };
         Ok(Partition {
@@ -185,6 +205,7 @@ impl Partition {
             open: None,
             rows: EventBatchBuilder::with_capacity(0),
             watermark,
+            log,
             marked_at: Instant::now(),
         })
     }
@@ -226,6 +247,7 @@ impl Partition {
                 }
                 r = retry(&self.stop, "fetch", || bus.fetch(p, read, fetch, wait)) => r?,
             };
+            check_contiguous(p, read, &records)?;
             for r in &records {
                 self.append(r, totals, &invalid_c).await?;
             }
@@ -271,7 +293,12 @@ impl Partition {
             self.roll_with_next(totals, Some(ingest_ts)).await?;
         }
         if self.open.is_none() {
-            let name = format!("bus-p{:04}-o{:020}", self.partition, r.offset);
+            if self.log.is_none() {
+                let (bus, p) = (self.bus.clone(), self.partition);
+                self.log = retry(&self.stop, "read the log's identity", || bus.log_id(p)).await?;
+            }
+            let log = self.log.as_deref().unwrap_or("unknown");
+            let name = format!("bus-{log}-p{:04}-o{:020}", self.partition, r.offset);
             let options = WriterOptions {
                 file_max_rows: usize::MAX,
                 ..self.opts.writer.clone()
@@ -367,6 +394,7 @@ impl Partition {
                         bus.fetch(p, next, 1, Duration::ZERO)
                     })
                     .await?;
+                    check_contiguous(p, next, &peek)?;
                     // Behind an invalid record the watermark waits for the next roll.
                     peek.first()
                         .and_then(|r| from_bus_value(&r.value).ok())
@@ -380,6 +408,7 @@ impl Partition {
             partition: p,
             partitions: self.bus.partitions(),
             next_offset: self.next,
+            log: self.log.clone(),
             watermark: self.watermark,
             updated_at: now_ms(),
         };

@@ -8,6 +8,7 @@
 //! Partitioning is Tandem's, not the backend's: [`partition_for`] (FNV-1a of the key, modulo
 //! the partition count) so that one user's events land in the same partition on every backend.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,31 +70,142 @@ pub trait Bus: Send + Sync + 'static {
     /// The offset the next record of `partition` will get.
     async fn end_offset(&self, partition: u32) -> Result<u64>;
 
+    /// The identity of `partition`'s log: the same for as long as the log lives, another once
+    /// it is deleted and created again (its offsets then start from 0 again). `None` while the
+    /// partition has no record (a backend may need one to tell). The speed layer keeps it
+    /// beside each user's offset and the archiver in its file names, so that a new log's
+    /// offsets are never taken for the old one's.
+    async fn log_id(&self, partition: u32) -> Result<Option<String>>;
+
     /// The stored position of consumer `group` on `partition`: the next offset to read.
     async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>>;
 
-    /// Stores the position of consumer `group` on `partition`.
+    /// Stores the position of consumer `group` on `partition`: 0, or one past a record the
+    /// partition holds (a backend may refuse a position past its end).
     async fn commit(&self, group: &str, partition: u32, next_offset: u64) -> Result<()>;
+}
+
+/// Checks that `records` are exactly the records of `partition` from offset `from` on, with no
+/// gap: what a consumer checks before it acts on a fetch, so that it never stores a position
+/// past a record it was not handed (whatever a backend's client library does).
+pub fn check_contiguous(partition: u32, from: u64, records: &[Record]) -> Result<()> {
+    for (i, r) in records.iter().enumerate() {
+        let want = from + i as u64;
+        if r.partition != partition || r.offset != want {
+            return Err(Error::Internal(format!(
+                "the bus handed out record {}/{} where {partition}/{want} was due",
+                r.partition, r.offset
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The partition of `key` among `partitions`: FNV-1a 64 of the key bytes, modulo the count.
 /// Stable across versions and backends.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    (fnv1a(&[key]) % partitions.max(1) as u64) as u32
+}
+
+/// FNV-1a 64 of the concatenation of `parts`.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key {
+    for b in parts.iter().flat_map(|p| p.iter()) {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % partitions.max(1) as u64) as u32
+    h
 }
 
-/// Opens the bus at `url` with `partitions` partitions: `local://PATH[?fsync=always|never]`
-/// (the embedded log) or `fluvio://HOST:PORT/TOPIC` (a Fluvio cluster; the topic is created
-/// when missing).
+/// How a bus is opened: `[bus]` of the configuration. The partition count applies to every
+/// backend; the rest to Fluvio.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// Partitions of the topic (a topic that exists must have as many).
+    pub partitions: u32,
+    /// Replicas of each partition when the topic is created.
+    pub replication: u32,
+    /// How long the producer waits to batch records sent at once by concurrent callers.
+    pub linger: Duration,
+    /// How long a produce may wait for the cluster's acknowledgement before failing.
+    pub produce_timeout: Duration,
+    /// TLS to the cluster.
+    pub tls: BusTls,
+    /// The most bytes a consumer stream takes in one answer (Fluvio): memory per partition
+    /// read against answers cut less often (at least twice the largest produce batch).
+    pub fetch_bytes: usize,
+}
+
+/// TLS to a Fluvio cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusTls {
+    /// Plaintext.
+    Disabled,
+    /// TLS without checking the server's certificate (a server that allows anonymous TLS).
+    Anonymous,
+    /// TLS with the server's certificate checked against `ca_cert` for `domain`, and a client
+    /// certificate.
+    Verified {
+        /// The name the server's certificate must carry.
+        domain: String,
+        /// The CA certificate (PEM).
+        ca_cert: PathBuf,
+        /// The client certificate (PEM).
+        cert: PathBuf,
+        /// The client key (PEM).
+        key: PathBuf,
+    },
+}
+
+impl BusOptions {
+    /// The defaults, with `partitions`.
+    pub fn new(partitions: u32) -> BusOptions {
+        BusOptions {
+            partitions,
+            replication: 1,
+            linger: Duration::ZERO,
+            produce_timeout: Duration::from_secs(10),
+            tls: BusTls::Disabled,
+            fetch_bytes: 8 << 20,
+        }
+    }
+
+    /// The options of `[bus]`.
+    pub fn from_config(c: &tandem_common::config::BusConfig) -> BusOptions {
+        use tandem_common::config::BusTlsMode;
+        let t = &c.tls;
+        BusOptions {
+            partitions: c.partitions,
+            replication: c.replication,
+            linger: c.linger,
+            // An event must reach the bus within max_produce_delay of its ingest time.
+            produce_timeout: c.produce_timeout.min(c.max_produce_delay),
+            fetch_bytes: BusOptions::new(c.partitions).fetch_bytes,
+            tls: match t.mode {
+                BusTlsMode::Disabled => BusTls::Disabled,
+                BusTlsMode::Anonymous => BusTls::Anonymous,
+                BusTlsMode::Verified => BusTls::Verified {
+                    domain: t.domain.clone(),
+                    ca_cert: t.ca_cert.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                },
+            },
+        }
+    }
+}
+
+/// Opens the bus at `url` with `partitions` partitions and default options.
 pub async fn open(url: &str, partitions: u32) -> Result<Arc<dyn Bus>> {
+    open_with(url, &BusOptions::new(partitions)).await
+}
+
+/// Opens the bus at `url`: `local://PATH[?fsync=always|never]` (the embedded log) or
+/// `fluvio://HOST:PORT/TOPIC` (a Fluvio cluster; the topic is created when missing).
+pub async fn open_with(url: &str, opts: &BusOptions) -> Result<Arc<dyn Bus>> {
     match url.split_once("://") {
-        Some(("local", _)) => Ok(Arc::new(local::LocalBus::open_url(url, partitions)?)),
-        Some(("fluvio", _)) => Ok(Arc::new(fluvio::FluvioBus::connect(url, partitions).await?)),
+        Some(("local", _)) => Ok(Arc::new(local::LocalBus::open_url(url, opts.partitions)?)),
+        Some(("fluvio", _)) => Ok(Arc::new(fluvio::FluvioBus::connect_with(url, opts).await?)),
         _ => Err(Error::Config(format!(
             "bus `{url}`: expected local://PATH or fluvio://HOST:PORT/TOPIC"
         ))),

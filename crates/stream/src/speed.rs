@@ -1,24 +1,28 @@
 //! The speed layer (DESIGN §3–4): consumes the bus and applies each event's deltas to the
 //! online store, exactly once in effect.
 //!
-//! One task per partition: fetch up to `batch` records from the stored position, parse them,
-//! hand them to [`OnlineStore::apply_events`] (on Redis: one function call per user of the
-//! batch, all pipelined), then store the position. A crash between the apply and the stored
-//! position replays the batch, which the store skips by each user's last applied offset. Memory
-//! is bounded by `batch` records per partition: a task fetches again only once its batch is
-//! applied, so a slow store slows the reading (backpressure), never piles records up.
+//! One task per partition: fetch up to `batch` records from the stored position, check they are
+//! exactly the next ones, parse them, hand them to [`OnlineStore::apply_events`] (on Redis: one
+//! function call per user of the batch, all pipelined). The position is stored beside the
+//! loop, at most every `commit_interval` and when stopping, so that a slow position store (a
+//! Fluvio consumer-offset commit takes a few round trips) never delays the next event. A crash
+//! replays what came after the stored position, which the store skips by each user's last
+//! applied offset. Memory is bounded by `batch` records per partition: a task fetches again
+//! only once its batch is applied, so a slow store slows the reading (backpressure), never
+//! piles records up.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde::Serialize;
 use tandem_common::event::from_bus_value;
 use tandem_common::store::{ApplyCounts, OnlineStore, SpeedEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, check_contiguous};
 use crate::error::{Error, Result};
 use crate::task::{Tasks, retry};
 
@@ -33,6 +37,8 @@ pub struct SpeedOptions {
     pub batch: usize,
     /// How long a fetch waits when there is nothing to read.
     pub wait: Duration,
+    /// How often the position is stored while running (always when stopping).
+    pub commit_interval: Duration,
     /// The ingest epoch length, ms: deltas are filed under `ingest_ts` rounded down to it.
     pub epoch_ms: i64,
     /// Stop once every partition has reached the end it had at start (catch-up runs, tests,
@@ -47,8 +53,22 @@ impl Default for SpeedOptions {
             partitions: Vec::new(),
             batch: 4096,
             wait: Duration::from_millis(200),
+            commit_interval: Duration::from_secs(1),
             epoch_ms: 3_600_000,
             until_caught_up: false,
+        }
+    }
+}
+
+impl SpeedOptions {
+    /// The options of the configuration (`[stream]`, `events.epoch`), all partitions.
+    pub fn from_config(c: &tandem_common::config::Config) -> SpeedOptions {
+        SpeedOptions {
+            batch: c.stream.batch,
+            wait: c.stream.wait,
+            commit_interval: c.stream.commit_interval,
+            epoch_ms: c.events.epoch.as_millis() as i64,
+            ..SpeedOptions::default()
         }
     }
 }
@@ -201,11 +221,15 @@ async fn consume(
         false => None,
     };
     info!(partition, offset = next, "Speed layer consuming.");
+    // The identity of the partition's log, kept beside each user's offset (known once the
+    // partition has a record).
+    let mut log: Option<String> = None;
+    let mut positions = Positions::new(bus.clone(), opts.group.clone(), partition, next);
     let mut lag_checked = Instant::now() - Duration::from_secs(10);
     loop {
         if end_at_start.is_some_and(|end| next >= end) {
             lag.set(0.0);
-            return Ok(());
+            return positions.finish(&stop).await;
         }
         if lag_checked.elapsed() >= Duration::from_secs(1) {
             if let Ok(end) = bus.end_offset(partition).await {
@@ -213,11 +237,13 @@ async fn consume(
             }
             lag_checked = Instant::now();
         }
+        positions.tick(opts.commit_interval);
         let records = tokio::select! {
             biased;
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return positions.finish(&stop).await,
             r = retry(&stop, "fetch", || bus.fetch(partition, next, opts.batch, opts.wait)) => r?,
         };
+        check_contiguous(partition, next, &records)?;
         let Some(last) = records.last().map(|r| r.offset) else {
             continue;
         };
@@ -238,15 +264,16 @@ async fn consume(
             }
         }
         // The batch in hand is finished even when a stop is asked for meanwhile: apply, then
-        // store the position (a retry gives up only when stopping, leaving the batch to replay).
+        // mark the position (a retry gives up only when stopping, leaving the batch to replay).
+        if log.is_none() {
+            log = retry(&stop, "read the log's identity", || bus.log_id(partition)).await?;
+        }
+        let log = log.as_deref().unwrap_or("");
         let t = Instant::now();
-        let counts = retry(&stop, "apply events", || store.apply_events(&batch)).await?;
+        let counts = retry(&stop, "apply events", || store.apply(log, &batch)).await?;
         apply_seconds.record(t.elapsed().as_secs_f64());
-        retry(&stop, "store the position", || {
-            bus.commit(&opts.group, partition, last + 1)
-        })
-        .await?;
         next = last + 1;
+        positions.done(next);
         applied_c.increment(counts.applied);
         replayed_c.increment(counts.replayed);
         dup_c.increment(counts.duplicates);
@@ -262,6 +289,83 @@ async fn consume(
         totals.calls.fetch_add(counts.calls, Ordering::Relaxed);
         totals.users.fetch_add(counts.users, Ordering::Relaxed);
         totals.batches.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A partition's consumer position, stored beside the consume loop: at most one store in
+/// flight, started when the interval has passed, and a last one awaited when stopping.
+struct Positions {
+    bus: Arc<dyn Bus>,
+    group: String,
+    partition: u32,
+    /// Everything below it is applied.
+    done: u64,
+    /// What the bus holds (or is being given).
+    stored: u64,
+    stored_at: Instant,
+    in_flight: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Positions {
+    fn new(bus: Arc<dyn Bus>, group: String, partition: u32, at: u64) -> Positions {
+        Positions {
+            bus,
+            group,
+            partition,
+            done: at,
+            stored: at,
+            stored_at: Instant::now(),
+            in_flight: None,
+        }
+    }
+
+    /// Everything below `next` is applied.
+    fn done(&mut self, next: u64) {
+        self.done = next;
+    }
+
+    /// Starts storing the position when it moved, the last store finished and `interval` has
+    /// passed since it started. A failed store is logged; the next tick stores again.
+    fn tick(&mut self, interval: Duration) {
+        if let Some(h) = &self.in_flight {
+            if !h.is_finished() {
+                return;
+            }
+            let h = self.in_flight.take().expect("checked above");
+            if let Some(Ok(Err(e))) = h.now_or_never() {
+                warn!(partition = self.partition, error = %e, "Could not store the position; trying again.");
+                self.stored = u64::MAX; // unknown: store again
+            }
+        }
+        if self.done == self.stored || self.stored_at.elapsed() < interval {
+            return;
+        }
+        let (bus, group, p, at) = (
+            self.bus.clone(),
+            self.group.clone(),
+            self.partition,
+            self.done,
+        );
+        self.stored = at;
+        self.stored_at = Instant::now();
+        self.in_flight = Some(tokio::spawn(async move { bus.commit(&group, p, at).await }));
+    }
+
+    /// Waits for a store in flight, then stores the final position: retrying what may succeed
+    /// when caught up, once when stopping (what is not stored is replayed, as no-ops, at the
+    /// next start).
+    async fn finish(mut self, stop: &CancellationToken) -> Result<()> {
+        if let Some(h) = self.in_flight.take() {
+            match h.await {
+                Ok(Ok(())) => {}
+                _ => self.stored = u64::MAX,
+            }
+        }
+        if self.done != self.stored {
+            let (bus, group, p, at) = (&self.bus, &self.group, self.partition, self.done);
+            retry(stop, "store the position", || bus.commit(group, p, at)).await?;
+        }
+        Ok(())
     }
 }
 

@@ -206,11 +206,12 @@ impl OnlineStore for Flaky {
     async fn drop_epochs_before(&self, c: i64) -> tandem_common::Result<u64> {
         self.inner.drop_epochs_before(c).await
     }
-    async fn apply_events(
+    async fn apply(
         &self,
+        log: &str,
         events: &[SpeedEvent<'_>],
     ) -> tandem_common::Result<tandem_common::store::ApplyCounts> {
-        self.inner.apply_events(events).await
+        self.inner.apply(log, events).await
     }
     async fn speed(&self, user: &str, from: i64) -> tandem_common::Result<SpeedState> {
         self.inner.speed(user, from).await

@@ -127,6 +127,9 @@ pub struct ArchiveMark {
     pub partitions: u32,
     /// The next offset to archive: everything below it is in visible files.
     pub next_offset: u64,
+    /// The identity of the bus log `next_offset` is of (absent in marks of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
     /// The ingest time below which the partition is archived, epoch ms.
     pub watermark: i64,
     /// When the record was written, epoch ms.

@@ -15,6 +15,8 @@ use crate::features::Profile;
 #[derive(Debug, Default)]
 struct UserSpeed {
     offset: Option<u64>,
+    /// The bus log `offset` is of.
+    log: Option<String>,
     /// Recent event ids by offset, the newest [`SEEN_MAX`].
     seen: BTreeMap<u64, String>,
     seen_ids: HashSet<String>,
@@ -24,6 +26,19 @@ struct UserSpeed {
 }
 
 impl UserSpeed {
+    /// Forgets an offset of another log than `log` and keeps `log` as the offset's.
+    fn enter_log(&mut self, log: &str) {
+        if log.is_empty() {
+            return;
+        }
+        if self.log.as_deref().is_some_and(|l| l != log) {
+            self.offset = None;
+        }
+        if self.log.as_deref() != Some(log) {
+            self.log = Some(log.to_string());
+        }
+    }
+
     fn apply(&mut self, e: &SpeedEvent<'_>, counts: &mut ApplyCounts) {
         if self.offset.is_some_and(|o| o >= e.offset) {
             counts.replayed += 1;
@@ -127,7 +142,7 @@ impl OnlineStore for MemoryStore {
         Ok(dropped)
     }
 
-    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+    async fn apply(&self, log: &str, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
         let mut speed = self.speed_map()?;
         let users = super::speed::by_user(events).len() as u64;
         let mut counts = ApplyCounts {
@@ -140,6 +155,7 @@ impl OnlineStore for MemoryStore {
                 Some(u) => u,
                 None => speed.entry(e.event.user_id.to_string()).or_default(),
             };
+            user.enter_log(log);
             user.apply(e, &mut counts);
         }
         Ok(counts)

@@ -400,7 +400,7 @@ impl OnlineStore for RedisStore {
         Ok(dropped)
     }
 
-    async fn apply_events(&self, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
+    async fn apply(&self, log: &str, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
         // Whole users per call, up to CALL_EVENTS events (one user per call on a cluster, where
         // a call's keys must share a slot): the per-call cost of Redis is paid once for many
         // events, and no call runs long enough to hold up the reads of serving.
@@ -423,7 +423,7 @@ impl OnlineStore for RedisStore {
         }
         calls.push(&groups[first..]);
         // Each call: its keys (per user: speed, seen, epochs, then three per epoch slot), then
-        // per user a header (slots, events, each slot's ms) and its events; all written straight
+        // the log, then per user a header (slots, events, each slot's ms) and its events; all written straight
         // into the pipeline's buffer.
         let mut pipe = redis::pipe();
         let mut buf = String::new();
@@ -441,7 +441,7 @@ impl OnlineStore for RedisStore {
                 })
                 .collect();
             let keys: usize = slots.iter().map(|s| 3 + 3 * s.len()).sum();
-            pipe.cmd("FCALL").arg("tandem_apply_v3").arg(keys);
+            pipe.cmd("FCALL").arg("tandem_apply_v4").arg(keys);
             for (group, slots) in call.iter().zip(&slots) {
                 let user = group[0].event.user_id.as_ref();
                 pipe.arg(speed_key(user))
@@ -456,6 +456,7 @@ impl OnlineStore for RedisStore {
                     }
                 }
             }
+            pipe.arg(log);
             for (group, slots) in call.iter().zip(&slots) {
                 pipe.arg(slots.len()).arg(group.len());
                 for ms in slots {

@@ -4,7 +4,8 @@
 -- same in memory. Every key of one user shares the user's `{user}` hash tag: one slot.
 --
 -- Keys of a user U:
---   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U;
+--   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U, `log` =
+--                                    the identity of the bus log that offset is of;
 --                                    `erased` = when U was erased (ingest ms), if ever: U's
 --                                    events ingested at or before it are skipped
 --   tandem:u:{U}:seen                zset: recent event ids, scored by offset (the newest SEEN_MAX;
@@ -218,14 +219,17 @@ local function add_deltas(keys, k, args, h, new)
   end
 end
 
--- One user's events, in offset order: its keys from keys[k + 1], its epoch slots' ms from
--- args[h + 1], its events' entries args[a .. b] (see `apply`). Returns applied, skipped as
--- already applied (offset), skipped as duplicate (event id), skipped as erased.
-local function apply_user(keys, k, args, h, a, b)
+-- One user's events, in offset order, from the bus log `log` ('' if unknown): its keys from
+-- keys[k + 1], its epoch slots' ms from args[h + 1], its events' entries args[a .. b] (see
+-- `apply`). An offset kept for another log says nothing of this one (a topic deleted and
+-- created again starts from 0): the user's events then count from the first. Returns applied,
+-- skipped as already applied (offset), skipped as duplicate (event id), skipped as erased.
+local function apply_user(log, keys, k, args, h, a, b)
   local speed, seen = keys[k + 1], keys[k + 2]
-  local meta = redis.call('HMGET', speed, 'offset', 'erased')
+  local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
   local last = tonumber(meta[1] or '-1')
   local erased = meta[2] and tonumber(meta[2])
+  if log ~= '' and meta[3] and meta[3] ~= log then last = -1 end
   local old, gone = 0, 0
   local fresh = {} -- events past the last offset, not erased
   local top = nil
@@ -249,14 +253,21 @@ local function apply_user(keys, k, args, h, a, b)
     add_deltas(keys, k, args, h, new)
     redis.call('PEXPIRE', seen, SEEN_TTL_MS)
   end
-  if top then redis.call('HSET', speed, 'offset', top) end
+  if top then
+    if log ~= '' and meta[3] ~= log then
+      redis.call('HSET', speed, 'offset', top, 'log', log)
+    else
+      redis.call('HSET', speed, 'offset', top)
+    end
+  end
   return #new, old, dup, gone
 end
 
 -- The events of several users, each user's applied as one atomic step (the whole call is one).
 -- KEYS: per user: speed, seen, epochs, then per epoch slot its hash, its recent zset and its
 --       bought zset.
--- ARGV: per user: its number of epoch slots, its number of events, each slot's epoch ms, then
+-- ARGV: the bus log's identity ('' if unknown), then
+--       per user: its number of epoch slots, its number of events, each slot's epoch ms, then
 --       per event (in offset order): offset, event_id, epoch slot (1-based), ingest ts (ms),
 --       kind index, ts, units, spend (micro-units; both 0 unless a purchase), category ('' if
 --       none), decay term ('' if the event carries no interest), item ('' if none): STRIDE
@@ -266,12 +277,13 @@ end
 --           skipped as erased }.
 local function apply(keys, args)
   local applied, old, dup, gone = 0, 0, 0, 0
-  local k, i = 0, 1
+  local log = args[1]
+  local k, i = 0, 2
   while i <= #args do
     local slots, n = tonumber(args[i]), tonumber(args[i + 1])
     local a = i + 2 + slots
     local b = a + n * STRIDE - 1
-    local w, x, y, z = apply_user(keys, k, args, i + 1, a, b)
+    local w, x, y, z = apply_user(log, keys, k, args, i + 1, a, b)
     applied, old, dup, gone = applied + w, old + x, dup + y, gone + z
     k = k + 3 + 3 * slots
     i = b + 1
@@ -324,7 +336,7 @@ local function drop_before(keys, args)
   return #doomed
 end
 
-redis.register_function('tandem_apply_v3', apply)
+redis.register_function('tandem_apply_v4', apply)
 redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)
 redis.register_function('tandem_erase_v1', erase)

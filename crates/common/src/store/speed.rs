@@ -85,12 +85,12 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v3` (its `STRIDE`): what `push_args` writes, held
+/// Entries of ARGV per event in `tandem_apply_v4` (its `STRIDE`): what `push_args` writes, held
 /// equal to the Lua's by a test.
 #[cfg(test)]
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v3` (see `speed.lua`) to the last command
+/// Appends one event's ARGV entries for `tandem_apply_v4` (see `speed.lua`) to the last command
 /// of `pipe`, written straight into its buffer (integers without an intermediate `String`);
 /// `buf` is scratch space for the one float.
 pub(crate) fn push_args(

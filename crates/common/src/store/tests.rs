@@ -142,7 +142,7 @@ async fn redis_cluster_store_conforms() {
         let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
         assert_ne!(keys.trim(), "0", "node {}: no keys", node.port());
         let libs = crate::testkit::cli(node.port(), &["FUNCTION", "LIST"]);
-        assert!(libs.contains("tandem_apply_v3"), "{libs}");
+        assert!(libs.contains("tandem_apply_v4"), "{libs}");
     }
     reloads_lost_functions(store.as_ref(), || {
         for node in cluster.nodes() {
@@ -467,6 +467,46 @@ async fn speed_conformance(store: &dyn OnlineStore) {
     }
     assert_eq!(want.recent_items.len(), crate::features::RECENT_ITEMS);
     erase_conformance(store).await;
+    log_conformance(store).await;
+}
+
+/// Offsets are those of one bus log: a replay of the same log is skipped, but the same offsets
+/// of a new log (the topic deleted and created again) are new events; a log of unknown
+/// identity ("") is taken for the one kept.
+async fn log_conformance(store: &dyn OnlineStore) {
+    let base = 1_763_900_000_000_i64 / H * H;
+    let user = "log-user";
+    let at = |offset: u64, id: &str| SpeedEvent {
+        offset,
+        ingest_ts: base,
+        epoch_ms: base,
+        event: event(id, user, Kind::View, offset as usize, base - 1000),
+    };
+    let first: Vec<_> = (0..5).map(|o| at(o, &format!("a{o}"))).collect();
+    assert_eq!(store.apply("log-a", &first).await.unwrap().applied, 5);
+    let again = store.apply("log-a", &first).await.unwrap();
+    assert_eq!(
+        (again.applied, again.replayed),
+        (0, 5),
+        "a replay of the same log"
+    );
+    let unknown = store.apply("", &first[..2]).await.unwrap();
+    assert_eq!(unknown.replayed, 2, "an unknown log is the one kept");
+    // A new log from offset 0: new events, and a retried id among them still a duplicate.
+    let second: Vec<_> = (0..3)
+        .map(|o| at(o, &format!("b{o}")))
+        .chain([at(3, "a4")])
+        .collect();
+    let counts = store.apply("log-b", &second).await.unwrap();
+    assert_eq!(
+        (counts.applied, counts.replayed, counts.duplicates),
+        (3, 0, 1),
+        "the offsets of another log are not replays"
+    );
+    assert_eq!(store.apply("log-b", &second).await.unwrap().replayed, 4);
+    let speed = store.speed(user, base).await.unwrap();
+    assert_eq!(speed.offset, Some(3));
+    assert_eq!(speed.merged().counts.iter().sum::<u64>(), 8);
 }
 
 /// Erasure: the user's deltas, recent ids and named snapshot rows go at once, the offset stays;

@@ -115,9 +115,11 @@ async fn every_event_lands_once_in_files_named_by_partition_and_first_offset() {
     // Files: per date folder, named by partition and the offset of their first row.
     for f in &files {
         let name = f.rsplit('/').next().unwrap();
+        // bus-<log>-p<partition>-o<offset>-<n>.parquet
         let (p, o) = name
-            .strip_prefix("bus-p")
-            .and_then(|r| r.split_once("-o"))
+            .strip_prefix("bus-")
+            .and_then(|r| r.split_once("-p"))
+            .and_then(|(_, r)| r.split_once("-o"))
             .unwrap();
         let p: i32 = p.parse().unwrap();
         let first: i64 = o.split('-').next().unwrap().parse().unwrap();
@@ -164,7 +166,7 @@ async fn a_restart_from_a_stored_position_rewrites_instead_of_duplicating() {
     // position is that file's first record (every earlier file's position was stored).
     let start: u64 = files_before
         .iter()
-        .filter_map(|f| f.rsplit('/').next()?.strip_prefix("bus-p0001-o"))
+        .filter_map(|f| Some(f.rsplit('/').next()?.split_once("-p0001-o")?.1))
         .map(|o| o.split('-').next().unwrap().parse::<u64>().unwrap())
         .max()
         .unwrap();

@@ -34,6 +34,8 @@ pub async fn run_all<H: Harness>(h: &H) {
     waiting_fetch_wakes_on_produce(h).await;
     large_values(h).await;
     concurrent_producers_keep_per_key_order(h).await;
+    every_offset_once_in_order(h).await;
+    fetch_while_producing(h).await;
 }
 
 fn kv(key: &str, value: String) -> (Bytes, Bytes) {
@@ -194,6 +196,14 @@ pub async fn fetch_from_an_offset_with_a_limit<H: Harness>(h: &H) {
 /// Each group has its own stored position per partition, and it can move either way.
 pub async fn positions_are_stored_per_group<H: Harness>(h: &H) {
     let (_, bus) = h.fresh(2).await;
+    // Positions are those of records (Fluvio stores the offset of a record read).
+    let key = (0..100)
+        .map(|i| format!("k{i}"))
+        .find(|k| partition_for(k.as_bytes(), 2) == 1)
+        .unwrap();
+    bus.produce((0..30).map(|i| kv(&key, i.to_string())).collect())
+        .await
+        .unwrap();
     bus.commit("speed", 1, 10).await.unwrap();
     assert_eq!(
         bus.committed("speed", 1).await.unwrap(),
@@ -329,5 +339,139 @@ pub async fn concurrent_producers_keep_per_key_order<H: Harness>(h: &H) {
         let mut sorted = parsed.clone();
         sorted.sort();
         assert_eq!(parsed, sorted, "concurrent: order of key {k:?}");
+    }
+}
+
+/// Reads `partition` from offset 0 to `end` with fetches of at most `max` records waiting
+/// `wait`, checking that every offset comes back exactly once, in order.
+pub async fn read_to_end<B: Bus + ?Sized>(
+    bus: &B,
+    partition: u32,
+    end: u64,
+    max: usize,
+    wait: Duration,
+) {
+    let mut next = 0u64;
+    let mut empty_in_a_row = 0;
+    while next < end {
+        let got = bus
+            .fetch(partition, next, max, wait)
+            .await
+            .unwrap_or_else(|e| panic!("every_offset: fetch {partition}/{next}: {e}"));
+        assert!(
+            got.len() <= max,
+            "every_offset: {} records for a fetch of {max}",
+            got.len()
+        );
+        for r in &got {
+            assert_eq!(
+                (r.partition, r.offset),
+                (partition, next),
+                "every_offset: fetches of {max} waiting {wait:?}: offset {next} of partition {partition} is due"
+            );
+            next += 1;
+        }
+        empty_in_a_row = if got.is_empty() {
+            empty_in_a_row + 1
+        } else {
+            0
+        };
+        assert!(
+            empty_in_a_row < 200,
+            "every_offset: fetches of {max} waiting {wait:?} stopped at {next} of {end} in partition {partition}"
+        );
+    }
+    assert_eq!(next, end, "every_offset: read to the end of {partition}");
+}
+
+/// Every offset from 0 to the end comes back exactly once, in order, whatever the fetch size
+/// and wait: many produce batches over four partitions, then each partition read with fetches
+/// of 1, 7 and 4096 records, waiting 0 and 5 ms. (A backend that reads in slices of bytes is
+/// also run with slices smaller than a partition: Fluvio's tests.)
+pub async fn every_offset_once_in_order<H: Harness>(h: &H) {
+    let (_, bus) = h.fresh(4).await;
+    let pad = "x".repeat(300);
+    for round in 0..16 {
+        let batch = (0..250)
+            .map(|i| {
+                kv(
+                    &format!("u{}", (round * 250 + i) % 997),
+                    format!("{round}.{i}.{pad}"),
+                )
+            })
+            .collect();
+        bus.produce(batch).await.expect("produce");
+    }
+    let mut ends = Vec::new();
+    for p in 0..4 {
+        ends.push(bus.end_offset(p).await.unwrap());
+    }
+    assert_eq!(
+        ends.iter().sum::<u64>(),
+        4_000,
+        "every_offset: end offsets {ends:?}"
+    );
+    for (p, end) in ends.into_iter().enumerate() {
+        for max in [1, 7, 4096] {
+            for wait in [Duration::ZERO, Duration::from_millis(5)] {
+                read_to_end(&*bus, p as u32, end, max, wait).await;
+            }
+        }
+        assert!(
+            bus.fetch(p as u32, end, 10, Duration::ZERO)
+                .await
+                .unwrap()
+                .is_empty(),
+            "every_offset: nothing past the end of {p}"
+        );
+    }
+}
+
+/// A reader following a partition while batches are produced gets every record once, in
+/// order, whatever the fetch size.
+pub async fn fetch_while_producing<H: Harness>(h: &H) {
+    let (_, bus) = h.fresh(2).await;
+    let producer = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let pad = "y".repeat(200);
+            for round in 0..30 {
+                let batch = (0..200)
+                    .map(|i| kv(&format!("k{}", i % 13), format!("{round}.{i}.{pad}")))
+                    .collect();
+                bus.produce(batch).await.expect("produce");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut next = [0u64; 2];
+    for (round, max) in [1usize, 7, 4096].into_iter().cycle().enumerate() {
+        let p = (round % 2) as u32;
+        let got = bus
+            .fetch(p, next[p as usize], max, Duration::from_millis(5))
+            .await
+            .expect("fetch");
+        for r in got {
+            assert_eq!(
+                r.offset, next[p as usize],
+                "fetch_while_producing: offset of partition {p}"
+            );
+            next[p as usize] += 1;
+        }
+        if producer.is_finished() && next.iter().sum::<u64>() == 6_000 {
+            break;
+        }
+        assert!(
+            round < 1_000_000,
+            "fetch_while_producing: stuck at {next:?}"
+        );
+    }
+    producer.await.unwrap();
+    for p in 0..2 {
+        assert_eq!(
+            bus.end_offset(p).await.unwrap(),
+            next[p as usize],
+            "fetch_while_producing: read to the end of {p}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! PATH/bus.json                      {"partitions": N}: fixed when the bus is created
+//! PATH/id                            the log's identity (16 hex digits), made with the bus
 //! PATH/LOCK                          held (flock) by the one process producing
 //! PATH/p-0003/00000000000000000000.log   segments of partition 3, named by first offset
 //! PATH/consumers/<group>/p-0003      the stored position of a consumer group
@@ -57,6 +58,8 @@ pub struct LocalBus {
 struct Inner {
     dir: PathBuf,
     partitions: u32,
+    /// The log's identity (`PATH/id`).
+    id: String,
     fsync: bool,
     segment_bytes: u64,
     /// Opened at the first produce: the lock and each partition's open segment.
@@ -136,10 +139,12 @@ impl LocalBus {
         for p in 0..partitions {
             fs::create_dir_all(part_dir(dir, p))?;
         }
+        let id = read_or_make_id(dir)?;
         Ok(LocalBus {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 partitions,
+                id,
                 fsync,
                 segment_bytes,
                 writer: Mutex::new(None),
@@ -164,6 +169,42 @@ impl LocalBus {
                 "partition {partition} does not exist; the bus has {}",
                 self.inner.partitions
             )))
+        }
+    }
+}
+
+/// The bus's identity in `dir/id`, made when missing (a bus made before identities gets one
+/// at its first open). The file is created exclusively, so processes opening the bus at once
+/// agree on the first one written.
+fn read_or_make_id(dir: &Path) -> Result<String> {
+    let path = dir.join("id");
+    loop {
+        match fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+            // Another process is writing it.
+            Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                let seed = super::fnv1a(&[
+                    &nanos.to_le_bytes(),
+                    &std::process::id().to_le_bytes(),
+                    dir.as_os_str().as_encoded_bytes(),
+                ]);
+                match OpenOptions::new().write(true).create_new(true).open(&path) {
+                    Ok(mut f) => {
+                        let id = format!("{seed:016x}");
+                        f.write_all(id.as_bytes())?;
+                        f.sync_all()?;
+                        return Ok(id);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -612,6 +653,11 @@ impl Bus for LocalBus {
             Ok(base + scan_valid(&mut file, base)?.1)
         })
         .await
+    }
+
+    async fn log_id(&self, partition: u32) -> Result<Option<String>> {
+        self.check_partition(partition)?;
+        Ok(Some(self.inner.id.clone()))
     }
 
     async fn committed(&self, group: &str, partition: u32) -> Result<Option<u64>> {
