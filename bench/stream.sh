@@ -11,28 +11,39 @@
 #    partition, on fresh users — what Redis alone can do with this work.
 # 4. Memory: the same run on half the events; flat means the same peak.
 # 5. `tandem stream archive --until-caught-up` writes the bus into a Parquet lake.
+# 6. The same two on Fluvio: a cluster of the bench's own (one SC, one SPU on loopback, the
+#    server `make deps` built), a topic of the same partitions pre-filled with the same events.
+# 7. Freshness on each bus, as the serving bench measures it: `tandem serve` and `tandem stream
+#    run` on a snapshot of a small history; POST one event, GET the profile until it shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The tree measured, named before the results file is written (that file would make it dirty).
 COMMIT=$(git describe --always --dirty=+uncommitted 2>/dev/null || echo unknown)
 EVENTS="${EVENTS:-10000000}"
 RUNS="${BENCH_RUNS:-3}"
-BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
+REL="${CARGO_TARGET_DIR:-target}/release"
+BIN="$REL/tandem"
+LOAD="$REL/examples/serve_bench"
+FLUVIO_BIN="${TANDEM_FLUVIO_BIN:-$HOME/.cache/tandem-fluvio/src/target/release}"
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/tandem-stream-bench.XXXXXX)}"
 OUT=bench/results/stream.md
 END="2026-11-01T00:00:00Z"
 USERS=$(( EVENTS / 110 + 1 ))
 PARTS=8
-[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+[ -x "$BIN" ] && [ -x "$LOAD" ] || { echo "build first: make bench-stream"; exit 1; }
+[ -x "$FLUVIO_BIN/fluvio-run" ] || { echo "no Fluvio server at $FLUVIO_BIN: make deps"; exit 1; }
 command -v redis-benchmark >/dev/null || { echo "redis-benchmark is missing: apt-get install redis-tools"; exit 1; }
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 field() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
-RPORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
+free_port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
+wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing answers on $1"; exit 1; }
+PIDS=()
+RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --daemonize yes --pidfile "$WORK/redis.pid" >/dev/null
-trap 'kill "$(cat "$WORK/redis.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; kill "$(cat "$WORK/redis.pid" 2>/dev/null)" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 STORE="redis://127.0.0.1:$RPORT"
 SET=(--set "bus.partitions=$PARTS" --set log.level=warn)
@@ -112,6 +123,77 @@ ARCH_FILES=$(field "$WORK/archive.json" files)
 LAKE_ROWS=$("$BIN" sql --lake "file://$WORK/lake" -e "SELECT count(*) AS n, count(DISTINCT partition * 1000000000000 + \"offset\") AS positions FROM events_all" --format csv "${SET[@]}" | tail -1)
 printf 'archive: %.0f events/s, peak RSS %s MiB, %s files; lake rows, distinct positions: %s\n' "$ARCH_RATE" "$ARCH_RSS" "$ARCH_FILES" "$LAKE_ROWS"
 
+# 6. Fluvio: one SC and one SPU of the bench's own.
+mkdir -p "$WORK/fluvio"
+SC_PUB=$(free_port); SC_PRIV=$(free_port); SPU_PUB=$(free_port); SPU_PRIV=$(free_port)
+"$FLUVIO_BIN/fluvio-run" sc --local "$WORK/fluvio/sc" --bind-public "127.0.0.1:$SC_PUB" --bind-private "127.0.0.1:$SC_PRIV" > "$WORK/fluvio/sc.log" 2>&1 &
+PIDS+=($!)
+wait_port "$SC_PUB"; wait_port "$SC_PRIV"
+"$FLUVIO_BIN/cluster-setup" "127.0.0.1:$SC_PUB" spu 5001 "127.0.0.1:$SPU_PUB" "127.0.0.1:$SPU_PRIV" > /dev/null
+"$FLUVIO_BIN/fluvio-run" spu -i 5001 -p "127.0.0.1:$SPU_PUB" -v "127.0.0.1:$SPU_PRIV" --sc-addr "127.0.0.1:$SC_PRIV" --log-base-dir "$WORK/fluvio/spu" > "$WORK/fluvio/spu.log" 2>&1 &
+PIDS+=($!)
+wait_port "$SPU_PUB"
+FLUVIO="fluvio://127.0.0.1:$SC_PUB"
+"$BIN" generate --users "$USERS" --days 30 --seed 1 --end "$END" --events "$EVENTS" --bus "$FLUVIO/bench" "${SET[@]}" > "$WORK/fluvio-fill.json"
+printf 'fill: %.0f events/s onto the Fluvio topic\n' "$(field "$WORK/fluvio-fill.json" events_per_second)"
+frates=(); frss=()
+for i in $(seq "$RUNS"); do
+  redis-cli -p "$RPORT" flushall >/dev/null
+  "$BIN" stream run --bus "$FLUVIO/bench" --store "$STORE" --group "speed-$i" --until-caught-up "${SET[@]}" > "$WORK/fspeed.json"
+  [ "$(field "$WORK/fspeed.json" applied)" = "$EVENTS" ] || { echo "FLUVIO: APPLIED $(field "$WORK/fspeed.json" applied) OF $EVENTS"; exit 1; }
+  frates+=("$(field "$WORK/fspeed.json" records_per_second)")
+  frss+=("$(field "$WORK/fspeed.json" peak_rss_mb)")
+done
+FSPEED_RATE=$(printf '%s\n' "${frates[@]}" | median)
+FSPEED_RSS=$(printf '%s\n' "${frss[@]}" | median)
+printf 'stream run from Fluvio: %.0f events/s, peak RSS %s MiB; / local bus %.2f; / ceiling %.2f\n' "$FSPEED_RATE" "$FSPEED_RSS" "$(echo "$FSPEED_RATE/$SPEED_RATE" | bc -l)" "$(echo "$FSPEED_RATE/$CEIL" | bc -l)"
+farates=(); farss=()
+for i in $(seq "$RUNS"); do
+  rm -rf "$WORK/flake"
+  "$BIN" stream archive --bus "$FLUVIO/bench" --lake "file://$WORK/flake" --group "archive-$i" --until-caught-up "${SET[@]}" > "$WORK/farchive.json"
+  [ "$(field "$WORK/farchive.json" events)" = "$EVENTS" ] || { echo "FLUVIO: ARCHIVED $(field "$WORK/farchive.json" events) OF $EVENTS"; exit 1; }
+  farates+=("$(field "$WORK/farchive.json" events_per_second)")
+  farss+=("$(field "$WORK/farchive.json" peak_rss_mb)")
+done
+FARCH_RATE=$(printf '%s\n' "${farates[@]}" | median)
+FARCH_RSS=$(printf '%s\n' "${farss[@]}" | median)
+FLAKE_ROWS=$("$BIN" sql --lake "file://$WORK/flake" -e "SELECT count(*) AS n, count(DISTINCT partition * 1000000000000 + \"offset\") AS positions FROM events_all" --format csv "${SET[@]}" | tail -1)
+printf 'archive from Fluvio: %.0f events/s, peak RSS %s MiB; lake rows, distinct positions: %s\n' "$FARCH_RATE" "$FARCH_RSS" "$FLAKE_ROWS"
+
+# 7. Freshness on each bus: a snapshot of a small history, then serve and the speed layer.
+export BENCH_KEY="bench-key-0123456789abcdef"
+cat > "$WORK/tandem.toml" <<TOML
+[server]
+api_keys = [{ name = "bench", key = "$BENCH_KEY", scopes = ["ingest", "read", "admin"] }]
+TOML
+FSET=(--config "$WORK/tandem.toml" --set log.level=warn --set bus.partitions=4 --set events.epoch=1s --set batch.window=2d)
+"$BIN" generate --users 2000 --days 7 --seed 2 --lake "file://$WORK/flake-fresh" "${FSET[@]}" > /dev/null
+sleep 2
+"$BIN" batch run --lake "file://$WORK/flake-fresh" --store "$STORE" --set "bus.url=local://$WORK/fresh-bus" "${FSET[@]}" > /dev/null
+"$BIN" sql --lake "file://$WORK/flake-fresh" -e "SELECT user_id FROM profiles" --format csv "${FSET[@]}" | tail -n +2 > "$WORK/fresh-users.txt"
+export BENCH_USERS="$WORK/fresh-users.txt"
+freshness() { # bus URL -> "p50 p99" (medians of RUNS runs of 300)
+  local port pids=() f50=() f99=()
+  port=$(free_port)
+  "$BIN" serve --listen "127.0.0.1:$port" --store "$STORE" --bus "$1" --lake "file://$WORK/flake-fresh" "${FSET[@]}" &
+  pids+=($!)
+  "$BIN" stream run --bus "$1" --store "$STORE" "${FSET[@]}" > /dev/null &
+  pids+=($!)
+  PIDS+=("${pids[@]}")
+  for _ in $(seq 150); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  for _ in $(seq "$RUNS"); do
+    f=$("$LOAD" freshness "127.0.0.1:$port" 300)
+    f50+=("$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['p50_ms'])" "$f")")
+    f99+=("$(python3 -c "import json,sys;print(json.loads(sys.argv[1])['p99_ms'])" "$f")")
+  done
+  kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true
+  echo "$(printf '%s\n' "${f50[@]}" | median) $(printf '%s\n' "${f99[@]}" | median)"
+}
+read -r LF50 LF99 < <(freshness "local://$WORK/fresh-bus")
+printf 'freshness on the local bus: p50 %.1f ms, p99 %.1f ms\n' "$LF50" "$LF99"
+read -r FF50 FF99 < <(freshness "$FLUVIO/fresh")
+printf 'freshness through Fluvio: p50 %.1f ms, p99 %.1f ms\n' "$FF50" "$FF99"
+
 mkdir -p bench/results
 cat > "$OUT" <<MD
 # Tandem speed-layer benchmark results
@@ -131,5 +213,28 @@ $EVENTS generated events on a \`local://\` bus of $PARTS partitions, a redis-ser
 | \`tandem stream archive\`: events per second | $(printf '%.0f' "$ARCH_RATE") | ≥ 200,000 |
 | archiver peak RSS | $ARCH_RSS MiB | |
 | archived files / lake rows, distinct (partition, offset) | $ARCH_FILES / $LAKE_ROWS | rows = positions = $EVENTS |
+
+The same $EVENTS events pre-filled into a Fluvio topic of $PARTS partitions (one SC and one SPU on
+loopback, built from Fluvio's source by \`make deps\`; replication 1):
+
+| figure | value | target |
+|---|---|---|
+| fill: \`tandem generate --bus\` events/s onto the topic | $(printf '%.0f' "$(field "$WORK/fluvio-fill.json" events_per_second)") | |
+| \`tandem stream run\` from Fluvio: events applied to Redis per second | $(printf '%.0f' "$FSPEED_RATE") | ≥ 100,000 |
+| stream run, Fluvio / local bus | $(printf '%.2f' "$(echo "$FSPEED_RATE/$SPEED_RATE" | bc -l)") | |
+| stream run from Fluvio / ceiling | $(printf '%.2f' "$(echo "$FSPEED_RATE/$CEIL" | bc -l)") | |
+| speed layer peak RSS from Fluvio | $FSPEED_RSS MiB | |
+| \`tandem stream archive\` from Fluvio: events per second | $(printf '%.0f' "$FARCH_RATE") | |
+| archiver peak RSS from Fluvio | $FARCH_RSS MiB | |
+| lake rows, distinct (partition, offset) | $FLAKE_ROWS | rows = positions = $EVENTS |
+
+Freshness, as \`bench/serve.sh\` measures it (POST one event → visible in GET profile, 300 events
+one at a time, 20 ms apart; \`tandem serve\` and \`tandem stream run\` on a 4-partition bus, a
+snapshot of 2,000 users in Redis):
+
+| bus | p50 | p99 | target |
+|---|---|---|---|
+| \`local://\` | $(printf '%.1f' "$LF50") ms | $(printf '%.1f' "$LF99") ms | |
+| Fluvio | $(printf '%.1f' "$FF50") ms | $(printf '%.1f' "$FF99") ms | p99 ≤ 25 ms |
 MD
 echo "wrote $OUT"

@@ -102,6 +102,9 @@ struct StreamArgs {
     /// Stop once caught up with the end the bus had at start, and print a JSON summary.
     #[arg(long)]
     until_caught_up: bool,
+    /// The consumer group whose positions are stored on the bus [default: speed, or archive].
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -824,6 +827,7 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
             serve_metrics(args.stream.metrics_listen)?;
             let defaults = tandem_stream::speed::SpeedOptions::from_config(config);
             let opts = tandem_stream::speed::SpeedOptions {
+                group: args.stream.group.unwrap_or(defaults.group),
                 partitions: args.stream.partitions,
                 batch: args.batch.unwrap_or(defaults.batch),
                 until_caught_up: args.stream.until_caught_up,
@@ -838,6 +842,7 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
             serve_metrics(args.stream.metrics_listen)?;
             let defaults = tandem_stream::archive::ArchiveOptions::from_config(config);
             let opts = tandem_stream::archive::ArchiveOptions {
+                group: args.stream.group.unwrap_or(defaults.group),
                 partitions: args.stream.partitions,
                 roll_rows: args.roll_rows.unwrap_or(defaults.roll_rows),
                 roll_age: args.roll_age.unwrap_or(defaults.roll_age),

@@ -100,6 +100,13 @@ ts("Archive files", [("sum(rate(tandem_archive_files_total[$__rate_interval])) *
 ts("Archive watermark age", [("time() - tandem_archive_watermark_seconds", "p{{partition}}")], "s", 16,
    description="The batch cutoff cannot pass the oldest partition's watermark.")
 y += 8
+ts("Fluvio streams read again",
+   [("sum by (reason) (rate(tandem_bus_fluvio_rereads_total[$__rate_interval]))", "{{reason}}")],
+   "ops", 0, w=12,
+   description="A consumer stream thrown away and its partition read again from the first record "
+               "not handed out: gap (an answer cut mid-batch, a few per 8 MiB read while catching "
+               "up), error (a broker restart), stalled, repeat (a record dropped as seen).")
+y += 8
 
 dashboard = {
     "title": "Tandem",

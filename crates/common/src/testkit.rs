@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod fluvio;
-pub use fluvio::{FluvioCluster, fluvio_bin};
+pub use fluvio::{FluvioCluster, FluvioTls, fluvio_bin};
 
 /// A `redis-server` owned by a test.
 pub struct RedisServer {

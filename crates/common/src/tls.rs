@@ -1,4 +1,5 @@
-//! TLS for the clients that use it (`rediss://`, and the cloud lakes `s3://`, `gs://`, `az://`):
+//! TLS for the clients that use it (`rediss://`, the cloud lakes `s3://`, `gs://`, `az://`, and
+//! Fluvio with `bus.tls`):
 //! one process-wide rustls crypto provider. Two providers are compiled in (aws-lc-rs and ring,
 //! each wanted by a dependency), so rustls cannot choose by itself and would panic at the first
 //! handshake; [`init`] installs aws-lc-rs before any client is built.

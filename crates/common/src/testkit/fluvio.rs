@@ -7,7 +7,8 @@
 //! high watermarks. `TANDEM_FLUVIO_BIN` names another directory holding both.
 //!
 //! The processes can be killed (`SIGKILL`) and started again one at a time, on the same ports
-//! and data, for fault tests.
+//! and data, for fault tests. [`FluvioCluster::start_tls`] starts one whose public ports speak
+//! only TLS and ask for a client certificate, all made by `openssl` for the test.
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -28,8 +29,26 @@ pub struct FluvioCluster {
     sc_private: u16,
     spu_public: u16,
     spu_private: u16,
+    /// With TLS: the plaintext public ports the servers keep beside their TLS ones (the SC's is
+    /// what the admin helper uses).
+    plain: Option<(u16, u16)>,
+    tls: Option<FluvioTls>,
     sc: Option<Child>,
     spu: Option<Child>,
+}
+
+/// The certificates of a TLS cluster (PEM files): the servers' certificate is valid for
+/// `domain` and `*.domain` (Fluvio's client checks an SPU as `custom-spu-<id>.<domain>`).
+#[derive(Debug, Clone)]
+pub struct FluvioTls {
+    /// The name to check the servers' certificates against.
+    pub domain: String,
+    /// The CA certificate that signed the servers' and the client's.
+    pub ca_cert: PathBuf,
+    /// A client certificate the servers accept.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 /// Where `fluvio-run` and `cluster-setup` are: `TANDEM_FLUVIO_BIN`, or the per-machine build.
@@ -55,19 +74,33 @@ impl FluvioCluster {
     /// Starts the SC, registers the SPU, starts the SPU and waits until both listen. Panics
     /// with the reason (and the servers' logs) when it cannot.
     pub fn start() -> FluvioCluster {
+        Self::spawn(false)
+    }
+
+    /// As [`start`](Self::start), with TLS on the public ports and client certificates
+    /// required ([`tls`](Self::tls) has the files a client needs).
+    pub fn start_tls() -> FluvioCluster {
+        Self::spawn(true)
+    }
+
+    fn spawn(tls: bool) -> FluvioCluster {
+        let dir = tempfile::tempdir().expect("temp dir for Fluvio");
+        let tls = tls.then(|| make_certificates(dir.path()));
         let mut c = FluvioCluster {
             bin: fluvio_bin(),
-            dir: tempfile::tempdir().expect("temp dir for Fluvio"),
+            dir,
             sc_public: free_port(),
             sc_private: free_port(),
             spu_public: free_port(),
             spu_private: free_port(),
+            plain: tls.is_some().then(|| (free_port(), free_port())),
+            tls,
             sc: None,
             spu: None,
         };
         c.start_sc();
         let out = Command::new(c.bin.join("cluster-setup"))
-            .arg(c.addr())
+            .arg(c.admin_addr())
             .args(["spu", SPU_ID])
             .arg(format!("127.0.0.1:{}", c.spu_public))
             .arg(format!("127.0.0.1:{}", c.spu_private))
@@ -98,6 +131,39 @@ impl FluvioCluster {
         self.dir.path()
     }
 
+    /// The certificates, for a TLS cluster.
+    pub fn tls(&self) -> Option<&FluvioTls> {
+        self.tls.as_ref()
+    }
+
+    /// Where the admin helper reaches the SC: its plaintext public port.
+    fn admin_addr(&self) -> String {
+        match self.plain {
+            Some((sc, _)) => format!("127.0.0.1:{sc}"),
+            None => self.addr(),
+        }
+    }
+
+    /// The TLS arguments of a server, with its plaintext public port.
+    fn tls_args(&self, plain: Option<u16>) -> Vec<String> {
+        let (Some(t), Some(plain)) = (&self.tls, plain) else {
+            return Vec::new();
+        };
+        let d = self.dir.path().join("tls");
+        vec![
+            "--tls".into(),
+            "--server-cert".into(),
+            d.join("server.crt").display().to_string(),
+            "--server-key".into(),
+            d.join("server.key").display().to_string(),
+            "--enable-client-cert".into(),
+            "--ca-cert".into(),
+            t.ca_cert.display().to_string(),
+            "--bind-non-tls-public".into(),
+            format!("127.0.0.1:{plain}"),
+        ]
+    }
+
     /// Starts the SC (again) on its ports and data, and waits until it listens.
     pub fn start_sc(&mut self) {
         assert!(self.sc.is_none(), "the SC is running");
@@ -109,6 +175,7 @@ impl FluvioCluster {
             .arg(format!("127.0.0.1:{}", self.sc_public))
             .arg("--bind-private")
             .arg(format!("127.0.0.1:{}", self.sc_private))
+            .args(self.tls_args(self.plain.map(|p| p.0)))
             .stdout(Stdio::null())
             .stderr(self.log("sc"))
             .spawn()
@@ -131,6 +198,7 @@ impl FluvioCluster {
             .arg(format!("127.0.0.1:{}", self.sc_private))
             .arg("--log-base-dir")
             .arg(self.dir.path().join("spu"))
+            .args(self.tls_args(self.plain.map(|p| p.1)))
             .stdout(Stdio::null())
             .stderr(self.log("spu"))
             .spawn()
@@ -159,7 +227,7 @@ impl FluvioCluster {
     /// produces by up to a few seconds), in partition order.
     pub fn high_watermarks(&self, topic: &str) -> Vec<u64> {
         let out = Command::new(self.bin.join("cluster-setup"))
-            .arg(self.addr())
+            .arg(self.admin_addr())
             .args(["hw", topic])
             .output()
             .expect("cluster-setup runs");
@@ -227,5 +295,88 @@ impl Drop for FluvioCluster {
     fn drop(&mut self) {
         self.kill_spu();
         self.kill_sc();
+    }
+}
+
+/// A CA, a server certificate for `fluvio.test` and `*.fluvio.test`, and a client certificate,
+/// made with `openssl` in `dir/tls`.
+fn make_certificates(dir: &Path) -> FluvioTls {
+    let d = dir.join("tls");
+    std::fs::create_dir_all(&d).expect("a directory for the certificates");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}) to make test certificates"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tandem-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    for (name, cn, ext) in [
+        (
+            "server",
+            "fluvio.test",
+            "subjectAltName=DNS:fluvio.test,DNS:*.fluvio.test\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "tandem", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n{ext}"),
+        )
+        .expect("an openssl extension file");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.crt"),
+        ]);
+    }
+    FluvioTls {
+        domain: "fluvio.test".into(),
+        ca_cert: d.join("ca.crt"),
+        cert: d.join("client.crt"),
+        key: d.join("client.key"),
     }
 }

@@ -307,3 +307,43 @@ fn a_topic_deleted_and_created_again_is_a_new_log() {
         assert_eq!(seen, 65);
     });
 }
+
+/// A cluster that speaks only TLS and asks for client certificates: Tandem connects with the
+/// certificates of `bus.tls` (verified), and a plaintext client is refused.
+#[test]
+fn tls_with_client_certificates() {
+    let fluvio = FluvioCluster::start_tls();
+    let t = fluvio.tls().unwrap().clone();
+    runtime().block_on(async {
+        let opts = BusOptions {
+            tls: crate::bus::BusTls::Verified {
+                domain: t.domain.clone(),
+                ca_cert: t.ca_cert.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            },
+            ..BusOptions::new(2)
+        };
+        let bus = FluvioBus::connect_with(&fluvio.url("secret"), &opts)
+            .await
+            .unwrap();
+        let at = bus
+            .produce(vec![(Bytes::from("u1"), Bytes::from("over TLS"))])
+            .await
+            .unwrap();
+        let got = bus
+            .fetch(at[0].partition, 0, 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(&got[0].value[..], b"over TLS");
+        bus.commit("g", at[0].partition, 1).await.unwrap();
+        assert_eq!(bus.committed("g", at[0].partition).await.unwrap(), Some(1));
+        let plain = tokio::time::timeout(
+            Duration::from_secs(60),
+            FluvioBus::connect(&fluvio.url("secret"), 2),
+        )
+        .await
+        .expect("a plaintext client is answered, not left waiting");
+        assert!(plain.is_err(), "a plaintext client is refused");
+    });
+}
