@@ -79,23 +79,25 @@ printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events i
 
 # The ceiling: the same function on fresh random users (every call creates its keys, as a
 # first event of a user does): USERS_PER_CALL users of PER_USER events each per call, DEPTH
-# calls per pipeline. (redis-benchmark draws each __rand_int__ on its own, so one "user"'s keys
-# are several fresh users' keys: the same work for Redis.)
+# calls per pipeline. Each user's events are views of PER_USER items in 5 categories, folded as
+# `stream run` folds them (one epoch: a count, first and last, 5 interests, the items).
+# (redis-benchmark draws each __rand_int__ on its own, so one "user"'s keys are several fresh
+# users' keys: the same work for Redis.)
 KEYS=(); ARGS=(bench-log)
 for u in $(seq "$USERS_PER_CALL"); do
   for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent" "epoch:1793000000000:bought"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
-  ARGS+=(1 "$PER_USER" 1793000000000)
-  for j in $(seq "$PER_USER"); do
-    kind=$(( j % 7 )); [ "$kind" = 4 ] && kind=0
-    ARGS+=("$j" "e__rand_int__" 1 1793000001000 "$kind" "$((1792990000000 + j))" 0 0 "cat-$((j % 5))" "1.25" "item-__rand_int__")
-  done
+  ARGS+=("$PER_USER" 1 1793000000000)
+  for j in $(seq "$PER_USER"); do ARGS+=("$j" "e__rand_int__" 1793000001000); done
+  ARGS+=(8 "$PER_USER" 0 c0 "$PER_USER" first 1792990000001 last "$((1792990000000 + PER_USER))")
+  for c in 0 1 2 3 4; do ARGS+=("a:cat-$c" "1.25"); done
+  for j in $(seq "$PER_USER"); do ARGS+=("$((1792990000000 + j))" "item-__rand_int__"); done
 done
 ceil=()
 for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
   redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
   rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
-        FCALL tandem_apply_v4 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
+        FCALL tandem_apply_fast_v1 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
   ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")
 done
 CEIL=$(printf '%s\n' "${ceil[@]}" | median)

@@ -52,6 +52,7 @@ impl LakeContext {
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
+        ctx.register_udaf(crate::log_sum_exp::udaf());
         let url = ObjectStoreUrl::parse(LAKE_URL)?;
         ctx.register_object_store(url.as_ref(), lake.store().clone());
         let root = lake.path(EVENTS_DIR);

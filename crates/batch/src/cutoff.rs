@@ -93,9 +93,10 @@ mod tests {
                 .unwrap(),
             T + 5 * H
         );
-        let mut run = IngestRun::start(&lake, "r", T + 2 * H + 30 * 60_000)
-            .await
-            .unwrap();
+        let mut run =
+            IngestRun::start(&lake, "r", T + 2 * H + 30 * 60_000, T + 2 * H + 30 * 60_000)
+                .await
+                .unwrap();
         assert_eq!(
             for_lake(&lake, None, T + 2 * H + 40 * 60_000, H, lease)
                 .await

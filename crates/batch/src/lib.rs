@@ -27,6 +27,7 @@
 pub mod context;
 pub mod cutoff;
 pub mod error;
+pub mod log_sum_exp;
 pub mod run;
 pub mod snapshot;
 pub mod views;

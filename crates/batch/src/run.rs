@@ -24,7 +24,7 @@ use tandem_models::training::{History, Models, Split, TrainOptions, train};
 
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
-use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step, snapshot_id};
+use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step};
 use crate::views::{Similar, View, items_from, profiles_from, similar_from};
 
 /// What a run is asked to do.
@@ -156,7 +156,6 @@ pub async fn run(
         opts.lease_ms,
     )
     .await?;
-    let id = snapshot_id(cutoff);
     let previous = store.pointer().await?;
     if let Some(p) = previous.as_ref().filter(|p| p.cutoff_ms > cutoff) {
         return Err(Error::User(format!(
@@ -179,7 +178,24 @@ pub async fn run(
                 .is_some_and(|d| d[..10.min(d.len())] <= cutoff_date[..])
         })
         .count();
-    let existing = snapshot::manifest(lake, &id).await?;
+    // The latest revision at this cutoff is reused (published already, or its files written by
+    // a run that stopped before publishing) unless the bulk loads below the cutoff changed.
+    let inputs = snapshot::inputs_below(lake, cutoff).await?;
+    let (id, existing) = match snapshot::latest_revision(lake, cutoff).await? {
+        Some((r, m)) if m.inputs.is_empty() || m.inputs == inputs => {
+            (snapshot::revision_id(cutoff, r), Some(m))
+        }
+        Some((r, m)) => {
+            tracing::info!(
+                snapshot = %m.snapshot,
+                was = %m.inputs,
+                now = %inputs,
+                "The lake below the cutoff changed since the last snapshot at it; making the next revision."
+            );
+            (snapshot::revision_id(cutoff, r + 1), None)
+        }
+        None => (snapshot::revision_id(cutoff, 1), None),
+    };
     let new = Pointer {
         snapshot: id.clone(),
         cutoff_ms: cutoff,
@@ -250,6 +266,7 @@ pub async fn run(
                 rows: computed.rows.clone(),
                 durations_s: durations.clone(),
                 models: computed.models_entry.clone(),
+                inputs: inputs.clone(),
             };
             write_lake(lake, &id, &computed, &mut m).await?;
             durations.insert(name(Step::WriteLake).into(), t.elapsed().as_secs_f64());

@@ -4,9 +4,12 @@
 //! before the cutoff deleted.
 //!
 //! The id is the cutoff (`20251122T0000Z`): the same cutoff reads the same events, so it makes
-//! the same snapshot, and a second run reuses the first one's files instead of recomputing.
-//! `manifest.json` is written last: a snapshot folder without it is an unfinished run's, and is
-//! rewritten.
+//! the same snapshot, and a second run reuses the first one's files instead of recomputing —
+//! unless the lake below the cutoff changed since: a bulk load stamped into the closed epoch
+//! (`tandem_common::lake::bulk_stamp`) after the snapshot was made. The manifest records the
+//! bulk loads below its cutoff ([`inputs_below`]); when they differ, the run makes the next
+//! revision (`20251122T0000Z-r2`, …) at the same cutoff and publishes it. `manifest.json` is
+//! written last: a snapshot folder without it is an unfinished run's, and is rewritten.
 
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
@@ -57,6 +60,45 @@ pub fn snapshot_id(cutoff_ms: i64) -> String {
         &t[11..13],
         &t[14..16]
     )
+}
+
+/// The id of revision `revision` (1, 2, …) of the snapshot at `cutoff_ms`: the first has the
+/// plain id, later ones `-r<revision>` after it.
+pub fn revision_id(cutoff_ms: i64, revision: u32) -> String {
+    match revision {
+        0 | 1 => snapshot_id(cutoff_ms),
+        r => format!("{}-r{r}", snapshot_id(cutoff_ms)),
+    }
+}
+
+/// What the lake holds below `cutoff_ms` besides the archived bus, which the archive watermark
+/// fixes: the bulk loads stamped below it, as a fingerprint of each run's id, events and
+/// whether it finished. It changes when a load below the cutoff is added or grows.
+pub async fn inputs_below(lake: &Lake, cutoff_ms: i64) -> Result<String> {
+    let runs = tandem_common::lake::IngestRun::list(lake).await?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut n = 0;
+    for r in runs.iter().filter(|r| r.first_stamp() < cutoff_ms) {
+        n += 1;
+        for b in format!("{}:{}:{};", r.run_id, r.events, r.finished).bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Ok(format!("{n} loads, {h:016x}"))
+}
+
+/// The latest revision of the snapshot at `cutoff_ms` with a manifest, if any: its revision
+/// number and manifest.
+pub async fn latest_revision(lake: &Lake, cutoff_ms: i64) -> Result<Option<(u32, Manifest)>> {
+    let mut latest = None;
+    for r in 1.. {
+        match manifest(lake, &revision_id(cutoff_ms, r)).await? {
+            Some(m) => latest = Some((r, m)),
+            None => return Ok(latest),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The lake path of a file of snapshot `id`.
@@ -132,6 +174,10 @@ pub struct Manifest {
     pub durations_s: BTreeMap<String, f64>,
     /// The models' offline evaluation, or why there are no models.
     pub models: ModelsEntry,
+    /// The bulk loads below the cutoff when it was made ([`inputs_below`]; empty in manifests
+    /// of older versions, taken as unchanged).
+    #[serde(default)]
+    pub inputs: String,
 }
 
 /// The models of a snapshot, in its manifest.

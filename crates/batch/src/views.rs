@@ -75,12 +75,10 @@ impl View {
 
 /// `template` with its placeholders filled in for `cutoff_ms`.
 pub fn fill(template: &str, cutoff_ms: i64) -> String {
-    let shift = (cutoff_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS;
     template
         .replace("${CUTOFF_MS}", &format!("{cutoff_ms}.0"))
         .replace("${R}", &format!("{DECAY_REF_MS}.0"))
         .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
-        .replace("${C}", &format!("{shift:.17e}"))
         .replace("${RECENT}", &RECENT_ITEMS.to_string())
         .replace("${K}", &SIMILAR_K.to_string())
         .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())

@@ -643,7 +643,8 @@ impl Generator {
 }
 
 /// Generates straight into the lake, as `tandem ingest` would store the same events (invalid
-/// ones are skipped: they cannot be stored). Events are stamped with the time they are made.
+/// ones are skipped: they cannot be stored), stamped as a bulk load is
+/// ([`crate::lake::bulk_stamp`]).
 pub async fn write_to_lake(
     mut generator: Generator,
     lake: &crate::lake::Lake,
@@ -657,14 +658,14 @@ pub async fn write_to_lake(
         &new_run_id("generate"),
         options.writer.clone(),
         options.lease,
+        options.epoch_ms,
     )
     .await?;
     let run_id = writer.run_id().to_string();
+    let stamp = writer.stamp();
     let (tx, mut rx) = tokio::sync::mpsc::channel(2);
     let make = tokio::task::spawn_blocking(move || {
-        let mut stamper = crate::ingest::Stamper::new();
         loop {
-            let stamp = stamper.next();
             let mut b = EventBatchBuilder::with_capacity(65_536);
             while b.len() < 65_536 {
                 match generator.next_event() {
@@ -673,7 +674,7 @@ pub async fn write_to_lake(
                 }
             }
             let done = b.len() < 65_536;
-            if !b.is_empty() && tx.blocking_send((b.finish(), stamp)).is_err() {
+            if !b.is_empty() && tx.blocking_send(b.finish()).is_err() {
                 return;
             }
             if done {
@@ -682,9 +683,9 @@ pub async fn write_to_lake(
         }
     });
     let mut accepted = 0u64;
-    while let Some((batch, stamp)) = rx.recv().await {
+    while let Some(batch) = rx.recv().await {
         let batch = batch?;
-        writer.write(&batch, stamp).await?;
+        writer.write(&batch).await?;
         accepted += batch.num_rows() as u64;
     }
     make.await

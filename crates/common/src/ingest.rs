@@ -54,6 +54,9 @@ pub struct IngestOptions {
     pub lease: Duration,
     /// Approximate bytes per chunk.
     pub chunk_bytes: usize,
+    /// The ingest epoch, ms: events are stamped into the one before the load's start
+    /// ([`crate::lake::bulk_stamp`]).
+    pub epoch_ms: i64,
 }
 
 impl IngestOptions {
@@ -65,6 +68,7 @@ impl IngestOptions {
             max_future_ms: config.events.max_future.as_millis() as i64,
             lease: config.lake.ingest_lease,
             chunk_bytes: 4 << 20,
+            epoch_ms: config.events.epoch.as_millis() as i64,
         }
     }
 }
@@ -161,7 +165,6 @@ enum Lines {
 struct Parsed {
     batch: arrow::array::RecordBatch,
     rejects: Vec<Reject>,
-    stamp: i64,
 }
 
 /// Ingests `input` into the lake. Returns the summary once the last file is visible.
@@ -177,9 +180,11 @@ pub async fn ingest(
         &new_run_id("ingest"),
         options.writer.clone(),
         options.lease,
+        options.epoch_ms,
     )
     .await?;
     let run_id = writer.run_id().to_string();
+    let ingest_ts = writer.stamp();
     let bytes_read = Arc::new(AtomicU64::new(0));
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Chunk>>(4);
@@ -206,7 +211,7 @@ pub async fn ingest(
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
             .map(move |chunk| async move {
                 let chunk = chunk?;
-                tokio::task::spawn_blocking(move || parse_chunk(chunk, max_future_ms))
+                tokio::task::spawn_blocking(move || parse_chunk(chunk, max_future_ms, ingest_ts))
                     .await
                     .map_err(|e| Error::Internal(format!("parse task failed: {e}")))
             })
@@ -216,7 +221,7 @@ pub async fn ingest(
     let (mut accepted, mut rejected) = (0u64, 0u64);
     while let Some(p) = parsed.next().await {
         let p = p?;
-        writer.write(&p.batch, p.stamp).await?;
+        writer.write(&p.batch).await?;
         accepted += p.batch.num_rows() as u64;
         rejected += p.rejects.len() as u64;
         for r in &p.rejects {
@@ -299,12 +304,14 @@ fn read_jsonl(
     }
 }
 
-fn parse_chunk(chunk: Chunk, max_future_ms: i64) -> Parsed {
+/// Parses a chunk read at `chunk.stamp` (what an event time is checked against) into events
+/// stamped `ingest_ts`.
+fn parse_chunk(chunk: Chunk, max_future_ms: i64, ingest_ts: i64) -> Parsed {
     let at = Acceptance {
         now_ms: chunk.stamp,
         max_future_ms,
     };
-    let stamp = Stamp::bulk(chunk.stamp);
+    let stamp = Stamp::bulk(ingest_ts);
     let mut builder = EventBatchBuilder::with_capacity(chunk.data.len() / 200 + 16);
     let mut rejects = Vec::new();
     for (i, raw) in chunk.data.split(|b| *b == b'\n').enumerate() {
@@ -348,11 +355,7 @@ fn parse_chunk(chunk: Chunk, max_future_ms: i64) -> Parsed {
     let batch = builder
         .finish()
         .expect("the builder's columns match the event schema");
-    Parsed {
-        batch,
-        rejects,
-        stamp: chunk.stamp,
-    }
+    Parsed { batch, rejects }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 mod run_writer;
 mod watermark;
 mod writer;
-pub use run_writer::{RunWriter, new_run_id};
+pub use run_writer::{RunWriter, bulk_stamp, new_run_id};
 pub use watermark::{
     ArchiveMark, ArchiveWatermark, IngestRun, archive_watermark, ingest_watermark,
 };

@@ -388,19 +388,17 @@ pub struct ProfileView<'a> {
 
 impl<'a> ProfileView<'a> {
     fn new(p: &'a Profile, now_ms: i64) -> Self {
-        let mut affinity: Vec<CategoryScore> = p
-            .affinity
-            .iter()
-            .map(|(c, s)| CategoryScore {
+        // Ordered by the log-space scores: read at a time far from the events, the decayed
+        // values may all be 0, but their order is the scores' (the same shift for every one).
+        let mut by_score: Vec<(&String, f64)> = p.affinity.iter().map(|(c, l)| (c, *l)).collect();
+        by_score.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let affinity: Vec<CategoryScore> = by_score
+            .into_iter()
+            .map(|(c, l)| CategoryScore {
                 category: c,
-                score: decayed_at(*s, now_ms),
+                score: decayed_at(l, now_ms),
             })
             .collect();
-        affinity.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.category.cmp(b.category))
-        });
         let seen = p.last_ts >= p.first_ts;
         ProfileView {
             counts: tandem_common::event::Kind::ALL
@@ -464,6 +462,10 @@ pub struct ProfileResponse<'a> {
     pub freshness: Freshness<'a>,
     /// Set when part of the answer could not be read.
     pub degraded: Option<Degraded>,
+    /// Why: `store_timeout`, `store_error` or `bad_snapshot_row` (a row of the snapshot that
+    /// cannot be decoded; logged with its key, counted in `tandem_serving_row_errors_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded_reason: Option<&'static str>,
 }
 
 /// A user's merged profile and what went into it.
@@ -475,6 +477,7 @@ struct Merged {
     snapshot_row: Option<Arc<tandem_common::store::UserRow>>,
     speed: Option<SpeedState>,
     degraded: Option<Degraded>,
+    degraded_reason: Option<&'static str>,
 }
 
 /// Reads the user's snapshot row (cached) and speed state (one store call) concurrently and
@@ -493,6 +496,7 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
         }
         None => (Ok(None), speed.await),
     };
+    let speed_failure = speed.as_ref().err().map(StoreFailure::reason);
     let speed = speed.ok();
     let erased = speed.as_ref().and_then(|s| s.erased_ms);
     let before_erasure = snap.is_some_and(|s| erased.is_some_and(|e| s.pointer.cutoff_ms <= e));
@@ -518,12 +522,19 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
         (Ok(_), None) => Some(Degraded::SnapshotOnly),
         _ => None,
     };
+    // The snapshot row's failure first: a bad row is the one the operator must hear of.
+    let degraded_reason = row
+        .as_ref()
+        .err()
+        .map(StoreFailure::reason)
+        .or(speed_failure);
     Merged {
         with_speed,
         known,
         snapshot_row,
         speed,
         degraded,
+        degraded_reason,
     }
 }
 
@@ -599,6 +610,7 @@ pub async fn get_profile(
         segment,
         propensity,
         degraded: m.degraded,
+        degraded_reason: m.degraded_reason,
         user_id: &user,
     }))
 }
@@ -647,6 +659,9 @@ pub struct RecsResponse<'a> {
     pub freshness: Freshness<'a>,
     /// Set when part of the answer could not be read.
     pub degraded: Option<Degraded>,
+    /// Why, as in the profile's answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded_reason: Option<&'static str>,
 }
 
 fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
@@ -723,7 +738,7 @@ pub async fn get_recommendations(
     }
     exclude.extend(m.profile().recent_purchases.iter().map(|(i, _)| i.as_str()));
     let fresh = freshness(&app, snap, &user, &m);
-    let answer = |items, ranked_by, degraded| {
+    let answer = |items, ranked_by, degraded, degraded_reason| {
         json(&RecsResponse {
             user_id: &user,
             items,
@@ -731,9 +746,10 @@ pub async fn get_recommendations(
             ranked_by,
             freshness: fresh,
             degraded,
+            degraded_reason,
         })
     };
-    let popular = |degraded| {
+    let popular = |degraded, reason| {
         let items = ranked_popular(popular_items(snap, None), &exclude, n)
             .map(|(item, score)| Recommendation {
                 item,
@@ -741,13 +757,13 @@ pub async fn get_recommendations(
                 source: Source::Popular,
             })
             .collect();
-        answer(items, "popularity", degraded)
+        answer(items, "popularity", degraded, reason)
     };
     let Some(s) = snap else {
-        return Ok(popular(m.degraded));
+        return Ok(popular(m.degraded, m.degraded_reason));
     };
     if m.degraded == Some(Degraded::PopularOnly) {
-        return Ok(popular(m.degraded));
+        return Ok(popular(m.degraded, m.degraded_reason));
     }
     // The context item leads the recent items, so that its similar items come first.
     let profile: Cow<'_, Profile> = match q.context_item.as_deref() {
@@ -764,7 +780,7 @@ pub async fn get_recommendations(
     let sources = similar_sources(&profile, &opts);
     let similar_rows = match s.item_rows(app.store.as_ref(), &sources, timeout).await {
         Ok(rows) => rows,
-        Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
+        Err(e) => return Ok(popular(Some(Degraded::PopularOnly), Some(e.reason()))),
     };
     let cands = candidate_ids(s, &profile, &sources, &similar_rows, &exclude, &opts);
     let rows = match s
@@ -772,7 +788,7 @@ pub async fn get_recommendations(
         .await
     {
         Ok(rows) => rows,
-        Err(_) => return Ok(popular(Some(Degraded::PopularOnly))),
+        Err(e) => return Ok(popular(Some(Degraded::PopularOnly), Some(e.reason()))),
     };
     let resolved = resolve_rows(s, &cands, &rows);
     let (items, ranked_by) = match rank_resolved(s, &profile, &cands, &resolved, now_ms(), n) {
@@ -816,7 +832,7 @@ pub async fn get_recommendations(
             )
         }
     };
-    Ok(answer(items, ranked_by, m.degraded))
+    Ok(answer(items, ranked_by, m.degraded, m.degraded_reason))
 }
 
 /// The recent items whose similar items are candidates (DESIGN §6), most recent first.
@@ -1208,6 +1224,7 @@ fn store_unavailable(e: StoreFailure) -> ApiError {
         match e {
             StoreFailure::Timeout(t) => format!("the online store did not answer within {t:?}"),
             StoreFailure::Error(_) => "the online store is unavailable".to_string(),
+            StoreFailure::BadRow(_) => "a row of the snapshot cannot be read".to_string(),
         },
         1,
     )

@@ -23,7 +23,8 @@ use tandem_models::linear::LinearModel;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
 
-/// Why a store call gave nothing: it failed, or it took longer than the store timeout.
+/// Why a store call gave nothing: it failed, it took longer than the store timeout, or what it
+/// gave cannot be decoded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreFailure {
     /// The store answered with an error.
@@ -32,6 +33,29 @@ pub enum StoreFailure {
     /// No answer within the timeout.
     #[error("online store timed out after {0:?}")]
     Timeout(Duration),
+    /// A snapshot row is there but is not a row this server can read (written by a faulty or
+    /// newer batch): logged with its key and counted (`tandem_serving_row_errors_total`).
+    #[error("{0}")]
+    BadRow(String),
+}
+
+impl StoreFailure {
+    /// Why an answer is degraded, as its `degraded_reason` says.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreFailure::Error(_) => "store_error",
+            StoreFailure::Timeout(_) => "store_timeout",
+            StoreFailure::BadRow(_) => "bad_snapshot_row",
+        }
+    }
+}
+
+/// A snapshot row of `kind` at `key` that does not decode: logged with its key, counted, and
+/// the failure the request degrades on.
+fn bad_row(kind: &'static str, key: &str, e: serde_json::Error) -> StoreFailure {
+    metrics::counter!("tandem_serving_row_errors_total", "kind" => kind).increment(1);
+    tracing::error!(key, error = %e, "A snapshot row cannot be decoded; the answer is degraded.");
+    StoreFailure::BadRow(format!("{kind} row `{key}` cannot be decoded: {e}"))
 }
 
 /// Runs one store call under `timeout`, recording its latency as
@@ -127,9 +151,8 @@ impl Loaded {
         let got = timed("get_user", timeout, store.get(std::slice::from_ref(&key))).await?;
         let row = match got.into_iter().next().flatten() {
             Some(b) => {
-                let mut row = serde_json::from_slice::<UserRow>(&b).map_err(|e| {
-                    StoreFailure::Error(format!("user row `{key}` is not valid: {e}"))
-                })?;
+                let mut row =
+                    serde_json::from_slice::<UserRow>(&b).map_err(|e| bad_row("user", &key, e))?;
                 // In the order a merge leaves them, so that a user without speed epochs is
                 // served the row as it is, exactly as merged with nothing.
                 sort_recent(&mut row.profile.recent_items);
@@ -248,7 +271,7 @@ async fn fetch_item_rows(
     let decode = |(key, value): (&String, Option<bytes::Bytes>)| match value {
         Some(b) => serde_json::from_slice::<ItemRow>(&b)
             .map(Some)
-            .map_err(|e| StoreFailure::Error(format!("item row `{key}` is not valid: {e}"))),
+            .map_err(|e| bad_row("item", key, e)),
         None => Ok(None),
     };
     keys.iter().zip(got).map(decode).collect()

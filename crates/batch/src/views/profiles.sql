@@ -1,7 +1,6 @@
 -- Profiles: one row per user, the features of tandem_common::features::Profile.
 -- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
 -- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
--- ${C}: a shift near the cutoff, so that exp() neither overflows nor loses the recent events;
 -- ${CUTOFF_MS}: the cutoff (epoch ms), for the recency of the RFM columns;
 -- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight.
 WITH e AS (
@@ -39,7 +38,9 @@ affinity AS (
            array_agg(named_struct('category', category, 'score', score)) AS affinity
     FROM (
         SELECT user_id, category,
-               ${C} + ln(sum(w * exp((ts_ms - ${R}) / ${TAU} - ${C}))) AS score
+               -- ln Σ w·e^((ts − R)/τ), each group shifted by its own largest term: finite
+               -- whatever the events' age (log_sum_exp.rs)
+               log_sum_exp(ln(w) + (ts_ms - ${R}) / ${TAU}) AS score
         FROM weighted
         WHERE w > 0
         GROUP BY user_id, category

@@ -8,17 +8,26 @@ use crate::event::now_ms;
 /// How often a run refreshes its record when no file has closed.
 const REFRESH_MS: i64 = 30_000;
 
-/// Writes stamped chunks of events for one ingest run.
+/// The `ingest_ts` of a bulk load started at `now_ms`: the last millisecond of the epoch before
+/// the current one. A bulk load never goes through the speed layer, so its events must be below
+/// a batch cutoff to be seen at all; stamped into the epoch that is already closed, they are
+/// below the cutoff a `batch run` can pick as soon as the load has finished (the current
+/// epoch's start), not only after the next epoch boundary. A snapshot already published at that
+/// cutoff is then published again (a new revision): its inputs changed.
+pub fn bulk_stamp(now_ms: i64, epoch_ms: i64) -> i64 {
+    now_ms.div_euclid(epoch_ms.max(1)) * epoch_ms.max(1) - 1
+}
+
+/// Writes the events of one ingest run, all stamped with the run's [`bulk_stamp`].
 pub struct RunWriter {
     lake: Lake,
     run: IngestRun,
     writer: EventFileWriter,
     lease_ms: i64,
+    /// The `ingest_ts` of every event of the run.
+    stamp: i64,
     /// Events in visible files.
     visible: u64,
-    /// Stamp of the oldest chunk with rows in the open file.
-    oldest_pending: Option<i64>,
-    last_stamp: i64,
 }
 
 impl RunWriter {
@@ -28,17 +37,18 @@ impl RunWriter {
         run_id: &str,
         options: WriterOptions,
         lease: std::time::Duration,
+        epoch_ms: i64,
     ) -> Result<RunWriter> {
         let now = now_ms();
-        let run = IngestRun::start(lake, run_id, now).await?;
+        let stamp = bulk_stamp(now, epoch_ms);
+        let run = IngestRun::start(lake, run_id, now, stamp).await?;
         Ok(RunWriter {
             lake: lake.clone(),
             writer: EventFileWriter::new(lake.clone(), run_id, options)?,
             run,
             lease_ms: lease.as_millis() as i64,
+            stamp,
             visible: 0,
-            oldest_pending: None,
-            last_stamp: now,
         })
     }
 
@@ -47,8 +57,13 @@ impl RunWriter {
         &self.run.run_id
     }
 
-    /// Writes a batch whose events were all stamped at `stamp` (stamps never decrease).
-    pub async fn write(&mut self, batch: &arrow::array::RecordBatch, stamp: i64) -> Result<()> {
+    /// The `ingest_ts` to stamp every event of the run with.
+    pub fn stamp(&self) -> i64 {
+        self.stamp
+    }
+
+    /// Writes a batch of events stamped with [`stamp`](Self::stamp).
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
         let now = now_ms();
         if now - self.run.updated_at > self.lease_ms {
             return Err(Error::Internal(format!(
@@ -59,22 +74,15 @@ impl RunWriter {
             )));
         }
         let files_before = self.writer.written().len();
-        if batch.num_rows() > 0 {
-            self.oldest_pending.get_or_insert(stamp);
-        }
-        self.writer.write(batch, stamp).await?;
-        self.last_stamp = stamp;
+        self.writer.write(batch, self.stamp).await?;
         let closed = &self.writer.written()[files_before..];
-        if !closed.is_empty() {
-            self.visible += closed.iter().map(|f| f.rows).sum::<u64>();
-            // What is still pending was written from this batch, stamped `stamp`.
-            self.oldest_pending = (self.writer.pending_rows() > 0).then_some(stamp);
-        }
+        self.visible += closed.iter().map(|f| f.rows).sum::<u64>();
         if !closed.is_empty() || now - self.run.updated_at > REFRESH_MS {
-            let watermark = self.oldest_pending.unwrap_or(self.last_stamp);
+            // Every event of the run has the one stamp: the run holds the watermark at it
+            // until it finishes.
             let files = self.writer.written().len() as u64;
             self.run
-                .advance(&self.lake, now, watermark, files, self.visible)
+                .advance(&self.lake, now, self.stamp, files, self.visible)
                 .await?;
         }
         Ok(())

@@ -87,8 +87,10 @@ async fn the_watermark_waits_for_live_runs_only() {
         DAY1,
         "no runs: now"
     );
-    let mut a = IngestRun::start(&lake, "a", DAY1).await.unwrap();
-    let mut b = IngestRun::start(&lake, "b", DAY1 + 10).await.unwrap();
+    let mut a = IngestRun::start(&lake, "a", DAY1, DAY1).await.unwrap();
+    let mut b = IngestRun::start(&lake, "b", DAY1 + 10, DAY1 + 10)
+        .await
+        .unwrap();
     assert_eq!(
         ingest_watermark(&lake, DAY1 + 20, lease).await.unwrap(),
         DAY1

@@ -25,6 +25,10 @@ pub struct IngestRun {
     pub updated_at: i64,
     /// The lowest ingest time the run may still write, epoch ms.
     pub watermark: i64,
+    /// The `ingest_ts` its events are stamped with (absent in records of older versions,
+    /// whose runs stamped each chunk with the time it was read, from `started_at` on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<i64>,
     /// True once the run has closed its last file.
     pub finished: bool,
     /// Events written into visible files so far.
@@ -34,13 +38,15 @@ pub struct IngestRun {
 }
 
 impl IngestRun {
-    /// Registers a run starting at `now_ms`; call before stamping any event.
-    pub async fn start(lake: &Lake, run_id: &str, now_ms: i64) -> Result<IngestRun> {
+    /// Registers a run starting at `now_ms` that stamps its events `stamp` (at most `now_ms`);
+    /// call before writing any event.
+    pub async fn start(lake: &Lake, run_id: &str, now_ms: i64, stamp: i64) -> Result<IngestRun> {
         let run = IngestRun {
             run_id: run_id.to_string(),
             started_at: now_ms,
             updated_at: now_ms,
-            watermark: now_ms,
+            watermark: stamp.min(now_ms),
+            stamp: Some(stamp),
             finished: false,
             events: 0,
             files: 0,
@@ -81,6 +87,11 @@ impl IngestRun {
     async fn save(&self, lake: &Lake) -> Result<()> {
         lake.put_json(&format!("{INGEST_RUNS_DIR}/{}.json", self.run_id), self)
             .await
+    }
+
+    /// The lowest `ingest_ts` of the run's events.
+    pub fn first_stamp(&self) -> i64 {
+        self.stamp.unwrap_or(self.started_at)
     }
 
     /// Every run recorded in the lake.

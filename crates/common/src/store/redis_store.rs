@@ -401,78 +401,55 @@ impl OnlineStore for RedisStore {
     }
 
     async fn apply(&self, log: &str, events: &[SpeedEvent<'_>]) -> Result<ApplyCounts> {
-        // Whole users per call, up to CALL_EVENTS events (one user per call on a cluster, where
-        // a call's keys must share a slot): the per-call cost of Redis is paid once for many
-        // events, and no call runs long enough to hold up the reads of serving.
-        let per_call = match self.conn {
-            Conn::Single(_) => CALL_EVENTS,
-            Conn::Cluster(_) => 1,
-        };
         let groups = by_user(events);
         if groups.is_empty() {
             return Ok(ApplyCounts::default());
         }
-        let mut calls: Vec<&[Vec<&SpeedEvent<'_>>]> = Vec::new();
-        let (mut first, mut in_call) = (0, 0);
-        for (i, group) in groups.iter().enumerate() {
-            if in_call > 0 && in_call + group.len() > per_call {
-                calls.push(&groups[first..i]);
-                (first, in_call) = (i, 0);
-            }
-            in_call += group.len();
-        }
-        calls.push(&groups[first..]);
-        // Each call: its keys (per user: speed, seen, epochs, then three per epoch slot), then
-        // the log, then per user a header (slots, events, each slot's ms) and its events; all written straight
-        // into the pipeline's buffer.
+        // The fast path for every user (Rust folds each user's events per epoch); the users
+        // it leaves (a replay, a repeated id, an erasure) go again, one event at a time.
+        let calls = self.calls_of(&groups);
         let mut pipe = redis::pipe();
         let mut buf = String::new();
-        for call in calls {
-            let slots: Vec<Vec<i64>> = call
-                .iter()
-                .map(|group| {
-                    let mut slots: Vec<i64> = Vec::new();
-                    for e in group {
-                        if !slots.contains(&e.epoch_ms) {
-                            slots.push(e.epoch_ms);
-                        }
-                    }
-                    slots
-                })
-                .collect();
-            let keys: usize = slots.iter().map(|s| 3 + 3 * s.len()).sum();
-            pipe.cmd("FCALL").arg("tandem_apply_v4").arg(keys);
-            for (group, slots) in call.iter().zip(&slots) {
-                let user = group[0].event.user_id.as_ref();
-                pipe.arg(speed_key(user))
-                    .arg(seen_key(user))
-                    .arg(epochs_key(user));
-                let prefix = epoch_prefix(user);
-                for ms in slots {
-                    for set in ["", ":recent", ":bought"] {
-                        buf.clear();
-                        let _ = write!(buf, "{prefix}{ms}{set}");
-                        pipe.arg(buf.as_str());
-                    }
-                }
-            }
-            pipe.arg(log);
-            for (group, slots) in call.iter().zip(&slots) {
-                pipe.arg(slots.len()).arg(group.len());
-                for ms in slots {
-                    pipe.arg(*ms);
-                }
-                for e in group {
-                    let slot = 1 + slots.iter().position(|s| *s == e.epoch_ms).unwrap_or(0);
-                    speed::push_args(&mut pipe, e, slot, &mut buf);
-                }
-            }
+        for call in &calls {
+            push_call(
+                &mut pipe,
+                "tandem_apply_fast_v1",
+                log,
+                call,
+                &mut buf,
+                push_fast,
+            );
         }
-        let users = groups.len() as u64;
         let mut counts = ApplyCounts {
-            users,
+            users: groups.len() as u64,
             ..ApplyCounts::default()
         };
+        let mut slow: Vec<Vec<&SpeedEvent<'_>>> = Vec::new();
+        for (call, got) in calls
+            .iter()
+            .zip(self.call_functions(&pipe, "apply events").await?)
+        {
+            let got: Vec<u64> =
+                FromRedisValue::from_redis_value(got).map_err(|e| external("apply events", e))?;
+            counts.applied += got.first().copied().unwrap_or(0);
+            counts.calls += 1;
+            for u in got.iter().skip(1) {
+                let group = call.get((*u as usize).wrapping_sub(1)).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "the apply function named user {u} of a call of {}",
+                        call.len()
+                    ))
+                })?;
+                slow.push(group.clone());
+            }
+        }
+        if slow.is_empty() {
+            return Ok(counts);
+        }
+        let mut pipe = redis::pipe();
+        for call in self.calls_of(&slow) {
+            push_call(&mut pipe, "tandem_apply_v4", log, call, &mut buf, push_slow);
+        }
         for got in self.call_functions(&pipe, "apply events").await? {
             let (applied, replayed, duplicates, erased) =
                 FromRedisValue::from_redis_value(got).map_err(|e| external("apply events", e))?;
@@ -597,6 +574,119 @@ fn cluster_nodes(url: &str) -> std::result::Result<Option<Vec<String>>, String> 
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(Some(nodes))
+}
+
+impl RedisStore {
+    /// `groups` cut into calls of whole users, up to [`CALL_EVENTS`] events each (one user per
+    /// call on a cluster, where a call's keys must share a slot): the per-call cost of Redis is
+    /// paid once for many events, and no call runs long enough to hold up the reads of serving.
+    fn calls_of<'g, 'a, 'e>(
+        &self,
+        groups: &'g [Vec<&'a SpeedEvent<'e>>],
+    ) -> Vec<&'g [Vec<&'a SpeedEvent<'e>>]> {
+        let per_call = match self.conn {
+            Conn::Single(_) => CALL_EVENTS,
+            Conn::Cluster(_) => 1,
+        };
+        let mut calls = Vec::new();
+        let (mut first, mut in_call) = (0, 0);
+        for (i, group) in groups.iter().enumerate() {
+            if in_call > 0 && in_call + group.len() > per_call {
+                calls.push(&groups[first..i]);
+                (first, in_call) = (i, 0);
+            }
+            in_call += group.len();
+        }
+        calls.push(&groups[first..]);
+        calls
+    }
+}
+
+/// Appends one call of `function` over the users of `call` to `pipe`, written straight into its
+/// buffer: the keys (per user: speed, seen, epochs, then three per epoch slot), the log, then
+/// per user what `user` writes (its epoch slots in order of first appearance).
+fn push_call(
+    pipe: &mut redis::Pipeline,
+    function: &str,
+    log: &str,
+    call: &[Vec<&SpeedEvent<'_>>],
+    buf: &mut String,
+    user: fn(&mut redis::Pipeline, &[&SpeedEvent<'_>], &[i64], &mut String),
+) {
+    let slots: Vec<Vec<i64>> = call
+        .iter()
+        .map(|group| {
+            let mut slots: Vec<i64> = Vec::new();
+            for e in group {
+                if !slots.contains(&e.epoch_ms) {
+                    slots.push(e.epoch_ms);
+                }
+            }
+            slots
+        })
+        .collect();
+    let keys: usize = slots.iter().map(|s| 3 + 3 * s.len()).sum();
+    pipe.cmd("FCALL").arg(function).arg(keys);
+    for (group, slots) in call.iter().zip(&slots) {
+        let u = group[0].event.user_id.as_ref();
+        pipe.arg(speed_key(u)).arg(seen_key(u)).arg(epochs_key(u));
+        let prefix = epoch_prefix(u);
+        for ms in slots {
+            for set in ["", ":recent", ":bought"] {
+                buf.clear();
+                let _ = write!(buf, "{prefix}{ms}{set}");
+                pipe.arg(buf.as_str());
+            }
+        }
+    }
+    pipe.arg(log);
+    for (group, slots) in call.iter().zip(&slots) {
+        user(pipe, group, slots, buf);
+    }
+}
+
+/// One user for `tandem_apply_v4`: the header (slots, events, each slot's ms), then each
+/// event's entries.
+fn push_slow(
+    pipe: &mut redis::Pipeline,
+    group: &[&SpeedEvent<'_>],
+    slots: &[i64],
+    buf: &mut String,
+) {
+    pipe.arg(slots.len()).arg(group.len());
+    for ms in slots {
+        pipe.arg(*ms);
+    }
+    for e in group {
+        let slot = 1 + slots.iter().position(|s| *s == e.epoch_ms).unwrap_or(0);
+        speed::push_args(pipe, e, slot, buf);
+    }
+}
+
+/// One user for `tandem_apply_fast_v1`: the header (events, slots, each slot's ms), each
+/// event's offset, id and ingest time, then per slot the fold of its events.
+fn push_fast(
+    pipe: &mut redis::Pipeline,
+    group: &[&SpeedEvent<'_>],
+    slots: &[i64],
+    buf: &mut String,
+) {
+    pipe.arg(group.len()).arg(slots.len());
+    for ms in slots {
+        pipe.arg(*ms);
+    }
+    for e in group {
+        pipe.arg(e.offset)
+            .arg(e.event.event_id.as_ref())
+            .arg(e.ingest_ts);
+    }
+    for ms in slots {
+        let mut p = crate::features::Profile::new();
+        for e in group.iter().filter(|e| e.epoch_ms == *ms) {
+            p.apply(&e.event);
+        }
+        speed::push_delta(pipe, &p, buf);
+    }
 }
 
 #[cfg(test)]

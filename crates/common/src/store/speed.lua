@@ -291,6 +291,136 @@ local function apply(keys, args)
   return { applied, old, dup, gone }
 end
 
+
+-- The fast path (tandem_apply_fast_v1). Rust folds each user's events of a call per epoch into
+-- one delta (`Profile::apply`, the fold the memory store and the batch use), so that Redis adds
+-- a handful of fields per epoch instead of running a loop per event: the per-event Lua was most
+-- of Redis's time. It applies a user's deltas only when every one of the user's events is new —
+-- past the user's last offset (of this log), not erased, and with an event id not among the
+-- recent ones (one ZADD NX adds them all) — so that the sum of the deltas is what the events
+-- one by one would add. Otherwise it changes nothing (ids it added are removed again) and names
+-- the user, whose events Rust then sends through tandem_apply_v4, one by one: replays after a
+-- crash and retried producers only.
+
+-- Adds slot s's delta (fields, then latest items and items bought) to its epoch. The delta's
+-- entries start at args[j]: nf, nr, nb, then nf (field, value), nr (ts, item), nb (ts, item).
+local function add_delta(keys, k, s, ms, args, j)
+  local nf, nr, nb = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
+  j = j + 3
+  local key = keys[k + 1 + 3 * s]
+  local names = { 'first', 'last', 'lastbuy' }
+  for x = 0, nf - 1 do
+    local f = args[j + 2 * x]
+    if f ~= 'first' and f ~= 'last' and f ~= 'lastbuy' then names[#names + 1] = f end
+  end
+  local cur = bulk('HMGET', key, nil, names)
+  if cur[1] == false then redis.call('ZADD', keys[k + 3], ms, ms) end
+  local old = {}
+  for idx, f in ipairs(names) do old[f] = cur[idx] end
+  local flat = {}
+  for x = 0, nf - 1 do
+    local f, v = args[j + 2 * x], args[j + 2 * x + 1]
+    local was, out = old[f], nil
+    if f == 'first' then
+      if not was or tonumber(v) < tonumber(was) then out = v end
+    elseif f == 'last' or f == 'lastbuy' then
+      if not was or tonumber(v) > tonumber(was) then out = v end
+    elseif string.byte(f, 1) == 97 then -- 'a:<category>': log space
+      local t = tonumber(v)
+      if was then t = logaddexp(tonumber(was), t) end
+      out = string.format('%.17g', t)
+    else -- a count, units or spend
+      out = string.format('%d', (tonumber(was) or 0) + tonumber(v))
+    end
+    if out then
+      flat[#flat + 1] = f
+      flat[#flat + 1] = out
+    end
+  end
+  if #flat > 0 then bulk('HSET', key, nil, flat) end
+  j = j + 2 * nf
+  for z, count in ipairs({ nr, nb }) do
+    if count > 0 then
+      local zkey = keys[k + 1 + 3 * s + z]
+      local l = {}
+      for x = 0, 2 * count - 1 do l[x + 1] = args[j + x] end
+      if bulk('ZADD', zkey, 'GT', l) > 0 then trim_recent(zkey) end
+      j = j + 2 * count
+    end
+  end
+  return j
+end
+
+-- One user of a fast call: its n events' (offset, id, ingest ts) from args[e], its slots'
+-- deltas from args[d]. Returns true when applied, false when it must go the slow path.
+local function fast_user(log, keys, k, args, h, slots, n, e, d)
+  local speed, seen = keys[k + 1], keys[k + 2]
+  local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
+  local last = tonumber(meta[1] or '-1')
+  if log ~= '' and meta[3] and meta[3] ~= log then last = -1 end
+  local erased = meta[2] and tonumber(meta[2])
+  local top = last
+  local pairs_ = {}
+  for j = e, e + 3 * (n - 1), 3 do
+    local offset = tonumber(args[j])
+    if offset <= top or (erased and tonumber(args[j + 2]) <= erased) then return false end
+    top = offset
+    pairs_[#pairs_ + 1] = args[j]
+    pairs_[#pairs_ + 1] = args[j + 1]
+  end
+  if bulk('ZADD', seen, 'NX', pairs_) ~= n then
+    -- An id was there already: take back the ones this call added (scored with their own
+    -- event's offset) and leave the user to the slow path.
+    local ids = {}
+    for x = 2, #pairs_, 2 do ids[#ids + 1] = pairs_[x] end
+    local scores = bulk('ZMSCORE', seen, nil, ids)
+    local added = {}
+    for x, id in ipairs(ids) do
+      if scores[x] and tonumber(scores[x]) == tonumber(pairs_[2 * x - 1]) then added[#added + 1] = id end
+    end
+    if #added > 0 then bulk('ZREM', seen, nil, added) end
+    return false
+  end
+  redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
+  redis.call('PEXPIRE', seen, SEEN_TTL_MS)
+  local j = d
+  for s = 1, slots do j = add_delta(keys, k, s, args[h + s], args, j) end
+  if log ~= '' and meta[3] ~= log then
+    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1], 'log', log)
+  else
+    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1])
+  end
+  return true
+end
+
+-- KEYS: as tandem_apply_v4's. ARGV: the bus log's identity ('' if unknown), then per user: its
+-- number of events n, its number of epoch slots, each slot's epoch ms, then per event (in
+-- offset order) its offset, event id and ingest ts, then per slot its delta (see add_delta).
+-- Returns { applied, the 1-based places in the call of the users left to the slow path… }.
+local function apply_fast(keys, args)
+  local log = args[1]
+  local out = { 0 }
+  local k, i, u = 0, 2, 0
+  while i <= #args do
+    u = u + 1
+    local n, slots = tonumber(args[i]), tonumber(args[i + 1])
+    local e = i + 2 + slots
+    local d = e + 3 * n
+    local j = d
+    for _ = 1, slots do
+      j = j + 3 + 2 * (tonumber(args[j]) + tonumber(args[j + 1]) + tonumber(args[j + 2]))
+    end
+    if fast_user(log, keys, k, args, i + 1, slots, n, e, d) then
+      out[1] = out[1] + n
+    else
+      out[#out + 1] = u
+    end
+    k = k + 3 + 3 * slots
+    i = j
+  end
+  return out
+end
+
 -- KEYS: speed, epochs. ARGV: from epoch (ms), the prefix of the user's epoch keys.
 -- Returns { offset or false, erased or false, epoch, fields (flat), recent (flat, with scores),
 --           bought (likewise), epoch, … }.
@@ -337,6 +467,7 @@ local function drop_before(keys, args)
 end
 
 redis.register_function('tandem_apply_v4', apply)
+redis.register_function('tandem_apply_fast_v1', apply_fast)
 redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)
 redis.register_function('tandem_erase_v1', erase)

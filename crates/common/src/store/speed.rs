@@ -132,6 +132,50 @@ pub(crate) fn push_args(
     pipe.arg(ev.item_id.as_deref().unwrap_or(""));
 }
 
+/// Appends an epoch's delta for `tandem_apply_fast_v1` (see `speed.lua`'s `add_delta`): the
+/// fold `p` of the events of one user and epoch, as the fields of the epoch hash it adds to
+/// (`c<kind>`, `units`, `spend`, `first`, `last`, `lastbuy`, `a:<category>`) and its latest
+/// items and items bought as (time, item).
+pub(crate) fn push_delta(pipe: &mut redis::Pipeline, p: &Profile, buf: &mut String) {
+    use std::fmt::Write;
+    let purchases = p.counts[kind_index(Kind::Purchase)] > 0;
+    let fields = p.counts.iter().filter(|c| **c > 0).count()
+        + if purchases { 2 } else { 0 }
+        + 2
+        + usize::from(p.last_purchase_ts.is_some())
+        + p.affinity.len();
+    pipe.arg(fields)
+        .arg(p.recent_items.len())
+        .arg(p.recent_purchases.len());
+    for (i, c) in p.counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+        buf.clear();
+        let _ = write!(buf, "c{i}");
+        pipe.arg(buf.as_str()).arg(*c);
+    }
+    if purchases {
+        pipe.arg("units")
+            .arg(p.units)
+            .arg("spend")
+            .arg(p.spend_micros);
+    }
+    pipe.arg("first").arg(p.first_ts).arg("last").arg(p.last_ts);
+    if let Some(t) = p.last_purchase_ts {
+        pipe.arg("lastbuy").arg(t);
+    }
+    for (c, l) in &p.affinity {
+        buf.clear();
+        let _ = write!(buf, "a:{c}");
+        pipe.arg(buf.as_str());
+        buf.clear();
+        // `Display` of an f64: the shortest text that parses back to the same number.
+        let _ = write!(buf, "{l}");
+        pipe.arg(buf.as_str());
+    }
+    for (item, ts) in p.recent_items.iter().chain(&p.recent_purchases) {
+        pipe.arg(*ts).arg(item.as_str());
+    }
+}
+
 /// A profile from an epoch hash's fields, its recent items and its items bought (item, time),
 /// as Redis keeps them.
 pub(crate) fn profile_from_redis(

@@ -223,7 +223,7 @@ impl FluvioBus {
         let (addr, topic) = parse_url(url)?;
         let partitions = opts.partitions;
         let config = FluvioClusterConfig::new(addr.clone());
-        let fluvio = Fluvio::connect_with_connector(net::Connector::new(&opts.tls)?, &config)
+        let fluvio = Fluvio::connect_with_connector(net::Connector::for_tls(&opts.tls)?, &config)
             .await
             .map_err(|e| Error::Bus(format!("fluvio at {addr}: {e:#}")))?;
         let admin = fluvio.admin().await;
@@ -637,10 +637,12 @@ impl Bus for FluvioBus {
                 slot.gap_at = Some(next);
                 Ok(out)
             }
-            _ if out.is_empty() => Err(Error::Bus(format!(
+            // Nothing lost, nothing wrong with the cluster: the next fetch reads again.
+            Reset::Stalled | Reset::Repeat => Ok(out),
+            Reset::Failed if out.is_empty() => Err(Error::Bus(format!(
                 "fluvio fetch of partition {partition} at offset {next}: {why}"
             ))),
-            _ => Ok(out),
+            Reset::Failed => Ok(out),
         }
     }
 

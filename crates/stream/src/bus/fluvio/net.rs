@@ -73,7 +73,7 @@ pub(super) struct Connector {
 
 impl Connector {
     /// The connector for `tls`.
-    pub(super) fn new(tls: &BusTls) -> Result<DomainConnector> {
+    pub(super) fn for_tls(tls: &BusTls) -> Result<DomainConnector> {
         tandem_common::tls::init();
         let bad = |what: &str| {
             let what = what.to_string();
