@@ -25,7 +25,7 @@ use tandem_models::training::{History, Models, Split, TrainOptions, train};
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step};
-use crate::views::{Similar, View, items_from, profiles_from, similar_from};
+use crate::views::{Similar, View, histories_from, items_from, profiles_from, similar_from};
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -128,9 +128,11 @@ fn begin(step: Step, checkpoint: &dyn Checkpoint, progress: &dyn Progress) -> Re
 struct Computed {
     events: u64,
     profiles: BTreeMap<String, Profile>,
+    /// Each user's latest items, for `exclude_seen`.
+    user_items: BTreeMap<String, Vec<String>>,
     items: BTreeMap<String, ItemStats>,
     similar: BTreeMap<String, Vec<Similar>>,
-    scores: BTreeMap<String, (u32, f64)>,
+    scores: BTreeMap<String, (Option<u32>, Option<f64>)>,
     models: Option<Models>,
     models_entry: ModelsEntry,
     rows: BTreeMap<String, u64>,
@@ -284,6 +286,7 @@ pub async fn run(
         &Materialised {
             id: &id,
             profiles: &computed.profiles,
+            user_items: &computed.user_items,
             scores: &computed.scores,
             items: &computed.items,
             similar: &computed.similar,
@@ -325,6 +328,7 @@ async fn compute(
     let item_batches = View::Items.collect(&lc).await?;
     let similar_batches = View::SimilarItems.collect(&lc).await?;
     let profiles = profiles_from(&profile_batches)?;
+    let user_items = histories_from(&profile_batches)?;
     let items = items_from(&item_batches)?;
     let similar = similar_from(&similar_batches)?;
     durations.insert(name(Step::Views).into(), t.elapsed().as_secs_f64());
@@ -339,10 +343,32 @@ async fn compute(
             datafusion::arrow::compute::max(c.as_primitive::<TimestampMillisecondType>())
         })
         .max();
-    let split = Split::new(
-        max_ts.map_or(cutoff, |t| (t + 1).min(cutoff)),
-        opts.window_ms,
-    );
+    let end = max_ts.map_or(cutoff, |t| (t + 1).min(cutoff));
+    // The window widens when the data is too sparse near its end for the configured one: a
+    // spread sample of at most ~1M event times tells.
+    let step = (n_events as usize / 1_000_000).max(1);
+    let mut times: Vec<i64> = events
+        .iter()
+        .filter_map(|b| b.column_by_name("ts"))
+        .flat_map(|c| {
+            c.as_primitive::<TimestampMillisecondType>()
+                .values()
+                .iter()
+                .step_by(step)
+                .copied()
+                .collect::<Vec<i64>>()
+        })
+        .collect();
+    let window = tandem_models::training::adapt_window(&mut times, end, opts.window_ms);
+    drop(times);
+    if window != opts.window_ms {
+        tracing::info!(
+            configured_days = opts.window_ms as f64 / 86_400_000.0,
+            days = window as f64 / 86_400_000.0,
+            "The data is sparse near its end: the models' window is widened."
+        );
+    }
+    let split = Split::new(end, window);
     let folding = Instant::now();
     let history = fold_history(&events, split)?;
     tracing::info!(
@@ -371,18 +397,21 @@ async fn compute(
         }
         Err(e) => return Err(e.into()),
     };
-    let scores: BTreeMap<String, (u32, f64)> = match &models {
-        Some(m) => profiles
+    let scores: BTreeMap<String, (Option<u32>, Option<f64>)> = match &models {
+        Some(m) if m.segments.is_some() || m.propensity.is_some() => profiles
             .iter()
             .map(|(u, p)| {
                 let f = user_features(p, cutoff);
                 (
                     u.clone(),
-                    (m.segments.assign(&f) as u32, m.propensity.probability(&f)),
+                    (
+                        m.segments.as_ref().map(|s| s.assign(&f) as u32),
+                        m.propensity.as_ref().map(|p| p.probability(&f)),
+                    ),
                 )
             })
             .collect(),
-        None => BTreeMap::new(),
+        _ => BTreeMap::new(),
     };
     durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
 
@@ -397,6 +426,7 @@ async fn compute(
     Ok(Computed {
         events: n_events,
         profiles,
+        user_items,
         items,
         similar,
         scores,
@@ -489,23 +519,26 @@ fn popular_row(items: &BTreeMap<String, ItemStats>) -> PopularRow {
 pub const POPULAR_TOP: usize = 100;
 
 fn segments_batch(
-    scores: &BTreeMap<String, (u32, f64)>,
+    scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
     models: Option<&Models>,
 ) -> Result<RecordBatch> {
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
-        Field::new("segment", DataType::UInt32, false),
+        Field::new("segment", DataType::UInt32, true),
         Field::new("segment_label", DataType::Utf8, true),
-        Field::new("propensity", DataType::Float64, false),
+        Field::new("propensity", DataType::Float64, true),
     ]));
-    let label = |s: u32| models.and_then(|m| m.segments.labels.get(s as usize).cloned());
+    let label = |s: Option<u32>| {
+        let segments = models.and_then(|m| m.segments.as_ref())?;
+        segments.labels.get(s? as usize).cloned()
+    };
     Ok(RecordBatch::try_new(
         schema,
         vec![
             std::sync::Arc::new(StringArray::from_iter_values(scores.keys())),
-            std::sync::Arc::new(UInt32Array::from_iter_values(scores.values().map(|v| v.0))),
+            std::sync::Arc::new(UInt32Array::from_iter(scores.values().map(|v| v.0))),
             std::sync::Arc::new(StringArray::from_iter(scores.values().map(|v| label(v.0)))),
-            std::sync::Arc::new(Float64Array::from_iter_values(scores.values().map(|v| v.1))),
+            std::sync::Arc::new(Float64Array::from_iter(scores.values().map(|v| v.1))),
         ],
     )?)
 }
@@ -548,7 +581,9 @@ async fn write_lake(lake: &Lake, id: &str, c: &Computed, manifest: &mut Manifest
 /// A complete snapshot read back from the lake, to publish it without recomputing.
 async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
     let id = &m.snapshot;
-    let profiles = profiles_from(&snapshot::read_parquet(lake, id, "profiles.parquet").await?)?;
+    let profile_batches = snapshot::read_parquet(lake, id, "profiles.parquet").await?;
+    let profiles = profiles_from(&profile_batches)?;
+    let user_items = histories_from(&profile_batches)?;
     let items = items_from(&snapshot::read_parquet(lake, id, "items.parquet").await?)?;
     let similar = similar_from(&snapshot::read_parquet(lake, id, "similar_items.parquet").await?)?;
     let mut scores = BTreeMap::new();
@@ -560,7 +595,13 @@ async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
             .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
         let prop = b.column(3).as_primitive::<Float64Type>();
         for i in 0..b.num_rows() {
-            scores.insert(users.value(i).to_string(), (seg.value(i), prop.value(i)));
+            scores.insert(
+                users.value(i).to_string(),
+                (
+                    seg.is_valid(i).then(|| seg.value(i)),
+                    prop.is_valid(i).then(|| prop.value(i)),
+                ),
+            );
         }
     }
     let models = match &m.models {
@@ -572,6 +613,7 @@ async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
     Ok(Computed {
         events: m.events,
         profiles,
+        user_items,
         items,
         similar,
         scores,

@@ -24,7 +24,8 @@ use tandem_common::event::format_rfc3339_ms;
 use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
 use tandem_common::store::{
-    ItemRow, OnlineStore, Pointer, PopularRow, UserRow, item_key, snapshot_key, user_key,
+    ItemRow, OnlineStore, Pointer, PopularRow, UserRow, history_key, item_key, snapshot_key,
+    user_key,
 };
 
 use crate::error::{Error, Result};
@@ -244,8 +245,10 @@ pub struct Materialised<'a> {
     pub id: &'a str,
     /// Profiles by user.
     pub profiles: &'a BTreeMap<String, Profile>,
+    /// Each user's latest items (`exclude_seen`), by user.
+    pub user_items: &'a BTreeMap<String, Vec<String>>,
     /// Segment and propensity by user.
-    pub scores: &'a BTreeMap<String, (u32, f64)>,
+    pub scores: &'a BTreeMap<String, (Option<u32>, Option<f64>)>,
     /// Item stats by item.
     pub items: &'a BTreeMap<String, ItemStats>,
     /// Similar items by item.
@@ -273,17 +276,20 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
         Ok(())
     }
     for (user, profile) in m.profiles {
-        let (segment, propensity) = match m.scores.get(user) {
-            Some((s, p)) => (Some(*s), Some(*p)),
-            None => (None, None),
-        };
+        let (segment, propensity) = m.scores.get(user).copied().unwrap_or((None, None));
         let row = UserRow {
             profile: profile.clone(),
             segment,
             propensity,
         };
         chunk.push((user_key(user, m.id), Bytes::from(serde_json::to_vec(&row)?)));
-        if chunk.len() == MATERIALISE_CHUNK {
+        if let Some(items) = m.user_items.get(user) {
+            chunk.push((
+                history_key(user, m.id),
+                Bytes::from(serde_json::to_vec(items)?),
+            ));
+        }
+        if chunk.len() >= MATERIALISE_CHUNK {
             flush(store, &mut chunk, &mut written).await?;
         }
     }

@@ -16,6 +16,7 @@ use tandem_common::event::Kind;
 use tandem_common::features::{
     DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS, interest_weight, sort_recent,
 };
+use tandem_common::store::HISTORY_ITEMS;
 
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
@@ -80,6 +81,7 @@ pub fn fill(template: &str, cutoff_ms: i64) -> String {
         .replace("${R}", &format!("{DECAY_REF_MS}.0"))
         .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
         .replace("${RECENT}", &RECENT_ITEMS.to_string())
+        .replace("${HISTORY}", &HISTORY_ITEMS.to_string())
         .replace("${K}", &SIMILAR_K.to_string())
         .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
         .replace("${WEIGHT}", &weight_case())
@@ -203,6 +205,33 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
                 }
             }
             out.insert(users.value(i).to_string(), p);
+        }
+    }
+    Ok(out)
+}
+
+/// The `history` column of the profiles view (each user's latest items, at most
+/// [`HISTORY_ITEMS`], in no order), by user; empty for a snapshot written before it existed.
+pub fn histories_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let Some(col) = b.column_by_name("history") else {
+            continue;
+        };
+        let list = col
+            .as_list_opt::<i32>()
+            .ok_or_else(|| Error::Internal("view column `history` is not a list".into()))?;
+        let users = Columns(b).strings("user_id")?;
+        for i in 0..b.num_rows() {
+            if list.is_null(i) {
+                continue;
+            }
+            let items = cast(&list.value(i), &DataType::Utf8)?;
+            let items = items.as_string::<i32>();
+            let items: Vec<String> = items.iter().flatten().map(str::to_string).collect();
+            if !items.is_empty() {
+                out.insert(users.value(i).to_string(), items);
+            }
         }
     }
     Ok(out)

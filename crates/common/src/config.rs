@@ -132,6 +132,9 @@ pub struct ServerConfig {
     /// immutable snapshot never change, so a cached row is never stale. Also the most item
     /// rows loaded with a snapshot beyond its popular lists' (the items similar to those).
     pub cache_rows: usize,
+    /// Recommendations leave out the items the user already had an event with, unless the
+    /// request's `exclude_seen` says otherwise.
+    pub exclude_seen: bool,
 }
 
 /// One API key.

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `tandem:snapshot:current` | the [`Pointer`] serving follows (JSON) |
 //! | `tandem:u:{<user>}:snap:<id>` | the user's row of snapshot `<id>` (JSON) |
+//! | `tandem:u:{<user>}:snap:<id>:items` | the user's items before the cutoff of snapshot `<id>`, at most [`HISTORY_ITEMS`] (JSON array; read only for `exclude_seen`) |
 //! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
 //! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
@@ -47,6 +48,16 @@ pub fn user_key(user: &str, id: &str) -> String {
     format!("tandem:u:{{{user}}}:snap:{id}")
 }
 
+/// The key of a user's items (every item the user had an event with before the snapshot's
+/// cutoff, the latest [`HISTORY_ITEMS`]) of snapshot `id`: what `exclude_seen` leaves out,
+/// beside the speed layer's recent items.
+pub fn history_key(user: &str, id: &str) -> String {
+    format!("tandem:u:{{{user}}}:snap:{id}:items")
+}
+
+/// The most items a snapshot keeps per user for `exclude_seen` (the latest ones).
+pub const HISTORY_ITEMS: usize = 1000;
+
 /// The key of an item's row of snapshot `id`.
 pub fn item_key(item: &str, id: &str) -> String {
     format!("tandem:i:{{{item}}}:snap:{id}")
@@ -69,7 +80,10 @@ pub fn snapshot_of_key(key: &str) -> Option<&str> {
     }
     if key.starts_with("tandem:u:") || key.starts_with("tandem:i:") {
         let close = key.rfind('}')?;
-        return key[close..].strip_prefix("}:snap:");
+        // `…}:snap:<id>` or `…}:snap:<id>:items`; snapshot ids hold no `:`
+        return key[close..]
+            .strip_prefix("}:snap:")
+            .and_then(|rest| rest.split(':').next());
     }
     None
 }

@@ -27,8 +27,8 @@
 //! }
 //! let (profiles, _) = tandem_common::features::recompute(&all);
 //! let models = train(history, &profiles, &TrainOptions::default()).unwrap();
-//! assert!(models.segments.k() >= 2);
-//! println!("hit rate at 10: {:.3}", models.metrics.ranker.hit_rate);
+//! assert!(models.segments.is_some_and(|s| s.k() >= 2));
+//! println!("hit rate at 10: {:.3}", models.metrics.ranker.unwrap().hit_rate);
 //! ```
 
 pub mod candidates;

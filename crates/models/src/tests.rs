@@ -158,10 +158,12 @@ fn trained_models_beat_popularity_and_round_trip() {
     let m = &models.metrics;
     assert!(m.eval_users > 500, "{m:?}");
     assert!(m.train_rows > m.train_users * 10, "{m:?}");
+    let r = m.ranker.expect("the ranker is trained");
     assert!(
-        m.ranker.hit_rate > m.popularity.hit_rate && m.ranker.ndcg > m.popularity.ndcg,
+        r.hit_rate > m.popularity.hit_rate && r.ndcg > m.popularity.ndcg,
         "the ranker must beat popularity: {m:?}"
     );
+    assert!(m.skipped.is_empty(), "{m:?}");
     assert!(m.propensity_auc.unwrap() > 0.6, "{m:?}");
     assert!((2..=8).contains(&m.segments));
 
@@ -190,27 +192,26 @@ fn trained_models_beat_popularity_and_round_trip() {
         .to_string();
     assert!(err.contains("feature schema version"), "{err}");
     let mut other = models.clone();
-    other.propensity.features[0] = "something_else".into();
+    other.propensity.as_mut().unwrap().features[0] = "something_else".into();
     let err = Models::from_json(&other.to_json().unwrap())
         .unwrap_err()
         .to_string();
     assert!(err.contains("propensity"), "{err}");
 
     // Segment assignment in plain Rust agrees with the segment sizes of training.
-    let mut sizes = vec![0u64; models.segments.k()];
+    let segments = models.segments.as_ref().unwrap();
+    let mut sizes = vec![0u64; segments.k()];
     for p in profiles.values() {
-        sizes[models
-            .segments
-            .assign(&crate::features::user_features(p, END))] += 1;
+        sizes[segments.assign(&crate::features::user_features(p, END))] += 1;
     }
-    assert_eq!(sizes, models.segments.sizes);
-    assert_eq!(USER_FEATURES.len(), models.segments.centroids[0].len());
+    assert_eq!(sizes, segments.sizes);
+    assert_eq!(USER_FEATURES.len(), segments.centroids[0].len());
     let _ = Kind::View;
 
     // The ranker's logit from precomputed terms is its logit of the features, to the bit, for
     // every user and item: recent or not, of the user's categories or not, at two times.
     let (_, items) = recompute(&events);
-    let ranker = &models.ranker;
+    let ranker = models.ranker.as_ref().unwrap();
     let mut recent_pairs = 0;
     for now in [END, END + 3 * DAY + 12_345] {
         for (uid, p) in profiles.iter().take(200) {
@@ -257,4 +258,77 @@ fn keep_best_equals_a_full_sort_then_truncation() {
         keep_best(&mut got, n, |(s, i)| (*s, i));
         assert_eq!(got, want, "n = {n}");
     }
+}
+
+/// Each model trains or is skipped on its own: a storefront log without a purchase (a public
+/// rating log, say) trains the segments and the ranker, and skips the propensity model with
+/// its reason, instead of shipping no model at all.
+#[test]
+fn each_model_trains_or_is_skipped_on_its_own() {
+    let events: Vec<Event<'static>> = generated(600, 3)
+        .into_iter()
+        .filter(|e| e.kind != Kind::Purchase)
+        .collect();
+    let split = Split::new(END, 7 * DAY);
+    let mut h = History::new(split);
+    events.iter().for_each(|e| h.add(e));
+    let (profiles, _) = recompute(&events);
+    let models = train(h, &profiles, &TrainOptions::default()).unwrap();
+    assert!(models.propensity.is_none());
+    assert!(models.ranker.is_some() && models.segments.is_some());
+    let why = &models.metrics.skipped["propensity"];
+    assert!(why.contains("no user bought"), "{why}");
+    assert_eq!(
+        models.metrics.skipped.len(),
+        1,
+        "{:?}",
+        models.metrics.skipped
+    );
+    assert!(models.metrics.propensity_auc.is_none());
+    // The models round-trip with a model missing.
+    assert_eq!(
+        Models::from_json(&models.to_json().unwrap()).unwrap(),
+        models
+    );
+    // With no event at all, nothing can be trained: one error naming every model's reason.
+    let err = train(
+        History::new(split),
+        &Default::default(),
+        &TrainOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("segments:") && err.contains("ranker:") && err.contains("propensity:"),
+        "{err}"
+    );
+}
+
+/// The window widens when the last weeks of a log hold too few events for it (a public log of
+/// a few months whose activity fades), and stays as configured on dense data.
+#[test]
+fn the_window_widens_for_sparse_ends() {
+    // Dense: one event an hour over 30 days.
+    let mut dense: Vec<i64> = (0..30 * 24)
+        .map(|h| END - 30 * DAY + h * 3_600_000)
+        .collect();
+    assert_eq!(
+        crate::training::adapt_window(&mut dense, END, 7 * DAY),
+        7 * DAY
+    );
+    // Fading: 90% of the events in the first 150 days of 210, a trickle after.
+    let mut fading: Vec<i64> = (0..9_000)
+        .map(|i| END - 210 * DAY + (i % 150) * DAY)
+        .chain((0..1_000).map(|i| END - 60 * DAY + (i % 60) * DAY))
+        .collect();
+    let w = crate::training::adapt_window(&mut fading, END, 7 * DAY);
+    assert!((30 * DAY..=70 * DAY).contains(&w), "{} days", w / DAY);
+    let held_out = fading.iter().filter(|t| **t >= END - w).count();
+    assert!(held_out >= 1_000, "{held_out}");
+    // Never more than a third of the span.
+    let mut short: Vec<i64> = vec![END - 3 * DAY, END - DAY];
+    assert_eq!(
+        crate::training::adapt_window(&mut short, END, 7 * DAY),
+        7 * DAY
+    );
 }

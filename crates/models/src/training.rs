@@ -246,6 +246,10 @@ pub struct Ranking {
 pub struct Metrics {
     /// The time split.
     pub split: Split,
+    /// The length of its label and held-out periods, ms: `batch.window`, or longer when the
+    /// data is too sparse for it ([`adapt_window`]).
+    #[serde(default)]
+    pub window_ms: i64,
     /// The `k` of the ranking metrics.
     pub k: usize,
     /// Users and rows the ranker was trained on.
@@ -254,8 +258,8 @@ pub struct Metrics {
     pub train_rows: usize,
     /// Users evaluated (those who engaged with an item in the held-out period).
     pub eval_users: usize,
-    /// The ranker over the candidates, on the held-out period.
-    pub ranker: Ranking,
+    /// The ranker over the candidates, on the held-out period (none when it was skipped).
+    pub ranker: Option<Ranking>,
     /// The popularity baseline (the same top k for everyone), on the held-out period.
     pub popularity: Ranking,
     /// Evaluated users with at least one engaged item among their candidates: the ranker's ceiling.
@@ -264,10 +268,14 @@ pub struct Metrics {
     pub propensity_auc: Option<f64>,
     /// Share of held-out users who bought.
     pub propensity_base_rate: f64,
-    /// Segments chosen, and the mean silhouette at that k.
+    /// Segments chosen, and the mean silhouette at that k (0 when skipped).
     pub segments: usize,
     /// The mean silhouette of the chosen segmentation.
     pub silhouette: f64,
+    /// The models not trained, each with why (too few users, no positive label, …): each
+    /// model trains or is skipped on its own.
+    #[serde(default)]
+    pub skipped: BTreeMap<String, String>,
 }
 
 /// The trained models, as shipped in a snapshot.
@@ -275,12 +283,12 @@ pub struct Metrics {
 pub struct Models {
     /// The feature schema the models expect ([`FEATURE_SCHEMA_VERSION`]).
     pub feature_schema_version: u32,
-    /// User segments.
-    pub segments: Segments,
-    /// The (user, item) ranker.
-    pub ranker: LinearModel,
-    /// P(the user buys within the next window).
-    pub propensity: LinearModel,
+    /// User segments, unless skipped.
+    pub segments: Option<Segments>,
+    /// The (user, item) ranker, unless skipped (serving then ranks by popularity).
+    pub ranker: Option<LinearModel>,
+    /// P(the user buys within the next window), unless skipped.
+    pub propensity: Option<LinearModel>,
     /// The candidate options the ranker was evaluated with.
     pub candidates: CandidateOptions,
     /// The offline evaluation.
@@ -302,20 +310,54 @@ impl Models {
                 m.feature_schema_version, FEATURE_SCHEMA_VERSION
             )));
         }
-        m.ranker.check_features("ranker", &PAIR_FEATURES)?;
-        m.propensity.check_features("propensity", &USER_FEATURES)?;
-        if m.segments
-            .features
-            .iter()
-            .map(String::as_str)
-            .ne(USER_FEATURES.iter().copied())
+        if let Some(r) = &m.ranker {
+            r.check_features("ranker", &PAIR_FEATURES)?;
+        }
+        if let Some(p) = &m.propensity {
+            p.check_features("propensity", &USER_FEATURES)?;
+        }
+        if let Some(s) = &m.segments
+            && s.features
+                .iter()
+                .map(String::as_str)
+                .ne(USER_FEATURES.iter().copied())
         {
             return Err(Error::Incompatible(format!(
                 "the segments were trained on features {:?}; this code computes {USER_FEATURES:?}",
-                m.segments.features
+                s.features
             )));
         }
         Ok(m)
+    }
+}
+
+/// The window of the time split for events ending at `end_ms` whose times are `ts` (any
+/// sample of them): `configured`, or longer when the data is too sparse near its end for it —
+/// the held-out period must hold at least a tenth of the events and the label period with it a
+/// fifth, or there would be no label to learn from (a public log of a few months, where the
+/// last weeks hold a handful of users). Never more than a third of the events' span, so that
+/// there is a history to learn from.
+pub fn adapt_window(ts: &mut [i64], end_ms: i64, configured_ms: i64) -> i64 {
+    if ts.is_empty() {
+        return configured_ms;
+    }
+    ts.sort_unstable();
+    let at = |q: f64| ts[((ts.len() - 1) as f64 * q) as usize];
+    let needed = (end_ms - at(0.9)).max((end_ms - at(0.8)) / 2);
+    let most = (end_ms - ts[0]) / 3;
+    configured_ms.max(needed.min(most))
+}
+
+/// Why a model was skipped, in its own words; other errors stop the training.
+fn keep<T>(skipped: &mut BTreeMap<String, String>, model: &str, r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::NotEnoughData(why)) => {
+            tracing::warn!(model, reason = %why, "Model not trained.");
+            skipped.insert(model.to_string(), why);
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -327,7 +369,9 @@ fn sample(mut keys: Vec<&String>, max: usize) -> Vec<&String> {
 }
 
 /// Trains every model: segments on `profiles` (the snapshot's, at `C`), the ranker and the
-/// propensity model on `history`, and evaluates them on its held-out period.
+/// propensity model on `history`, and evaluates them on its held-out period. Each model is
+/// trained or skipped on its own (with why, in the metrics); it fails with
+/// [`Error::NotEnoughData`] only when none could be trained.
 pub fn train(
     history: History,
     profiles: &BTreeMap<String, Profile>,
@@ -343,18 +387,25 @@ pub fn train(
         )
     };
     let none = HashSet::new();
+    let mut skipped = BTreeMap::new();
 
     // Segments over every profile at C.
     let rows: Vec<[f64; 8]> = profiles
         .values()
         .map(|p| user_features(p, split.end_ms))
         .collect();
-    let segments = Segments::train(&to_matrix(&rows), opts.max_segments)?;
-    let silhouette = segments
-        .silhouettes
-        .iter()
-        .find(|(k, _)| *k == segments.k())
-        .map_or(0.0, |(_, s)| *s);
+    let segments = keep(
+        &mut skipped,
+        "segments",
+        Segments::train(&to_matrix(&rows), opts.max_segments),
+    )?;
+    let silhouette = segments.as_ref().map_or(0.0, |segments| {
+        segments
+            .silhouettes
+            .iter()
+            .find(|(k, _)| *k == segments.k())
+            .map_or(0.0, |(_, s)| *s)
+    });
     lap("segments");
 
     // The ranker: features at T₁, labels in [T₁, T).
@@ -389,7 +440,14 @@ pub fn train(
     }
     let train_rows = y.len();
     lap("ranker rows");
-    let ranker = LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha)?;
+    let ranker = match train_users {
+        0 => Err(Error::NotEnoughData(format!(
+            "no user engaged, in the label period, with an item among their candidates ({} users engaged with something)",
+            history.train.engaged.len()
+        ))),
+        _ => LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha),
+    };
+    let ranker = keep(&mut skipped, "ranker", ranker)?;
     lap("ranker");
 
     // Propensity: user features at T₁, label = bought in [T₁, T).
@@ -405,8 +463,23 @@ pub fn train(
             )
         })
         .unzip();
-    let propensity = LinearModel::train(&USER_FEATURES, to_matrix(&px), &py, opts.alpha)?;
+    let buyers = py.iter().filter(|b| **b).count();
+    let propensity = match buyers {
+        0 => Err(Error::NotEnoughData(format!(
+            "no user bought in the label period (0 of {} users with a history)",
+            py.len()
+        ))),
+        n if n == py.len() => Err(Error::NotEnoughData(format!(
+            "every user bought in the label period ({n} users): nothing to tell apart"
+        ))),
+        _ => LinearModel::train(&USER_FEATURES, to_matrix(&px), &py, opts.alpha),
+    };
+    let propensity = keep(&mut skipped, "propensity", propensity)?;
     lap("propensity");
+    if segments.is_none() && ranker.is_none() && propensity.is_none() {
+        let why: Vec<String> = skipped.iter().map(|(m, w)| format!("{m}: {w}")).collect();
+        return Err(Error::NotEnoughData(why.join("; ")));
+    }
 
     // The state at T: the two folds merged.
     let mut at_t = history.before;
@@ -414,17 +487,19 @@ pub fn train(
     let catalog_t = Catalog::new(at_t.items, opts.catalog_top);
 
     // Propensity on the held-out period.
-    let (scores, labels): (Vec<f64>, Vec<bool>) = at_t
+    let labels: Vec<bool> = at_t
         .profiles
-        .iter()
-        .map(|(u, p)| {
-            (
-                propensity.probability(&user_features(p, split.holdout_from_ms)),
-                history.holdout.buyers.contains(u),
-            )
-        })
-        .unzip();
-    let propensity_auc = auc(&scores, &labels);
+        .keys()
+        .map(|u| history.holdout.buyers.contains(u))
+        .collect();
+    let propensity_auc = propensity.as_ref().and_then(|model| {
+        let scores: Vec<f64> = at_t
+            .profiles
+            .values()
+            .map(|p| model.probability(&user_features(p, split.holdout_from_ms)))
+            .collect();
+        auc(&scores, &labels)
+    });
     let propensity_base_rate =
         labels.iter().filter(|b| **b).count() as f64 / labels.len().max(1) as f64;
 
@@ -442,12 +517,14 @@ pub fn train(
         if cands.iter().any(|c| truth.contains(c.item)) {
             recall += 1.0;
         }
-        let stats: Vec<Option<&ItemStats>> =
-            cands.iter().map(|c| catalog_t.items.get(c.item)).collect();
-        let top = rank(&ranker, p, &cands, &stats, split.holdout_from_ms, opts.k);
-        let (h, n) = score_list(top.iter().map(|s| s.item), truth, opts.k);
-        r_hits += h;
-        r_ndcg += n;
+        if let Some(ranker) = &ranker {
+            let stats: Vec<Option<&ItemStats>> =
+                cands.iter().map(|c| catalog_t.items.get(c.item)).collect();
+            let top = rank(ranker, p, &cands, &stats, split.holdout_from_ms, opts.k);
+            let (h, n) = score_list(top.iter().map(|s| s.item), truth, opts.k);
+            r_hits += h;
+            r_ndcg += n;
+        }
         let (h, n) = score_list(popular.iter().map(|i| i.as_str()), truth, opts.k);
         p_hits += h;
         p_ndcg += n;
@@ -458,14 +535,15 @@ pub fn train(
         feature_schema_version: FEATURE_SCHEMA_VERSION,
         metrics: Metrics {
             split,
+            window_ms: split.holdout_from_ms.saturating_sub(split.train_from_ms),
             k: opts.k,
             train_users,
             train_rows,
             eval_users: eval.len(),
-            ranker: Ranking {
+            ranker: ranker.is_some().then(|| Ranking {
                 hit_rate: r_hits / users,
                 ndcg: r_ndcg / users,
-            },
+            }),
             popularity: Ranking {
                 hit_rate: p_hits / users,
                 ndcg: p_ndcg / users,
@@ -473,8 +551,9 @@ pub fn train(
             candidate_recall: recall / users,
             propensity_auc,
             propensity_base_rate,
-            segments: segments.k(),
+            segments: segments.as_ref().map_or(0, Segments::k),
             silhouette,
+            skipped,
         },
         segments,
         ranker,

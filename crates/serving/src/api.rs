@@ -595,8 +595,8 @@ pub async fn get_profile(
         Some(models) if m.known => {
             let x = user_features(profile, now);
             (
-                Some(models.segments.assign(&x) as u32),
-                Some(models.propensity.probability(&x)),
+                models.segments.as_ref().map(|s| s.assign(&x) as u32),
+                models.propensity.as_ref().map(|p| p.probability(&x)),
             )
         }
         _ => m
@@ -628,6 +628,9 @@ pub struct RecsQuery {
     pub context_item: Option<String>,
     /// Items to leave out, comma-separated.
     pub exclude: Option<String>,
+    /// Leave out every item the user already had an event with (the snapshot's latest 1,000
+    /// and the speed layer's recent ones) [default: `server.exclude_seen`].
+    pub exclude_seen: Option<bool>,
 }
 
 /// One recommended item.
@@ -701,7 +704,8 @@ fn ranked_popular<'a>(
 
 /// Recommendations for the user: candidates (similar to recent items, top of strongest
 /// categories, popular), ranked by the snapshot's model, each with its score and source. The
-/// items the user bought lately (the profile's `recent_purchases`) are left out.
+/// items the user bought lately (the profile's `recent_purchases`) are left out; with
+/// `exclude_seen`, every item the user had an event with.
 #[utoipa::path(
     get,
     path = "/v1/users/{id}/recommendations",
@@ -725,6 +729,17 @@ pub async fn get_recommendations(
     let snap = app.snapshots.current();
     let snap = snap.as_deref();
     let m = merged(&app, snap, &user).await;
+    let timeout = app.opts.store_timeout;
+    let exclude_seen = q.exclude_seen.unwrap_or(app.opts.exclude_seen);
+    let (seen, seen_failed) = match snap {
+        Some(s) if exclude_seen && m.known => {
+            match s.user_items(app.store.as_ref(), &user, timeout).await {
+                Ok(items) => (items, None),
+                Err(e) => (Vec::new(), Some(e.reason())),
+            }
+        }
+        _ => (Vec::new(), None),
+    };
     let mut exclude: Exclude = q
         .exclude
         .as_deref()
@@ -737,6 +752,10 @@ pub async fn get_recommendations(
         exclude.insert(c);
     }
     exclude.extend(m.profile().recent_purchases.iter().map(|(i, _)| i.as_str()));
+    if exclude_seen {
+        exclude.extend(m.profile().recent_items.iter().map(|(i, _)| i.as_str()));
+        exclude.extend(seen.iter().map(String::as_str));
+    }
     let fresh = freshness(&app, snap, &user, &m);
     let answer = |items, ranked_by, degraded, degraded_reason| {
         json(&RecsResponse {
@@ -765,6 +784,10 @@ pub async fn get_recommendations(
     if m.degraded == Some(Degraded::PopularOnly) {
         return Ok(popular(m.degraded, m.degraded_reason));
     }
+    // Which items the user saw is unknown: popular items, and the answer says why.
+    if let Some(reason) = seen_failed {
+        return Ok(popular(Some(Degraded::PopularOnly), Some(reason)));
+    }
     // The context item leads the recent items, so that its similar items come first.
     let profile: Cow<'_, Profile> = match q.context_item.as_deref() {
         Some(c) => {
@@ -775,7 +798,6 @@ pub async fn get_recommendations(
         }
         None => Cow::Borrowed(m.profile()),
     };
-    let timeout = app.opts.store_timeout;
     let opts = s.models.as_ref().map(|m| m.candidates).unwrap_or_default();
     let sources = similar_sources(&profile, &opts);
     let similar_rows = match s.item_rows(app.store.as_ref(), &sources, timeout).await {
@@ -1001,7 +1023,7 @@ pub(crate) fn rank_resolved<'a>(
     now_ms: i64,
     n: usize,
 ) -> Option<Vec<Scored<'a>>> {
-    let ranker = &s.models.as_ref()?.ranker;
+    let ranker = s.models.as_ref()?.ranker.as_ref()?;
     let user = PairContext::new(profile, now_ms);
     let scorer = user.scorer(ranker);
     // The user's categories and recent items that listed items can have, by number: a

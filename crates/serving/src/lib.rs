@@ -59,6 +59,9 @@ pub struct ServeOptions {
     pub cache_rows: usize,
     /// How often the snapshot pointer and the consumer lag are read.
     pub poll: Duration,
+    /// Recommendations leave out the items the user already had an event with (the default of
+    /// the request's `exclude_seen`).
+    pub exclude_seen: bool,
     /// The speed layer's consumer group, whose lag the freshness block reports.
     pub speed_group: String,
 }
@@ -71,6 +74,7 @@ impl Default for ServeOptions {
             max_future_ms: 5 * 60 * 1000,
             cache_rows: 200_000,
             poll: Duration::from_secs(1),
+            exclude_seen: false,
             speed_group: "speed".into(),
         }
     }
@@ -83,6 +87,7 @@ impl ServeOptions {
             store_timeout: config.server.store_timeout,
             max_future_ms: config.events.max_future.as_millis() as i64,
             cache_rows: config.server.cache_rows,
+            exclude_seen: config.server.exclude_seen,
             ..Default::default()
         }
     }

@@ -15,7 +15,7 @@ use quick_cache::sync::Cache;
 use tandem_common::features::sort_recent;
 use tandem_common::store::{
     BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome, ItemRow, OnlineStore, Pointer, PopularRow,
-    UserRow, item_key, snapshot_key, user_key,
+    UserRow, history_key, item_key, snapshot_key, user_key,
 };
 use tandem_models::candidates::Catalog;
 use tandem_models::features::{ItemSide, ItemTerms};
@@ -163,6 +163,27 @@ impl Loaded {
         };
         self.users.insert(user.to_string(), row.clone());
         Ok(row)
+    }
+
+    /// The user's items before the cutoff (the latest `HISTORY_ITEMS`), for `exclude_seen`:
+    /// one store read, not cached (only requests that leave seen items out pay for it).
+    pub async fn user_items(
+        &self,
+        store: &dyn OnlineStore,
+        user: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, StoreFailure> {
+        let key = history_key(user, self.id());
+        let got = timed(
+            "get_user_items",
+            timeout,
+            store.get(std::slice::from_ref(&key)),
+        )
+        .await?;
+        match got.into_iter().next().flatten() {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| bad_row("user_items", &key, e)),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Forgets the user's cached row (after an erasure).
@@ -463,7 +484,11 @@ impl Snapshots {
             popular: popular.overall,
             by_category: popular.by_category.into_iter().collect(),
         };
-        let listed = Listed::new(rows, &catalog, models.as_ref().map(|m| &m.ranker));
+        let listed = Listed::new(
+            rows,
+            &catalog,
+            models.as_ref().and_then(|m| m.ranker.as_ref()),
+        );
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let loaded = Arc::new(Loaded {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),

@@ -18,7 +18,8 @@ use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
 use tandem_common::store::{
     ApplyCounts, BATCH_FAILURE_KEY, BatchOutcome, ItemRow, MemoryStore, OnlineStore, Pointer,
-    PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, item_key, snapshot_key, user_key,
+    PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, history_key, item_key, snapshot_key,
+    user_key,
 };
 use tandem_common::testkit::RedisServer;
 use tandem_stream::bus::{Bus, Position, Record};
@@ -626,6 +627,154 @@ async fn recommendations(f: Fixture) {
     assert_eq!(body["items"], json!([{"item": "h1", "score": 1.0}]));
 }
 
+/// `exclude_seen` leaves out the snapshot's items of the user (beyond the recent ones) and
+/// what the speed layer saw since; without it, seen items may come back.
+async fn exclude_seen(f: Fixture) {
+    let t = now() - HOUR;
+    let items = [
+        ("i1", item_row("shoes", 5.0, &[("i2", 0.9), ("i3", 0.5)])),
+        ("i2", item_row("shoes", 4.0, &[("i1", 0.9)])),
+        ("i3", item_row("shoes", 3.0, &[])),
+        ("h1", item_row("hats", 9.0, &[])),
+        ("h2", item_row("hats", 8.0, &[])),
+    ];
+    let popular = PopularRow {
+        overall: vec![
+            "h1".into(),
+            "h2".into(),
+            "i1".into(),
+            "i2".into(),
+            "i3".into(),
+        ],
+        by_category: BTreeMap::from([
+            ("shoes".into(), vec!["i1".into(), "i2".into(), "i3".into()]),
+            ("hats".into(), vec!["h1".into(), "h2".into()]),
+        ]),
+    };
+    let mut gina = Profile::new();
+    gina.apply(&event("g0", "gina", Kind::View, "h1", "hats", t - HOUR));
+    f.publish(
+        "s1",
+        (now() / HOUR - 5) * HOUR,
+        &[("gina", gina)],
+        &items,
+        popular,
+    )
+    .await;
+    // The snapshot's items of gina reach past her recent ones.
+    let seen = serde_json::to_vec(&["h1", "h2"]).unwrap();
+    f.store
+        .put(&[(history_key("gina", "s1"), seen.into())])
+        .await
+        .unwrap();
+    f.post(&json!([wire(&event(
+        "g1",
+        "gina",
+        Kind::View,
+        "i1",
+        "shoes",
+        t
+    ))]))
+    .await;
+    f.catch_up().await;
+    let listed = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["item"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (status, body) = f
+        .get("/v1/users/gina/recommendations?n=10&exclude_seen=true")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["degraded"], Value::Null, "{body}");
+    let got = listed(&body);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for gone in ["h1", "h2", "i1"] {
+        assert!(!got.contains(&gone.to_string()), "{gone} in {got:?}");
+    }
+    let (_, body) = f.get("/v1/users/gina/recommendations?n=10").await;
+    let got = listed(&body);
+    assert!(got.contains(&"h2".to_string()), "{got:?}");
+    // A user unknown to the snapshot: nothing to read, popular items.
+    let (status, body) = f
+        .get("/v1/users/nobody/recommendations?n=2&exclude_seen=true")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(listed(&body), ["h1", "h2"]);
+    let (status, body) = f
+        .get("/v1/users/gina/recommendations?exclude_seen=maybe")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn exclude_seen_memory() {
+    exclude_seen(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn exclude_seen_redis() {
+    let server = RedisServer::start();
+    exclude_seen(fixture(redis_store(&server).await).await).await;
+}
+
+/// Events from 1970 and 2000 beside today's: a snapshot row of 1970, then events of 2000 and
+/// now through the API and the speed layer. The profile is answered whole (no degradation,
+/// every count), its scores are numbers (0 when read decades later, never null) and its
+/// interests are in log-score order: the newest category first.
+async fn events_from_long_ago(f: Fixture) {
+    const Y2000: i64 = 946_684_800_000;
+    let mut old = Profile::new();
+    old.apply(&event("o1", "olga", Kind::Purchase, "i1", "old", 1_000));
+    old.apply(&event("o2", "olga", Kind::View, "i2", "old", 1_000 + HOUR));
+    f.publish(
+        "s1",
+        (now() / HOUR - 5) * HOUR,
+        &[("olga", old)],
+        &[],
+        PopularRow::default(),
+    )
+    .await;
+    let t = now() - 60_000;
+    let (status, body) = f
+        .post(&json!([
+            wire(&event("o3", "olga", Kind::Purchase, "i3", "mid", Y2000)),
+            wire(&event("o4", "olga", Kind::View, "i4", "new", t)),
+        ]))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    f.catch_up().await;
+    let (status, body) = f.get("/v1/users/olga/profile").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["degraded"], Value::Null, "{body}");
+    assert_eq!(body["profile"]["events"], 4, "{body}");
+    let affinity = body["profile"]["affinity"].as_array().unwrap();
+    let order: Vec<&str> = affinity
+        .iter()
+        .map(|a| a["category"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["new", "mid", "old"], "{body}");
+    for a in affinity {
+        assert!(a["score"].as_f64().is_some_and(f64::is_finite), "{body}");
+    }
+    let first = body["profile"]["first_seen"].as_str().unwrap_or_default();
+    assert!(first.starts_with("1970-01-01T00:00:01"), "{body}");
+}
+
+#[tokio::test]
+async fn events_from_long_ago_memory() {
+    events_from_long_ago(fixture(Arc::new(MemoryStore::default())).await).await;
+}
+
+#[tokio::test]
+async fn events_from_long_ago_redis() {
+    let server = RedisServer::start();
+    events_from_long_ago(fixture(redis_store(&server).await).await).await;
+}
+
 #[tokio::test]
 async fn recommendations_memory() {
     recommendations(fixture(Arc::new(MemoryStore::default())).await).await;
@@ -1068,7 +1217,10 @@ async fn serving_ranks_exactly_as_the_models_do() {
     f.publish("s1", now() - 5 * HOUR, &[], &refs, popular.clone())
         .await;
     let s = f.app.snapshots.current().unwrap();
-    assert_eq!(s.models.as_ref().map(|m| &m.ranker), Some(&ranker));
+    assert_eq!(
+        s.models.as_ref().and_then(|m| m.ranker.as_ref()),
+        Some(&ranker)
+    );
 
     let t = now() - 2 * HOUR;
     let mut p = Profile::new();

@@ -121,11 +121,11 @@ fn snapshots_table(manifests: &[Manifest]) -> Result<MemTable> {
         Field::new("segments", DataType::Int64, true),
         Field::new("manifest", DataType::Utf8, false),
     ]));
-    let metric = |f: &dyn Fn(&tandem_models::training::Metrics) -> f64| -> Float64Array {
+    let metric = |f: &dyn Fn(&tandem_models::training::Metrics) -> Option<f64>| -> Float64Array {
         manifests
             .iter()
             .map(|m| match &m.models {
-                ModelsEntry::Trained(x) => Some(f(x)),
+                ModelsEntry::Trained(x) => f(x),
                 ModelsEntry::Skipped(_) => None,
             })
             .collect()
@@ -150,13 +150,13 @@ fn snapshots_table(manifests: &[Manifest]) -> Result<MemTable> {
                     .iter()
                     .map(|m| m.rows.get("profiles").map(|n| *n as i64)),
             )),
-            Arc::new(metric(&|x| x.ranker.hit_rate)),
-            Arc::new(metric(&|x| x.popularity.hit_rate)),
-            Arc::new(metric(&|x| x.ranker.ndcg)),
+            Arc::new(metric(&|x| x.ranker.map(|r| r.hit_rate))),
+            Arc::new(metric(&|x| Some(x.popularity.hit_rate))),
+            Arc::new(metric(&|x| x.ranker.map(|r| r.ndcg))),
             Arc::new(Int64Array::from_iter(manifests.iter().map(
                 |m| match &m.models {
-                    ModelsEntry::Trained(x) => Some(x.segments as i64),
-                    ModelsEntry::Skipped(_) => None,
+                    ModelsEntry::Trained(x) if x.segments > 0 => Some(x.segments as i64),
+                    _ => None,
                 },
             ))),
             Arc::new(StringArray::from_iter_values(

@@ -2,6 +2,7 @@
 -- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
 -- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
 -- ${CUTOFF_MS}: the cutoff (epoch ms), for the recency of the RFM columns;
+-- ${RECENT}, ${HISTORY}: the recent items kept, the items kept for exclude_seen;
 -- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight.
 WITH e AS (
     SELECT user_id, kind, item_id, category, price, quantity,
@@ -51,7 +52,10 @@ affinity AS (
 recent AS (
     SELECT user_id,
            -- the last ${RECENT} items and their last times; a set, in no order
-           array_agg(named_struct('item_id', item_id, 'ts', last_ts)) AS recent,
+           array_agg(named_struct('item_id', item_id, 'ts', last_ts)) FILTER (WHERE rank <= ${RECENT})
+                                                             AS recent,
+           -- the last ${HISTORY} items, for exclude_seen; a set, in no order
+           array_agg(item_id)                                AS history,
            max(distinct_items)                               AS distinct_items
     FROM (
         SELECT user_id, item_id, last_ts,
@@ -60,7 +64,7 @@ recent AS (
         FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
               FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
     )
-    WHERE rank <= ${RECENT}
+    WHERE rank <= ${HISTORY}
     GROUP BY user_id
 ),
 bought AS (
@@ -76,7 +80,7 @@ bought AS (
     WHERE rank <= ${RECENT}
     GROUP BY user_id
 )
-SELECT b.*, a.affinity, r.recent, bo.bought,
+SELECT b.*, a.affinity, r.recent, r.history, bo.bought,
        coalesce(r.distinct_items, 0)                    AS distinct_items,
        -- recency / frequency / monetary at the cutoff
        (${CUTOFF_MS} - b.last_ts) / 86400000.0          AS recency_days,

@@ -106,7 +106,20 @@ async fn check_views(
     want_profiles: &BTreeMap<String, Profile>,
     want_items: &BTreeMap<String, ItemStats>,
 ) {
-    let profiles = profiles_from(&View::Profiles.collect(lc).await.unwrap()).unwrap();
+    let batches = View::Profiles.collect(lc).await.unwrap();
+    let profiles = profiles_from(&batches).unwrap();
+    // Each user's items for exclude_seen: distinct, every recent item among them.
+    let histories = histories_from(&batches).unwrap();
+    for (user, p) in &profiles {
+        let items = histories.get(user).map_or(&[][..], Vec::as_slice);
+        let set: std::collections::BTreeSet<&String> = items.iter().collect();
+        assert_eq!(set.len(), items.len(), "{user}: {items:?}");
+        assert!(items.len() <= HISTORY_ITEMS);
+        assert!(items.len() >= p.recent_items.len());
+        for (i, _) in &p.recent_items {
+            assert!(set.contains(i), "{user}: recent {i} not in {items:?}");
+        }
+    }
     assert_eq!(
         profiles.len(),
         want_profiles.len(),

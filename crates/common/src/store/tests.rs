@@ -652,6 +652,7 @@ fn keys_parse_back() {
     assert_eq!(snapshot_of_key(&user_key("u:{x}", "s1")), Some("s1"));
     assert_eq!(snapshot_of_key(&item_key("i", "s2")), Some("s2"));
     assert_eq!(snapshot_of_key(&snapshot_key("s3", "models")), Some("s3"));
+    assert_eq!(snapshot_of_key(&history_key("u:{x}", "s4")), Some("s4"));
     assert_eq!(snapshot_of_key(&epoch_key("u", 5)), None);
 }
 
