@@ -147,7 +147,7 @@ fn the_demo_page_shows_profiles_and_recommendations_in_chromium() {
         "recommendations with buy buttons:\n{page}"
     );
     assert!(
-        recs.contains("similar_to:") || recs.contains("category:") || recs.contains(">popular<"),
+        recs.contains("cf:item_knn") || recs.contains("category:") || recs.contains(">popular<"),
         "each recommendation says where it came from:\n{page}"
     );
 

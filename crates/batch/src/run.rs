@@ -19,6 +19,7 @@ use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
 use tandem_common::store::{OnlineStore, Pointer, PopularRow};
 use tandem_models::candidates::Catalog;
+use tandem_models::candidates::SimilarLists;
 use tandem_models::features::{FEATURE_SCHEMA_VERSION, user_features};
 use tandem_models::training::{History, Models, Split, TrainOptions, train};
 
@@ -369,6 +370,21 @@ async fn compute(
         );
     }
     let split = Split::new(end, window);
+    // The similar lists as they were at the start of the label period: the ranker learns from
+    // the co-occurrences of the events before its labels only.
+    let listing = Instant::now();
+    let similar_t1 = View::SimilarItems
+        .collect_before(&lc, split.train_from_ms)
+        .await?;
+    let similar_t1: SimilarLists = similar_from(&similar_t1)?
+        .into_iter()
+        .map(|(i, list)| (i, list.into_iter().map(|s| (s.item, s.score)).collect()))
+        .collect();
+    tracing::info!(
+        seconds = listing.elapsed().as_secs_f64(),
+        items = similar_t1.len(),
+        "Similar items before the label period listed."
+    );
     let folding = Instant::now();
     let history = fold_history(&events, split)?;
     tracing::info!(
@@ -381,7 +397,7 @@ async fn compute(
     // Off the async threads; the profiles go along and come back rather than being copied.
     let train_opts = opts.train.clone();
     let (trained, profiles) = tokio::task::spawn_blocking(move || {
-        let trained = train(history, &profiles, &train_opts);
+        let trained = train(history, &profiles, &similar_t1, &train_opts);
         (trained, profiles)
     })
     .await

@@ -29,7 +29,8 @@ pub enum View {
     Profiles,
     /// One row per item: counts, units, revenue, popularity, category.
     Items,
-    /// Up to [`SIMILAR_K`] rows per item: the items most often in the same sessions.
+    /// Up to [`SIMILAR_K`] rows per item: the items most often in the same sessions and users'
+    /// latest items.
     SimilarItems,
 }
 
@@ -37,6 +38,9 @@ pub enum View {
 pub const SIMILAR_K: usize = 20;
 /// Items of one session that count toward co-occurrence: bounds the pairs a heavy session adds.
 pub const MAX_SESSION_ITEMS: usize = 50;
+/// A user's latest items that count toward co-occurrence (the user's basket): bounds the pairs a
+/// heavy user adds.
+pub const MAX_USER_ITEMS: usize = 50;
 
 impl View {
     /// Every view.
@@ -67,16 +71,33 @@ impl View {
 
     /// The view, computed.
     pub async fn collect(self, lc: &LakeContext) -> Result<Vec<RecordBatch>> {
+        self.collect_before(lc, i64::MAX).await
+    }
+
+    /// The view over the events of event time before `ts_before_ms` only, where the view reads
+    /// event time (the similar items, which the models' training needs as they were at the
+    /// start of their label period); the others are [`Self::collect`]'s.
+    pub async fn collect_before(
+        self,
+        lc: &LakeContext,
+        ts_before_ms: i64,
+    ) -> Result<Vec<RecordBatch>> {
         let cutoff = lc
             .cutoff_ms
             .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))?;
-        run_script(lc, &self.sql(cutoff)).await
+        run_script(lc, &fill_before(self.sql_template(), cutoff, ts_before_ms)).await
     }
 }
 
 /// `template` with its placeholders filled in for `cutoff_ms`.
 pub fn fill(template: &str, cutoff_ms: i64) -> String {
+    fill_before(template, cutoff_ms, i64::MAX)
+}
+
+/// [`fill`], for the events of event time before `ts_before_ms` only.
+fn fill_before(template: &str, cutoff_ms: i64, ts_before_ms: i64) -> String {
     template
+        .replace("${TS_BEFORE}", &ts_before_ms.to_string())
         .replace("${CUTOFF_MS}", &format!("{cutoff_ms}.0"))
         .replace("${R}", &format!("{DECAY_REF_MS}.0"))
         .replace("${TAU}", &format!("{DECAY_TAU_MS:.1}"))
@@ -84,6 +105,7 @@ pub fn fill(template: &str, cutoff_ms: i64) -> String {
         .replace("${HISTORY}", &HISTORY_ITEMS.to_string())
         .replace("${K}", &SIMILAR_K.to_string())
         .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
+        .replace("${MAX_USER_ITEMS}", &MAX_USER_ITEMS.to_string())
         .replace("${WEIGHT}", &weight_case())
 }
 

@@ -9,14 +9,15 @@ use std::hash::{BuildHasher, Hash};
 use serde::{Deserialize, Serialize};
 use tandem_common::features::{ItemStats, Profile};
 
-use crate::features::PairContext;
+use crate::features::{Cf, PairContext, PairRow};
 use crate::linear::LinearModel;
 
-/// Where a candidate came from (borrowing the item or category it names).
+/// Where a candidate came from (borrowing the category it names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source<'a> {
-    /// Similar to this item of the user's recent items.
-    SimilarTo(&'a str),
+    /// One of the best items by collaborative score: similar to the user's recent items
+    /// ([`crate::features::cf_scores`], item-item collaborative filtering over the similar lists).
+    Collaborative,
     /// A top item of this category, one of the user's strongest.
     Category(&'a str),
     /// Popular overall (also the cold-start fallback).
@@ -26,7 +27,7 @@ pub enum Source<'a> {
 impl fmt::Display for Source<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Source::SimilarTo(i) => write!(f, "similar_to:{i}"),
+            Source::Collaborative => f.write_str("cf:item_knn"),
             Source::Category(c) => write!(f, "category:{c}"),
             Source::Popular => f.write_str("popular"),
         }
@@ -36,10 +37,10 @@ impl fmt::Display for Source<'_> {
 /// How many candidates each source gives.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CandidateOptions {
-    /// Recent items whose similar items are candidates.
+    /// Recent items whose similar lists give the collaborative scores.
     pub recent_for_similar: usize,
-    /// Similar items taken per recent item.
-    pub similar_per_item: usize,
+    /// The best items by collaborative score taken (ranked before the others).
+    pub collaborative: usize,
     /// The user's strongest categories used.
     pub categories: usize,
     /// Top items taken per category.
@@ -51,17 +52,15 @@ pub struct CandidateOptions {
 impl CandidateOptions {
     /// The most candidates these options give (every source full, no item twice).
     pub fn most(&self) -> usize {
-        self.recent_for_similar * self.similar_per_item
-            + self.categories * self.per_category
-            + self.popular
+        self.collaborative + self.categories * self.per_category + self.popular
     }
 }
 
 impl Default for CandidateOptions {
     fn default() -> Self {
         CandidateOptions {
-            recent_for_similar: 5,
-            similar_per_item: 10,
+            recent_for_similar: 20,
+            collaborative: 15,
             categories: 3,
             per_category: 30,
             popular: 50,
@@ -126,13 +125,13 @@ pub struct Candidate<'a, T = &'a str> {
     pub source: Source<'a>,
 }
 
-/// The candidates for the user of `profile`: similar items of the recent items (from
-/// `similar`, best first), top items of the strongest categories, popular items; each item once,
-/// under its first source; items in `exclude` left out.
+/// The candidates for the user of `profile`: the best items by the collaborative scores `cf`
+/// ([`crate::features::cf_scores`]; ties by item id), top items of the strongest categories,
+/// popular items; each item once, under its first source; items in `exclude` left out.
 pub fn candidates<'a, S: BuildHasher>(
     profile: &'a Profile,
     catalog: &'a Catalog,
-    similar: &dyn Fn(&str) -> Vec<&'a str>,
+    cf: &Cf<&'a str>,
     exclude: &HashSet<&str, S>,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a>> {
@@ -140,7 +139,8 @@ pub fn candidates<'a, S: BuildHasher>(
         HashSet::with_capacity_and_hasher(opts.most(), Default::default());
     gather(
         profile,
-        similar,
+        cf,
+        |i| i,
         |c| {
             catalog
                 .by_category
@@ -155,35 +155,44 @@ pub fn candidates<'a, S: BuildHasher>(
     )
 }
 
-/// [`candidates`] for items named by any `T`: `similar(recent)` gives the similar items of a
-/// recent item, best first; `category(c)` the items of category `c` by popularity; `popular`
-/// the items by popularity. `admit(item)` says whether an item is a candidate: false for an
-/// excluded item and for one admitted before (it keeps each item once, under its first source;
-/// [`candidates`] uses a set, serving marks its rows by number).
-pub fn gather<'a, T, Sim, Cat>(
+/// [`candidates`] for items named by any `T`: `cf` are the collaborative scores, `id(item)` the
+/// item's id (ties of scores go by it); `category(c)` the items of category `c` by popularity;
+/// `popular` the items by popularity. `admit(item)` says whether an item is a candidate: false
+/// for an excluded item and for one admitted before (it keeps each item once, under its first
+/// source; [`candidates`] uses a set, serving marks its rows by number).
+pub fn gather<'a, T, K, Cat>(
     profile: &'a Profile,
-    similar: impl Fn(&'a str) -> Sim,
+    cf: &Cf<T>,
+    id: impl Fn(T) -> K,
     category: impl Fn(&'a str) -> Cat,
     popular: impl IntoIterator<Item = T>,
     mut admit: impl FnMut(T) -> bool,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a, T>>
 where
-    T: Copy,
-    Sim: IntoIterator<Item = T>,
+    T: Copy + Hash + Eq,
+    K: Ord,
     Cat: IntoIterator<Item = T>,
 {
     let mut out = Vec::with_capacity(opts.most());
+    let mut by_score: Vec<(T, f64)> = cf.iter().map(|(i, s)| (*i, *s)).collect();
+    by_score.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then_with(|| id(a.0).cmp(&id(b.0))));
+    for (item, _) in by_score {
+        if out.len() == opts.collaborative {
+            break;
+        }
+        if admit(item) {
+            out.push(Candidate {
+                item,
+                source: Source::Collaborative,
+            });
+        }
+    }
     let mut push = |item: T, source: Source<'a>| {
         if admit(item) {
             out.push(Candidate { item, source });
         }
     };
-    for (recent, _) in profile.recent_items.iter().take(opts.recent_for_similar) {
-        for s in similar(recent).into_iter().take(opts.similar_per_item) {
-            push(s, Source::SimilarTo(recent));
-        }
-    }
     let mut cats: Vec<(&String, &f64)> = profile.affinity.iter().collect();
     cats.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
     for (c, _) in cats.into_iter().take(opts.categories) {
@@ -195,6 +204,16 @@ where
         push(i, Source::Popular);
     }
     out
+}
+
+/// The recent items of the user of `profile` whose similar lists give the collaborative scores
+/// ([`crate::features::cf_scores`]), most recent first.
+pub fn similar_sources<'a>(
+    profile: &'a Profile,
+    opts: &CandidateOptions,
+) -> impl Iterator<Item = &'a str> + use<'a> {
+    let recent = profile.recent_items.iter().take(opts.recent_for_similar);
+    recent.map(|(i, _)| i.as_str())
 }
 
 /// A ranked recommendation.
@@ -209,17 +228,19 @@ pub struct Scored<'a> {
 }
 
 /// The `n` best of `candidates` for the user of `profile` at `now_ms`, by the ranker; ties by
-/// item id. `stats[i]` are the stats of `candidates[i]` (`None`: the item has none).
+/// item id. `stats[i]` are the stats of `candidates[i]` (`None`: the item has none); `cf` the
+/// collaborative scores of the user's recent items ([`crate::features::cf_scores`]).
 pub fn rank<'a>(
     ranker: &LinearModel,
     profile: &Profile,
+    cf: Cf<&str>,
     candidates: &[Candidate<'a>],
     stats: &[Option<&ItemStats>],
     now_ms: i64,
     n: usize,
 ) -> Vec<Scored<'a>> {
     let none = ItemStats::default();
-    let user = PairContext::new(profile, now_ms);
+    let user = PairContext::new(profile, now_ms).with_cf(cf);
     let rows = candidates.iter().enumerate().map(|(i, c)| {
         let s = stats.get(i).copied().flatten().unwrap_or(&none);
         (c.item, c.source, user.features(c.item, s))
@@ -236,7 +257,7 @@ pub fn rank<'a>(
 /// order rather than the ids'. Serving ranks ~200 candidates per request and returns ~10.
 pub fn rank_rows<'a>(
     ranker: &LinearModel,
-    rows: impl Iterator<Item = (&'a str, Source<'a>, [f64; 8])>,
+    rows: impl Iterator<Item = (&'a str, Source<'a>, PairRow)>,
     n: usize,
 ) -> Vec<Scored<'a>> {
     let logits = rows.map(|(item, source, features)| (item, source, ranker.logit(&features)));
@@ -244,20 +265,25 @@ pub fn rank_rows<'a>(
 }
 
 /// [`rank_rows`] over rows whose logits ([`LinearModel::logit`], or
-/// [`LinearModel::logit_of_terms`]) are computed: the `n` best by logit, ties by item id, each
-/// with its probability as the score.
+/// [`LinearModel::logit_of_terms`]) are computed: the `n` best, each with its probability as the
+/// score. The collaborative candidates come first, by logit, then the others by logit (ties by
+/// item id): the ranker orders the items similar to the user's history, and never puts an item
+/// the history does not point to before them (the label window of a rating log, say, favours
+/// popular items over similar ones, which the user's own next items do not).
 pub fn rank_logits<'a>(
     rows: impl Iterator<Item = (&'a str, Source<'a>, f64)>,
     n: usize,
 ) -> Vec<Scored<'a>> {
-    let mut scored: Vec<Scored> = rows
+    let (mut scored, mut others): (Vec<Scored>, Vec<Scored>) = rows
         .map(|(item, source, score)| Scored {
             item,
             source,
             score,
         })
-        .collect();
+        .partition(|s| s.source == Source::Collaborative);
     keep_best(&mut scored, n, |s| (s.score, s.item));
+    keep_best(&mut others, n - scored.len(), |s| (s.score, s.item));
+    scored.append(&mut others);
     for s in &mut scored {
         s.score = LinearModel::logistic(s.score);
     }
@@ -283,5 +309,6 @@ pub fn keep_best<T>(items: &mut Vec<T>, n: usize, key: impl Fn(&T) -> (f64, &str
     items.sort_unstable_by(order);
 }
 
-/// Similar-item lists by item, as the batch view gives them (best first).
-pub type SimilarLists = BTreeMap<String, Vec<String>>;
+/// Similar-item lists by item, as the batch view gives them: best first, each with its
+/// similarity.
+pub type SimilarLists = BTreeMap<String, Vec<(String, f64)>>;

@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use tandem_common::event::Kind;
 use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
@@ -14,7 +15,7 @@ use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
 use crate::linear::LinearModel;
 
 /// The version of the feature definitions below. Models carry the version they were trained on.
-pub const FEATURE_SCHEMA_VERSION: u32 = 1;
+pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -48,7 +49,7 @@ pub fn user_features(p: &Profile, now_ms: i64) -> [f64; 8] {
 }
 
 /// Names of [`pair_features`], in order.
-pub const PAIR_FEATURES: [&str; 8] = [
+pub const PAIR_FEATURES: [&str; 10] = [
     "category_share",
     "ln_category_interest",
     "ln_item_popularity",
@@ -57,14 +58,58 @@ pub const PAIR_FEATURES: [&str; 8] = [
     "recent_rank",
     "recent_recency",
     "ln_user_events",
+    "cf_share",
+    "ln_cf_best",
 ];
 
-/// The features of showing `item` (with its stats) to the user of `p`, at `now_ms`:
-/// the user's interest in the item's category (share and level, decayed), the item's decayed
-/// popularity and conversion, and whether and how recently the user saw the item. To score many
-/// items for one user, [`PairContext`] computes the user's part once.
-pub fn pair_features(p: &Profile, item_id: &str, item: &ItemStats, now_ms: i64) -> [f64; 8] {
-    PairContext::new(p, now_ms).features(item_id, item)
+/// One row of [`PAIR_FEATURES`].
+pub type PairRow = [f64; 10];
+
+/// The features of showing `item` (with its stats) to the user of `p`, at `now_ms`, with the
+/// collaborative scores `cf` ([`cf_scores`]): the user's interest in the item's category (share
+/// and level, decayed), the item's decayed popularity and conversion, whether and how recently
+/// the user saw the item, and how similar it is to the user's recent items (its collaborative
+/// score over the user's best: 1 for the user's best item, so that the feature tells items of
+/// one user apart whatever the user's activity) and how much the user's history says (the best
+/// score, the same for all the user's items). To score many items for one user,
+/// [`PairContext`] computes the user's part once.
+pub fn pair_features<'a>(
+    p: &'a Profile,
+    cf: Cf<&'a str>,
+    item_id: &str,
+    item: &ItemStats,
+    now_ms: i64,
+) -> PairRow {
+    PairContext::new(p, now_ms)
+        .with_cf(cf)
+        .features(item_id, item)
+}
+
+/// Collaborative scores by item ([`cf_scores`]).
+pub type Cf<T> = HashMap<T, f64, foldhash::fast::FixedState>;
+
+/// The best of the collaborative scores `cf` (0 for none).
+pub fn cf_max<T>(cf: &Cf<T>) -> f64 {
+    cf.values().copied().fold(0.0, f64::max)
+}
+
+/// The collaborative score of each item on the similar lists of the user's recent items
+/// (item-item collaborative filtering, as ItemKNN scores): the sum of the item's similarities to
+/// each of `sources` (the recent items whose lists are read, each once), in order.
+/// `similar(source)` is the source's list, best first, with the similarity of each item. The
+/// sum's order is fixed, so that every caller gets the same score to the bit.
+pub fn cf_scores<S, T, L>(sources: impl IntoIterator<Item = S>, similar: impl Fn(S) -> L) -> Cf<T>
+where
+    T: Hash + Eq,
+    L: IntoIterator<Item = (T, f64)>,
+{
+    let mut out = Cf::default();
+    for source in sources {
+        for (item, score) in similar(source) {
+            *out.entry(item).or_insert(0.0) += score;
+        }
+    }
+    out
 }
 
 /// The user's side of [`pair_features`] at one time, computed once for the many candidates of
@@ -80,6 +125,10 @@ pub struct PairContext<'a> {
     /// positions themselves (serving, for its listed rows) never need it.
     recent: OnceCell<HashMap<&'a str, usize, foldhash::fast::FixedState>>,
     ln_events: f64,
+    /// The collaborative score of each item ([`cf_scores`]; 0 for any other).
+    cf: Cf<&'a str>,
+    /// The best collaborative score of the user (0 without any).
+    cf_max: f64,
 }
 
 impl<'a> PairContext<'a> {
@@ -107,14 +156,52 @@ impl<'a> PairContext<'a> {
             categories,
             recent: OnceCell::new(),
             ln_events: (events as f64).ln_1p(),
+            cf: Cf::default(),
+            cf_max: 0.0,
+        }
+    }
+
+    /// The user with the collaborative scores `cf` ([`cf_scores`] of the user's recent items).
+    pub fn with_cf(mut self, cf: Cf<&'a str>) -> PairContext<'a> {
+        self.cf_max = cf_max(&cf);
+        self.cf = cf;
+        self
+    }
+
+    /// The user with collaborative scores whose best is `max` ([`cf_max`]), for callers that
+    /// keep the scores by another key and give each item's to [`Self::features_scored`] and
+    /// [`PairScorer::logit`].
+    pub fn with_cf_max(mut self, max: f64) -> PairContext<'a> {
+        self.cf_max = max;
+        self
+    }
+
+    /// `cf_share` of an item of collaborative score `cf`.
+    fn cf_share(&self, cf: f64) -> f64 {
+        if self.cf_max > 0.0 {
+            cf / self.cf_max
+        } else {
+            0.0
         }
     }
 
     /// The features of showing `item_id` (with its stats `item`).
-    pub fn features(&self, item_id: &str, item: &ItemStats) -> [f64; 8] {
+    pub fn features(&self, item_id: &str, item: &ItemStats) -> PairRow {
+        let cf = self.cf.get(item_id).copied().unwrap_or(0.0);
+        self.features_scored(item_id, item, cf)
+    }
+
+    /// [`Self::features`] with the item's collaborative score given (callers that keep the
+    /// scores by another key).
+    pub fn features_scored(&self, item_id: &str, item: &ItemStats, cf: f64) -> PairRow {
         let category = item.category.as_ref().map(|(c, _)| c.as_str());
         let interest = category.map_or((0.0, 0.0), |c| self.interest(c));
-        self.features_with(interest, self.recent_position(item_id), &ItemSide::of(item))
+        self.features_with(
+            interest,
+            self.recent_position(item_id),
+            cf,
+            &ItemSide::of(item),
+        )
     }
 
     /// The user's (share, level) of interest in `category`; (0, 0) for a category of none of
@@ -142,14 +229,16 @@ impl<'a> PairContext<'a> {
     }
 
     /// The features from their parts: the user's `interest` in the item's category (see
-    /// [`Self::interest`]), the item's position among the recent items, the item's side. What
-    /// [`Self::features`] computes, for callers that find the parts faster themselves.
+    /// [`Self::interest`]), the item's position among the recent items, its collaborative score,
+    /// the item's side. What [`Self::features`] computes, for callers that find the parts faster
+    /// themselves.
     pub fn features_with(
         &self,
         (share, level): (f64, f64),
         recent: Option<usize>,
+        cf: f64,
         item: &ItemSide,
-    ) -> [f64; 8] {
+    ) -> PairRow {
         let (recent_rank, recent_recency) = self.recent_features(recent);
         [
             share,
@@ -160,6 +249,8 @@ impl<'a> PairContext<'a> {
             recent_rank,
             recent_recency,
             self.ln_events,
+            self.cf_share(cf),
+            self.cf_max.ln_1p(),
         ]
     }
 
@@ -188,6 +279,8 @@ impl<'a> PairContext<'a> {
             user: self,
             not_recent: (ranker.term(5, 0.0), ranker.term(6, 0.0)),
             ln_events: ranker.term(7, self.ln_events),
+            no_cf: ranker.term(8, 0.0),
+            cf_best: ranker.term(9, self.cf_max.ln_1p()),
         }
     }
 }
@@ -203,6 +296,8 @@ pub struct PairScorer<'r, 'a> {
     user: &'r PairContext<'a>,
     not_recent: (f64, f64),
     ln_events: f64,
+    no_cf: f64,
+    cf_best: f64,
 }
 
 impl PairScorer<'_, '_> {
@@ -220,13 +315,15 @@ impl PairScorer<'_, '_> {
     }
 
     /// The logit of an item from its terms: the interest terms of its category, its
-    /// popularity term, its position among the recent items, its [`ItemTerms`].
+    /// popularity term, its position among the recent items, its collaborative score, its
+    /// [`ItemTerms`].
     #[inline]
     pub fn logit(
         &self,
         (share, level): (f64, f64),
         popularity: f64,
         recent: Option<usize>,
+        cf: f64,
         item: &ItemTerms,
     ) -> f64 {
         let (rank, recency) = match recent {
@@ -245,6 +342,12 @@ impl PairScorer<'_, '_> {
             rank,
             recency,
             self.ln_events,
+            if cf == 0.0 {
+                self.no_cf
+            } else {
+                self.ranker.term(8, self.user.cf_share(cf))
+            },
+            self.cf_best,
         ])
     }
 }

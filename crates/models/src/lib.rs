@@ -7,7 +7,7 @@
 //! | [`features`] | the model features, from the mergeable profile and item features, versioned |
 //! | [`segments`] | k-means over scaled user features, `k` chosen by the mean silhouette |
 //! | [`linear`] | standardised logistic regression (the ranker, the propensity model), AUC |
-//! | [`candidates`] | candidates by source (similar, category, popular) and ranking |
+//! | [`candidates`] | candidates by source (collaborative, category, popular) and ranking |
 //! | [`training`] | the time split, the history fold, training and the offline evaluation |
 //! | [`error`] | the crate's errors |
 //!
@@ -26,7 +26,9 @@
 //!     all.push(e);
 //! }
 //! let (profiles, _) = tandem_common::features::recompute(&all);
-//! let models = train(history, &profiles, &TrainOptions::default()).unwrap();
+//! // No similar-item lists here: the ranker's candidates are the categories' and popular items.
+//! let similar = Default::default();
+//! let models = train(history, &profiles, &similar, &TrainOptions::default()).unwrap();
 //! assert!(models.segments.is_some_and(|s| s.k() >= 2));
 //! println!("hit rate at 10: {:.3}", models.metrics.ranker.unwrap().hit_rate);
 //! ```

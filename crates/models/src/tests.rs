@@ -1,12 +1,15 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ndarray::Array2;
 use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile, recompute};
 use tandem_common::generate::{GenerateOptions, Generator};
 
-use crate::candidates::{CandidateOptions, Catalog, Source, candidates};
-use crate::features::{FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PairContext, USER_FEATURES};
+use crate::candidates::{CandidateOptions, Catalog, SimilarLists, Source, candidates};
+use crate::features::{
+    FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PAIR_FEATURES, PairContext, USER_FEATURES,
+    cf_scores,
+};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
 use crate::training::{History, Models, Split, TrainOptions, score_list, train};
@@ -112,25 +115,60 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
     p.affinity.insert("shoes".into(), 3.0);
     p.affinity.insert("hats".into(), 1.0);
     p.recent_items = vec![("x".into(), 10)];
-    let similar = |i: &str| if i == "x" { vec!["b"] } else { vec![] };
+    // Collaborative scores of the items similar to "x": "a" (excluded), "b", "e" (equal to b).
+    let similar: SimilarLists = [(
+        "x".to_string(),
+        vec![("a".to_string(), 0.9), ("e".into(), 0.5), ("b".into(), 0.5)],
+    )]
+    .into();
+    let cf = cf_scores(
+        crate::candidates::similar_sources(&p, &CandidateOptions::default()),
+        |i| {
+            let list = similar.get(i).into_iter().flatten();
+            list.map(|(s, v)| (s.as_str(), *v))
+        },
+    );
     let exclude: HashSet<&str> = ["a"].into();
     let opts = CandidateOptions {
         categories: 1,
         ..CandidateOptions::default()
     };
-    let got: Vec<(String, String)> = candidates(&p, &catalog, &similar, &exclude, &opts)
-        .into_iter()
-        .map(|c| (c.item.to_string(), c.source.to_string()))
-        .collect();
-    let want = [("b", "similar_to:x"), ("d", "popular"), ("c", "popular")];
-    let want: Vec<(String, String)> = want
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    assert_eq!(got, want);
+    let named = |cands: Vec<crate::candidates::Candidate>| -> Vec<(String, String)> {
+        cands
+            .into_iter()
+            .map(|c| (c.item.to_string(), c.source.to_string()))
+            .collect()
+    };
+    let pairs = |want: &[(&str, &str)]| -> Vec<(String, String)> {
+        want.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    let got = named(candidates(&p, &catalog, &cf, &exclude, &opts));
+    let want = [
+        ("b", "cf:item_knn"),
+        ("e", "cf:item_knn"),
+        ("d", "popular"),
+        ("c", "popular"),
+    ];
+    assert_eq!(got, pairs(&want));
+    // The best by score only: "b" before "e" by id at equal scores.
+    let one = CandidateOptions {
+        collaborative: 1,
+        ..opts
+    };
+    let got = named(candidates(&p, &catalog, &cf, &exclude, &one));
+    let want = [("b", "cf:item_knn"), ("d", "popular"), ("c", "popular")];
+    assert_eq!(got, pairs(&want));
     // A cold user gets popular items only.
     let nobody = Profile::new();
-    let cold = candidates(&nobody, &catalog, &similar, &HashSet::new(), &opts);
+    let cold = candidates(
+        &nobody,
+        &catalog,
+        &Default::default(),
+        &HashSet::new(),
+        &opts,
+    );
     assert!(cold.iter().all(|c| c.source == Source::Popular));
 }
 
@@ -140,6 +178,58 @@ fn generated(users: u32, seed: u64) -> Vec<Event<'static>> {
     opts.dup_rate = 0.0;
     let mut g = Generator::new(opts).unwrap();
     std::iter::from_fn(|| g.next_event()).collect()
+}
+
+/// Similar-item lists of the events before `ts_before`, as the batch view computes them: the
+/// 20 best items by cosine over sessions and users' latest 50 items.
+fn similar_before(events: &[Event<'_>], ts_before: i64) -> SimilarLists {
+    let mut baskets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut users: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.ts < ts_before) {
+        let Some(item) = &e.item_id else { continue };
+        if !matches!(
+            e.kind,
+            Kind::View | Kind::Click | Kind::AddToCart | Kind::Purchase
+        ) {
+            continue;
+        }
+        let session = e.session_id.as_deref().unwrap_or("-");
+        let key = format!("s:{}:{session}", e.user_id);
+        baskets.entry(key).or_default().insert(item.to_string());
+        let t = users.entry(e.user_id.to_string()).or_default();
+        let last = t.entry(item.to_string()).or_insert(e.ts);
+        *last = (*last).max(e.ts);
+    }
+    for (u, items) in users {
+        let mut latest: Vec<(i64, String)> = items.into_iter().map(|(i, t)| (t, i)).collect();
+        latest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let basket = latest.into_iter().take(50).map(|(_, i)| i).collect();
+        baskets.insert(format!("u:{u}"), basket);
+    }
+    let (mut n, mut co) = (HashMap::<&str, f64>::new(), HashMap::new());
+    for b in baskets.values() {
+        let b: Vec<&str> = b.iter().map(String::as_str).take(50).collect();
+        for a in &b {
+            *n.entry(*a).or_default() += 1.0;
+            for c in &b {
+                if a != c {
+                    *co.entry((*a, *c)).or_insert(0.0) += 1.0;
+                }
+            }
+        }
+    }
+    let mut out = SimilarLists::new();
+    for ((a, b), c) in co {
+        let score = c / (n[a] * n[b]).sqrt();
+        out.entry(a.to_string())
+            .or_default()
+            .push((b.to_string(), score));
+    }
+    for list in out.values_mut() {
+        list.sort_by(|x, y| y.1.total_cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        list.truncate(20);
+    }
+    out
 }
 
 #[test]
@@ -154,7 +244,8 @@ fn trained_models_beat_popularity_and_round_trip() {
     h.merge(h2);
     assert_eq!(h.events(), events.len() as u64);
     let (profiles, _) = recompute(&events);
-    let models = train(h, &profiles, &TrainOptions::default()).unwrap();
+    let similar = similar_before(&events, split.train_from_ms);
+    let models = train(h, &profiles, &similar, &TrainOptions::default()).unwrap();
     let m = &models.metrics;
     assert!(m.eval_users > 500, "{m:?}");
     assert!(m.train_rows > m.train_users * 10, "{m:?}");
@@ -165,6 +256,10 @@ fn trained_models_beat_popularity_and_round_trip() {
     );
     assert!(m.skipped.is_empty(), "{m:?}");
     assert!(m.propensity_auc.unwrap() > 0.6, "{m:?}");
+    // Items similar to the user's recent ones are likelier: the ranker learns it.
+    let ranker = models.ranker.as_ref().unwrap();
+    let cf = PAIR_FEATURES.iter().position(|f| *f == "cf_share").unwrap();
+    assert!(ranker.weights[cf] > 0.0, "{ranker:?}");
     assert!((2..=8).contains(&m.segments));
 
     // Trained twice on the same events, folded the same way: the same models, to the bit.
@@ -178,7 +273,7 @@ fn trained_models_beat_popularity_and_round_trip() {
     }
     again.merge(again2);
     assert_eq!(
-        train(again, &profiles, &TrainOptions::default()).unwrap(),
+        train(again, &profiles, &similar, &TrainOptions::default()).unwrap(),
         models
     );
 
@@ -209,13 +304,21 @@ fn trained_models_beat_popularity_and_round_trip() {
     let _ = Kind::View;
 
     // The ranker's logit from precomputed terms is its logit of the features, to the bit, for
-    // every user and item: recent or not, of the user's categories or not, at two times.
+    // every user and item: recent or not, of the user's categories or not, similar to the
+    // user's recent items or not, at two times.
     let (_, items) = recompute(&events);
     let ranker = models.ranker.as_ref().unwrap();
-    let mut recent_pairs = 0;
+    let (mut recent_pairs, mut cf_pairs) = (0, 0);
     for now in [END, END + 3 * DAY + 12_345] {
         for (uid, p) in profiles.iter().take(200) {
-            let user = PairContext::new(p, now);
+            let cf = cf_scores(
+                crate::candidates::similar_sources(p, &models.candidates),
+                |i| {
+                    let list = similar.get(i).into_iter().flatten();
+                    list.map(|(s, v)| (s.as_str(), *v))
+                },
+            );
+            let user = PairContext::new(p, now).with_cf(cf.clone());
             let scorer = user.scorer(ranker);
             for (id, stats) in &items {
                 let side = ItemSide::of(stats);
@@ -225,11 +328,18 @@ fn trained_models_beat_popularity_and_round_trip() {
                     .map_or((0.0, 0.0), |(c, _)| user.interest(c));
                 let recent = user.recent_position(id);
                 recent_pairs += recent.is_some() as usize;
-                let want = ranker.logit(&user.features_with(interest, recent, &side));
+                let score = cf.get(id.as_str()).copied().unwrap_or(0.0);
+                cf_pairs += (score > 0.0) as usize;
+                let want = ranker.logit(&user.features_with(interest, recent, score, &side));
+                assert_eq!(
+                    want.to_bits(),
+                    ranker.logit(&user.features(id, stats)).to_bits()
+                );
                 let got = scorer.logit(
                     scorer.interest_terms(interest),
                     scorer.popularity_term(side.popularity),
                     recent,
+                    score,
                     &ItemTerms::of(&side, ranker),
                 );
                 assert_eq!(
@@ -241,6 +351,29 @@ fn trained_models_beat_popularity_and_round_trip() {
         }
     }
     assert!(recent_pairs > 100, "{recent_pairs}");
+    assert!(cf_pairs > 1_000, "{cf_pairs}");
+}
+
+/// The collaborative candidates come first, by logit; the others fill in after them, by logit.
+#[test]
+fn collaborative_candidates_rank_first() {
+    use crate::candidates::rank_logits;
+    let rows = [
+        ("p1", Source::Popular, 3.0),
+        ("c1", Source::Collaborative, -1.0),
+        ("k1", Source::Category("hats"), 2.0),
+        ("c2", Source::Collaborative, 0.5),
+        ("c3", Source::Collaborative, 0.5),
+    ];
+    let top = |n| -> Vec<&str> {
+        rank_logits(rows.iter().copied(), n)
+            .iter()
+            .map(|s| s.item)
+            .collect()
+    };
+    assert_eq!(top(5), ["c2", "c3", "c1", "p1", "k1"]);
+    assert_eq!(top(2), ["c2", "c3"]);
+    assert_eq!(top(4), ["c2", "c3", "c1", "p1"]);
 }
 
 #[test]
@@ -273,7 +406,8 @@ fn each_model_trains_or_is_skipped_on_its_own() {
     let mut h = History::new(split);
     events.iter().for_each(|e| h.add(e));
     let (profiles, _) = recompute(&events);
-    let models = train(h, &profiles, &TrainOptions::default()).unwrap();
+    let similar = similar_before(&events, split.train_from_ms);
+    let models = train(h, &profiles, &similar, &TrainOptions::default()).unwrap();
     assert!(models.propensity.is_none());
     assert!(models.ranker.is_some() && models.segments.is_some());
     let why = &models.metrics.skipped["propensity"];
@@ -293,6 +427,7 @@ fn each_model_trains_or_is_skipped_on_its_own() {
     // With no event at all, nothing can be trained: one error naming every model's reason.
     let err = train(
         History::new(split),
+        &Default::default(),
         &Default::default(),
         &TrainOptions::default(),
     )

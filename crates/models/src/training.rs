@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile};
 
-use crate::candidates::{CandidateOptions, Catalog, candidates, rank};
+use crate::candidates::{
+    CandidateOptions, Catalog, SimilarLists, candidates, rank, similar_sources,
+};
 use crate::error::{Error, Result};
 use crate::features::{
-    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, user_features,
+    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, cf_scores, user_features,
 };
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
@@ -276,6 +278,10 @@ pub struct Metrics {
     /// model trains or is skipped on its own.
     #[serde(default)]
     pub skipped: BTreeMap<String, String>,
+    /// Features of [`MONOTONE_PAIR_FEATURES`] the ranker was trained without, because the
+    /// window's labels would have weighed them down.
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 /// The trained models, as shipped in a snapshot.
@@ -295,7 +301,29 @@ pub struct Models {
     pub metrics: Metrics,
 }
 
+/// Pair features the ranker may weigh up only: an item more similar to the user's history is
+/// never ranked lower for it. A label window can say otherwise — on a public rating log, the
+/// users active in the last weeks are mostly new ones rating popular films in a burst, and there
+/// popularity wins over similarity to a short history — while the users' own next items say the
+/// opposite (see the evaluation); the ranker is then trained without the feature
+/// (`metrics.left_out`), and similarity still chooses the candidates.
+pub const MONOTONE_PAIR_FEATURES: [&str; 1] = ["cf_share"];
+
+/// How far past its data's end a snapshot's models rank at: see [`Models::clock`].
+pub const CLOCK_SLACK_MS: i64 = 2 * 86_400_000;
+
 impl Models {
+    /// The time to rank at, for a request at `now_ms` by a user last seen at `last_seen_ms`:
+    /// now, unless the snapshot's data (`metrics.split.end_ms`) and the user's last event both
+    /// end more than [`CLOCK_SLACK_MS`] before it, then that time plus the slack. On live data
+    /// (nightly snapshots, users seen lately) it is now; on a log that ended years ago (a public
+    /// dataset, a history loaded for a backtest) it is the log's time, as the models were
+    /// trained at, instead of a time at which every decayed feature reads 0.
+    pub fn clock(&self, now_ms: i64, last_seen_ms: i64) -> i64 {
+        let data_now = self.metrics.split.end_ms.max(last_seen_ms);
+        now_ms.min(data_now.saturating_add(CLOCK_SLACK_MS))
+    }
+
     /// The models as JSON.
     pub fn to_json(&self) -> Result<Vec<u8>> {
         Ok(serde_json::to_vec_pretty(self)?)
@@ -369,12 +397,16 @@ fn sample(mut keys: Vec<&String>, max: usize) -> Vec<&String> {
 }
 
 /// Trains every model: segments on `profiles` (the snapshot's, at `C`), the ranker and the
-/// propensity model on `history`, and evaluates them on its held-out period. Each model is
-/// trained or skipped on its own (with why, in the metrics); it fails with
-/// [`Error::NotEnoughData`] only when none could be trained.
+/// propensity model on `history`, and evaluates them on its held-out period. `similar` are the
+/// similar-item lists of the events before the label period (`split.train_from_ms`): the
+/// ranker's similar candidates and collaborative scores, in training and in its evaluation, so
+/// that no label is among the co-occurrences it learns from. Each model is trained or skipped
+/// on its own (with why, in the metrics); it fails with [`Error::NotEnoughData`] only when none
+/// could be trained.
 pub fn train(
     history: History,
     profiles: &BTreeMap<String, Profile>,
+    similar: &SimilarLists,
     opts: &TrainOptions,
 ) -> Result<Models> {
     let split = history.split;
@@ -388,6 +420,12 @@ pub fn train(
     };
     let none = HashSet::new();
     let mut skipped = BTreeMap::new();
+    let cf_of = |p: &Profile| {
+        cf_scores(similar_sources(p, &opts.candidates), |i| {
+            let list = similar.get(i).into_iter().flatten();
+            list.map(|(s, v)| (s.as_str(), *v))
+        })
+    };
 
     // Segments over every profile at C.
     let rows: Vec<[f64; 8]> = profiles
@@ -416,7 +454,8 @@ pub fn train(
     for user in sample(history.train.engaged.keys().collect(), opts.max_train_users) {
         let p = history.before.profiles.get(user).unwrap_or(&empty);
         let engaged = &history.train.engaged[user];
-        let cands = candidates(p, &catalog_t1, &|_| Vec::new(), &none, &opts.candidates);
+        let cf = cf_of(p);
+        let cands = candidates(p, &catalog_t1, &cf, &none, &opts.candidates);
         if !cands.iter().any(|c| engaged.contains(c.item)) {
             continue;
         }
@@ -424,7 +463,7 @@ pub fn train(
         let negatives = cands.iter().filter(|c| !engaged.contains(c.item)).count();
         let step = negatives.div_ceil(opts.negatives_per_user.max(1)).max(1);
         let mut negative = 0;
-        let pair = PairContext::new(p, split.train_from_ms);
+        let pair = PairContext::new(p, split.train_from_ms).with_cf(cf);
         for c in cands {
             let label = engaged.contains(c.item);
             if !label {
@@ -446,6 +485,24 @@ pub fn train(
             history.train.engaged.len()
         ))),
         _ => LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha),
+    };
+    // A feature the ranker may only weigh up: trained again without it (its column constant,
+    // so its weight is 0) when the window's labels would weigh it down.
+    let mut left_out = Vec::new();
+    let ranker = match ranker {
+        Ok(r) => {
+            let mut r = Ok(r);
+            for f in MONOTONE_PAIR_FEATURES {
+                let i = PAIR_FEATURES.iter().position(|n| *n == f).unwrap_or(0);
+                if r.as_ref().is_ok_and(|r: &LinearModel| r.weights[i] < 0.0) {
+                    x.iter_mut().for_each(|row| row[i] = 0.0);
+                    left_out.push(f.to_string());
+                    r = LinearModel::train(&PAIR_FEATURES, to_matrix(&x), &y, opts.alpha);
+                }
+            }
+            r
+        }
+        Err(e) => Err(e),
     };
     let ranker = keep(&mut skipped, "ranker", ranker)?;
     lap("ranker");
@@ -513,14 +570,23 @@ pub fn train(
     for user in &eval {
         let truth = &history.holdout.engaged[*user];
         let p = at_t.profiles.get(*user).unwrap_or(&empty);
-        let cands = candidates(p, &catalog_t, &|_| Vec::new(), &none, &opts.candidates);
+        let cf = cf_of(p);
+        let cands = candidates(p, &catalog_t, &cf, &none, &opts.candidates);
         if cands.iter().any(|c| truth.contains(c.item)) {
             recall += 1.0;
         }
         if let Some(ranker) = &ranker {
             let stats: Vec<Option<&ItemStats>> =
                 cands.iter().map(|c| catalog_t.items.get(c.item)).collect();
-            let top = rank(ranker, p, &cands, &stats, split.holdout_from_ms, opts.k);
+            let top = rank(
+                ranker,
+                p,
+                cf.clone(),
+                &cands,
+                &stats,
+                split.holdout_from_ms,
+                opts.k,
+            );
             let (h, n) = score_list(top.iter().map(|s| s.item), truth, opts.k);
             r_hits += h;
             r_ndcg += n;
@@ -554,6 +620,7 @@ pub fn train(
             segments: segments.as_ref().map_or(0, Segments::k),
             silhouette,
             skipped,
+            left_out,
         },
         segments,
         ranker,

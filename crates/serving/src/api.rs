@@ -24,7 +24,7 @@ use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
     Candidate, CandidateOptions, Scored, Source, gather, keep_best, rank_logits,
 };
-use tandem_models::features::{PairContext, user_features};
+use tandem_models::features::{Cf, PairContext, cf_max, cf_scores, user_features};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::App;
@@ -623,8 +623,8 @@ pub async fn get_profile(
 pub struct RecsQuery {
     /// How many items (1–100, default 10).
     pub n: Option<usize>,
-    /// The item the user is looking at: items similar to it come first among the candidates,
-    /// and it is itself left out.
+    /// The item the user is looking at: it leads the user's recent items (its similar items
+    /// count in the collaborative scores, as the most recent item's), and it is itself left out.
     pub context_item: Option<String>,
     /// Items to leave out, comma-separated.
     pub exclude: Option<String>,
@@ -641,7 +641,8 @@ pub struct Recommendation<'a> {
     /// The ranker's probability of interest, or, when the snapshot has no models, the item's
     /// popularity relative to the first item's (1 for the first).
     pub score: f64,
-    /// Where the candidate came from: `similar_to:<item>`, `category:<c>` or `popular`.
+    /// Where the candidate came from: `cf:item_knn` (similar to the user's recent items),
+    /// `category:<c>` or `popular`.
     #[serde(serialize_with = "display")]
     #[schema(value_type = String)]
     pub source: Source<'a>,
@@ -788,7 +789,7 @@ pub async fn get_recommendations(
     if let Some(reason) = seen_failed {
         return Ok(popular(Some(Degraded::PopularOnly), Some(reason)));
     }
-    // The context item leads the recent items, so that its similar items come first.
+    // The context item leads the recent items: its similar items count as the latest item's.
     let profile: Cow<'_, Profile> = match q.context_item.as_deref() {
         Some(c) => {
             let mut p = m.profile().clone();
@@ -804,7 +805,8 @@ pub async fn get_recommendations(
         Ok(rows) => rows,
         Err(e) => return Ok(popular(Some(Degraded::PopularOnly), Some(e.reason()))),
     };
-    let cands = candidate_ids(s, &profile, &sources, &similar_rows, &exclude, &opts);
+    let cf = collaborative(s, &similar_rows);
+    let cands = candidate_ids(s, &profile, &cf, &exclude, &opts);
     let rows = match s
         .item_rows(app.store.as_ref(), &unlisted(&cands), timeout)
         .await
@@ -813,7 +815,12 @@ pub async fn get_recommendations(
         Err(e) => return Ok(popular(Some(Degraded::PopularOnly), Some(e.reason()))),
     };
     let resolved = resolve_rows(s, &cands, &rows);
-    let (items, ranked_by) = match rank_resolved(s, &profile, &cands, &resolved, now_ms(), n) {
+    let at = s
+        .models
+        .as_ref()
+        .map_or_else(now_ms, |m| m.clock(now_ms(), profile.last_ts));
+    let ranked = rank_resolved(s, &profile, &cf, &cands, &resolved, at, n);
+    let (items, ranked_by) = match ranked {
         Some(ranked) => (
             ranked
                 .into_iter()
@@ -857,10 +864,10 @@ pub async fn get_recommendations(
     Ok(answer(items, ranked_by, m.degraded, m.degraded_reason))
 }
 
-/// The recent items whose similar items are candidates (DESIGN §6), most recent first.
+/// The recent items whose similar items are candidates and give the collaborative scores
+/// ([`tandem_models::candidates::similar_sources`]), most recent first.
 pub(crate) fn similar_sources<'a>(profile: &'a Profile, opts: &CandidateOptions) -> Vec<&'a str> {
-    let recent = profile.recent_items.iter().take(opts.recent_for_similar);
-    recent.map(|(i, _)| i.as_str()).collect()
+    tandem_models::candidates::similar_sources(profile, opts).collect()
 }
 
 /// The candidates not among the snapshot's listed rows, whose rows come from the cache or the
@@ -874,23 +881,26 @@ pub(crate) fn unlisted<'a>(cands: &[Candidate<'a, ItemId<'a>>]) -> Vec<&'a str> 
     .collect()
 }
 
-/// The candidates (DESIGN §6) with the snapshot's listed items named by number, so that most
-/// of them cost no string hashing, here or in ranking: exactly
-/// [`tandem_models::candidates::candidates`] over the whole catalog. `similar_rows` are the rows
-/// of `sources` ([`similar_sources`]).
+/// The collaborative scores ([`tandem_models::features::cf_scores`]) of the user whose
+/// [`similar_sources`] have the rows `similar_rows`, by item as the snapshot names them: summed
+/// in the order of the sources and their lists, as the models sum them.
+pub(crate) fn collaborative<'a>(
+    s: &'a Loaded,
+    similar_rows: &'a [Option<ItemRef<'a>>],
+) -> Cf<ItemId<'a>> {
+    cf_scores(similar_rows.iter().flatten(), |row| s.similar_scored(row))
+}
+
+/// The candidates with the snapshot's listed items named by number, so that most of them cost
+/// no string hashing, here or in ranking: exactly [`tandem_models::candidates::candidates`] over
+/// the whole catalog. `cf` are the user's collaborative scores ([`collaborative`]).
 pub(crate) fn candidate_ids<'a>(
     s: &'a Loaded,
     profile: &'a Profile,
-    sources: &[&'a str],
-    similar_rows: &'a [Option<ItemRef<'a>>],
+    cf: &Cf<ItemId<'a>>,
     exclude: &Exclude,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a, ItemId<'a>>> {
-    let similar = |recent: &str| {
-        let k = sources.iter().position(|x| *x == recent);
-        let row = k.and_then(|k| similar_rows[k].as_ref());
-        row.into_iter().flat_map(|row| s.similar_ids(row))
-    };
     RowMemo::with(s, |memo| {
         // An excluded item is marked before gathering, as if taken already: `gather` skips
         // both alike.
@@ -908,7 +918,8 @@ pub(crate) fn candidate_ids<'a>(
         };
         gather(
             profile,
-            similar,
+            cf,
+            |i| s.name(i),
             |c| s.category_ids(c),
             s.popular_ids(),
             admit,
@@ -1009,7 +1020,8 @@ pub(crate) fn resolve_rows<'a>(
 }
 
 /// The `n` best candidates by the snapshot's ranker (`None` when it has no models): exactly
-/// [`tandem_models::candidates::rank`] over the same candidates and stats. For listed items,
+/// [`tandem_models::candidates::rank`] over the same candidates, stats and collaborative scores
+/// (`cf`, [`collaborative`]). For listed items,
 /// the parts of the features are found by number (their category, their place among the user's
 /// recent items) and the logit is summed from terms computed once: per snapshot (the item's
 /// own, [`ListedItem::terms`], of this same ranker), per request (the user's,
@@ -1018,13 +1030,14 @@ pub(crate) fn resolve_rows<'a>(
 pub(crate) fn rank_resolved<'a>(
     s: &Loaded,
     profile: &Profile,
+    cf: &Cf<ItemId<'a>>,
     cands: &[Candidate<'a, ItemId<'a>>],
     resolved: &[Resolved<'a>],
     now_ms: i64,
     n: usize,
 ) -> Option<Vec<Scored<'a>>> {
     let ranker = s.models.as_ref()?.ranker.as_ref()?;
-    let user = PairContext::new(profile, now_ms);
+    let user = PairContext::new(profile, now_ms).with_cf_max(cf_max(cf));
     let scorer = user.scorer(ranker);
     // The user's categories and recent items that listed items can have, by number: a
     // category no listed item has, or a recent item not listed, matches none of them.
@@ -1063,9 +1076,15 @@ pub(crate) fn rank_resolved<'a>(
                     let popularity = memo.popularity(l.number, now_ms, || {
                         scorer.popularity_term(l.side.popularity)
                     });
-                    scorer.logit(interest.unwrap_or(no_interest), popularity, at, &l.terms)
+                    let score = cf.get(&c.item).copied().unwrap_or(0.0);
+                    let interest = interest.unwrap_or(no_interest);
+                    scorer.logit(interest, popularity, at, score, &l.terms)
                 }
-                None => ranker.logit(&user.features(id, stats.unwrap_or(&none))),
+                None => {
+                    let score = cf.get(&c.item).copied().unwrap_or(0.0);
+                    let features = user.features_scored(id, stats.unwrap_or(&none), score);
+                    ranker.logit(&features)
+                }
             };
             (*id, c.source, logit)
         });

@@ -200,6 +200,14 @@ impl Loaded {
         }
     }
 
+    /// The id of `item`.
+    pub fn name<'a>(&'a self, item: ItemId<'a>) -> &'a str {
+        match item {
+            ItemId::Listed(k) => &self.listed(k).id,
+            ItemId::Unlisted(i) => i,
+        }
+    }
+
     /// How many rows are listed (their numbers are `0..listed_len()`).
     pub fn listed_len(&self) -> usize {
         self.listed.items.len()
@@ -247,6 +255,15 @@ impl Loaded {
                 Some(ks) => ItemId::of(name, ks[j]),
                 None => self.resolve(name),
             })
+    }
+
+    /// [`Self::similar_ids`] with each item's similarity.
+    pub fn similar_scored<'a>(
+        &'a self,
+        row: &'a ItemRef<'a>,
+    ) -> impl Iterator<Item = (ItemId<'a>, f64)> + use<'a> {
+        let scores = row.similar.iter().map(|(_, score)| *score);
+        self.similar_ids(row).zip(scores)
     }
 
     /// The rows of `items` (in order; `None` for an item not in the snapshot): those of the

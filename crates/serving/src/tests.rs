@@ -547,8 +547,8 @@ async fn recommendations(f: Fixture) {
         })
         .collect();
     let source = |i: &str| got.iter().find(|(x, _)| x == i).map(|(_, s)| s.as_str());
-    assert_eq!(source("i2"), Some("similar_to:i1"), "{got:?}");
-    assert_eq!(source("i3"), Some("similar_to:i1"));
+    assert_eq!(source("i2"), Some("cf:item_knn"), "{got:?}");
+    assert_eq!(source("i3"), Some("cf:item_knn"));
     assert_eq!(source("i4"), Some("category:shoes"));
     assert_eq!(source("h1"), Some("popular"));
     // The item just seen is a candidate by category (the user may want it again) but exclusion
@@ -1105,11 +1105,14 @@ async fn serving_ranks_exactly_as_the_models_do() {
     use std::collections::HashMap;
 
     use tandem_models::candidates::{CandidateOptions, Catalog, candidates, rank};
-    use tandem_models::features::{FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES};
+    use tandem_models::features::{
+        FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, cf_scores,
+    };
     use tandem_models::linear::{LinearModel, Scaler};
 
     use crate::api::{
-        Exclude, candidate_ids, rank_resolved, resolve_rows, similar_sources, unlisted,
+        Exclude, candidate_ids, collaborative, rank_resolved, resolve_rows, similar_sources,
+        unlisted,
     };
     use crate::snapshot::Snapshots;
 
@@ -1171,15 +1174,15 @@ async fn serving_ranks_exactly_as_the_models_do() {
     let ranker = LinearModel {
         features: PAIR_FEATURES.iter().map(|s| s.to_string()).collect(),
         scaler: Scaler {
-            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0],
-            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0],
+            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0, 0.3, 0.5],
+            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0, 0.6, 0.8],
         },
-        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1],
+        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1, 1.7, -0.4],
         intercept: -0.4,
     };
     let opts = CandidateOptions {
         recent_for_similar: 4,
-        similar_per_item: 3,
+        collaborative: 50,
         categories: 2,
         per_category: 3,
         popular: 6,
@@ -1254,17 +1257,17 @@ async fn serving_ranks_exactly_as_the_models_do() {
         popular: popular.overall.clone(),
         by_category: popular.by_category.clone().into_iter().collect(),
     };
-    let similar = |i: &str| -> Vec<&str> {
-        by_id.get(i).map_or(Vec::new(), |r| {
-            r.similar.iter().map(|(s, _)| s.as_str()).collect()
-        })
-    };
-    let want_cands = candidates(&p, &catalog, &similar, &exclude, &opts);
+    let cf = cf_scores(similar_sources(&p, &opts), |i| {
+        let list = by_id.get(i).into_iter().flat_map(|r| &r.similar);
+        list.map(|(s, v)| (s.as_str(), *v))
+    });
+    assert!(cf.len() > 3, "{cf:?}");
+    let want_cands = candidates(&p, &catalog, &cf, &exclude, &opts);
     let want_stats: Vec<Option<&ItemStats>> = want_cands
         .iter()
         .map(|c| by_id.get(c.item).map(|r| &r.stats))
         .collect();
-    let want = rank(&ranker, &p, &want_cands, &want_stats, at, 100);
+    let want = rank(&ranker, &p, cf, &want_cands, &want_stats, at, 100);
 
     // Serving's way: with the rows of the items similar to the listed ones listed too (the
     // app's snapshot: the u* rows), and with only the popular lists' rows listed (a cache of
@@ -1276,7 +1279,8 @@ async fn serving_ranks_exactly_as_the_models_do() {
         let sources = similar_sources(&p, &opts);
         let store = f.store.as_ref();
         let similar_rows = s.item_rows(store, &sources, timeout).await.unwrap();
-        let cands = candidate_ids(&s, &p, &sources, &similar_rows, &exclude, &opts);
+        let cf = collaborative(&s, &similar_rows);
+        let cands = candidate_ids(&s, &p, &cf, &exclude, &opts);
         let unlisted = unlisted(&cands);
         assert!(unlisted.contains(&"ghost"));
         assert_eq!(
@@ -1286,7 +1290,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
         );
         let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
         let resolved = resolve_rows(&s, &cands, &rows);
-        let got = rank_resolved(&s, &p, &cands, &resolved, at, 100).unwrap();
+        let got = rank_resolved(&s, &p, &cf, &cands, &resolved, at, 100).unwrap();
 
         assert_eq!(got.len(), want_cands.len());
         assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));

@@ -391,6 +391,17 @@ async fn a_cutoff_before_every_event_publishes_an_empty_snapshot() {
     assert!(popular.overall.is_empty());
 }
 
+/// Loads JSON lines into the lake as `tandem ingest` does (hour epochs): the events accepted.
+async fn ingest_jsonl(lake: &Lake, jsonl: Vec<u8>) -> u64 {
+    use tandem_common::ingest::{IngestOptions, InputFormat, Quiet, ingest};
+    let config = tandem_common::config::Config::defaults();
+    let mut opts = IngestOptions::from_config(&config, InputFormat::Jsonl);
+    opts.epoch_ms = HOUR;
+    let input = Box::new(std::io::Cursor::new(jsonl));
+    let summary = ingest(lake, input, opts, &mut Quiet).await.unwrap();
+    summary.accepted
+}
+
 /// History loaded in bulk is in the next batch run at once, not an epoch later: a load is
 /// stamped into the epoch already closed, below the cutoff a run can pick as soon as it ends.
 /// A second load below that cutoff makes the next run publish the next revision at the same
@@ -398,7 +409,6 @@ async fn a_cutoff_before_every_event_publishes_an_empty_snapshot() {
 #[tokio::test]
 async fn a_history_just_loaded_is_in_the_next_batch() {
     use tandem_common::generate::{GenerateOptions, Generator};
-    use tandem_common::ingest::{IngestOptions, InputFormat, Quiet, ingest};
     let lake = Lake::open("memory://").unwrap();
     let store = MemoryStore::default();
     let load = |seed: u64| {
@@ -408,20 +418,7 @@ async fn a_history_just_loaded_is_in_the_next_batch() {
             let mut g = Generator::new(GenerateOptions::new(120, 10, seed, now - DAY)).unwrap();
             let mut jsonl = Vec::new();
             while g.next_json(&mut jsonl) {}
-            let mut opts = IngestOptions::from_config(
-                &tandem_common::config::Config::defaults(),
-                InputFormat::Jsonl,
-            );
-            opts.epoch_ms = HOUR;
-            let s = ingest(
-                &lake,
-                Box::new(std::io::Cursor::new(jsonl)),
-                opts,
-                &mut Quiet,
-            )
-            .await
-            .unwrap();
-            (g, s.accepted)
+            (g, ingest_jsonl(&lake, jsonl).await)
         }
     };
     let now_options = || RunOptions {
@@ -460,7 +457,6 @@ async fn a_history_just_loaded_is_in_the_next_batch() {
 #[tokio::test]
 async fn events_from_1970_2000_and_now_are_scored() {
     use tandem_common::event::{Event, Kind, now_ms};
-    use tandem_common::ingest::{IngestOptions, InputFormat, Quiet, ingest};
     let lake = Lake::open("memory://").unwrap();
     let store = MemoryStore::default();
     let now = now_ms() - HOUR;
@@ -496,20 +492,7 @@ async fn events_from_1970_2000_and_now_are_scored() {
         .iter()
         .flat_map(|e| format!("{}\n", e.to_json()).into_bytes())
         .collect();
-    let mut opts = IngestOptions::from_config(
-        &tandem_common::config::Config::defaults(),
-        InputFormat::Jsonl,
-    );
-    opts.epoch_ms = HOUR;
-    let loaded = ingest(
-        &lake,
-        Box::new(std::io::Cursor::new(jsonl)),
-        opts,
-        &mut Quiet,
-    )
-    .await
-    .unwrap();
-    assert_eq!(loaded.accepted, events.len() as u64);
+    assert_eq!(ingest_jsonl(&lake, jsonl).await, events.len() as u64);
     let run_opts = RunOptions {
         now_ms: now_ms(),
         ..options(None)

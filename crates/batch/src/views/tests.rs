@@ -311,6 +311,7 @@ async fn the_events_view_prunes_dates_after_the_cutoff() {
 fn similar_reference(
     events: &[(Event<'static>, Stamp)],
     cutoff: i64,
+    ts_before: i64,
 ) -> BTreeMap<String, Vec<Similar>> {
     use std::collections::{BTreeSet, HashSet};
     let mut before: Vec<_> = events
@@ -320,6 +321,8 @@ fn similar_reference(
     before.sort_by_key(|(_, s)| (s.ingest_ts, s.partition, s.offset));
     let mut seen = HashSet::new();
     let mut sessions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Per user, each item's latest time.
+    let mut users: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for (e, _) in before {
         if !seen.insert(e.event_id.to_string()) {
             continue;
@@ -328,23 +331,44 @@ fn similar_reference(
             e.kind,
             Kind::View | Kind::Click | Kind::AddToCart | Kind::Purchase
         );
-        if let (Some(item), true) = (&e.item_id, interest) {
+        if let (Some(item), true) = (&e.item_id, interest && e.ts < ts_before) {
             let s = match &e.session_id {
                 Some(s) => s.to_string(),
                 None => format!("{}:{}", e.user_id, e.ts / 86_400_000),
             };
             sessions.entry(s).or_default().insert(item.to_string());
+            let last = users
+                .entry(e.user_id.to_string())
+                .or_default()
+                .entry(item.to_string())
+                .or_insert(e.ts);
+            *last = (*last).max(e.ts);
         }
+    }
+    // The baskets: each session's first items by id, each user's latest items.
+    let mut baskets: Vec<Vec<String>> = sessions
+        .into_values()
+        .map(|items| items.into_iter().take(MAX_SESSION_ITEMS).collect())
+        .collect();
+    for items in users.into_values() {
+        let mut latest: Vec<(i64, String)> = items.into_iter().map(|(i, t)| (t, i)).collect();
+        latest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        baskets.push(
+            latest
+                .into_iter()
+                .take(MAX_USER_ITEMS)
+                .map(|(_, i)| i)
+                .collect(),
+        );
     }
     let mut n: BTreeMap<String, u64> = BTreeMap::new();
     let mut co: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for items in sessions.values() {
-        let capped: Vec<&String> = items.iter().take(MAX_SESSION_ITEMS).collect();
-        for a in &capped {
+    for capped in &baskets {
+        for a in capped {
             *n.entry((*a).clone()).or_default() += 1;
-            for b in &capped {
+            for b in capped {
                 if a != b {
-                    *co.entry(((*a).clone(), (*b).clone())).or_default() += 1;
+                    *co.entry((a.clone(), b.clone())).or_default() += 1;
                 }
             }
         }
@@ -378,15 +402,19 @@ async fn similar_items_equal_a_plain_recomputation() {
     }
     let lake = lake_of(&events).await;
     let last = events.iter().map(|(_, s)| s.ingest_ts).max().unwrap();
-    for cutoff in [last / HOUR * HOUR - 24 * HOUR, last / HOUR * HOUR + HOUR] {
+    let (early, late) = (last / HOUR * HOUR - 24 * HOUR, last / HOUR * HOUR + HOUR);
+    // The whole lake below each cutoff, and the events of the first two days only (the lists
+    // the models' training reads).
+    for (cutoff, ts_before) in [(early, i64::MAX), (late, i64::MAX), (late, END - 48 * HOUR)] {
         let lc = LakeContext::new(&lake)
             .await
             .unwrap()
             .with_cutoff(cutoff)
             .await
             .unwrap();
-        let got = similar_from(&View::SimilarItems.collect(&lc).await.unwrap()).unwrap();
-        let want = similar_reference(&events, cutoff);
+        let view = View::SimilarItems.collect_before(&lc, ts_before);
+        let got = similar_from(&view.await.unwrap()).unwrap();
+        let want = similar_reference(&events, cutoff, ts_before);
         assert!(
             want.len() > 50,
             "many items have neighbours: {}",
@@ -405,15 +433,16 @@ async fn similar_items_equal_a_plain_recomputation() {
                 });
             assert!(
                 same,
-                "similar to {item} at {cutoff}:\n got {g:?}\nwant {w:?}"
+                "similar to {item} at {cutoff} before {ts_before}:\n got {g:?}\nwant {w:?}"
             );
         }
     }
 }
 
 #[tokio::test]
-async fn a_heavy_session_adds_bounded_pairs() {
-    // One session touching 500 items: without the cap it would add 249,500 pairs.
+async fn a_heavy_session_and_user_add_bounded_pairs() {
+    // One session of one user touching 500 items: without the caps it would add 249,500 pairs
+    // twice. The session's basket is its first items by id, the user's its latest.
     let mut events = Vec::new();
     for i in 0..500 {
         let json = format!(
@@ -445,9 +474,11 @@ async fn a_heavy_session_adds_bounded_pairs() {
     let got = similar_from(&View::SimilarItems.collect(&lc).await.unwrap()).unwrap();
     assert_eq!(
         got.len(),
-        MAX_SESSION_ITEMS,
+        MAX_SESSION_ITEMS + MAX_USER_ITEMS,
         "only the capped items have neighbours"
     );
+    assert!(got.contains_key("i000") && got.contains_key("i499"));
+    assert!(!got.contains_key("i250"));
     assert!(got.values().all(|v| v.len() == SIMILAR_K));
 }
 
