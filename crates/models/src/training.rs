@@ -492,8 +492,10 @@ pub fn train(
     let ranker = match ranker {
         Ok(r) => {
             let mut r = Ok(r);
-            for f in MONOTONE_PAIR_FEATURES {
-                let i = PAIR_FEATURES.iter().position(|n| *n == f).unwrap_or(0);
+            let monotone = MONOTONE_PAIR_FEATURES
+                .iter()
+                .filter_map(|f| Some((*f, PAIR_FEATURES.iter().position(|n| n == f)?)));
+            for (f, i) in monotone {
                 if r.as_ref().is_ok_and(|r: &LinearModel| r.weights[i] < 0.0) {
                     x.iter_mut().for_each(|row| row[i] = 0.0);
                     left_out.push(f.to_string());
