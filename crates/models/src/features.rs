@@ -48,7 +48,13 @@ pub fn user_features(p: &Profile, now_ms: i64) -> [f64; 8] {
     ]
 }
 
-/// Names of [`pair_features`], in order.
+/// Names of the (user, item) features ([`PairContext::features`]), in order: the user's
+/// interest in the item's category (share and level, decayed), the item's decayed popularity and
+/// conversion, whether and how recently the user saw the item, the user's activity, how similar
+/// the item is to the user's recent items (its collaborative score over the user's best: 1 for
+/// the user's best item, so that the feature tells items of one user apart whatever the user's
+/// activity) and how much the user's history says (the best score, the same for all the user's
+/// items).
 pub const PAIR_FEATURES: [&str; 10] = [
     "category_share",
     "ln_category_interest",
@@ -64,26 +70,6 @@ pub const PAIR_FEATURES: [&str; 10] = [
 
 /// One row of [`PAIR_FEATURES`].
 pub type PairRow = [f64; 10];
-
-/// The features of showing `item` (with its stats) to the user of `p`, at `now_ms`, with the
-/// collaborative scores `cf` ([`cf_scores`]): the user's interest in the item's category (share
-/// and level, decayed), the item's decayed popularity and conversion, whether and how recently
-/// the user saw the item, and how similar it is to the user's recent items (its collaborative
-/// score over the user's best: 1 for the user's best item, so that the feature tells items of
-/// one user apart whatever the user's activity) and how much the user's history says (the best
-/// score, the same for all the user's items). To score many items for one user,
-/// [`PairContext`] computes the user's part once.
-pub fn pair_features<'a>(
-    p: &'a Profile,
-    cf: Cf<&'a str>,
-    item_id: &str,
-    item: &ItemStats,
-    now_ms: i64,
-) -> PairRow {
-    PairContext::new(p, now_ms)
-        .with_cf(cf)
-        .features(item_id, item)
-}
 
 /// Collaborative scores by item ([`cf_scores`]).
 pub type Cf<T> = HashMap<T, f64, foldhash::fast::FixedState>;
@@ -112,9 +98,9 @@ where
     out
 }
 
-/// The user's side of [`pair_features`] at one time, computed once for the many candidates of
+/// The user's side of the pair features at one time, computed once for the many candidates of
 /// a request: the share and level of each of the user's categories, the recent items by id,
-/// the event count. `features` gives exactly what `pair_features` gives.
+/// the event count, the collaborative scores.
 #[derive(Debug)]
 pub struct PairContext<'a> {
     profile: &'a Profile,
@@ -370,7 +356,7 @@ impl ItemTerms {
     }
 }
 
-/// The item's part of [`pair_features`] that does not depend on the user: computed once per
+/// The item's part of the pair features that does not depend on the user: computed once per
 /// item where items are scored often (serving keeps one per loaded item row).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ItemSide {

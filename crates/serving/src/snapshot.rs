@@ -238,12 +238,12 @@ impl Loaded {
         names.zip(ks).map(|(n, k)| ItemId::of(n, *k))
     }
 
-    /// The similar items of the item of `row`, best first, resolved: by the numbers stored
-    /// with a listed row, by id for any other.
-    pub fn similar_ids<'a>(
+    /// The similar items of the item of `row`, best first, each with its similarity, resolved:
+    /// by the numbers stored with a listed row, by id for any other.
+    pub fn similar_scored<'a>(
         &'a self,
         row: &'a ItemRef<'a>,
-    ) -> impl Iterator<Item = ItemId<'a>> + use<'a> {
+    ) -> impl Iterator<Item = (ItemId<'a>, f64)> + use<'a> {
         let known = match row {
             ItemRef::Listed(l) => Some(&l.similar),
             ItemRef::Cached(_) => None,
@@ -251,19 +251,10 @@ impl Loaded {
         row.similar
             .iter()
             .enumerate()
-            .map(move |(j, (name, _))| match known {
-                Some(ks) => ItemId::of(name, ks[j]),
-                None => self.resolve(name),
+            .map(move |(j, (name, score))| match known {
+                Some(ks) => (ItemId::of(name, ks[j]), *score),
+                None => (self.resolve(name), *score),
             })
-    }
-
-    /// [`Self::similar_ids`] with each item's similarity.
-    pub fn similar_scored<'a>(
-        &'a self,
-        row: &'a ItemRef<'a>,
-    ) -> impl Iterator<Item = (ItemId<'a>, f64)> + use<'a> {
-        let scores = row.similar.iter().map(|(_, score)| *score);
-        self.similar_ids(row).zip(scores)
     }
 
     /// The rows of `items` (in order; `None` for an item not in the snapshot): those of the
