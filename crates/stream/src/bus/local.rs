@@ -67,6 +67,9 @@ struct Inner {
     notify: Vec<Notify>,
     /// Per partition: where reads ended, next offset → (segment base, byte position).
     cursors: Vec<Mutex<HashMap<u64, (u64, u64)>>>,
+    /// Tests: bytes the disk has left (a write past them writes what fits, then fails).
+    #[cfg(test)]
+    space: Mutex<Option<u64>>,
 }
 
 struct Writer {
@@ -152,6 +155,8 @@ impl LocalBus {
                 cursors: (0..partitions)
                     .map(|_| Mutex::new(HashMap::new()))
                     .collect(),
+                #[cfg(test)]
+                space: Mutex::new(None),
             }),
         })
     }
@@ -298,20 +303,31 @@ fn decode(buf: &[u8]) -> Option<Decoded> {
     })
 }
 
-/// Scans a segment from its start: (valid length, records) — stops at the first record that is
-/// incomplete, fails its CRC, or breaks the offset sequence.
-fn scan_valid(file: &mut File, base: u64) -> Result<(u64, u64)> {
+/// Whether `buf` starts with a record whose bytes are all there but do not check out, with more
+/// bytes after it: not a tail being written (which a reader waits for) but a damaged log.
+fn corrupt_before_more(buf: &[u8]) -> bool {
+    if buf.len() < HEADER + BODY_FIXED {
+        return false;
+    }
+    let body_len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    buf.len() > HEADER + body_len.max(BODY_FIXED) && decode(buf).is_none()
+}
+
+/// Scans a segment from its start: (valid length, records, whether a damaged record with more
+/// data after it ends them) — stops at the first record that is incomplete, fails its CRC, or
+/// breaks the offset sequence.
+fn scan_valid(file: &mut File, base: u64) -> Result<(u64, u64, bool)> {
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)?;
     let (mut pos, mut n) = (0usize, 0u64);
     while let Some(d) = decode(&buf[pos..]) {
         if d.offset != base + n {
-            break;
+            return Ok((pos as u64, n, true));
         }
         pos += d.len;
         n += 1;
     }
-    Ok((pos as u64, n))
+    Ok((pos as u64, n, corrupt_before_more(&buf[pos..])))
 }
 
 impl Inner {
@@ -341,7 +357,16 @@ impl Inner {
                 .append(true)
                 .open(&path)?;
             let len = file.metadata()?.len();
-            let (valid, n) = scan_valid(&mut file, base)?;
+            let (valid, n, damaged) = scan_valid(&mut file, base)?;
+            if damaged {
+                // Not a torn tail (a crash leaves one at the end only): cutting would drop the
+                // records after the damage, acknowledged ones among them.
+                return Err(Error::Corrupt(format!(
+                    "partition {p}: segment {} is damaged at byte {valid} (offset {}) with data after it; it is left as it is",
+                    path.display(),
+                    base + n
+                )));
+            }
             if valid < len {
                 tracing::warn!(
                     partition = p,
@@ -371,6 +396,37 @@ impl Inner {
             *guard = Some(self.open_writer()?);
         }
         let writer = guard.as_mut().expect("opened above");
+        let placed = match self.write_records(writer, &records) {
+            Ok(placed) => placed,
+            Err(e) => {
+                // The writer is dropped: the next produce reopens every partition's tail, cuts
+                // what this one tore and appends after the last whole record, at the offset
+                // that follows it. (Kept, it would append after the torn bytes, where no reader
+                // gets past them and a restart cuts everything after them.) Whole records this
+                // produce wrote before failing stay: readers may have read them already, so
+                // their offsets are never given again; none is acknowledged, and the client's
+                // retry is a duplicate by event id, which the speed layer and the batch skip.
+                *guard = None;
+                return Err(e);
+            }
+        };
+        drop(guard);
+        let mut touched = vec![false; self.partitions as usize];
+        for pos in &placed {
+            touched[pos.partition as usize] = true;
+        }
+        for (p, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+            self.notify[p].notify_waiters();
+        }
+        Ok(placed)
+    }
+
+    /// Appends `records` to their partitions' open segments: their positions.
+    fn write_records(
+        &self,
+        writer: &mut Writer,
+        records: &[(Bytes, Bytes)],
+    ) -> Result<Vec<Position>> {
         let ts = tandem_common::event::now_ms();
         let mut by_part: Vec<Vec<usize>> = vec![Vec::new(); self.partitions as usize];
         for (i, (key, _)) in records.iter().enumerate() {
@@ -392,7 +448,7 @@ impl Inner {
             buf.clear();
             for &i in idx {
                 if pw.size + buf.len() as u64 >= self.segment_bytes && !buf.is_empty() {
-                    Self::append(pw, &buf, self.fsync)?;
+                    self.append(pw, &buf)?;
                     buf.clear();
                 }
                 if pw.size >= self.segment_bytes {
@@ -406,20 +462,29 @@ impl Inner {
                 };
                 pw.next += 1;
             }
-            Self::append(pw, &buf, self.fsync)?;
-        }
-        drop(guard);
-        for (p, idx) in by_part.iter().enumerate() {
-            if !idx.is_empty() {
-                self.notify[p].notify_waiters();
-            }
+            self.append(pw, &buf)?;
         }
         Ok(placed)
     }
 
-    fn append(pw: &mut PartWriter, buf: &[u8], fsync: bool) -> Result<()> {
+    fn append(&self, pw: &mut PartWriter, buf: &[u8]) -> Result<()> {
+        #[cfg(test)]
+        if let Some(left) = self
+            .space
+            .lock()
+            .ok()
+            .as_deref_mut()
+            .and_then(Option::as_mut)
+        {
+            if (buf.len() as u64) > *left {
+                pw.file.write_all(&buf[..*left as usize])?;
+                *left = 0;
+                return Err(std::io::Error::from_raw_os_error(28).into()); // ENOSPC
+            }
+            *left -= buf.len() as u64;
+        }
         pw.file.write_all(buf)?;
-        if fsync {
+        if self.fsync {
             pw.file.sync_data()?;
         }
         pw.size += buf.len() as u64;
@@ -521,6 +586,12 @@ impl Inner {
                         pos += at as u64;
                         break 'segments;
                     }
+                }
+                if corrupt_before_more(&buf[at..n]) {
+                    return Err(Error::Corrupt(format!(
+                        "partition {p}: the record at byte {} of segment {base} (offset {next}) is damaged and more data follows it",
+                        pos + at as u64
+                    )));
                 }
                 pos += at as u64;
                 if progressed && n == buf.len() {
