@@ -95,12 +95,12 @@ pub fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
+/// Whether the key `a` is the token `b`: a token of another length never is; one of the same
+/// length is compared in constant time (`subtle`), so the time taken does not tell how many of
+/// its bytes are right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(!x);
-    }
-    diff == 0
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]
@@ -184,8 +184,13 @@ mod tests {
                 "{a} {b}"
             );
         }
-        // Lengths that differ by a multiple of 256 are still different.
+        // Lengths that differ by a multiple of 256 or 65,536 are still different: the key
+        // followed by junk is not the key.
         let long = "x".repeat(256);
         assert!(!constant_time_eq(long.as_bytes(), b""));
+        let key = "k3y";
+        let padded = format!("{key}{}", "j".repeat(65_536));
+        assert!(!constant_time_eq(key.as_bytes(), padded.as_bytes()));
+        assert!(!constant_time_eq(padded.as_bytes(), key.as_bytes()));
     }
 }
