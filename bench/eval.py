@@ -227,7 +227,7 @@ def tandem(bin_, history, genre, work):
             recs[u] = [int(r["item"][1:]) for r in answer["items"]]
             ranked_by[answer["ranked_by"]] += 1
             for r in answer["items"]:
-                sources[r["source"].split(":")[0]] += 1
+                sources[r["source"] if r["source"].startswith("cf:") else r["source"].split(":")[0]] += 1
         t3 = time.monotonic()
         info = {"ingest_s": t1 - t0, "batch_s": t2 - t1, "serve_s": t3 - t2,
                 "summary": summary, "ingest": ingest.stdout.strip(),

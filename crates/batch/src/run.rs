@@ -3,6 +3,7 @@
 //! store, flip the pointer, clean up (DESIGN §5). See [`crate::snapshot`] for the guarantees.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,12 +22,16 @@ use tandem_common::store::{OnlineStore, Pointer, PopularRow};
 use tandem_models::candidates::Catalog;
 use tandem_models::candidates::SimilarLists;
 use tandem_models::features::{FEATURE_SCHEMA_VERSION, user_features};
+use tandem_models::latent::{Latent, LatentOptions, Rows};
 use tandem_models::training::{History, Models, Split, TrainOptions, train};
 
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step};
-use crate::views::{Similar, View, histories_from, items_from, profiles_from, similar_from};
+use crate::views::{
+    Baskets, Similar, View, baskets_before, histories_from, items_from, profiles_from,
+    similar_from, similar_of,
+};
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -312,6 +317,21 @@ pub async fn run(
     Ok(finish(summary, durations))
 }
 
+/// The latent-factor model of the users' baskets of `baskets` (`None`: too little to learn).
+fn fit_latent(baskets: &Baskets, opts: &LatentOptions) -> Option<Latent> {
+    // The user rows only, renumbered densely (their items keep the baskets' numbers).
+    let (mut offsets, mut members) = (vec![0], Vec::new());
+    for b in (0..baskets.len()).filter(|&b| baskets.by_user[b]) {
+        members.extend_from_slice(baskets.basket(b));
+        offsets.push(members.len());
+    }
+    let rows = Rows {
+        offsets: &offsets,
+        members: &members,
+    };
+    Latent::fit(baskets.items.clone(), rows, opts)
+}
+
 async fn compute(
     lake: &Lake,
     cutoff: i64,
@@ -327,7 +347,8 @@ async fn compute(
     let n_events: u64 = events.iter().map(|b| b.num_rows() as u64).sum();
     let profile_batches = View::Profiles.collect(&lc).await?;
     let item_batches = View::Items.collect(&lc).await?;
-    let similar_batches = View::SimilarItems.collect(&lc).await?;
+    let baskets = Arc::new(baskets_before(&lc, i64::MAX).await?);
+    let similar_batches = similar_of(baskets.clone()).await?;
     let profiles = profiles_from(&profile_batches)?;
     let user_items = histories_from(&profile_batches)?;
     let items = items_from(&item_batches)?;
@@ -373,9 +394,8 @@ async fn compute(
     // The similar lists as they were at the start of the label period: the ranker learns from
     // the co-occurrences of the events before its labels only.
     let listing = Instant::now();
-    let similar_t1 = View::SimilarItems
-        .collect_before(&lc, split.train_from_ms)
-        .await?;
+    let baskets_t1 = Arc::new(baskets_before(&lc, split.train_from_ms).await?);
+    let similar_t1 = similar_of(baskets_t1.clone()).await?;
     let similar_t1: SimilarLists = similar_from(&similar_t1)?
         .into_iter()
         .map(|(i, list)| (i, list.into_iter().map(|s| (s.item, s.score)).collect()))
@@ -395,9 +415,33 @@ async fn compute(
     drop(events);
     drop(lc);
     // Off the async threads; the profiles go along and come back rather than being copied.
-    let train_opts = opts.train.clone();
+    let (train_opts, latent_opts) = (opts.train.clone(), opts.train.latent);
     let (trained, profiles) = tokio::task::spawn_blocking(move || {
-        let trained = train(history, &profiles, &similar_t1, &train_opts);
+        // The latent factors: of the users' baskets before the label period for the ranker to
+        // learn from, then of all of them for serving.
+        let fitting = Instant::now();
+        let latent_t1 = fit_latent(&baskets_t1, &latent_opts);
+        drop(baskets_t1);
+        let trained = train(
+            history,
+            &profiles,
+            &similar_t1,
+            latent_t1.as_ref(),
+            &train_opts,
+        );
+        let latent_s = fitting.elapsed().as_secs_f64();
+        let fitting = Instant::now();
+        let latent = fit_latent(&baskets, &latent_opts);
+        tracing::info!(
+            seconds_before_labels = latent_s,
+            seconds = fitting.elapsed().as_secs_f64(),
+            items = latent.as_ref().map_or(0, |l| l.items.len()),
+            "Latent factors fitted."
+        );
+        let trained = trained.map(|mut m| {
+            m.latent = latent;
+            m
+        });
         (trained, profiles)
     })
     .await
@@ -538,7 +582,7 @@ fn segments_batch(
     scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
     models: Option<&Models>,
 ) -> Result<RecordBatch> {
-    let schema = std::sync::Arc::new(Schema::new(vec![
+    let schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("segment", DataType::UInt32, true),
         Field::new("segment_label", DataType::Utf8, true),
@@ -551,10 +595,10 @@ fn segments_batch(
     Ok(RecordBatch::try_new(
         schema,
         vec![
-            std::sync::Arc::new(StringArray::from_iter_values(scores.keys())),
-            std::sync::Arc::new(UInt32Array::from_iter(scores.values().map(|v| v.0))),
-            std::sync::Arc::new(StringArray::from_iter(scores.values().map(|v| label(v.0)))),
-            std::sync::Arc::new(Float64Array::from_iter(scores.values().map(|v| v.1))),
+            Arc::new(StringArray::from_iter_values(scores.keys())),
+            Arc::new(UInt32Array::from_iter(scores.values().map(|v| v.0))),
+            Arc::new(StringArray::from_iter(scores.values().map(|v| label(v.0)))),
+            Arc::new(Float64Array::from_iter(scores.values().map(|v| v.1))),
         ],
     )?)
 }

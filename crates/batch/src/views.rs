@@ -5,6 +5,7 @@
 //! equal on generated data.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
@@ -18,6 +19,7 @@ use tandem_common::features::{
 };
 use tandem_common::store::HISTORY_ITEMS;
 
+pub use self::cooccurrence::Baskets;
 use crate::context::LakeContext;
 use crate::error::{Error, Result};
 
@@ -82,11 +84,47 @@ impl View {
         lc: &LakeContext,
         ts_before_ms: i64,
     ) -> Result<Vec<RecordBatch>> {
-        let cutoff = lc
-            .cutoff_ms
-            .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))?;
-        run_script(lc, &fill_before(self.sql_template(), cutoff, ts_before_ms)).await
+        match self {
+            View::SimilarItems => {
+                similar_of(Arc::new(baskets_before(lc, ts_before_ms).await?)).await
+            }
+            _ => {
+                run_script(
+                    lc,
+                    &fill_before(self.sql_template(), cutoff_of(lc)?, ts_before_ms),
+                )
+                .await
+            }
+        }
     }
+}
+
+fn cutoff_of(lc: &LakeContext) -> Result<i64> {
+    lc.cutoff_ms
+        .ok_or_else(|| Error::Internal("a view needs a LakeContext with a cutoff".into()))
+}
+
+/// The baskets of the similar-items view (`similar_items.sql`): sessions and users' latest
+/// items, of the interest events of event time before `ts_before_ms`.
+pub async fn baskets_before(lc: &LakeContext, ts_before_ms: i64) -> Result<Baskets> {
+    let sql = fill_before(
+        View::SimilarItems.sql_template(),
+        cutoff_of(lc)?,
+        ts_before_ms,
+    );
+    Baskets::from_batches(&run_script(lc, &sql).await?)
+}
+
+/// The similar-items view's rows from its baskets: the pairs counted, the best
+/// [`SIMILAR_K`] per item, on the blocking threads.
+pub async fn similar_of(baskets: Arc<Baskets>) -> Result<Vec<RecordBatch>> {
+    tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lists = cooccurrence::top_k(&baskets, SIMILAR_K, threads);
+        cooccurrence::similar_rows(&baskets, &lists).map(|b| vec![b])
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("similar items task: {e}")))?
 }
 
 /// `template` with its placeholders filled in for `cutoff_ms`.
@@ -166,7 +204,7 @@ pub async fn run_script(lc: &LakeContext, sql: &str) -> Result<Vec<RecordBatch>>
             Ok(df) => {
                 // An empty result still has a schema: keep it as one empty batch, so that an
                 // empty view (a cutoff before every event) is written as an empty file.
-                let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+                let schema = Arc::new(df.schema().as_arrow().clone());
                 df.collect().await.map(|b| match b.is_empty() {
                     true => vec![RecordBatch::new_empty(schema)],
                     false => b,
@@ -423,5 +461,6 @@ fn field_i64s(s: &StructArray, name: &str) -> Result<Int64Array> {
         .clone())
 }
 
+pub mod cooccurrence;
 #[cfg(test)]
 pub(crate) mod tests;

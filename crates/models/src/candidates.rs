@@ -18,6 +18,9 @@ pub enum Source<'a> {
     /// One of the best items by collaborative score: similar to the user's recent items
     /// ([`crate::features::cf_scores`], item-item collaborative filtering over the similar lists).
     Collaborative,
+    /// One of the best items by the latent-factor model's score for the user
+    /// ([`crate::latent::Latent::user_scores`]).
+    Latent,
     /// A top item of this category, one of the user's strongest.
     Category(&'a str),
     /// Popular overall (also the cold-start fallback).
@@ -28,6 +31,7 @@ impl fmt::Display for Source<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Collaborative => f.write_str("cf:item_knn"),
+            Source::Latent => f.write_str("cf:als"),
             Source::Category(c) => write!(f, "category:{c}"),
             Source::Popular => f.write_str("popular"),
         }
@@ -41,6 +45,8 @@ pub struct CandidateOptions {
     pub recent_for_similar: usize,
     /// The best items by collaborative score taken (ranked before the others).
     pub collaborative: usize,
+    /// The best items by the latent-factor model's score taken (ranked before the others).
+    pub latent: usize,
     /// The user's strongest categories used.
     pub categories: usize,
     /// Top items taken per category.
@@ -52,7 +58,7 @@ pub struct CandidateOptions {
 impl CandidateOptions {
     /// The most candidates these options give (every source full, no item twice).
     pub fn most(&self) -> usize {
-        self.collaborative + self.categories * self.per_category + self.popular
+        self.collaborative + self.latent + self.categories * self.per_category + self.popular
     }
 }
 
@@ -61,6 +67,7 @@ impl Default for CandidateOptions {
         CandidateOptions {
             recent_for_similar: 20,
             collaborative: 15,
+            latent: 15,
             categories: 3,
             per_category: 30,
             popular: 50,
@@ -126,12 +133,15 @@ pub struct Candidate<'a, T = &'a str> {
 }
 
 /// The candidates for the user of `profile`: the best items by the collaborative scores `cf`
-/// ([`crate::features::cf_scores`]; ties by item id), top items of the strongest categories,
-/// popular items; each item once, under its first source; items in `exclude` left out.
+/// ([`crate::features::cf_scores`]; ties by item id), the best by the latent-factor model
+/// (`latent`, best first: [`crate::latent::Latent::top`]), top items of the strongest
+/// categories, popular items; each item once, under its first source; items in `exclude` left
+/// out.
 pub fn candidates<'a, S: BuildHasher>(
     profile: &'a Profile,
     catalog: &'a Catalog,
     cf: &Cf<&'a str>,
+    latent: &[&'a str],
     exclude: &HashSet<&str, S>,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a>> {
@@ -140,6 +150,7 @@ pub fn candidates<'a, S: BuildHasher>(
     gather(
         profile,
         cf,
+        latent.iter().copied(),
         |i| i,
         |c| {
             catalog
@@ -155,14 +166,17 @@ pub fn candidates<'a, S: BuildHasher>(
     )
 }
 
-/// [`candidates`] for items named by any `T`: `cf` are the collaborative scores, `id(item)` the
-/// item's id (ties of scores go by it); `category(c)` the items of category `c` by popularity;
+/// [`candidates`] for items named by any `T`: `cf` are the collaborative scores, `latent` the
+/// latent-factor model's best items, best first; `id(item)` the item's id (ties of scores go by
+/// it); `category(c)` the items of category `c` by popularity;
 /// `popular` the items by popularity. `admit(item)` says whether an item is a candidate: false
 /// for an excluded item and for one admitted before (it keeps each item once, under its first
 /// source; [`candidates`] uses a set, serving marks its rows by number).
+#[allow(clippy::too_many_arguments)]
 pub fn gather<'a, T, K, Cat>(
     profile: &'a Profile,
     cf: &Cf<T>,
+    latent: impl IntoIterator<Item = T>,
     id: impl Fn(T) -> K,
     category: impl Fn(&'a str) -> Cat,
     popular: impl IntoIterator<Item = T>,
@@ -185,6 +199,19 @@ where
             out.push(Candidate {
                 item,
                 source: Source::Collaborative,
+            });
+        }
+    }
+    let mut taken = 0;
+    for item in latent {
+        if taken == opts.latent {
+            break;
+        }
+        if admit(item) {
+            taken += 1;
+            out.push(Candidate {
+                item,
+                source: Source::Latent,
             });
         }
     }
@@ -216,6 +243,16 @@ pub fn similar_sources<'a>(
     recent.map(|(i, _)| i.as_str())
 }
 
+/// How many of the latent model's best items a user's candidates are drawn from: enough that
+/// [`CandidateOptions::latent`] of them are new after the collaborative candidates and
+/// `excluded` excluded items took theirs.
+pub fn latent_depth(opts: &CandidateOptions, excluded: usize) -> usize {
+    match opts.latent {
+        0 => 0,
+        n => n + opts.collaborative + excluded,
+    }
+}
+
 /// A ranked recommendation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored<'a> {
@@ -228,19 +265,17 @@ pub struct Scored<'a> {
 }
 
 /// The `n` best of `candidates` for the user of `profile` at `now_ms`, by the ranker; ties by
-/// item id. `stats[i]` are the stats of `candidates[i]` (`None`: the item has none); `cf` the
-/// collaborative scores of the user's recent items ([`crate::features::cf_scores`]).
+/// item id. `stats[i]` are the stats of `candidates[i]` (`None`: the item has none); `user` the
+/// user's side of the features at the ranking time, with the collaborative and latent scores
+/// ([`PairContext::with_cf`], [`PairContext::with_latent`]).
 pub fn rank<'a>(
     ranker: &LinearModel,
-    profile: &Profile,
-    cf: Cf<&str>,
+    user: &PairContext<'_>,
     candidates: &[Candidate<'a>],
     stats: &[Option<&ItemStats>],
-    now_ms: i64,
     n: usize,
 ) -> Vec<Scored<'a>> {
     let none = ItemStats::default();
-    let user = PairContext::new(profile, now_ms).with_cf(cf);
     let rows = candidates.iter().enumerate().map(|(i, c)| {
         let s = stats.get(i).copied().flatten().unwrap_or(&none);
         (c.item, c.source, user.features(c.item, s))
@@ -266,9 +301,10 @@ pub fn rank_rows<'a>(
 
 /// [`rank_rows`] over rows whose logits ([`LinearModel::logit`], or
 /// [`LinearModel::logit_of_terms`]) are computed: the `n` best, each with its probability as the
-/// score. The collaborative candidates come first, by logit, then the others by logit (ties by
-/// item id): the ranker orders the items similar to the user's history, and never puts an item
-/// the history does not point to before them (the label window of a rating log, say, favours
+/// score. The collaborative candidates come first, by logit, then the others (the latent
+/// model's among them) by logit (ties by item id): the ranker orders the items similar to the
+/// user's history, and never puts an item the history does not point to as directly before
+/// them (the label window of a rating log, say, favours
 /// popular items over similar ones, which the user's own next items do not).
 pub fn rank_logits<'a>(
     rows: impl Iterator<Item = (&'a str, Source<'a>, f64)>,

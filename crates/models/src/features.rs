@@ -12,10 +12,11 @@ use std::hash::Hash;
 use tandem_common::event::Kind;
 use tandem_common::features::{DECAY_TAU_MS, ItemStats, Profile, decayed_at};
 
+use crate::latent::Latent;
 use crate::linear::LinearModel;
 
 /// The version of the feature definitions below. Models carry the version they were trained on.
-pub const FEATURE_SCHEMA_VERSION: u32 = 2;
+pub const FEATURE_SCHEMA_VERSION: u32 = 3;
 
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -53,9 +54,10 @@ pub fn user_features(p: &Profile, now_ms: i64) -> [f64; 8] {
 /// conversion, whether and how recently the user saw the item, the user's activity, how similar
 /// the item is to the user's recent items (its collaborative score over the user's best: 1 for
 /// the user's best item, so that the feature tells items of one user apart whatever the user's
-/// activity) and how much the user's history says (the best score, the same for all the user's
-/// items).
-pub const PAIR_FEATURES: [&str; 10] = [
+/// activity), how much the user's history says (the best score, the same for all the user's
+/// items), and the latent-factor model's score of the item for the user
+/// ([`crate::latent::Latent::score`], 0 without a model or a user vector).
+pub const PAIR_FEATURES: [&str; 11] = [
     "category_share",
     "ln_category_interest",
     "ln_item_popularity",
@@ -66,10 +68,11 @@ pub const PAIR_FEATURES: [&str; 10] = [
     "ln_user_events",
     "cf_share",
     "ln_cf_best",
+    "latent_score",
 ];
 
 /// One row of [`PAIR_FEATURES`].
-pub type PairRow = [f64; 10];
+pub type PairRow = [f64; 11];
 
 /// Collaborative scores by item ([`cf_scores`]).
 pub type Cf<T> = HashMap<T, f64, foldhash::fast::FixedState>;
@@ -115,6 +118,9 @@ pub struct PairContext<'a> {
     cf: Cf<&'a str>,
     /// The best collaborative score of the user (0 without any).
     cf_max: f64,
+    /// The latent-factor model and the user's score of each of its items
+    /// ([`crate::latent::Latent::user_scores`]).
+    latent: Option<(&'a Latent, Vec<f64>)>,
 }
 
 impl<'a> PairContext<'a> {
@@ -144,6 +150,7 @@ impl<'a> PairContext<'a> {
             ln_events: (events as f64).ln_1p(),
             cf: Cf::default(),
             cf_max: 0.0,
+            latent: None,
         }
     }
 
@@ -154,12 +161,31 @@ impl<'a> PairContext<'a> {
         self
     }
 
+    /// The collaborative scores of [`Self::with_cf`].
+    pub fn cf(&self) -> &Cf<&'a str> {
+        &self.cf
+    }
+
     /// The user with collaborative scores whose best is `max` ([`cf_max`]), for callers that
     /// keep the scores by another key and give each item's to [`Self::features_scored`] and
     /// [`PairScorer::logit`].
     pub fn with_cf_max(mut self, max: f64) -> PairContext<'a> {
         self.cf_max = max;
         self
+    }
+
+    /// The user with the latent-factor model `model` and the user's `scores` of its items
+    /// ([`crate::latent::Latent::user_scores`]).
+    pub fn with_latent(mut self, model: &'a Latent, scores: Vec<f64>) -> PairContext<'a> {
+        self.latent = Some((model, scores));
+        self
+    }
+
+    /// The latent score of `item_id` (0 for an item the model does not have, or none).
+    pub fn latent_score(&self, item_id: &str) -> f64 {
+        self.latent.as_ref().map_or(0.0, |(m, scores)| {
+            m.index(item_id).map_or(0.0, |i| scores[i as usize])
+        })
     }
 
     /// `cf_share` of an item of collaborative score `cf`.
@@ -174,18 +200,24 @@ impl<'a> PairContext<'a> {
     /// The features of showing `item_id` (with its stats `item`).
     pub fn features(&self, item_id: &str, item: &ItemStats) -> PairRow {
         let cf = self.cf.get(item_id).copied().unwrap_or(0.0);
-        self.features_scored(item_id, item, cf)
+        self.features_scored(item_id, item, cf, self.latent_score(item_id))
     }
 
-    /// [`Self::features`] with the item's collaborative score given (callers that keep the
-    /// scores by another key).
-    pub fn features_scored(&self, item_id: &str, item: &ItemStats, cf: f64) -> PairRow {
+    /// [`Self::features`] with the item's collaborative and latent scores given (callers that
+    /// keep the scores by another key).
+    pub fn features_scored(
+        &self,
+        item_id: &str,
+        item: &ItemStats,
+        cf: f64,
+        latent: f64,
+    ) -> PairRow {
         let category = item.category.as_ref().map(|(c, _)| c.as_str());
         let interest = category.map_or((0.0, 0.0), |c| self.interest(c));
         self.features_with(
             interest,
             self.recent_position(item_id),
-            cf,
+            (cf, latent),
             &ItemSide::of(item),
         )
     }
@@ -215,14 +247,14 @@ impl<'a> PairContext<'a> {
     }
 
     /// The features from their parts: the user's `interest` in the item's category (see
-    /// [`Self::interest`]), the item's position among the recent items, its collaborative score,
-    /// the item's side. What [`Self::features`] computes, for callers that find the parts faster
-    /// themselves.
+    /// [`Self::interest`]), the item's position among the recent items, its collaborative and
+    /// latent scores, the item's side. What [`Self::features`] computes, for callers that find
+    /// the parts faster themselves.
     pub fn features_with(
         &self,
         (share, level): (f64, f64),
         recent: Option<usize>,
-        cf: f64,
+        (cf, latent): (f64, f64),
         item: &ItemSide,
     ) -> PairRow {
         let (recent_rank, recent_recency) = self.recent_features(recent);
@@ -237,6 +269,7 @@ impl<'a> PairContext<'a> {
             self.ln_events,
             self.cf_share(cf),
             self.cf_max.ln_1p(),
+            latent,
         ]
     }
 
@@ -301,15 +334,15 @@ impl PairScorer<'_, '_> {
     }
 
     /// The logit of an item from its terms: the interest terms of its category, its
-    /// popularity term, its position among the recent items, its collaborative score, its
-    /// [`ItemTerms`].
+    /// popularity term, its position among the recent items, its collaborative and latent
+    /// scores, its [`ItemTerms`].
     #[inline]
     pub fn logit(
         &self,
         (share, level): (f64, f64),
         popularity: f64,
         recent: Option<usize>,
-        cf: f64,
+        (cf, latent): (f64, f64),
         item: &ItemTerms,
     ) -> f64 {
         let (rank, recency) = match recent {
@@ -334,6 +367,7 @@ impl PairScorer<'_, '_> {
                 self.ranker.term(8, self.user.cf_share(cf))
             },
             self.cf_best,
+            self.ranker.term(10, latent),
         ])
     }
 }

@@ -5,9 +5,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`features`] | the model features, from the mergeable profile and item features, versioned |
+//! | [`latent`] | implicit-feedback ALS: item factors, users folded in from their recent items |
 //! | [`segments`] | k-means over scaled user features, `k` chosen by the mean silhouette |
 //! | [`linear`] | standardised logistic regression (the ranker, the propensity model), AUC |
-//! | [`candidates`] | candidates by source (collaborative, category, popular) and ranking |
+//! | [`candidates`] | candidates by source (item-item, latent factors, category, popular) and ranking |
 //! | [`training`] | the time split, the history fold, training and the offline evaluation |
 //! | [`error`] | the crate's errors |
 //!
@@ -26,9 +27,9 @@
 //!     all.push(e);
 //! }
 //! let (profiles, _) = tandem_common::features::recompute(&all);
-//! // No similar-item lists here: the ranker's candidates are the categories' and popular items.
+//! // No similar lists nor latent model here: the candidates are categories' and popular items.
 //! let similar = Default::default();
-//! let models = train(history, &profiles, &similar, &TrainOptions::default()).unwrap();
+//! let models = train(history, &profiles, &similar, None, &TrainOptions::default()).unwrap();
 //! assert!(models.segments.is_some_and(|s| s.k() >= 2));
 //! println!("hit rate at 10: {:.3}", models.metrics.ranker.unwrap().hit_rate);
 //! ```
@@ -36,6 +37,7 @@
 pub mod candidates;
 pub mod error;
 pub mod features;
+pub mod latent;
 pub mod linear;
 pub mod segments;
 pub mod training;

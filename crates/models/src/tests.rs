@@ -7,9 +7,9 @@ use tandem_common::generate::{GenerateOptions, Generator};
 
 use crate::candidates::{CandidateOptions, Catalog, SimilarLists, Source, candidates};
 use crate::features::{
-    FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PAIR_FEATURES, PairContext, USER_FEATURES,
-    cf_scores,
+    FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PAIR_FEATURES, USER_FEATURES, cf_scores,
 };
+use crate::latent::{Latent, LatentOptions, Rows};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
 use crate::training::{History, Models, Split, TrainOptions, score_list, train};
@@ -144,7 +144,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
     };
-    let got = named(candidates(&p, &catalog, &cf, &exclude, &opts));
+    let got = named(candidates(&p, &catalog, &cf, &[], &exclude, &opts));
     let want = [
         ("b", "cf:item_knn"),
         ("e", "cf:item_knn"),
@@ -152,12 +152,28 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
         ("c", "popular"),
     ];
     assert_eq!(got, pairs(&want));
+    // The latent model's best items follow, each once, the excluded left out: "b" is taken.
+    let got = named(candidates(
+        &p,
+        &catalog,
+        &cf,
+        &["a", "b", "c"],
+        &exclude,
+        &opts,
+    ));
+    let want = [
+        ("b", "cf:item_knn"),
+        ("e", "cf:item_knn"),
+        ("c", "cf:als"),
+        ("d", "popular"),
+    ];
+    assert_eq!(got, pairs(&want));
     // The best by score only: "b" before "e" by id at equal scores.
     let one = CandidateOptions {
         collaborative: 1,
         ..opts
     };
-    let got = named(candidates(&p, &catalog, &cf, &exclude, &one));
+    let got = named(candidates(&p, &catalog, &cf, &[], &exclude, &one));
     let want = [("b", "cf:item_knn"), ("d", "popular"), ("c", "popular")];
     assert_eq!(got, pairs(&want));
     // A cold user gets popular items only.
@@ -166,6 +182,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
         &nobody,
         &catalog,
         &Default::default(),
+        &[],
         &HashSet::new(),
         &opts,
     );
@@ -178,6 +195,45 @@ fn generated(users: u32, seed: u64) -> Vec<Event<'static>> {
     opts.dup_rate = 0.0;
     let mut g = Generator::new(opts).unwrap();
     std::iter::from_fn(|| g.next_event()).collect()
+}
+
+/// The latent-factor model of the users' latest 50 interest items before `ts_before`, as the
+/// batch fits it from the similar items' user baskets.
+fn latent_before(events: &[Event<'_>], ts_before: i64) -> Latent {
+    let mut users: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.ts < ts_before) {
+        let Some(item) = &e.item_id else { continue };
+        if matches!(
+            e.kind,
+            Kind::View | Kind::Click | Kind::AddToCart | Kind::Purchase
+        ) {
+            let last = users
+                .entry(&e.user_id)
+                .or_default()
+                .entry(item)
+                .or_insert(e.ts);
+            *last = (*last).max(e.ts);
+        }
+    }
+    let items: BTreeSet<&str> = users.values().flat_map(|m| m.keys().copied()).collect();
+    let items: Vec<String> = items.into_iter().map(str::to_string).collect();
+    let (mut offsets, mut members) = (vec![0], Vec::new());
+    for latest in users.into_values() {
+        let mut latest: Vec<(i64, &str)> = latest.into_iter().map(|(i, t)| (t, i)).collect();
+        latest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        members.extend(
+            latest
+                .into_iter()
+                .take(50)
+                .map(|(_, i)| items.binary_search_by(|x| x.as_str().cmp(i)).unwrap() as u32),
+        );
+        offsets.push(members.len());
+    }
+    let rows = Rows {
+        offsets: &offsets,
+        members: &members,
+    };
+    Latent::fit(items.clone(), rows, &LatentOptions::default()).unwrap()
 }
 
 /// Similar-item lists of the events before `ts_before`, as the batch view computes them: the
@@ -245,7 +301,15 @@ fn trained_models_beat_popularity_and_round_trip() {
     assert_eq!(h.events(), events.len() as u64);
     let (profiles, _) = recompute(&events);
     let similar = similar_before(&events, split.train_from_ms);
-    let models = train(h, &profiles, &similar, &TrainOptions::default()).unwrap();
+    let latent = latent_before(&events, split.train_from_ms);
+    let models = train(
+        h,
+        &profiles,
+        &similar,
+        Some(&latent),
+        &TrainOptions::default(),
+    )
+    .unwrap();
     let m = &models.metrics;
     assert!(m.eval_users > 500, "{m:?}");
     assert!(m.train_rows > m.train_users * 10, "{m:?}");
@@ -260,6 +324,13 @@ fn trained_models_beat_popularity_and_round_trip() {
     let ranker = models.ranker.as_ref().unwrap();
     let cf = PAIR_FEATURES.iter().position(|f| *f == "cf_share").unwrap();
     assert!(ranker.weights[cf] > 0.0, "{ranker:?}");
+    // So are items the latent model scores high for the user.
+    let latent_w = PAIR_FEATURES
+        .iter()
+        .position(|f| *f == "latent_score")
+        .unwrap();
+    assert!(ranker.weights[latent_w] > 0.0, "{ranker:?}");
+    assert_eq!(models.latent.as_ref(), Some(&latent));
     assert!((2..=8).contains(&m.segments));
 
     // Trained twice on the same events, folded the same way: the same models, to the bit.
@@ -273,7 +344,14 @@ fn trained_models_beat_popularity_and_round_trip() {
     }
     again.merge(again2);
     assert_eq!(
-        train(again, &profiles, &similar, &TrainOptions::default()).unwrap(),
+        train(
+            again,
+            &profiles,
+            &similar,
+            Some(&latent),
+            &TrainOptions::default()
+        )
+        .unwrap(),
         models
     );
 
@@ -308,7 +386,7 @@ fn trained_models_beat_popularity_and_round_trip() {
     // user's recent items or not, at two times.
     let (_, items) = recompute(&events);
     let ranker = models.ranker.as_ref().unwrap();
-    let (mut recent_pairs, mut cf_pairs) = (0, 0);
+    let (mut recent_pairs, mut cf_pairs, mut latent_pairs) = (0, 0, 0);
     for now in [END, END + 3 * DAY + 12_345] {
         for (uid, p) in profiles.iter().take(200) {
             let cf = cf_scores(
@@ -318,7 +396,8 @@ fn trained_models_beat_popularity_and_round_trip() {
                     list.map(|(s, v)| (s.as_str(), *v))
                 },
             );
-            let user = PairContext::new(p, now).with_cf(cf.clone());
+            let (user, _) =
+                crate::training::personal(p, cf.clone(), Some(&latent), now, 0, &models.candidates);
             let scorer = user.scorer(ranker);
             for (id, stats) in &items {
                 let side = ItemSide::of(stats);
@@ -330,7 +409,10 @@ fn trained_models_beat_popularity_and_round_trip() {
                 recent_pairs += recent.is_some() as usize;
                 let score = cf.get(id.as_str()).copied().unwrap_or(0.0);
                 cf_pairs += (score > 0.0) as usize;
-                let want = ranker.logit(&user.features_with(interest, recent, score, &side));
+                let latent_score = user.latent_score(id);
+                latent_pairs += (latent_score != 0.0) as usize;
+                let scores = (score, latent_score);
+                let want = ranker.logit(&user.features_with(interest, recent, scores, &side));
                 assert_eq!(
                     want.to_bits(),
                     ranker.logit(&user.features(id, stats)).to_bits()
@@ -339,7 +421,7 @@ fn trained_models_beat_popularity_and_round_trip() {
                     scorer.interest_terms(interest),
                     scorer.popularity_term(side.popularity),
                     recent,
-                    score,
+                    scores,
                     &ItemTerms::of(&side, ranker),
                 );
                 assert_eq!(
@@ -352,9 +434,11 @@ fn trained_models_beat_popularity_and_round_trip() {
     }
     assert!(recent_pairs > 100, "{recent_pairs}");
     assert!(cf_pairs > 1_000, "{cf_pairs}");
+    assert!(latent_pairs > 10_000, "{latent_pairs}");
 }
 
-/// The collaborative candidates come first, by logit; the others fill in after them, by logit.
+/// The collaborative candidates come first, by logit; the others (the latent model's among them)
+/// fill in after them, by logit.
 #[test]
 fn collaborative_candidates_rank_first() {
     use crate::candidates::rank_logits;
@@ -364,6 +448,7 @@ fn collaborative_candidates_rank_first() {
         ("k1", Source::Category("hats"), 2.0),
         ("c2", Source::Collaborative, 0.5),
         ("c3", Source::Collaborative, 0.5),
+        ("a1", Source::Latent, 1.0),
     ];
     let top = |n| -> Vec<&str> {
         rank_logits(rows.iter().copied(), n)
@@ -371,9 +456,9 @@ fn collaborative_candidates_rank_first() {
             .map(|s| s.item)
             .collect()
     };
-    assert_eq!(top(5), ["c2", "c3", "c1", "p1", "k1"]);
+    assert_eq!(top(6), ["c2", "c3", "c1", "p1", "k1", "a1"]);
     assert_eq!(top(2), ["c2", "c3"]);
-    assert_eq!(top(4), ["c2", "c3", "c1", "p1"]);
+    assert_eq!(top(5), ["c2", "c3", "c1", "p1", "k1"]);
 }
 
 #[test]
@@ -407,7 +492,7 @@ fn each_model_trains_or_is_skipped_on_its_own() {
     events.iter().for_each(|e| h.add(e));
     let (profiles, _) = recompute(&events);
     let similar = similar_before(&events, split.train_from_ms);
-    let models = train(h, &profiles, &similar, &TrainOptions::default()).unwrap();
+    let models = train(h, &profiles, &similar, None, &TrainOptions::default()).unwrap();
     assert!(models.propensity.is_none());
     assert!(models.ranker.is_some() && models.segments.is_some());
     let why = &models.metrics.skipped["propensity"];
@@ -429,6 +514,7 @@ fn each_model_trains_or_is_skipped_on_its_own() {
         History::new(split),
         &Default::default(),
         &Default::default(),
+        None,
         &TrainOptions::default(),
     )
     .unwrap_err()

@@ -22,12 +22,13 @@ use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile};
 
 use crate::candidates::{
-    CandidateOptions, Catalog, SimilarLists, candidates, rank, similar_sources,
+    CandidateOptions, Catalog, SimilarLists, candidates, latent_depth, rank, similar_sources,
 };
 use crate::error::{Error, Result};
 use crate::features::{
-    FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, cf_scores, user_features,
+    Cf, FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, cf_scores, user_features,
 };
+use crate::latent::{Latent, LatentOptions};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
 
@@ -217,6 +218,9 @@ pub struct TrainOptions {
     pub candidates: CandidateOptions,
     /// The L2 penalty of the logistic models.
     pub alpha: f64,
+    /// How the latent-factor model is fitted (by the batch, which has the baskets).
+    #[serde(default)]
+    pub latent: LatentOptions,
 }
 
 impl Default for TrainOptions {
@@ -230,6 +234,7 @@ impl Default for TrainOptions {
             catalog_top: 100,
             candidates: CandidateOptions::default(),
             alpha: 1.0,
+            latent: LatentOptions::default(),
         }
     }
 }
@@ -297,6 +302,10 @@ pub struct Models {
     pub propensity: Option<LinearModel>,
     /// The candidate options the ranker was evaluated with.
     pub candidates: CandidateOptions,
+    /// The latent-factor model's item factors (`None`: none could be fitted). `train` keeps the
+    /// one its ranker learned from; the batch ships one fitted on all the events.
+    #[serde(default)]
+    pub latent: Option<Latent>,
     /// The offline evaluation.
     pub metrics: Metrics,
 }
@@ -324,9 +333,9 @@ impl Models {
         now_ms.min(data_now.saturating_add(CLOCK_SLACK_MS))
     }
 
-    /// The models as JSON.
+    /// The models as JSON (compact: the latent factors are most of it).
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        Ok(serde_json::to_vec_pretty(self)?)
+        Ok(serde_json::to_vec(self)?)
     }
 
     /// Models from JSON, refused when they expect other features than this code computes.
@@ -402,11 +411,13 @@ fn sample(mut keys: Vec<&String>, max: usize) -> Vec<&String> {
 /// ranker's similar candidates and collaborative scores, in training and in its evaluation, so
 /// that no label is among the co-occurrences it learns from. Each model is trained or skipped
 /// on its own (with why, in the metrics); it fails with [`Error::NotEnoughData`] only when none
-/// could be trained.
+/// could be trained. `latent` is the latent-factor model fitted on the same events as `similar`
+/// (before the label period), if any: its scores are a feature and a candidate source.
 pub fn train(
     history: History,
     profiles: &BTreeMap<String, Profile>,
     similar: &SimilarLists,
+    latent: Option<&Latent>,
     opts: &TrainOptions,
 ) -> Result<Models> {
     let split = history.split;
@@ -454,8 +465,15 @@ pub fn train(
     for user in sample(history.train.engaged.keys().collect(), opts.max_train_users) {
         let p = history.before.profiles.get(user).unwrap_or(&empty);
         let engaged = &history.train.engaged[user];
-        let cf = cf_of(p);
-        let cands = candidates(p, &catalog_t1, &cf, &none, &opts.candidates);
+        let (pair, top) = personal(
+            p,
+            cf_of(p),
+            latent,
+            split.train_from_ms,
+            0,
+            &opts.candidates,
+        );
+        let cands = candidates(p, &catalog_t1, pair.cf(), &top, &none, &opts.candidates);
         if !cands.iter().any(|c| engaged.contains(c.item)) {
             continue;
         }
@@ -463,7 +481,6 @@ pub fn train(
         let negatives = cands.iter().filter(|c| !engaged.contains(c.item)).count();
         let step = negatives.div_ceil(opts.negatives_per_user.max(1)).max(1);
         let mut negative = 0;
-        let pair = PairContext::new(p, split.train_from_ms).with_cf(cf);
         for c in cands {
             let label = engaged.contains(c.item);
             if !label {
@@ -572,23 +589,22 @@ pub fn train(
     for user in &eval {
         let truth = &history.holdout.engaged[*user];
         let p = at_t.profiles.get(*user).unwrap_or(&empty);
-        let cf = cf_of(p);
-        let cands = candidates(p, &catalog_t, &cf, &none, &opts.candidates);
+        let (pair, top) = personal(
+            p,
+            cf_of(p),
+            latent,
+            split.holdout_from_ms,
+            0,
+            &opts.candidates,
+        );
+        let cands = candidates(p, &catalog_t, pair.cf(), &top, &none, &opts.candidates);
         if cands.iter().any(|c| truth.contains(c.item)) {
             recall += 1.0;
         }
         if let Some(ranker) = &ranker {
             let stats: Vec<Option<&ItemStats>> =
                 cands.iter().map(|c| catalog_t.items.get(c.item)).collect();
-            let top = rank(
-                ranker,
-                p,
-                cf.clone(),
-                &cands,
-                &stats,
-                split.holdout_from_ms,
-                opts.k,
-            );
+            let top = rank(ranker, &pair, &cands, &stats, opts.k);
             let (h, n) = score_list(top.iter().map(|s| s.item), truth, opts.k);
             r_hits += h;
             r_ndcg += n;
@@ -628,7 +644,32 @@ pub fn train(
         ranker,
         propensity,
         candidates: opts.candidates,
+        latent: latent.cloned(),
     })
+}
+
+/// The user of `p` at `now_ms`, as ranking sees them: the pair features' user side with the
+/// collaborative scores `cf` and, with a latent model, the user's scores of its items; and the
+/// latent model's best items for the user's candidates ([`latent_depth`] of them, for a request
+/// that excludes `excluded` items).
+pub fn personal<'a>(
+    p: &'a Profile,
+    cf: Cf<&'a str>,
+    latent: Option<&'a Latent>,
+    now_ms: i64,
+    excluded: usize,
+    opts: &CandidateOptions,
+) -> (PairContext<'a>, Vec<&'a str>) {
+    let pair = PairContext::new(p, now_ms).with_cf(cf);
+    let scored = latent.and_then(|m| Some((m, m.user_scores(similar_sources(p, opts))?)));
+    match scored {
+        Some((m, scores)) => {
+            let top = Latent::top(&scores, latent_depth(opts, excluded));
+            let top = top.iter().map(|&i| m.items[i as usize].as_str()).collect();
+            (pair.with_latent(m, scores), top)
+        }
+        None => (pair, Vec::new()),
+    }
 }
 
 /// (hit, NDCG) at `k` of a ranked list against the engaged set.

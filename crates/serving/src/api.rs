@@ -22,9 +22,10 @@ use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
-    Candidate, CandidateOptions, Scored, Source, gather, keep_best, rank_logits,
+    Candidate, CandidateOptions, Scored, Source, gather, keep_best, latent_depth, rank_logits,
 };
 use tandem_models::features::{Cf, PairContext, cf_max, cf_scores, user_features};
+use tandem_models::latent::Latent;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::App;
@@ -642,7 +643,7 @@ pub struct Recommendation<'a> {
     /// popularity relative to the first item's (1 for the first).
     pub score: f64,
     /// Where the candidate came from: `cf:item_knn` (similar to the user's recent items),
-    /// `category:<c>` or `popular`.
+    /// `cf:als` (the latent-factor model's best for the user), `category:<c>` or `popular`.
     #[serde(serialize_with = "display")]
     #[schema(value_type = String)]
     pub source: Source<'a>,
@@ -805,8 +806,8 @@ pub async fn get_recommendations(
         Ok(rows) => rows,
         Err(e) => return Ok(popular(Some(Degraded::PopularOnly), Some(e.reason()))),
     };
-    let cf = collaborative(s, &similar_rows);
-    let cands = candidate_ids(s, &profile, &cf, &exclude, &opts);
+    let user = personal(s, &similar_rows, &sources, exclude.len(), &opts);
+    let cands = candidate_ids(s, &profile, &user, &exclude, &opts);
     let rows = match s
         .item_rows(app.store.as_ref(), &unlisted(&cands), timeout)
         .await
@@ -819,7 +820,7 @@ pub async fn get_recommendations(
         .models
         .as_ref()
         .map_or_else(now_ms, |m| m.clock(now_ms(), profile.last_ts));
-    let ranked = rank_resolved(s, &profile, &cf, &cands, &resolved, at, n);
+    let ranked = rank_resolved(s, &profile, &user, &cands, &resolved, at, n);
     let (items, ranked_by) = match ranked {
         Some(ranked) => (
             ranked
@@ -881,6 +882,57 @@ pub(crate) fn unlisted<'a>(cands: &[Candidate<'a, ItemId<'a>>]) -> Vec<&'a str> 
     .collect()
 }
 
+/// What the user's history says, for candidates and ranking: the collaborative scores
+/// ([`collaborative`]) and the latent-factor model's scores of its items, with its best items
+/// ([`tandem_models::training::personal`] computes the same for the models).
+pub(crate) struct Personal<'a> {
+    /// The collaborative scores.
+    pub cf: Cf<ItemId<'a>>,
+    /// The latent model and the user's score of each of its items.
+    pub latent: Option<(&'a Latent, Vec<f64>)>,
+    /// The latent model's best items for the user, best first.
+    pub latent_top: Vec<ItemId<'a>>,
+}
+
+impl Personal<'_> {
+    /// The latent score of a candidate: by the number a listed row keeps, else by id.
+    fn latent_score(&self, id: &str, listed: Option<&ListedItem>) -> f64 {
+        let Some((m, scores)) = &self.latent else {
+            return 0.0;
+        };
+        let number = match listed {
+            Some(l) => l.latent,
+            None => m.index(id),
+        };
+        number.map_or(0.0, |i| scores[i as usize])
+    }
+}
+
+/// [`Personal`] of the user whose [`similar_sources`] are `sources`, with the rows
+/// `similar_rows`, for a request excluding `excluded` items.
+pub(crate) fn personal<'a>(
+    s: &'a Loaded,
+    similar_rows: &'a [Option<ItemRef<'a>>],
+    sources: &[&str],
+    excluded: usize,
+    opts: &CandidateOptions,
+) -> Personal<'a> {
+    let cf = collaborative(s, similar_rows);
+    let model = s.models.as_ref().and_then(|m| m.latent.as_ref());
+    let latent = model.and_then(|m| Some((m, m.user_scores(sources.iter().copied())?)));
+    let latent_top = latent.as_ref().map_or_else(Vec::new, |(m, scores)| {
+        let top = Latent::top(scores, latent_depth(opts, excluded));
+        top.iter()
+            .map(|&i| s.resolve(&m.items[i as usize]))
+            .collect()
+    });
+    Personal {
+        cf,
+        latent,
+        latent_top,
+    }
+}
+
 /// The collaborative scores ([`tandem_models::features::cf_scores`]) of the user whose
 /// [`similar_sources`] have the rows `similar_rows`, by item as the snapshot names them: summed
 /// in the order of the sources and their lists, as the models sum them.
@@ -893,11 +945,11 @@ pub(crate) fn collaborative<'a>(
 
 /// The candidates with the snapshot's listed items named by number, so that most of them cost
 /// no string hashing, here or in ranking: exactly [`tandem_models::candidates::candidates`] over
-/// the whole catalog. `cf` are the user's collaborative scores ([`collaborative`]).
+/// the whole catalog, for the user's [`personal`] scores.
 pub(crate) fn candidate_ids<'a>(
     s: &'a Loaded,
     profile: &'a Profile,
-    cf: &Cf<ItemId<'a>>,
+    personal: &Personal<'a>,
     exclude: &Exclude,
     opts: &CandidateOptions,
 ) -> Vec<Candidate<'a, ItemId<'a>>> {
@@ -918,7 +970,8 @@ pub(crate) fn candidate_ids<'a>(
         };
         gather(
             profile,
-            cf,
+            &personal.cf,
+            personal.latent_top.iter().copied(),
             |i| s.name(i),
             |c| s.category_ids(c),
             s.popular_ids(),
@@ -1020,8 +1073,8 @@ pub(crate) fn resolve_rows<'a>(
 }
 
 /// The `n` best candidates by the snapshot's ranker (`None` when it has no models): exactly
-/// [`tandem_models::candidates::rank`] over the same candidates, stats and collaborative scores
-/// (`cf`, [`collaborative`]). For listed items,
+/// [`tandem_models::candidates::rank`] over the same candidates, stats and the user's
+/// [`personal`] scores. For listed items,
 /// the parts of the features are found by number (their category, their place among the user's
 /// recent items) and the logit is summed from terms computed once: per snapshot (the item's
 /// own, [`ListedItem::terms`], of this same ranker), per request (the user's,
@@ -1030,13 +1083,14 @@ pub(crate) fn resolve_rows<'a>(
 pub(crate) fn rank_resolved<'a>(
     s: &Loaded,
     profile: &Profile,
-    cf: &Cf<ItemId<'a>>,
+    personal: &Personal<'a>,
     cands: &[Candidate<'a, ItemId<'a>>],
     resolved: &[Resolved<'a>],
     now_ms: i64,
     n: usize,
 ) -> Option<Vec<Scored<'a>>> {
     let ranker = s.models.as_ref()?.ranker.as_ref()?;
+    let cf = &personal.cf;
     let user = PairContext::new(profile, now_ms).with_cf_max(cf_max(cf));
     let scorer = user.scorer(ranker);
     // The user's categories and recent items that listed items can have, by number: a
@@ -1077,12 +1131,14 @@ pub(crate) fn rank_resolved<'a>(
                         scorer.popularity_term(l.side.popularity)
                     });
                     let score = cf.get(&c.item).copied().unwrap_or(0.0);
+                    let latent = personal.latent_score(id, Some(l));
                     let interest = interest.unwrap_or(no_interest);
-                    scorer.logit(interest, popularity, at, score, &l.terms)
+                    scorer.logit(interest, popularity, at, (score, latent), &l.terms)
                 }
                 None => {
                     let score = cf.get(&c.item).copied().unwrap_or(0.0);
-                    let features = user.features_scored(id, stats.unwrap_or(&none), score);
+                    let latent = personal.latent_score(id, None);
+                    let features = user.features_scored(id, stats.unwrap_or(&none), score, latent);
                     ranker.logit(&features)
                 }
             };

@@ -19,6 +19,7 @@ use tandem_common::store::{
 };
 use tandem_models::candidates::Catalog;
 use tandem_models::features::{ItemSide, ItemTerms};
+use tandem_models::latent::Latent;
 use tandem_models::linear::LinearModel;
 use tandem_models::training::Models;
 use tokio_util::sync::CancellationToken;
@@ -340,6 +341,8 @@ pub struct ListedItem {
     pub category: Option<u32>,
     /// Per item of `row.similar`, its number if it is listed too.
     pub similar: Vec<Option<u32>>,
+    /// Its number in the snapshot's latent-factor model, if the model has it.
+    pub latent: Option<u32>,
 }
 
 /// The listed rows: numbered, with the popular lists and similar lists in numbers.
@@ -361,6 +364,7 @@ impl Listed {
         rows: Vec<(String, ItemRow)>,
         catalog: &Catalog,
         ranker: Option<&LinearModel>,
+        latent: Option<&Latent>,
     ) -> Listed {
         let mut l = Listed::default();
         for (k, (id, _)) in rows.iter().enumerate() {
@@ -383,6 +387,7 @@ impl Listed {
                 side,
                 category,
                 similar,
+                latent: latent.and_then(|m| m.index(&id)),
                 id,
                 row,
             });
@@ -496,6 +501,7 @@ impl Snapshots {
             rows,
             &catalog,
             models.as_ref().and_then(|m| m.ranker.as_ref()),
+            models.as_ref().and_then(|m| m.latent.as_ref()),
         );
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let loaded = Arc::new(Loaded {

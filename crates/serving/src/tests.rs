@@ -1108,11 +1108,12 @@ async fn serving_ranks_exactly_as_the_models_do() {
     use tandem_models::features::{
         FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, cf_scores,
     };
+    use tandem_models::latent::{Latent, LatentOptions, Rows};
     use tandem_models::linear::{LinearModel, Scaler};
+    use tandem_models::training::personal as models_personal;
 
     use crate::api::{
-        Exclude, candidate_ids, collaborative, rank_resolved, resolve_rows, similar_sources,
-        unlisted,
+        Exclude, candidate_ids, personal, rank_resolved, resolve_rows, similar_sources, unlisted,
     };
     use crate::snapshot::Snapshots;
 
@@ -1174,15 +1175,16 @@ async fn serving_ranks_exactly_as_the_models_do() {
     let ranker = LinearModel {
         features: PAIR_FEATURES.iter().map(|s| s.to_string()).collect(),
         scaler: Scaler {
-            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0, 0.3, 0.5],
-            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0, 0.6, 0.8],
+            mean: vec![0.1, 0.2, 0.3, 0.05, 0.4, 0.1, 0.2, 1.0, 0.3, 0.5, 0.02],
+            std: vec![0.5, 0.7, 1.1, 0.2, 0.9, 0.3, 0.4, 2.0, 0.6, 0.8, 0.3],
         },
-        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1, 1.7, -0.4],
+        weights: vec![0.8, -0.3, 1.2, 2.0, 0.6, 1.5, -0.7, 0.1, 1.7, -0.4, 2.5],
         intercept: -0.4,
     };
     let opts = CandidateOptions {
         recent_for_similar: 4,
         collaborative: 50,
+        latent: 4,
         categories: 2,
         per_category: 3,
         popular: 6,
@@ -1191,8 +1193,31 @@ async fn serving_ranks_exactly_as_the_models_do() {
         vec![0.0; USER_FEATURES.len()],
         vec![1.0; USER_FEATURES.len()],
     );
+    // A latent model over the items and one the snapshot has no row of ("zz"), fitted on
+    // baskets of neighbouring items.
+    let mut ids: Vec<String> = rows.iter().map(|(i, _)| i.clone()).collect();
+    ids.extend(["ghost".to_string(), "zz".to_string()]);
+    ids.sort();
+    let (mut offsets, mut members) = (vec![0], Vec::new());
+    for b in 0..40u32 {
+        let mut basket: Vec<u32> = (0..4).map(|j| (b * 3 + j * 5) % ids.len() as u32).collect();
+        basket.sort_unstable();
+        basket.dedup();
+        members.extend(basket);
+        offsets.push(members.len());
+    }
+    let rows_of = Rows {
+        offsets: &offsets,
+        members: &members,
+    };
+    let opts_latent = LatentOptions {
+        factors: 4,
+        ..Default::default()
+    };
+    let latent = Latent::fit(ids, rows_of, &opts_latent).unwrap();
     let models = json!({
         "feature_schema_version": FEATURE_SCHEMA_VERSION,
+        "latent": latent,
         "segments": {
             "features": USER_FEATURES, "scaler": {"mean": zeros, "std": ones},
             "centroids": [zeros], "labels": ["all"], "sizes": [1], "silhouettes": [],
@@ -1262,12 +1287,20 @@ async fn serving_ranks_exactly_as_the_models_do() {
         list.map(|(s, v)| (s.as_str(), *v))
     });
     assert!(cf.len() > 3, "{cf:?}");
-    let want_cands = candidates(&p, &catalog, &cf, &exclude, &opts);
+    let (pair, top) = models_personal(&p, cf, Some(&latent), at, exclude.len(), &opts);
+    assert!(top.len() >= opts.latent, "{top:?}");
+    let want_cands = candidates(&p, &catalog, pair.cf(), &top, &exclude, &opts);
+    assert!(
+        want_cands
+            .iter()
+            .any(|c| c.source == tandem_models::candidates::Source::Latent),
+        "{want_cands:?}"
+    );
     let want_stats: Vec<Option<&ItemStats>> = want_cands
         .iter()
         .map(|c| by_id.get(c.item).map(|r| &r.stats))
         .collect();
-    let want = rank(&ranker, &p, cf, &want_cands, &want_stats, at, 100);
+    let want = rank(&ranker, &pair, &want_cands, &want_stats, 100);
 
     // Serving's way: with the rows of the items similar to the listed ones listed too (the
     // app's snapshot: the u* rows), and with only the popular lists' rows listed (a cache of
@@ -1279,8 +1312,8 @@ async fn serving_ranks_exactly_as_the_models_do() {
         let sources = similar_sources(&p, &opts);
         let store = f.store.as_ref();
         let similar_rows = s.item_rows(store, &sources, timeout).await.unwrap();
-        let cf = collaborative(&s, &similar_rows);
-        let cands = candidate_ids(&s, &p, &cf, &exclude, &opts);
+        let user = personal(&s, &similar_rows, &sources, exclude.len(), &opts);
+        let cands = candidate_ids(&s, &p, &user, &exclude, &opts);
         let unlisted = unlisted(&cands);
         assert!(unlisted.contains(&"ghost"));
         assert_eq!(
@@ -1290,7 +1323,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
         );
         let rows = s.item_rows(store, &unlisted, timeout).await.unwrap();
         let resolved = resolve_rows(&s, &cands, &rows);
-        let got = rank_resolved(&s, &p, &cf, &cands, &resolved, at, 100).unwrap();
+        let got = rank_resolved(&s, &p, &user, &cands, &resolved, at, 100).unwrap();
 
         assert_eq!(got.len(), want_cands.len());
         assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
