@@ -74,6 +74,27 @@ pub struct Rows<'a> {
 }
 
 impl Rows<'_> {
+    /// The transpose, for `columns` columns (member numbers below it): for each column, the
+    /// rows holding it, in row order, as (offsets, members).
+    pub fn transpose(&self, columns: usize) -> (Vec<usize>, Vec<u32>) {
+        let mut offsets = vec![0usize; columns + 1];
+        for &i in self.members {
+            offsets[i as usize + 1] += 1;
+        }
+        for i in 0..columns {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut next = offsets.clone();
+        let mut members = vec![0u32; self.members.len()];
+        for r in 0..self.len() {
+            for &i in self.row(r) {
+                members[next[i as usize]] = r as u32;
+                next[i as usize] += 1;
+            }
+        }
+        (offsets, members)
+    }
+
     fn len(&self) -> usize {
         self.offsets.len().saturating_sub(1)
     }
@@ -99,21 +120,7 @@ impl Latent {
             return None;
         }
         // The transpose: for each item, the rows holding it.
-        let mut t_offsets = vec![0usize; n_items + 1];
-        for &i in rows.members {
-            t_offsets[i as usize + 1] += 1;
-        }
-        for i in 0..n_items {
-            t_offsets[i + 1] += t_offsets[i];
-        }
-        let mut next = t_offsets.clone();
-        let mut t_members = vec![0u32; rows.members.len()];
-        for r in 0..rows.len() {
-            for &i in rows.row(r) {
-                t_members[next[i as usize]] = r as u32;
-                next[i as usize] += 1;
-            }
-        }
+        let (t_offsets, t_members) = rows.transpose(n_items);
         let columns = Rows {
             offsets: &t_offsets,
             members: &t_members,

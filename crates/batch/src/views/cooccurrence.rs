@@ -16,6 +16,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
+use tandem_models::latent::Rows;
+
 use crate::error::{Error, Result};
 
 /// Baskets of items, as a compressed sparse row matrix. Items are numbered in id order, so
@@ -106,22 +108,11 @@ impl Baskets {
 
     /// For each item, the baskets holding it (the transpose).
     fn holders(&self) -> (Vec<usize>, Vec<u32>) {
-        let mut offsets = vec![0usize; self.items.len() + 1];
-        for &i in &self.members {
-            offsets[i as usize + 1] += 1;
-        }
-        for i in 0..self.items.len() {
-            offsets[i + 1] += offsets[i];
-        }
-        let mut next = offsets.clone();
-        let mut holders = vec![0u32; self.members.len()];
-        for b in 0..self.len() {
-            for &i in self.basket(b) {
-                holders[next[i as usize]] = b as u32;
-                next[i as usize] += 1;
-            }
-        }
-        (offsets, holders)
+        let rows = Rows {
+            offsets: &self.offsets,
+            members: &self.members,
+        };
+        rows.transpose(self.items.len())
     }
 }
 
