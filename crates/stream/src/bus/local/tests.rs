@@ -162,8 +162,11 @@ async fn a_produce_that_fails_mid_write_loses_nothing_acknowledged() {
     bus.produce(batch("c")).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_record_with_a_bad_checksum_ends_the_log() {
+/// A one-partition bus of three records, closed, with the byte at `at(segment length)` of its
+/// segment flipped: (bus dir, segment, its bytes now).
+async fn three_records_with_a_flipped_byte(
+    at: impl Fn(usize) -> usize,
+) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     bus.produce(
@@ -176,9 +179,16 @@ async fn a_record_with_a_bad_checksum_ends_the_log() {
     drop(bus);
     let seg = last_segment(dir.path(), 0);
     let mut bytes = fs::read(&seg).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff; // flip the last value byte of record 2
+    let i = at(bytes.len());
+    bytes[i] ^= 0xff;
     fs::write(&seg, &bytes).unwrap();
+    (dir, seg, bytes)
+}
+
+#[tokio::test]
+async fn a_record_with_a_bad_checksum_ends_the_log() {
+    // The last value byte of record 2.
+    let (dir, _, _) = three_records_with_a_flipped_byte(|len| len - 1).await;
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     assert_eq!(bus.fetch(0, 0, 10, Duration::ZERO).await.unwrap().len(), 2);
     let pos = bus
@@ -191,21 +201,8 @@ async fn a_record_with_a_bad_checksum_ends_the_log() {
 /// A damaged record with records after it is reported, not waited on as a tail being written.
 #[tokio::test]
 async fn a_damaged_record_before_more_data_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
-    bus.produce(
-        (0..3)
-            .map(|i| (Bytes::from("k"), Bytes::from(format!("v{i}"))))
-            .collect(),
-    )
-    .await
-    .unwrap();
-    drop(bus);
-    let seg = last_segment(dir.path(), 0);
-    let mut bytes = fs::read(&seg).unwrap();
-    let one = bytes.len() / 3;
-    bytes[one - 1] ^= 0xff; // the last value byte of record 0
-    fs::write(&seg, &bytes).unwrap();
+    // The last value byte of record 0 (the three are the same size).
+    let (dir, seg, bytes) = three_records_with_a_flipped_byte(|len| len / 3 - 1).await;
     let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
     let err = bus.fetch(0, 0, 10, Duration::ZERO).await.unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
