@@ -142,6 +142,7 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         group: speed_group(memory),
         epoch_ms: EPOCH_MS,
         wait: Duration::from_millis(20),
+        lake: Some(lake.clone()),
         ..tandem_stream::speed::SpeedOptions::from_config(config)
     };
     let archive_opts = tandem_stream::archive::ArchiveOptions {
@@ -204,9 +205,9 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
     let addr = listener.local_addr()?;
     {
         let (router, stop) = (demo.merge(api.clone()), stop.clone());
+        let edge = tandem_serving::edge::EdgeOptions::from_config(config);
         tasks.spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            tandem_serving::edge::serve_router(listener, router, &edge, stop)
                 .await
                 .context("the API")
         });
@@ -270,12 +271,18 @@ fn speed_group(memory: bool) -> String {
     if memory { "demo-speed" } else { "speed" }.into()
 }
 
-/// The demo's API key: made once, kept in the data directory.
+/// The demo's API key: made once, kept in the data directory, readable by its owner only (a
+/// key file from an older version is narrowed to that too).
 fn demo_key(data: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let path = data.join("demo-api-key");
+    let owner_only = std::fs::Permissions::from_mode(0o600);
     if let Ok(k) = std::fs::read_to_string(&path) {
         let k = k.trim().to_string();
         if k.len() >= 16 {
+            std::fs::set_permissions(&path, owner_only)
+                .with_context(|| format!("making {} private", path.display()))?;
             return Ok(k);
         }
     }
@@ -284,7 +291,18 @@ fn demo_key(data: &std::path::Path) -> Result<String> {
     rand::rng().fill_bytes(&mut bytes);
     let k: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let k = format!("demo-{k}");
-    std::fs::write(&path, &k).with_context(|| format!("writing {}", path.display()))?;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        // `mode` applies to a new file only: a short key file left behind keeps its mode.
+        f.set_permissions(owner_only.clone())?;
+        f.write_all(k.as_bytes())
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
     Ok(k)
 }
 
@@ -306,6 +324,7 @@ async fn batch(
             ..Default::default()
         },
         cleanup_grace: config.batch.cleanup_grace,
+        run_lease: config.batch.lease,
     };
     Ok(run(lake, store, &opts, &tandem_batch::snapshot::NoFaults, &()).await?)
 }

@@ -89,6 +89,30 @@ enum StreamCommand {
     /// The archiver: write the bus into Parquet files in the lake and publish per-partition
     /// watermarks for the batch cutoff. Runs until SIGTERM/Ctrl-C (then makes its files visible).
     Archive(StreamArchiveArgs),
+    /// The dead-letter: records the speed layer set aside (not valid events, or refused by the
+    /// online store), with their reasons, in the lake under `dead_letter/`.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Print every record set aside, one JSON line each: layer, partition, offset,
+    /// set_aside_at, reason, key, value.
+    List(DeadLetterArgs),
+    /// Produce the records that are valid events back onto the bus (once what refused them is
+    /// fixed) and remove them from the dead-letter; print a JSON summary.
+    Replay(DeadLetterArgs),
+}
+
+#[derive(Args)]
+struct DeadLetterArgs {
+    /// The lake URL [default: lake.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
+    /// The bus URL replayed records go to [default: bus.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
 }
 
 #[derive(Args)]
@@ -120,6 +144,10 @@ struct StreamRunArgs {
     /// Records per fetch and per pipelined apply [default: stream.batch of the configuration].
     #[arg(long)]
     batch: Option<usize>,
+    /// The lake URL: its erasure tombstones are noted in the store at start, and records set
+    /// aside go to its `dead_letter/speed/` [default: lake.url of the configuration].
+    #[arg(long, value_name = "URL")]
+    lake: Option<String>,
 }
 
 #[derive(Args)]
@@ -343,6 +371,7 @@ async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
             ..TrainOptions::default()
         },
         cleanup_grace: config.batch.cleanup_grace,
+        run_lease: config.batch.lease,
     };
     let show = !args.no_progress && std::io::stderr().is_terminal();
     let steps = progress::Steps::new(show);
@@ -824,6 +853,7 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
                 Some("the speed layer would apply into nothing that serving can read"),
             )
             .await?;
+            let lake = open_lake(args.lake.as_deref(), config)?;
             serve_metrics(args.stream.metrics_listen)?;
             let defaults = tandem_stream::speed::SpeedOptions::from_config(config);
             let opts = tandem_stream::speed::SpeedOptions {
@@ -831,6 +861,7 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
                 partitions: args.stream.partitions,
                 batch: args.batch.unwrap_or(defaults.batch),
                 until_caught_up: args.stream.until_caught_up,
+                lake: Some(lake),
                 ..defaults
             };
             let summary = tandem_stream::speed::run(bus, store, opts, stop_on_signals()?).await?;
@@ -850,6 +881,20 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
                 ..defaults
             };
             let summary = tandem_stream::archive::run(bus, lake, opts, stop_on_signals()?).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        StreamCommand::DeadLetter(DeadLetterCommand::List(args)) => {
+            let lake = open_lake(args.lake.as_deref(), config)?;
+            for (_, letters) in tandem_stream::dead_letter::list(&lake).await? {
+                for l in letters {
+                    println!("{}", serde_json::to_string(&l)?);
+                }
+            }
+        }
+        StreamCommand::DeadLetter(DeadLetterCommand::Replay(args)) => {
+            let lake = open_lake(args.lake.as_deref(), config)?;
+            let bus = open_bus(args.bus.as_deref(), config).await?;
+            let summary = tandem_stream::dead_letter::replay(&lake, bus.as_ref()).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
     }
@@ -899,8 +944,28 @@ async fn serve_command(args: ServeArgs, config: &Config) -> Result<()> {
         stop.clone(),
     )
     .await;
+    let admin = if config.server.admin_listen.is_empty() {
+        None
+    } else {
+        let at = &config.server.admin_listen;
+        let l = tokio::net::TcpListener::bind(at)
+            .await
+            .with_context(|| format!("server.admin_listen {at}: cannot listen there"))?;
+        tracing::info!(addr = %l.local_addr()?, "Serving /metrics and /readyz details.");
+        let (router, opts, stop) = (
+            tandem_serving::admin_router(app.clone()),
+            app.opts.edge.clone(),
+            stop.clone(),
+        );
+        Some(tokio::spawn(async move {
+            tandem_serving::edge::serve_router(l, router, &opts, stop).await
+        }))
+    };
     tracing::info!(addr = %listener.local_addr()?, "Serving the API.");
     tandem_serving::serve(listener, app, stop).await?;
+    if let Some(admin) = admin {
+        admin.await.context("the admin listener")??;
+    }
     Ok(())
 }
 

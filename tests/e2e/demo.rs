@@ -94,6 +94,13 @@ fn the_demo_page_shows_profiles_and_recommendations_in_chromium() {
     let demo = start_demo(&s);
     let key = std::fs::read_to_string(s.path("demo/demo-api-key")).unwrap();
     let key = key.trim();
+    // The key file is its owner's alone (it was world-readable).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(s.path("demo/demo-api-key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the demo key file's mode: {mode:o}");
     let (status, ready) = http(demo.port, "GET", "/readyz", None, None);
     assert_eq!(
         status, 200,

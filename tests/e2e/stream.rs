@@ -290,3 +290,87 @@ pub fn assert_merged_equals_recompute(store: &str, cutoff: i64, events: &[(i64, 
     });
     assert_profiles_equal(&merged, &want);
 }
+
+/// `batch run` killed with SIGKILL while it publishes (as the kill falls: materialising, or
+/// just after the flip): the next run is refused while the dead run's lease lives (two runs at
+/// once published over each other), then publishes or finds published the snapshot, and every
+/// user's snapshot ⊕ speed epochs still equals the recomputation over every event.
+#[test]
+fn batch_run_killed_while_publishing_then_rerun_merges_exactly() {
+    use std::io::BufRead;
+    let redis = RedisServer::start();
+    let store = redis.url();
+    let s = Scratch::new().with_args(&[
+        "--set",
+        "events.epoch=1s",
+        "--set",
+        "bus.max_produce_delay=1s",
+        "--set",
+        "batch.window=2d",
+        "--set",
+        "batch.lease=10s",
+        "--set",
+        "batch.cleanup_grace=0s",
+    ]);
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
+    generate_to_bus(&s, "250", "9");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let cutoff = tandem_common::event::now_ms() / 1000 * 1000;
+    std::thread::sleep(Duration::from_millis(1_100));
+    generate_to_bus(&s, "250", "10");
+    run(&["stream", "archive", "--until-caught-up"]);
+    let events = bus_events(&s);
+    std::thread::sleep(Duration::from_millis(1_100));
+    run(&["stream", "run", "--store", &store, "--until-caught-up"]);
+
+    let cutoff_arg = cutoff.to_string();
+    let batch = ["batch", "run", "--store", &store, "--cutoff", &cutoff_arg];
+    let mut child = s
+        .tandem(&batch)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let reached = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let at_step = line.contains(r#""step":"materialise""#);
+                seen.push_str(&line);
+                seen.push('\n');
+                if at_step {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    assert!(reached, "the run ended before materialising:\n{seen}");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let refused = s.run(&batch, b"");
+    let words = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && words.contains("holds the lease"),
+        "a second run while the dead one's lease lives: {words}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let published = loop {
+        let out = s.run(&batch, b"");
+        if out.status.success() {
+            break summary(&String::from_utf8(out.stdout).unwrap());
+        }
+        let words = String::from_utf8_lossy(&out.stderr);
+        assert!(words.contains("holds the lease"), "{words}");
+        assert!(Instant::now() < deadline, "the lease never lapsed: {words}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        ["republished", "already_published", "published"]
+            .contains(&published["outcome"].as_str().unwrap()),
+        "{published}"
+    );
+    assert_merged_equals_recompute(&store, cutoff, &events);
+}

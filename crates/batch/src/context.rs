@@ -3,8 +3,9 @@
 //! The lake's object store (whatever its backend) is registered under one URL, `tandem://lake/`,
 //! and the event files become the listing table `events_all`, partitioned by `date` (the ingest
 //! date, a string). [`LakeContext::with_cutoff`] adds the view `events`: exactly the events with
-//! `ingest_ts < cutoff`, one per `event_id` (the first ingested), with date folders after the
-//! cutoff's date pruned unread, and without the events that erasures removed: the lake's
+//! `ingest_ts < cutoff`, one per user and `event_id` (the first ingested), with date folders
+//! after the cutoff's date pruned unread, without rows that validation refuses today (set
+//! aside and counted: [`LakeContext::set_aside`]), and without the events that erasures removed: the lake's
 //! tombstones become the table `erasures` (`user_id`, `erased_ms`: the latest per user), and an
 //! event of an erased user counts only if it was ingested after the erasure. Erasure comes
 //! before deduplication, as in the speed layer, which forgets an erased user's recent ids.
@@ -26,7 +27,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use tandem_common::event::date_of_ms;
+use tandem_common::event::{MAX_PRICE, MAX_QUANTITY, date_of_ms};
 use tandem_common::lake::{EVENTS_DIR, Lake};
 use tandem_common::schema::event_schema;
 
@@ -75,11 +76,10 @@ impl LakeContext {
     }
 
     /// `FROM … WHERE …` of the stored rows ingested before `cutoff_ms` (as `a`), less those
-    /// erasures removed; the join is left out when nobody was erased.
+    /// erasures removed and those set aside ([`valid_row`]); the join is left out when nobody
+    /// was erased.
     fn kept_rows(&self, cutoff_ms: i64) -> String {
-        let date = date_of_ms(cutoff_ms);
-        let before =
-            format!("a.date <= '{date}' AND a.ingest_ts < to_timestamp_millis({cutoff_ms})");
+        let before = format!("{} AND {}", before(cutoff_ms), valid_row());
         if self.erased_users == 0 {
             return format!("FROM events_all a WHERE {before}");
         }
@@ -89,13 +89,34 @@ impl LakeContext {
         )
     }
 
-    /// Adds the view `events`: events ingested before `cutoff_ms`, deduplicated by `event_id`.
+    /// Stored rows ingested before the cutoff that validation would refuse today
+    /// ([`valid_row`]): they are left out of `events`, and the batch's summary counts them.
+    pub async fn set_aside(&self) -> Result<u64> {
+        let cutoff = self
+            .cutoff_ms
+            .ok_or_else(|| Error::Internal("set_aside needs a LakeContext with a cutoff".into()))?;
+        let sql = format!(
+            "SELECT count(*) FROM events_all a WHERE {} AND NOT ({})",
+            before(cutoff),
+            valid_row()
+        );
+        let batches = self.ctx.sql(&sql).await?.collect().await?;
+        let n = batches
+            .first()
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
+            .map_or(0, |c| c.value(0));
+        Ok(n as u64)
+    }
+
+    /// Adds the view `events`: events ingested before `cutoff_ms`, one per user and
+    /// `event_id` (an id is the client's, unique per user only: the speed layer dedupes per user
+    /// too).
     pub async fn with_cutoff(mut self, cutoff_ms: i64) -> Result<LakeContext> {
         let sql = format!(
             "CREATE OR REPLACE VIEW events AS \
              SELECT event_id, user_id, kind, item_id, category, price, quantity, rating, query, ts, \
                     session_id, props, ingest_ts, \"partition\", \"offset\" \
-             FROM (SELECT a.*, row_number() OVER (PARTITION BY a.event_id \
+             FROM (SELECT a.*, row_number() OVER (PARTITION BY a.user_id, a.event_id \
                        ORDER BY a.ingest_ts, a.\"partition\" NULLS FIRST, a.\"offset\" NULLS FIRST) AS copy \
                    {rows}) \
              WHERE copy = 1",
@@ -111,8 +132,9 @@ impl LakeContext {
     /// runs once per batch run, not once per view. Returns the batches.
     ///
     /// The rows are those of the SQL view [`with_cutoff`](Self::with_cutoff) defines, found by
-    /// a hash of the event ids instead of a sort: one scan of the files before the cutoff, then
-    /// the first copy of each `event_id` by (`ingest_ts`, `partition`, `offset`) is kept.
+    /// a hash of the (user, event) ids instead of a sort: one scan of the files before the
+    /// cutoff, then the first copy of each (`user_id`, `event_id`) by (`ingest_ts`,
+    /// `partition`, `offset`) is kept.
     pub async fn materialise(&self) -> Result<Vec<RecordBatch>> {
         let cutoff = self.cutoff_ms.ok_or_else(|| {
             Error::Internal("materialise needs a LakeContext with a cutoff".into())
@@ -157,6 +179,29 @@ impl LakeContext {
     }
 }
 
+/// The rows ingested before `cutoff_ms`, by the date folders (pruned unread) and `ingest_ts`.
+fn before(cutoff_ms: i64) -> String {
+    let date = date_of_ms(cutoff_ms);
+    format!("a.date <= '{date}' AND a.ingest_ts < to_timestamp_millis({cutoff_ms})")
+}
+
+/// Rows an event's validation accepts today. Events accepted before the price, quantity and id
+/// rules existed (a price of 1e300 made every later run fail), or files written by other
+/// tools, may break them: such rows are set aside — left out of every view, counted — so
+/// that one bad row does not stop the batch. The speed layer refuses the same records when
+/// it reads them from the bus.
+fn valid_row() -> String {
+    format!(
+        "(a.price IS NULL OR (a.price >= 0 AND a.price <= {MAX_PRICE:.1})) \
+         AND a.quantity BETWEEN 1 AND {MAX_QUANTITY} \
+         AND NOT regexp_like(a.user_id, '{KEY_UNSAFE}') \
+         AND (a.item_id IS NULL OR NOT regexp_like(a.item_id, '{KEY_UNSAFE}'))"
+    )
+}
+
+/// The characters an id naming Redis keys may not hold (`event::key_id_problem`).
+const KEY_UNSAFE: &str = r"[{}\p{Cc}]";
+
 /// The `erasures` table: each erased user and their latest erasure (epoch ms).
 fn erasures_table(erasures: &std::collections::BTreeMap<String, i64>) -> Result<MemTable> {
     use datafusion::arrow::datatypes::{Field, Schema};
@@ -187,12 +232,13 @@ pub const MATERIALISED_COLUMNS: [&str; 8] = [
     "session_id",
 ];
 
-/// Per batch, which rows are the first copy of their `event_id` by (`ingest_ts`, `partition`
-/// nulls first, `offset` nulls first); `None` for a batch whose rows all are. Ties keep the
-/// copy met first. The batches end with the columns `event_id`, `ingest_ts`, `partition`,
-/// `offset`.
+/// Per batch, which rows are the first copy of their (`user_id`, `event_id`) by (`ingest_ts`,
+/// `partition` nulls first, `offset` nulls first); `None` for a batch whose rows all are. Ties
+/// keep the copy met first. The batches start with `user_id` and end with the columns
+/// `event_id`, `ingest_ts`, `partition`, `offset`.
 fn first_copies(batches: &[RecordBatch]) -> Result<Vec<Option<BooleanArray>>> {
     struct Key<'a> {
+        users: StringArray,
         ids: StringArray,
         ingest: &'a [i64],
         partition: &'a Int32Array,
@@ -208,6 +254,7 @@ fn first_copies(batches: &[RecordBatch]) -> Result<Vec<Option<BooleanArray>>> {
             }
             Ok(c)
         };
+        let users = cast(col(0, "user_id")?, &DataType::Utf8)?;
         let ids = cast(col(n - 4, "event_id")?, &DataType::Utf8)?;
         let ingest = col(n - 3, "ingest_ts")?
             .as_primitive_opt::<TimestampMillisecondType>()
@@ -219,6 +266,7 @@ fn first_copies(batches: &[RecordBatch]) -> Result<Vec<Option<BooleanArray>>> {
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| Error::Internal("offset is not an Int64".into()))?;
         keys.push(Key {
+            users: users.as_string::<i32>().clone(),
             ids: ids.as_string::<i32>().clone(),
             ingest: ingest.values(),
             partition,
@@ -233,12 +281,12 @@ fn first_copies(batches: &[RecordBatch]) -> Result<Vec<Option<BooleanArray>>> {
         )
     };
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut first: HashMap<&str, (u32, u32), foldhash::fast::RandomState> =
+    let mut first: HashMap<(&str, &str), (u32, u32), foldhash::fast::RandomState> =
         HashMap::with_capacity_and_hasher(rows, Default::default());
     let mut dropped: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
     for (bi, k) in keys.iter().enumerate() {
         for row in 0..k.ids.len() {
-            let id = k.ids.value(row);
+            let id = (k.users.value(row), k.ids.value(row));
             match first.entry(id) {
                 Entry::Vacant(v) => {
                     v.insert((bi as u32, row as u32));

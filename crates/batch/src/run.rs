@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// snapshot (they follow the pointer within their poll interval) never read its keys or the
     /// speed epochs below the new cutoff after they are gone.
     pub cleanup_grace: std::time::Duration,
+    /// How long the run's lease on the store ([`BATCH_LEASE`]) lives unless renewed (every
+    /// third of it): how long a killed run holds the next one back.
+    pub run_lease: std::time::Duration,
 }
 
 /// How a run ended.
@@ -84,6 +87,9 @@ pub struct Summary {
     pub previous: Option<String>,
     /// Deduplicated events read (0 when nothing was recomputed).
     pub events: u64,
+    /// Stored events set aside: rows that validation refuses today, e.g. a price above the
+    /// bound (left out of every view, see `LakeContext::set_aside`).
+    pub set_aside: u64,
     /// Event files under the cutoff's dates (what a run reads at most).
     pub event_files: usize,
     /// Users erased so far: their events ingested until their erasure are left out.
@@ -133,6 +139,7 @@ fn begin(step: Step, checkpoint: &dyn Checkpoint, progress: &dyn Progress) -> Re
 /// Everything a snapshot holds, in memory.
 struct Computed {
     events: u64,
+    set_aside: u64,
     profiles: BTreeMap<String, Profile>,
     /// Each user's latest items, for `exclude_seen`.
     user_items: BTreeMap<String, Vec<String>>,
@@ -146,8 +153,81 @@ struct Computed {
     batches: Option<[Vec<RecordBatch>; 3]>,
 }
 
-/// Runs the batch: see the module docs.
+/// The online store's lease a batch run holds from start to end: two runs at once would
+/// publish and clean up over each other (a run's cleanup deleted the rows a newer run was
+/// writing).
+pub const BATCH_LEASE: &str = "batch";
+
+/// Runs the batch: see the module docs. Holds the store's [`BATCH_LEASE`] throughout (a dry
+/// run excepted): when another run holds it, fails at once naming the holder; when the lease
+/// is lost (this process stalled past its time to live and another run took it), stops before
+/// publishing anything more.
 pub async fn run(
+    lake: &Lake,
+    store: &dyn OnlineStore,
+    opts: &RunOptions,
+    checkpoint: &dyn Checkpoint,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    use tandem_common::store::LeaseOp;
+    if opts.dry_run {
+        return run_leased(lake, store, opts, checkpoint, progress).await;
+    }
+    let started_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let owner = format!(
+        "{}:{}:{started_ns:x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "batch".into()),
+        std::process::id(),
+    );
+    let ttl_ms = (opts.run_lease.as_millis() as u64).max(3);
+    let took = store
+        .lease(BATCH_LEASE, LeaseOp::Take, &owner, ttl_ms)
+        .await?;
+    if !took.held {
+        return Err(Error::User(format!(
+            "another batch run holds the lease (`{}`, held by {}, lapsing in {:.0} s unless renewed): \
+             two runs at once would publish over each other; try again when it has finished",
+            tandem_common::store::lease_key(BATCH_LEASE),
+            took.holder.as_deref().unwrap_or("?"),
+            took.left_ms as f64 / 1000.0
+        )));
+    }
+    let renew = async {
+        let every = std::time::Duration::from_millis(ttl_ms / 3);
+        loop {
+            tokio::time::sleep(every).await;
+            match store
+                .lease(BATCH_LEASE, LeaseOp::Renew, &owner, ttl_ms)
+                .await
+            {
+                Ok(s) if s.held => {}
+                Ok(s) => {
+                    return Error::User(format!(
+                        "the batch lease was lost to {} while this run was working (it stalled longer than {} s): stopped before publishing more",
+                        s.holder.as_deref().unwrap_or("nobody"),
+                        ttl_ms / 1000
+                    ));
+                }
+                Err(e) => tracing::warn!(error = %e, "Could not renew the batch lease; retrying."),
+            }
+        }
+    };
+    let out = tokio::select! {
+        r = run_leased(lake, store, opts, checkpoint, progress) => r,
+        lost = renew => Err(lost),
+    };
+    if let Err(e) = store
+        .lease(BATCH_LEASE, LeaseOp::Release, &owner, ttl_ms)
+        .await
+    {
+        tracing::warn!(error = %e, "Could not release the batch lease; it lapses by itself.");
+    }
+    out
+}
+
+async fn run_leased(
     lake: &Lake,
     store: &dyn OnlineStore,
     opts: &RunOptions,
@@ -214,6 +294,7 @@ pub async fn run(
         cutoff: format_rfc3339_ms(cutoff),
         previous: previous.as_ref().map(|p| p.snapshot.clone()),
         events: 0,
+        set_aside: 0,
         event_files,
         erased_users: lake.erasures().await?.len(),
         rows: BTreeMap::new(),
@@ -255,6 +336,7 @@ pub async fn run(
         }
     };
     summary.events = computed.events;
+    summary.set_aside = computed.set_aside;
     summary.rows = computed.rows.clone();
     summary.models = Some(computed.models_entry.clone());
 
@@ -271,6 +353,7 @@ pub async fn run(
                 code_version: env!("CARGO_PKG_VERSION").to_string(),
                 feature_schema_version: FEATURE_SCHEMA_VERSION,
                 events: computed.events,
+                set_aside: computed.set_aside,
                 rows: computed.rows.clone(),
                 durations_s: durations.clone(),
                 models: computed.models_entry.clone(),
@@ -285,6 +368,27 @@ pub async fn run(
 
     begin(Step::Materialise, checkpoint, progress)?;
     let t = Instant::now();
+    // Users erased since the views read the tombstones — or since a republished snapshot's
+    // files were written — lose their rows here: an erasure at or after the cutoff removes
+    // every event the snapshot holds of them (an earlier one the views applied already).
+    let erased = lake.erasures().await?;
+    let late: Vec<String> = computed
+        .profiles
+        .keys()
+        .filter(|u| erased.get(*u).is_some_and(|at| *at >= cutoff))
+        .cloned()
+        .collect();
+    for u in &late {
+        computed.profiles.remove(u);
+        computed.user_items.remove(u);
+        computed.scores.remove(u);
+    }
+    if !late.is_empty() {
+        tracing::info!(
+            users = late.len(),
+            "Left out the rows of users erased since the snapshot was computed."
+        );
+    }
     let popular = popular_row(&computed.items);
     let models_json = computed.models.as_ref().map(|m| m.to_json()).transpose()?;
     summary.store_rows = snapshot::materialise(
@@ -345,6 +449,13 @@ async fn compute(
     let lc = LakeContext::new(lake).await?.with_cutoff(cutoff).await?;
     let events = lc.materialise().await?;
     let n_events: u64 = events.iter().map(|b| b.num_rows() as u64).sum();
+    let set_aside = lc.set_aside().await?;
+    if set_aside > 0 {
+        tracing::warn!(
+            rows = set_aside,
+            "Stored events that validation refuses (price or quantity out of bounds) were set aside."
+        );
+    }
     let profile_batches = View::Profiles.collect(&lc).await?;
     let item_batches = View::Items.collect(&lc).await?;
     let baskets = Arc::new(baskets_before(&lc, i64::MAX).await?);
@@ -485,6 +596,7 @@ async fn compute(
     rows.insert("segments".into(), scores.len() as u64);
     Ok(Computed {
         events: n_events,
+        set_aside,
         profiles,
         user_items,
         items,
@@ -569,14 +681,35 @@ fn popular_row(items: &BTreeMap<String, ItemStats>) -> PopularRow {
     let map: HashMap<String, ItemStats> =
         items.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let catalog = Catalog::new(map, POPULAR_TOP);
+    let mut categories: Vec<(String, Vec<String>)> = catalog.by_category.into_iter().collect();
+    if categories.len() > MAX_POPULAR_CATEGORIES {
+        // The categories whose best item is the most popular; ties by name.
+        let best = |list: &[String]| {
+            list.first()
+                .and_then(|i| items.get(i))
+                .map_or(f64::NEG_INFINITY, |s| s.popularity)
+        };
+        categories.sort_by(|a, b| {
+            best(&b.1)
+                .total_cmp(&best(&a.1))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        categories.truncate(MAX_POPULAR_CATEGORIES);
+    }
     PopularRow {
         overall: catalog.popular,
-        by_category: catalog.by_category.into_iter().collect(),
+        by_category: categories.into_iter().collect(),
     }
 }
 
 /// Items kept in each popular list.
 pub const POPULAR_TOP: usize = 100;
+
+/// Categories with a popular list in a snapshot: those whose best item is the most popular.
+/// Every server holds the lists in memory, and one list per category grew without bound (60,000
+/// categories took `serve` from 130 to 205 MiB); a rarer category's items still come through
+/// the similar items and the latent model.
+pub const MAX_POPULAR_CATEGORIES: usize = 1_000;
 
 fn segments_batch(
     scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
@@ -672,6 +805,7 @@ async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
     };
     Ok(Computed {
         events: m.events,
+        set_aside: m.set_aside,
         profiles,
         user_items,
         items,

@@ -169,6 +169,9 @@ pub struct Manifest {
     pub feature_schema_version: u32,
     /// Deduplicated events read (`ingest_ts < cutoff`).
     pub events: u64,
+    /// Stored events set aside as invalid (see `LakeContext::set_aside`).
+    #[serde(default)]
+    pub set_aside: u64,
     /// Rows per output file.
     pub rows: BTreeMap<String, u64>,
     /// Seconds per step of the run that made it.
@@ -342,7 +345,7 @@ pub async fn flip(
 
 /// Deletes every other snapshot's keys and the speed epochs before the cutoff; returns both counts.
 pub async fn cleanup(store: &dyn OnlineStore, new: &Pointer) -> Result<(u64, u64)> {
-    let snapshots = store.drop_snapshots_except(&new.snapshot).await?;
+    let snapshots = store.drop_snapshots_older(&new.snapshot).await?;
     let epochs = store.drop_epochs_before(new.cutoff_ms).await?;
     Ok((snapshots, epochs))
 }

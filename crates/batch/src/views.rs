@@ -15,7 +15,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use tandem_common::event::Kind;
 use tandem_common::features::{
-    DECAY_REF_MS, DECAY_TAU_MS, ItemStats, Profile, RECENT_ITEMS, interest_weight, sort_recent,
+    DECAY_REF_MS, DECAY_TAU_MS, ItemStats, MAX_MONEY_MICROS, Profile, RECENT_ITEMS,
+    interest_weight, sort_recent,
 };
 use tandem_common::store::HISTORY_ITEMS;
 
@@ -145,6 +146,19 @@ fn fill_before(template: &str, cutoff_ms: i64, ts_before_ms: i64) -> String {
         .replace("${MAX_SESSION_ITEMS}", &MAX_SESSION_ITEMS.to_string())
         .replace("${MAX_USER_ITEMS}", &MAX_USER_ITEMS.to_string())
         .replace("${WEIGHT}", &weight_case())
+        .replace("${MONEY}", &money_sum())
+}
+
+/// The purchases' money in micro-units as [`Profile::apply`](tandem_common::features::Profile)
+/// sums it: each line `round(price × 10⁶) × quantity` capped at [`MAX_MONEY_MICROS`] (exact, as
+/// in `features::spend_micros`), the lines summed as `DECIMAL(38, 0)` (an `Int64` sum would
+/// wrap or fail), the sum capped again.
+fn money_sum() -> String {
+    let max = MAX_MONEY_MICROS;
+    format!(
+        "CAST(least(coalesce(sum(CAST(least(round(price * 1000000) * quantity, {max}.0) AS DECIMAL(38, 0))) \
+         FILTER (WHERE kind = 'purchase'), 0), {max}) AS BIGINT)"
+    )
 }
 
 /// The first line of a statement that is not blank or a comment, upper-cased ("" if none).

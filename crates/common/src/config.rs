@@ -135,6 +135,24 @@ pub struct ServerConfig {
     /// Recommendations leave out the items the user already had an event with, unless the
     /// request's `exclude_seen` says otherwise.
     pub exclude_seen: bool,
+    /// Longest wait for a connection's request headers; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Longest wait for a request's body; then 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests served at once; more are answered 503 `overloaded` at once.
+    pub max_in_flight: usize,
+    /// At shutdown, how long the requests in flight get to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Browser origins allowed to call the API (CORS); `*` allows every origin.
+    pub cors_origins: Vec<String>,
+    /// The operations listener (`/metrics`, `/readyz` with details), `host:port`; empty for
+    /// none (then `/metrics` is on the public listener).
+    pub admin_listen: String,
 }
 
 /// One API key.
@@ -186,6 +204,10 @@ pub struct BatchConfig {
     /// readers need (its keys, the speed epochs below the new cutoff).
     #[serde(with = "humantime_serde")]
     pub cleanup_grace: Duration,
+    /// How long a batch run's lease on the store lives unless renewed (every third of it): a
+    /// second run is refused meanwhile, and a killed run holds the next one back this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
 }
 
 /// `[stream]`.
@@ -701,8 +723,38 @@ impl Config {
         if self.server.store_timeout.is_zero() {
             p.push(("server.store_timeout", "must be more than 0".to_string()));
         }
+        if self.batch.lease < Duration::from_secs(3) {
+            p.push(("batch.lease", "must be at least 3s".to_string()));
+        }
         if self.server.cache_rows == 0 {
             p.push(("server.cache_rows", "must be at least 1".to_string()));
+        }
+        for (key, d) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+        ] {
+            if d.is_zero() {
+                p.push((key, "must be more than 0".to_string()));
+            }
+        }
+        if !self.server.admin_listen.is_empty()
+            && self.server.admin_listen.parse::<SocketAddr>().is_err()
+        {
+            p.push((
+                "server.admin_listen",
+                format!(
+                    "`{}` is not host:port (e.g. 0.0.0.0:9464), nor empty",
+                    self.server.admin_listen
+                ),
+            ));
+        }
+        for (key, n) in [
+            ("server.max_connections", self.server.max_connections),
+            ("server.max_in_flight", self.server.max_in_flight),
+        ] {
+            if n == 0 {
+                p.push((key, "must be at least 1".to_string()));
+            }
         }
         let day = Duration::from_secs(86_400);
         let epoch = self.events.epoch;

@@ -51,6 +51,11 @@ pub enum Error {
     /// A dependency (the online store) failed; retrying may succeed.
     #[error("{0}")]
     External(String),
+    /// The online store refused this data (a script error, a key of the wrong type, keys in
+    /// several cluster slots): retrying the same data cannot succeed, so the consumer sets it
+    /// aside (the dead-letter) and moves on.
+    #[error("{0}")]
+    Rejected(String),
     /// An invariant was broken.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,7 +65,7 @@ impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) | Error::Input(_) => ErrorKind::User,
+            Error::Config(_) | Error::Input(_) | Error::Rejected(_) => ErrorKind::User,
             Error::ObjectStore(object_store::Error::NotFound { .. }) => ErrorKind::User,
             Error::ObjectStore(_) | Error::Io(_) | Error::External(_) => ErrorKind::External,
             Error::Arrow(_) | Error::Parquet(_) | Error::Json(_) | Error::Internal(_) => {

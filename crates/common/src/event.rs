@@ -24,6 +24,15 @@ pub const MAX_QUERY_CHARS: usize = 512;
 pub const MAX_PROPS: usize = 64;
 /// Longest property value, in characters.
 pub const MAX_PROP_VALUE_CHARS: usize = 1024;
+/// Longest event, in bytes of JSON: the field limits alone allowed ~440 KB (64 properties of
+/// 1,024 escaped characters), and a consumer holds a whole fetch of events in memory.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Highest unit `price`: a billion currency units. With [`MAX_QUANTITY`] it keeps every
+/// purchase line's money finite in micro-units; sums of money saturate at
+/// [`MAX_MONEY_MICROS`](crate::features::MAX_MONEY_MICROS).
+pub const MAX_PRICE: f64 = 1e9;
+/// Highest `quantity` of one purchase line.
+pub const MAX_QUANTITY: u32 = 1_000_000;
 /// Latest accepted event time, 9999-12-31T23:59:59.999Z, so that every event can be written back as RFC 3339.
 pub const MAX_TS_MS: i64 = 253_402_300_799_999;
 
@@ -239,6 +248,15 @@ impl std::error::Error for EventError {}
 /// assert_eq!(err.to_string(), "field `price`: required for purchase");
 /// ```
 pub fn parse_event(json: &[u8], at: Acceptance) -> Result<Event<'_>, EventError> {
+    if json.len() > MAX_EVENT_BYTES {
+        return Err(EventError::one(
+            None,
+            format!(
+                "the event is {} bytes of JSON; at most {MAX_EVENT_BYTES}",
+                json.len()
+            ),
+        ));
+    }
     let raw: RawEvent<'_> = serde_json::from_slice(json).map_err(json_error)?;
     raw.validate(at)
 }
@@ -376,6 +394,33 @@ impl<'a> Ord for CowStr<'a> {
     }
 }
 
+/// `props` as sent: string keys and values, a key given twice an error (a JSON object with a
+/// repeated key means two things; the last one would silently win).
+struct Props<'a>(BTreeMap<Cow<'a, str>, Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Props<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Props<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Props<'de>, A::Error> {
+                let mut props = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<CowStr<'de>, CowStr<'de>>()? {
+                    if props.contains_key(&k.0) {
+                        return Err(de::Error::custom(format!("key `{}` appears twice", k.0)));
+                    }
+                    props.insert(k.0, v.0);
+                }
+                Ok(Props(props))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Event time as sent: epoch milliseconds or RFC 3339 text.
 struct RawTs(Result<i64, String>);
 
@@ -471,10 +516,8 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
                         9 => ev.ts = map.next_value().map_err(in_field)?,
                         10 => ev.session_id = s(map.next_value().map_err(in_field)?),
                         _ => {
-                            let props: Option<BTreeMap<CowStr<'de>, CowStr<'de>>> =
-                                map.next_value().map_err(in_field)?;
-                            ev.props =
-                                props.map(|p| p.into_iter().map(|(k, v)| (k.0, v.0)).collect());
+                            let props: Option<Props<'de>> = map.next_value().map_err(in_field)?;
+                            ev.props = props.map(|p| p.0);
                         }
                     }
                 }
@@ -482,6 +525,30 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// Why `id` cannot be a `user_id` or an `item_id`, if it cannot: 1 to [`MAX_ID_CHARS`]
+/// characters, none of them `{`, `}` or a control character. These ids are part of Redis keys,
+/// between the braces of a hash tag (`tandem:u:{<user>}:…`): an id starting with `}` made an
+/// empty tag, so that a user's keys fell in different Redis Cluster slots and every call for
+/// that user failed.
+pub fn key_id_problem(id: &str) -> Option<String> {
+    let n = id.chars().count();
+    if !(1..=MAX_ID_CHARS).contains(&n) {
+        return Some(format!("must be 1–{MAX_ID_CHARS} characters, got {n}"));
+    }
+    id.chars()
+        .find(|c| matches!(c, '{' | '}') || c.is_control())
+        .map(|c| format!("must not contain `{{`, `}}` or control characters, got {c:?}"))
+}
+
+/// A number as a reader wants it in a message: `1e300`, not its 301 digits.
+fn short(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1e15 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
     }
 }
 
@@ -495,6 +562,12 @@ impl Problems {
             field: Some(field),
             message: message.into(),
         });
+    }
+
+    fn key_id(&mut self, field: &'static str, v: &str) {
+        if let Some(problem) = key_id_problem(v) {
+            self.add(field, problem);
+        }
     }
 
     fn required<T>(&mut self, field: &'static str, v: Option<T>, why: &str) -> Option<T> {
@@ -525,7 +598,7 @@ impl<'a> RawEvent<'a> {
         }
         let user_id = p.required("user_id", self.user_id, "");
         if let Some(v) = &user_id {
-            p.text("user_id", v, 1, MAX_ID_CHARS);
+            p.key_id("user_id", v);
         }
         let kind = match p.required("kind", self.kind, "") {
             Some(k) => match Kind::parse(&k) {
@@ -542,7 +615,7 @@ impl<'a> RawEvent<'a> {
             None => None,
         };
         match (&self.item_id, kind) {
-            (Some(v), _) => p.text("item_id", v, 1, MAX_ID_CHARS),
+            (Some(v), _) => p.key_id("item_id", v),
             (None, Some(k)) if k != Kind::Search => p.add("item_id", format!("required for {k}")),
             _ => {}
         }
@@ -550,14 +623,23 @@ impl<'a> RawEvent<'a> {
             p.text("category", v, 1, MAX_ID_CHARS);
         }
         match self.price {
-            Some(v) if !(v.is_finite() && v >= 0.0) => {
-                p.add("price", format!("must be a finite number ≥ 0, got {v}"))
-            }
+            Some(v) if !(v.is_finite() && (0.0..=MAX_PRICE).contains(&v)) => p.add(
+                "price",
+                format!(
+                    "must be a number from 0 to {MAX_PRICE:.0}, got {}",
+                    short(v)
+                ),
+            ),
             None if kind == Some(Kind::Purchase) => p.add("price", "required for purchase"),
             _ => {}
         }
-        if self.quantity == Some(0) {
-            p.add("quantity", "must be ≥ 1");
+        if let Some(q) = self.quantity
+            && !(1..=MAX_QUANTITY).contains(&q)
+        {
+            p.add(
+                "quantity",
+                format!("must be from 1 to {MAX_QUANTITY}, got {q}"),
+            );
         }
         match self.rating {
             Some(v) if !v.is_finite() => {

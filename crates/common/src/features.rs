@@ -66,9 +66,23 @@ pub fn decayed_at(log_score: f64, now_ms: i64) -> f64 {
     (log_score - (now_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS).exp()
 }
 
-/// Money of one purchase line in micro-units: `round(price × 10⁶) × quantity`.
+/// The most money a sum holds, in micro-units: 2⁵³ − 1 (9,007,199,254.740991 currency units),
+/// the largest integer that every layer holds exactly — Redis's Lua numbers are doubles. Money
+/// sums saturate there: `min(a + b, MAX)` of saturated parts is the saturated whole, so the
+/// exact merge holds for them too.
+pub const MAX_MONEY_MICROS: i64 = (1 << 53) - 1;
+
+/// Money of one purchase line in micro-units: `round(price × 10⁶) × quantity`, at most
+/// [`MAX_MONEY_MICROS`] (a negative or NaN price counts 0). The product of two whole numbers is
+/// exact in a double below 2⁵³, and rounds to 2⁵³ or more above it, so the cap is exact too;
+/// `profiles.sql` computes the same in SQL.
 pub fn spend_micros(price: f64, quantity: u32) -> i64 {
-    (price * MICROS).round() as i64 * quantity as i64
+    ((price * MICROS).round() * quantity as f64).clamp(0.0, MAX_MONEY_MICROS as f64) as i64
+}
+
+/// Adds two sums of money, saturating at [`MAX_MONEY_MICROS`].
+pub fn add_money(a: i64, b: i64) -> i64 {
+    a.saturating_add(b).clamp(0, MAX_MONEY_MICROS)
 }
 
 /// A user's profile features.
@@ -171,7 +185,10 @@ impl Profile {
         self.last_ts = self.last_ts.max(e.ts);
         if e.kind == Kind::Purchase {
             self.units += e.quantity as u64;
-            self.spend_micros += spend_micros(e.price.unwrap_or(0.0), e.quantity);
+            self.spend_micros = add_money(
+                self.spend_micros,
+                spend_micros(e.price.unwrap_or(0.0), e.quantity),
+            );
             self.last_purchase_ts = Some(self.last_purchase_ts.map_or(e.ts, |t| t.max(e.ts)));
         }
         let w = interest_weight(e.kind);
@@ -198,7 +215,7 @@ impl Profile {
             *a += b;
         }
         self.units += other.units;
-        self.spend_micros += other.spend_micros;
+        self.spend_micros = add_money(self.spend_micros, other.spend_micros);
         self.first_ts = self.first_ts.min(other.first_ts);
         self.last_ts = self.last_ts.max(other.last_ts);
         self.last_purchase_ts = match (self.last_purchase_ts, other.last_purchase_ts) {
@@ -294,7 +311,10 @@ impl ItemStats {
         self.counts[kind_index(e.kind)] += 1;
         if e.kind == Kind::Purchase {
             self.units += e.quantity as u64;
-            self.revenue_micros += spend_micros(e.price.unwrap_or(0.0), e.quantity);
+            self.revenue_micros = add_money(
+                self.revenue_micros,
+                spend_micros(e.price.unwrap_or(0.0), e.quantity),
+            );
         }
         let w = interest_weight(e.kind);
         if w > 0.0 {
@@ -311,7 +331,7 @@ impl ItemStats {
             *a += b;
         }
         self.units += other.units;
-        self.revenue_micros += other.revenue_micros;
+        self.revenue_micros = add_money(self.revenue_micros, other.revenue_micros);
         self.popularity = logaddexp(self.popularity, other.popularity);
         if let Some((name, ts)) = &other.category {
             keep_later(&mut self.category, name, *ts);
@@ -332,7 +352,8 @@ fn close(a: f64, b: f64) -> bool {
     a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Profiles and item stats of a set of events, deduplicated by `event_id` (the first seen wins).
+/// Profiles and item stats of a set of events, deduplicated per user by `event_id` (the first
+/// seen wins; two users may use the same id).
 pub fn recompute<'a>(
     events: impl IntoIterator<Item = &'a Event<'a>>,
 ) -> (BTreeMap<String, Profile>, BTreeMap<String, ItemStats>) {
@@ -340,7 +361,7 @@ pub fn recompute<'a>(
     let mut profiles: BTreeMap<String, Profile> = BTreeMap::new();
     let mut items: BTreeMap<String, ItemStats> = BTreeMap::new();
     for e in events {
-        if !seen.insert(e.event_id.as_ref()) {
+        if !seen.insert((e.user_id.as_ref(), e.event_id.as_ref())) {
             continue;
         }
         profiles.entry(e.user_id.to_string()).or_default().apply(e);

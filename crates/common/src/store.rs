@@ -73,6 +73,56 @@ pub fn epoch_key(user: &str, epoch_ms: i64) -> String {
     format!("tandem:u:{{{user}}}:epoch:{epoch_ms}")
 }
 
+/// The key of lease `name`.
+pub fn lease_key(name: &str) -> String {
+    format!("tandem:lease:{name}")
+}
+
+/// What [`OnlineStore::lease`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Take the lease if nobody holds it (or its holder let it lapse); renew it if `owner`
+    /// holds it already.
+    Take,
+    /// Extend the lease if `owner` still holds it.
+    Renew,
+    /// Give the lease up if `owner` holds it.
+    Release,
+}
+
+/// Who holds a lease after a [`OnlineStore::lease`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The caller holds it.
+    pub held: bool,
+    /// The holder, if any.
+    pub holder: Option<String>,
+    /// Milliseconds until it lapses (0 when nobody holds it).
+    pub left_ms: i64,
+}
+
+/// Where a snapshot id falls in time, to compare ids: its cutoff as the number
+/// `YYYYMMDDHHMMSS`, then its revision (`-rN`, 1 without). `None` for an id Tandem does not
+/// make (ids are `20251122T0100Z`, `20251122T010030Z`, `20251122T0100Z-r2`).
+pub fn snapshot_rank(id: &str) -> Option<(u64, u32)> {
+    let (base, revision) = match id.split_once("-r") {
+        Some((base, r)) => (base, r.parse().ok()?),
+        None => (id, 1),
+    };
+    let (date, time) = base.strip_suffix('Z')?.split_once('T')?;
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if date.len() != 8 || !(time.len() == 4 || time.len() == 6) || !digits(date) || !digits(time) {
+        return None;
+    }
+    let seconds = if time.len() == 4 { "00" } else { "" };
+    Some((format!("{date}{time}{seconds}").parse().ok()?, revision))
+}
+
+/// Whether snapshot `id` is older than `keep` (neither `None` by [`snapshot_rank`]).
+pub fn snapshot_older(id: &str, keep: &str) -> bool {
+    matches!((snapshot_rank(id), snapshot_rank(keep)), (Some(a), Some(b)) if a < b)
+}
+
 /// The snapshot id a key belongs to, if it is a snapshot key.
 pub fn snapshot_of_key(key: &str) -> Option<&str> {
     if let Some(rest) = key.strip_prefix("tandem:snap:") {
@@ -157,8 +207,13 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn pointer(&self) -> Result<Option<Pointer>>;
     /// Sets the pointer to `new` if it still is `expected`, atomically; false if it was not.
     async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> Result<bool>;
-    /// Deletes the keys of every snapshot but `keep`; returns how many.
-    async fn drop_snapshots_except(&self, keep: &str) -> Result<u64>;
+    /// Deletes the keys of every snapshot older than `keep` ([`snapshot_rank`]); returns how
+    /// many. A newer snapshot's keys stay: another batch run may be writing them (deleting
+    /// every snapshot but `keep` took a newer run's rows away as it wrote them).
+    async fn drop_snapshots_older(&self, keep: &str) -> Result<u64>;
+    /// Takes, renews or releases the lease `name` for `owner` ([`LeaseOp`]), atomically; the
+    /// lease lapses `ttl_ms` after it was last taken or renewed. Returns who holds it now.
+    async fn lease(&self, name: &str, op: LeaseOp, owner: &str, ttl_ms: u64) -> Result<LeaseState>;
     /// Deletes the speed epochs before `cutoff_ms`; returns how many user-epochs it deleted.
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64>;
     /// Applies the speed layer's deltas of `events`, read from the bus log `log` (DESIGN §3–4).
@@ -181,6 +236,11 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     /// user's events ingested until then are skipped if they are applied later. Returns how
     /// many keys it deleted.
     async fn erase_user(&self, user: &str, at_ms: i64, snapshots: &[String]) -> Result<u64>;
+    /// Records that `user` was erased at `at_ms` (the later of it and any erasure recorded),
+    /// deleting nothing: the erasure's deletions were done when it happened, and what the user
+    /// did after it stays. For a store that may have lost its markers, from the lake's
+    /// tombstones.
+    async fn note_erasure(&self, user: &str, at_ms: i64) -> Result<()>;
 }
 
 /// Opens the store at `url`: `memory://`, `redis://…` / `rediss://…` (one server) or

@@ -9,8 +9,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +17,7 @@ use bytes::Bytes as Payload;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use tandem_common::config::Scope;
-use tandem_common::event::{Acceptance, event_from_value, to_bus_value};
+use tandem_common::event::{Acceptance, key_id_problem, parse_event, to_bus_value};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
@@ -56,7 +55,7 @@ pub const MAX_N: usize = 100;
         crate::ops::healthz,
         crate::ops::readyz
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, EventDoc, EventsBody, InvalidEventsBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -184,6 +183,65 @@ fn json<T: Serialize>(value: &T) -> Response {
 // ---------------------------------------------------------------------------------------------
 // POST /v1/events
 
+/// One event as `POST /v1/events` takes it: the document of the wire form (the server parses
+/// it with `tandem_common::event::parse_event`, which holds these rules; this type only
+/// describes them). Unknown fields and a field given twice are errors; `null` is absent.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"event_id": "e-1", "user_id": "u-42", "kind": "purchase", "item_id": "sku-7", "category": "shoes", "price": 59.9, "quantity": 1, "ts": "2026-12-06T10:00:00Z"}))]
+pub struct EventDoc {
+    /// Unique per user (1–128 characters): a repeat of the same user's id is a retry.
+    #[schema(min_length = 1, max_length = 128)]
+    pub event_id: String,
+    /// 1–128 characters, none of `{`, `}` or a control character.
+    #[schema(min_length = 1, max_length = 128)]
+    pub user_id: String,
+    /// `view`, `click`, `add_to_cart`, `remove_from_cart`, `purchase`, `search` or `rate`.
+    pub kind: String,
+    /// Required but for `search`; the same rule as `user_id`.
+    #[schema(min_length = 1, max_length = 128)]
+    pub item_id: Option<String>,
+    /// 1–128 characters.
+    pub category: Option<String>,
+    /// Unit price, 0 to 1,000,000,000; required for `purchase`.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub price: Option<f64>,
+    /// 1 to 1,000,000 (default 1).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub quantity: Option<u32>,
+    /// Required for `rate`; finite.
+    pub rating: Option<f64>,
+    /// Required for `search`; 1–512 characters.
+    pub query: Option<String>,
+    /// RFC 3339 with any offset, or epoch milliseconds (a number); from 1970 to ingest time +
+    /// `events.max_future`.
+    pub ts: String,
+    /// 1–128 characters.
+    pub session_id: Option<String>,
+    /// Up to 64 string values; keys 1–128 characters, values up to 1,024.
+    pub props: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The body of `POST /v1/events`: one event, or an array of 1 to 1,000.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EventsBody {
+    /// One event.
+    One(Box<EventDoc>),
+    /// Up to 1,000 events.
+    Many(Vec<EventDoc>),
+}
+
+/// The 400 answer when no event of the request is accepted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InvalidEventsBody {
+    /// `invalid_events`.
+    pub code: String,
+    /// The first event's problems, in words.
+    pub message: String,
+    /// Every event's problems.
+    pub errors: Vec<EventReject>,
+}
+
 /// One rejected event of a batch.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventReject {
@@ -214,11 +272,12 @@ pub struct IngestResponse {
 #[utoipa::path(
     post,
     path = "/v1/events",
-    request_body(content = serde_json::Value, description = "One event (DESIGN §2) or an array of up to 1,000", content_type = "application/json"),
+    request_body(content = EventsBody, description = "One event or an array of up to 1,000", content_type = "application/json"),
     responses(
         (status = 202, description = "At least one event accepted; rejects listed by index", body = IngestResponse),
-        (status = 400, description = "No event accepted: malformed JSON, or every event invalid", body = ErrorBody),
+        (status = 400, description = "No event accepted: every event invalid (`invalid_events`, with `errors`), or malformed JSON (`invalid_json`, `invalid_body`: then without `errors`)", body = InvalidEventsBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `server.body_timeout` (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB or more than 1,000 events", body = ErrorBody),
         (status = 503, description = "The bus is unavailable; nothing accepted, retry after `Retry-After` seconds", body = ErrorBody)
     ),
@@ -228,35 +287,13 @@ pub struct IngestResponse {
 pub async fn post_events(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // The key before the body: an unauthenticated client cannot make the server hold a
+    // megabyte for it (nor wait for one).
     app.keys.check(&headers, Scope::Ingest)?;
-    let body = body.map_err(|r| rejection("invalid_body", r))?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}")))?;
-    let items: Vec<&serde_json::Value> = match &value {
-        serde_json::Value::Array(a) if a.len() > MAX_BATCH => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_events",
-                format!("{} events in one request; at most {MAX_BATCH}", a.len()),
-            ));
-        }
-        serde_json::Value::Array(a) if a.is_empty() => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "an empty array: send one event or up to 1,000",
-            ));
-        }
-        serde_json::Value::Array(a) => a.iter().collect(),
-        serde_json::Value::Object(_) => vec![&value],
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_body",
-                "the body must be one event (an object) or an array of events",
-            ));
-        }
-    };
+    let body = crate::edge::read_body(body, MAX_BODY, app.opts.body_timeout).await?;
+    let items = events_of(&body)?;
     let ingest_ts = now_ms();
     let at = Acceptance {
         now_ms: ingest_ts,
@@ -265,7 +302,7 @@ pub async fn post_events(
     let mut records = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, v) in items.iter().enumerate() {
-        match event_from_value(v, at) {
+        match parse_event(v.get().as_bytes(), at) {
             Ok(e) => records.push((
                 Payload::copy_from_slice(e.user_id.as_bytes()),
                 Payload::from(to_bus_value(&e, ingest_ts)),
@@ -324,6 +361,57 @@ pub async fn post_events(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
+/// Checks a user or item id taken from the path as events' ids are checked
+/// ([`key_id_problem`]): a 60,000-character id got 404, not 400.
+fn path_id(what: &str, id: &str) -> Result<(), ApiError> {
+    match key_id_problem(id) {
+        Some(problem) => Err(ApiError::bad_request(
+            "invalid_path",
+            format!("the {what} id in the path {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The events of a `POST /v1/events` body, each as its own JSON text: one object, or an array
+/// of up to [`MAX_BATCH`]. Each is then parsed by the event parser itself, which refuses a
+/// field given twice (parsing the body into a `serde_json::Value` first kept the last copy).
+fn events_of(body: &[u8]) -> Result<Vec<&serde_json::value::RawValue>, ApiError> {
+    use serde_json::value::RawValue;
+    let invalid_json = |e: serde_json::Error| {
+        ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}"))
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(invalid_json)?;
+            if items.len() > MAX_BATCH {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_events",
+                    format!("{} events in one request; at most {MAX_BATCH}", items.len()),
+                ));
+            }
+            if items.is_empty() {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    "an empty array: send one event or up to 1,000",
+                ));
+            }
+            Ok(items)
+        }
+        Some(b'{') => Ok(vec![serde_json::from_slice(body).map_err(invalid_json)?]),
+        _ => {
+            // Not JSON at all, or JSON of another type: say which.
+            serde_json::from_slice::<&RawValue>(body).map_err(invalid_json)?;
+            Err(ApiError::bad_request(
+                "invalid_body",
+                "the body must be one event (an object) or an array of events",
+            ))
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The merged profile
 
@@ -331,11 +419,11 @@ pub async fn post_events(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Degraded {
-    /// The speed layer's part could not be read: the profile is the snapshot's alone.
-    SnapshotOnly,
     /// The snapshot's row could not be read: the profile is the speed layer's part alone.
     SpeedOnly,
-    /// Nothing of the user could be read: the answer is popular items from memory.
+    /// The speed state could not be read (so whether the user was erased is unknown, and the
+    /// snapshot row is not served alone), or nothing of the user could: the answer is popular
+    /// items from memory.
     PopularOnly,
 }
 
@@ -501,8 +589,11 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
     let speed = speed.ok();
     let erased = speed.as_ref().and_then(|s| s.erased_ms);
     let before_erasure = snap.is_some_and(|s| erased.is_some_and(|e| s.pointer.cutoff_ms <= e));
+    // An erasure is recorded beside the speed state: when that read failed, whether the user
+    // was erased is unknown, and unknown counts as erased — the snapshot row (perhaps cached
+    // from before the erasure) is not served alone (it was: an erased profile came back).
     let snapshot_row = match &row {
-        Ok(Some(r)) if !before_erasure => Some(r.clone()),
+        Ok(Some(r)) if speed.is_some() && !before_erasure => Some(r.clone()),
         _ => None,
     };
     let epochs = speed.as_ref().map(|s| &s.epochs).filter(|e| !e.is_empty());
@@ -518,9 +609,8 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
         profile
     });
     let degraded = match (&row, &speed) {
-        (Err(_), None) => Some(Degraded::PopularOnly),
+        (_, None) => Some(Degraded::PopularOnly),
         (Err(_), Some(_)) => Some(Degraded::SpeedOnly),
-        (Ok(_), None) => Some(Degraded::SnapshotOnly),
         _ => None,
     };
     // The snapshot row's failure first: a bad row is the one the operator must hear of.
@@ -571,6 +661,7 @@ fn freshness<'a>(app: &App, snap: Option<&'a Loaded>, user: &str, m: &Merged) ->
     params(("id" = String, Path, description = "The user id")),
     responses(
         (status = 200, body = ProfileResponse),
+        (status = 400, description = "The id breaks the id rules (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No event of this user is known", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
     ),
@@ -583,6 +674,7 @@ pub async fn get_profile(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
+    path_id("user", &user)?;
     let snap = app.snapshots.current();
     let m = merged(&app, snap.as_deref(), &user).await;
     let profile = m.profile();
@@ -621,6 +713,7 @@ pub async fn get_profile(
 
 /// Query of `GET /v1/users/{id}/recommendations`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecsQuery {
     /// How many items (1–100, default 10).
     pub n: Option<usize>,
@@ -726,6 +819,7 @@ pub async fn get_recommendations(
     query: Result<Query<RecsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
+    path_id("user", &user)?;
     let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
     let n = check_n(q.n)?;
     let snap = app.snapshots.current();
@@ -1153,6 +1247,7 @@ pub(crate) fn rank_resolved<'a>(
 
 /// Query of the item list routes.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// How many items (1–100, default 10).
     pub n: Option<usize>,
@@ -1186,6 +1281,7 @@ pub struct ItemsResponse<'a> {
     params(("id" = String, Path, description = "The item id"), ListQuery),
     responses(
         (status = 200, body = ItemsResponse),
+        (status = 400, description = "The id breaks the id rules (`invalid_path`), or a bad query", body = ErrorBody),
         (status = 404, description = "The item is not in the snapshot", body = ErrorBody),
         (status = 503, description = "The online store is unavailable", body = ErrorBody)
     ),
@@ -1199,6 +1295,7 @@ pub async fn get_similar(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     app.keys.check(&headers, Scope::Read)?;
+    path_id("item", &item)?;
     let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
     let n = check_n(q.n)?;
     let Some(s) = app.snapshots.current() else {
@@ -1256,6 +1353,7 @@ pub struct EraseResponse {
     params(("id" = String, Path, description = "The user id")),
     responses(
         (status = 200, body = EraseResponse),
+        (status = 400, description = "The id breaks the id rules (`invalid_path`): no event of it can be stored", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
         (status = 503, description = "The lake or the online store is unavailable: retry; a tombstone already written stays", body = ErrorBody)
     ),
@@ -1268,6 +1366,7 @@ pub async fn delete_user(
     Path(user): Path<String>,
 ) -> Result<Json<EraseResponse>, ApiError> {
     app.keys.check(&headers, Scope::Admin)?;
+    path_id("user", &user)?;
     let erased_ms = now_ms();
     // The tombstone first: once it is written, no batch run that starts later brings the user
     // back, whatever happens to the store call after it.

@@ -8,6 +8,7 @@
 //! | [`auth`] | bearer API keys with scopes |
 //! | [`snapshot`] | following the snapshot pointer; the bounded in-memory cache of its rows |
 //! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, request metrics |
+//! | [`edge`] | the HTTP edge: header and body timeouts, connection and in-flight limits, request ids, graceful shutdown |
 //! | [`error`] | `{code, message}` errors |
 //!
 //! ```no_run
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod api;
 pub mod auth;
+pub mod edge;
 pub mod error;
 pub mod ops;
 pub mod snapshot;
@@ -64,6 +66,17 @@ pub struct ServeOptions {
     pub exclude_seen: bool,
     /// The speed layer's consumer group, whose lag the freshness block reports.
     pub speed_group: String,
+    /// Longest wait for a request's body (then 408).
+    pub body_timeout: Duration,
+    /// Requests served at once (more get 503 `overloaded`).
+    pub max_in_flight: usize,
+    /// The connection limits of [`serve`].
+    pub edge: edge::EdgeOptions,
+    /// Browser origins allowed to call the API (CORS); `*` allows every origin.
+    pub cors_origins: Vec<String>,
+    /// Operations are on an admin listener ([`admin_router`]): the public one leaves out
+    /// `/metrics`.
+    pub admin_listener: bool,
 }
 
 impl Default for ServeOptions {
@@ -76,6 +89,11 @@ impl Default for ServeOptions {
             poll: Duration::from_secs(1),
             exclude_seen: false,
             speed_group: "speed".into(),
+            body_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+            edge: edge::EdgeOptions::default(),
+            cors_origins: Vec::new(),
+            admin_listener: false,
         }
     }
 }
@@ -88,6 +106,11 @@ impl ServeOptions {
             max_future_ms: config.events.max_future.as_millis() as i64,
             cache_rows: config.server.cache_rows,
             exclude_seen: config.server.exclude_seen,
+            body_timeout: config.server.body_timeout,
+            max_in_flight: config.server.max_in_flight,
+            edge: edge::EdgeOptions::from_config(config),
+            cors_origins: config.server.cors_origins.clone(),
+            admin_listener: !config.server.admin_listen.is_empty(),
             ..Default::default()
         }
     }
@@ -137,7 +160,7 @@ impl App {
             opts.cache_rows,
             opts.store_timeout,
         ));
-        if let Err(e) = snapshots.refresh().await {
+        if let Err(e) = snapshots.refresh_noted().await {
             tracing::warn!(error = %e, "no snapshot loaded at start; retrying in the background");
         }
         let app = Arc::new(App {
@@ -208,20 +231,49 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/items/{id}/similar", get(api::get_similar))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics_text))
         .route("/openapi.json", get(ops::openapi));
+    let v1 = if app.opts.admin_listener {
+        v1
+    } else {
+        v1.route("/metrics", get(ops::metrics_text))
+    };
+    let in_flight = edge::InFlight::new(app.opts.max_in_flight);
+    let cors = edge::Cors::new(&app.opts.cors_origins);
     v1.fallback(|| async { error::ApiError::not_found("no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see /openapi.json",
+            )
+        })
         .layer(axum::middleware::from_fn(ops::track))
+        .layer(axum::middleware::from_fn_with_state(in_flight, edge::shed))
+        .layer(axum::middleware::from_fn_with_state(cors, edge::cors))
+        .layer(axum::middleware::from_fn(edge::request_id))
         .with_state(app)
 }
 
-/// Serves the API on `listener` until `cancel`, then finishes the requests in flight.
+/// The router of the admin listener (`server.admin_listen`): `/metrics`, `/healthz`, and
+/// `/readyz` with the online store's error text. Not for the public network.
+pub fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics_text))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz_details))
+        .fallback(|| async {
+            error::ApiError::not_found("the admin listener serves /metrics, /healthz and /readyz")
+        })
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until `cancel`, then finishes the requests in flight (for up
+/// to `edge.shutdown_grace`), within the limits of [`edge`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let opts = app.opts.edge.clone();
+    edge::serve_router(listener, router(app), &opts, cancel).await
 }

@@ -17,7 +17,6 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::App;
 use crate::api::ApiDoc;
-use crate::snapshot::timed;
 
 /// Histogram buckets (seconds) of every `*_seconds` histogram: 0.25 ms to 2.5 s (also those of
 /// the stream commands' `--metrics-listen`).
@@ -144,7 +143,9 @@ pub struct Readiness {
     pub problems: Vec<String>,
 }
 
-/// Ready when the online store answers and a snapshot is loaded.
+/// Ready when the online store answers and a snapshot is loaded. Answered from what the
+/// server's background read of the snapshot pointer (every `poll`) last saw, so a probe costs
+/// the store nothing; the store's own error text is only on the admin listener.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -152,14 +153,29 @@ pub struct Readiness {
     tag = "operations"
 )]
 pub async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    readiness(&app, false)
+}
+
+/// `/readyz` of the admin listener: the same, with the store's last error in `problems`.
+pub async fn readyz_details(State(app): State<Arc<App>>) -> impl IntoResponse {
+    readiness(&app, true)
+}
+
+fn readiness(app: &App, details: bool) -> (StatusCode, Json<Readiness>) {
     let mut problems = Vec::new();
-    let store = match timed("ping", app.opts.store_timeout, app.store.pointer()).await {
-        Ok(_) => true,
-        Err(e) => {
-            problems.push(e.to_string());
-            false
-        }
-    };
+    let health = app.snapshots.health();
+    // Fresh: read within a few polls (a read waits at most 5 s for the store).
+    let fresh = app.opts.poll * 3 + Duration::from_secs(5);
+    let store = health.error.is_none() && health.ok_at.is_some_and(|t| t.elapsed() <= fresh);
+    if !store {
+        problems.push(match (&health.error, details) {
+            (Some(e), true) => format!("the online store: {e}"),
+            (None, _) => "the online store has not answered a pointer read lately".to_string(),
+            (Some(_), false) => {
+                "the online store did not answer the last pointer read (details on the admin listener and in the logs)".to_string()
+            }
+        });
+    }
     let snapshot = app.snapshots.current().map(|s| s.id().to_string());
     if snapshot.is_none() {
         problems.push("no snapshot loaded: none published yet (run `tandem batch run`)".into());

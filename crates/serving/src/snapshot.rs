@@ -432,6 +432,18 @@ pub struct Snapshots {
     current: RwLock<Option<Arc<Loaded>>>,
     cache_rows: usize,
     timeout: Duration,
+    /// The outcome of the last pointer read: when it succeeded, or why it failed.
+    health: RwLock<StoreHealth>,
+}
+
+/// What the last pointer read said of the online store (`/readyz` answers from it, so that
+/// probes cost the store nothing).
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth {
+    /// When a read last succeeded.
+    pub ok_at: Option<Instant>,
+    /// Why the last read failed, if it did.
+    pub error: Option<String>,
 }
 
 impl Snapshots {
@@ -443,7 +455,27 @@ impl Snapshots {
             current: RwLock::new(None),
             cache_rows: cache_rows.max(1),
             timeout,
+            health: RwLock::new(StoreHealth::default()),
         }
+    }
+
+    /// What the last pointer read said of the online store.
+    pub fn health(&self) -> StoreHealth {
+        self.health.read().expect("health lock").clone()
+    }
+
+    /// [`refresh`](Self::refresh), its outcome kept for [`health`](Self::health).
+    pub async fn refresh_noted(&self) -> Result<bool, StoreFailure> {
+        let r = self.refresh().await;
+        let mut h = self.health.write().expect("health lock");
+        match &r {
+            Ok(_) => {
+                h.ok_at = Some(Instant::now());
+                h.error = None;
+            }
+            Err(e) => h.error = Some(e.to_string()),
+        }
+        r
     }
 
     /// The snapshot serving uses now, if one is loaded.
@@ -590,7 +622,7 @@ impl Snapshots {
     /// (`tandem_serving_snapshot_age_seconds`: now − the cutoff) current.
     pub async fn follow(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
         loop {
-            if let Err(e) = self.refresh().await {
+            if let Err(e) = self.refresh_noted().await {
                 tracing::warn!(error = %e, "could not follow the snapshot pointer");
             }
             if let Some(c) = self.current() {

@@ -841,6 +841,70 @@ async fn auth_scopes_and_errors_are_json() {
         (status, b["code"].clone()),
         (StatusCode::PAYLOAD_TOO_LARGE, json!("too_many_events"))
     );
+    // A field given twice is refused, alone or in an array (the second `user_id` used to win),
+    // and so is a property key given twice; the good event beside them is kept. Numbers out
+    // of bounds are refused by name (a price of 1e300 stopped every later batch run).
+    let t = now() - 60_000;
+    let event_text = |id: &str, extra: &str| {
+        format!(
+            r#"{{"event_id":"{id}","user_id":"alice","kind":"purchase","item_id":"i1","price":2.5,"ts":{t}{extra}}}"#
+        )
+    };
+    let twice = event_text("d1", r#","user_id":"mallory""#);
+    let (status, b) = f
+        .call(
+            "POST",
+            "/v1/events",
+            Some(KEY),
+            Some(twice.clone().into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["errors"][0]["field"], "user_id", "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("appears twice"),
+        "{b}"
+    );
+    let batch = format!(
+        "[{twice}, {}, {}, {}, {}, {}]",
+        event_text("d2", r#","props":{"a":"1","a":"2"}"#),
+        event_text("d3", r#","price":1e300"#).replace(r#""price":2.5,"#, ""),
+        event_text("d4", r#","quantity":1000001"#),
+        event_text("d5", ""),
+        event_text("d6", r#","quantity":1000000"#).replace("2.5", "1000000000"),
+    );
+    let (status, b) = f
+        .call("POST", "/v1/events", Some(KEY), Some(batch.into_bytes()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(
+        (b["accepted"].clone(), b["rejected"].clone()),
+        (json!(2), json!(4)),
+        "{b}"
+    );
+    let fields: Vec<&str> = b["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["user_id", "props", "price", "quantity"], "{b}");
+    // Ids in paths are checked as ids in events: a 60,000-character id, or one with a brace
+    // (a Redis hash tag's), is a bad request, not an unknown user.
+    let long = "u".repeat(60_000);
+    for path in [
+        format!("/v1/users/{long}/profile"),
+        "/v1/users/%7Dx/profile".to_string(),
+        "/v1/users/a%7Bb/recommendations".to_string(),
+        "/v1/items/%7D/similar".to_string(),
+    ] {
+        let (status, b) = f.get(&path).await;
+        assert_eq!(
+            (status, b["code"].clone()),
+            (StatusCode::BAD_REQUEST, json!("invalid_path")),
+            "{path}: {b}"
+        );
+    }
     let big = vec![b' '; crate::api::MAX_BODY + 1];
     let (status, b) = f.call("POST", "/v1/events", Some(KEY), Some(big)).await;
     assert_eq!(
@@ -965,8 +1029,20 @@ impl OnlineStore for Flaky {
     async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> tandem_common::Result<bool> {
         self.inner.flip(expected, new).await
     }
-    async fn drop_snapshots_except(&self, keep: &str) -> tandem_common::Result<u64> {
-        self.inner.drop_snapshots_except(keep).await
+    async fn lease(
+        &self,
+        name: &str,
+        op: tandem_common::store::LeaseOp,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
+        self.inner.lease(name, op, owner, ttl_ms).await
+    }
+    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
+        self.inner.note_erasure(user, at_ms).await
+    }
+    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
+        self.inner.drop_snapshots_older(keep).await
     }
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
         self.inner.drop_epochs_before(cutoff_ms).await
@@ -1018,21 +1094,50 @@ async fn a_failing_store_degrades_answers_instead_of_failing() {
         popular,
     )
     .await;
+    let (status, b) = f.get("/v1/users/erin/profile").await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(b["profile"]["counts"]["view"], 1, "{b}");
+    // Without the speed state, whether erin was erased is unknown: her row (cached by the call
+    // above) is not served alone — unknown counts as erased.
     store.speed_down.store(true, Ordering::SeqCst);
     let (status, b) = f.get("/v1/users/erin/profile").await;
     assert_eq!(status, StatusCode::OK, "{b}");
-    assert_eq!(b["degraded"], "snapshot_only");
-    assert_eq!(b["profile"]["counts"]["view"], 1);
+    assert_eq!(b["degraded"], "popular_only");
+    assert_eq!(b["profile"]["counts"]["view"], 0, "{b}");
+    let (status, b) = f.get("/v1/users/erin/recommendations?n=5").await;
+    assert_eq!(
+        (status, b["degraded"].clone()),
+        (StatusCode::OK, json!("popular_only")),
+        "{b}"
+    );
     store.all_down.store(true, Ordering::SeqCst);
     // erin's row is cached from the call above; a user never read gets popular items.
     let (status, b) = f.get("/v1/users/frank/recommendations?n=5").await;
     assert_eq!(status, StatusCode::OK, "{b}");
     assert_eq!(b["degraded"], "popular_only");
     assert_eq!(b["items"][0]["item"], "h1");
-    let (status, b) = f.call("GET", "/readyz", None, None).await;
+    // /readyz answers from the background pointer reads (a probe costs the store nothing):
+    // the next one notices, and the store's own words stay off the public listener.
+    let mut ready = (StatusCode::OK, Value::Null);
+    for _ in 0..250 {
+        ready = f.call("GET", "/readyz", None, None).await;
+        if ready.1["store"] == json!(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, b) = ready;
     assert_eq!(
         (status, b["store"].clone()),
-        (StatusCode::SERVICE_UNAVAILABLE, json!(false))
+        (StatusCode::SERVICE_UNAVAILABLE, json!(false)),
+        "{b}"
+    );
+    assert!(
+        b["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("admin listener"),
+        "{b}"
     );
     let (status, b) = f.get("/v1/items/i9/similar").await;
     assert_eq!(
@@ -1329,4 +1434,320 @@ async fn serving_ranks_exactly_as_the_models_do() {
         assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
         assert_eq!(got, want);
     }
+}
+
+/// The HTTP edge on a real socket, as slow and hostile clients meet it: half-sent headers are
+/// cut off after `header_timeout`; an unauthenticated POST announcing 900 KB is answered 401
+/// before its body is sent (the body was read first, and held); a body that stalls gets 408
+/// after `body_timeout`, and while it is in flight the in-flight limit answers others 503
+/// `overloaded` (the health probe excepted); request ids are echoed or made; and at shutdown
+/// idle keep-alive connections do not hold the server (they held it for their keep-alive).
+/// The guards on each read only stop a broken server from hanging the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_bounds_slow_and_hostile_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let opts = ServeOptions {
+        body_timeout: Duration::from_secs(3),
+        max_in_flight: 1,
+        edge: crate::edge::EdgeOptions {
+            header_timeout: Duration::from_millis(300),
+            max_connections: 64,
+            shutdown_grace: Duration::from_secs(60),
+        },
+        ..Default::default()
+    };
+    let app = App::start(
+        Arc::new(MemoryStore::default()),
+        bus,
+        Lake::open("memory://").unwrap(),
+        keys(),
+        opts,
+        cancel.clone(),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(crate::serve(listener, app, cancel.clone()));
+    let guard = Duration::from_secs(20);
+    // Reads until the server closes the connection (or the guard): what it sent.
+    async fn answer(s: &mut TcpStream, guard: Duration) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(guard, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if out.windows(4).any(|w| w == b"\r\n\r\n") && !out.starts_with(b"HTTP/1.1 1") {
+                        // Headers are in; the bodies here are small, read what came with them.
+                        break;
+                    }
+                }
+                Err(_) => panic!("the server neither answered nor closed within {guard:?}"),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    // Half-sent headers: the connection is closed.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let got = answer(&mut slow, guard).await;
+    assert!(!got.contains("200 OK"), "{got}");
+
+    // An unauthenticated POST of 900 KB, headers only: 401 at once.
+    let mut anon = TcpStream::connect(addr).await.unwrap();
+    anon.write_all(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 900000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = answer(&mut anon, guard).await;
+    assert!(got.starts_with("HTTP/1.1 401"), "{got}");
+
+    // An authenticated POST whose body stalls holds the one in-flight slot, then gets 408.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"event_id\""
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let get = |path: &str, id: Option<&str>| {
+        let id = id.map_or(String::new(), |i| format!("x-request-id: {i}\r\n"));
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{id}\r\n")
+    };
+    // Once the stalled POST is in its handler, another request finds no slot.
+    let mut shed = None;
+    for _ in 0..40 {
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other
+            .write_all(get("/v1/items/popular", None).as_bytes())
+            .await
+            .unwrap();
+        let got = answer(&mut other, guard).await;
+        if got.starts_with("HTTP/1.1 503") {
+            shed = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shed = shed.expect("no request was refused while the only slot was held");
+    assert!(shed.contains("retry-after"), "{shed}");
+    let mut probe = TcpStream::connect(addr).await.unwrap();
+    probe
+        .write_all(get("/healthz", None).as_bytes())
+        .await
+        .unwrap();
+    let got = answer(&mut probe, guard).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "the health probe: {got}");
+    let got = answer(&mut stalled, guard).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+
+    // Request ids: a sane one is echoed, an insane one replaced.
+    let mut ids = TcpStream::connect(addr).await.unwrap();
+    ids.write_all(get("/healthz", Some("abc-123")).as_bytes())
+        .await
+        .unwrap();
+    let got = answer(&mut ids, guard).await;
+    assert!(got.contains("x-request-id: abc-123"), "{got}");
+    ids.write_all(get("/healthz", Some("bad id with spaces")).as_bytes())
+        .await
+        .unwrap();
+    let got = answer(&mut ids, guard).await;
+    assert!(
+        got.contains("x-request-id: ") && !got.contains("bad id"),
+        "{got}"
+    );
+
+    // Idle keep-alive connections (each served a request) do not hold the shutdown.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(get("/healthz", None).as_bytes()).await.unwrap();
+        assert!(answer(&mut c, guard).await.starts_with("HTTP/1.1 200"));
+        idle.push(c);
+    }
+    cancel.cancel();
+    tokio::time::timeout(guard, server)
+        .await
+        .expect("idle connections held the shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// CORS for the configured origins only; a wrong method (`OPTIONS` outside a preflight, `PUT`)
+/// is a 405 in the `{code, message}` form (it was an empty 405); and `/openapi.json` declares
+/// query parameters in the query, optional (it declared `n`, `context_item`, `exclude` and
+/// `category` as required path parameters), and the events body and its 400 with `errors`.
+#[tokio::test]
+async fn cors_method_errors_and_the_openapi_document_are_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let opts = ServeOptions {
+        cors_origins: vec!["https://shop.example".into()],
+        ..Default::default()
+    };
+    let app = App::start(
+        Arc::new(MemoryStore::default()),
+        bus,
+        Lake::open("memory://").unwrap(),
+        keys(),
+        opts,
+        cancel.clone(),
+    )
+    .await;
+    let call = |method: &str, uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Body::empty()).unwrap();
+        let app = app.clone();
+        async move {
+            let resp = router(app).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, bytes)
+        }
+    };
+    let shop = ("origin", "https://shop.example");
+    let (status, h, _) = call(
+        "OPTIONS",
+        "/v1/events",
+        &[shop, ("access-control-request-method", "POST")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let auth = format!("Bearer {KEY}");
+    let (status, h, _) = call(
+        "GET",
+        "/v1/items/popular",
+        &[shop, ("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    let (_, h, _) = call(
+        "GET",
+        "/v1/items/popular",
+        &[
+            ("origin", "https://evil.example"),
+            ("authorization", auth.as_str()),
+        ],
+    )
+    .await;
+    assert!(!h.contains_key("access-control-allow-origin"));
+    for method in ["OPTIONS", "PUT"] {
+        let (status, _, body) = call(method, "/v1/events", &[]).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "method_not_allowed", "{method}: {v}");
+    }
+
+    let (_, _, body) = call("GET", "/openapi.json", &[]).await;
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let (place, required) = (p["in"].as_str().unwrap(), p["required"] == true);
+                if path.contains(&format!("{{{name}}}")) {
+                    assert_eq!((place, required), ("path", true), "{method} {path} {name}");
+                } else {
+                    assert_eq!(
+                        (place, required),
+                        ("query", false),
+                        "{method} {path} {name}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8, "{checked} parameters");
+    let post = &doc["paths"]["/v1/events"]["post"];
+    let body_schema = &post["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(
+        body_schema["$ref"], "#/components/schemas/EventsBody",
+        "{post}"
+    );
+    let events_body = &doc["components"]["schemas"]["EventsBody"];
+    assert_eq!(
+        events_body["oneOf"].as_array().map(Vec::len),
+        Some(2),
+        "{events_body}"
+    );
+    let event = &doc["components"]["schemas"]["EventDoc"];
+    assert_eq!(
+        event["properties"]["price"]["maximum"], 1_000_000_000.0,
+        "{event}"
+    );
+    let bad = &post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(bad, "#/components/schemas/InvalidEventsBody");
+    assert!(doc["components"]["schemas"]["InvalidEventsBody"]["properties"]["errors"].is_object());
+    cancel.cancel();
+}
+
+/// With an admin listener, `/metrics` leaves the public router (it was on the public port) and
+/// the admin router serves it, with `/readyz` naming the store's own error.
+#[tokio::test]
+async fn operations_move_to_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let opts = ServeOptions {
+        admin_listener: true,
+        ..Default::default()
+    };
+    let app = App::start(
+        Arc::new(MemoryStore::default()),
+        bus,
+        Lake::open("memory://").unwrap(),
+        keys(),
+        opts,
+        cancel.clone(),
+    )
+    .await;
+    let get = |r: axum::Router, uri: &'static str| async move {
+        let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+        let resp = r.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let (status, _) = get(router(app.clone()), "/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get(crate::admin_router(app.clone()), "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(crate::admin_router(app.clone()), "/readyz").await;
+    // No snapshot yet: not ready, and the store answered.
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains(r#""store":true"#), "{body}");
+    cancel.cancel();
 }

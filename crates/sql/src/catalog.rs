@@ -2,7 +2,7 @@
 //!
 //! | table | what |
 //! |---|---|
-//! | `events` | every event ingested so far, one per `event_id`, less what erasures removed |
+//! | `events` | every event ingested so far, one per user and `event_id`, less what erasures removed and the rows set aside |
 //! | `events_all` | every stored row, duplicates and erased users' rows included, with the `date` (ingest date) partition |
 //! | `erasures` | each erased user and the time of their latest erasure (`erased_ms`) |
 //! | `profiles`, `items`, `similar_items`, `segments` | the snapshot's views (Parquet in the lake) |

@@ -48,6 +48,15 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::External
     }
+
+    /// True when the online store refused the data itself ([`tandem_common::Error::Rejected`]).
+    pub fn is_rejected(&self) -> bool {
+        match self {
+            Error::Common(tandem_common::Error::Rejected(_)) => true,
+            Error::Task(_, e) => e.is_rejected(),
+            _ => false,
+        }
+    }
 }
 
 /// The stream crate's result type.

@@ -5,6 +5,7 @@
 //! | [`bus`] | the event bus: the [`bus::Bus`] trait, its conformance suite, the embedded `local://` log |
 //! | [`speed`] | the speed layer: bus → deltas in the online store, exactly once in effect |
 //! | [`archive`] | the archiver: bus → Parquet files in the lake, with per-partition watermarks |
+//! | [`dead_letter`] | records a consumer set aside with their reasons, in the lake; listed and replayed |
 //! | [`task`] | per-partition tasks that stop together; retries of retryable errors |
 //! | [`error`] | the crate's errors |
 //!
@@ -27,6 +28,7 @@
 
 pub mod archive;
 pub mod bus;
+pub mod dead_letter;
 pub mod error;
 pub mod speed;
 pub mod task;

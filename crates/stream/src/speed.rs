@@ -22,9 +22,11 @@ use tandem_common::store::{ApplyCounts, OnlineStore, SpeedEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::bus::{Bus, check_contiguous};
+use crate::bus::{Bus, Record, check_contiguous};
+use crate::dead_letter::{DeadLetters, Letter};
 use crate::error::{Error, Result};
 use crate::task::{Tasks, retry};
+use tandem_common::lake::Lake;
 
 /// How the speed layer runs.
 #[derive(Debug, Clone)]
@@ -44,6 +46,13 @@ pub struct SpeedOptions {
     /// Stop once every partition has reached the end it had at start (catch-up runs, tests,
     /// the bench) instead of following the bus.
     pub until_caught_up: bool,
+    /// The lake. Its erasure tombstones are noted in the store at start, so that a store that
+    /// lost its erasure markers (an in-memory store restarted, a Redis without persistence)
+    /// does not bring an erased user back when the bus is replayed; and records are set aside
+    /// in its dead-letter (`dead_letter/speed/`, see [`crate::dead_letter`]): bus records
+    /// that are not valid events, and the events of a user the store refuses. Without a lake,
+    /// invalid records are logged and skipped, and a refusal stops the partition.
+    pub lake: Option<Lake>,
 }
 
 impl Default for SpeedOptions {
@@ -56,6 +65,7 @@ impl Default for SpeedOptions {
             commit_interval: Duration::from_secs(1),
             epoch_ms: 3_600_000,
             until_caught_up: false,
+            lake: None,
         }
     }
 }
@@ -79,8 +89,10 @@ pub struct SpeedSummary {
     /// Events applied; replays, duplicates and erased users' events skipped.
     #[serde(flatten)]
     pub counts: ApplyCounts,
-    /// Bus records that are not valid events (logged and skipped).
+    /// Bus records that are not valid events (logged, skipped, set aside in the dead-letter).
     pub invalid: u64,
+    /// Events the store refused (a data error no retry fixes), set aside in the dead-letter.
+    pub rejected: u64,
     /// Batches applied.
     pub batches: u64,
     /// Wall time, seconds.
@@ -100,6 +112,7 @@ struct Totals {
     calls: AtomicU64,
     users: AtomicU64,
     invalid: AtomicU64,
+    rejected: AtomicU64,
     batches: AtomicU64,
 }
 
@@ -110,6 +123,7 @@ impl Totals {
             + self.duplicates.load(Ordering::Relaxed)
             + self.erased.load(Ordering::Relaxed)
             + self.invalid.load(Ordering::Relaxed)
+            + self.rejected.load(Ordering::Relaxed)
     }
 }
 
@@ -128,8 +142,11 @@ pub async fn run(
             "the speed layer needs a positive epoch and batch size".into(),
         ));
     }
-    let totals = Arc::new(Totals::default());
     let started = Instant::now();
+    if let Some(lake) = &opts.lake {
+        note_erasures(lake, store.as_ref(), &stop).await?;
+    }
+    let totals = Arc::new(Totals::default());
     let mut tasks = Tasks::new(stop.clone());
     for p in partitions.iter().copied() {
         let (bus, store, opts, totals) = (bus.clone(), store.clone(), opts.clone(), totals.clone());
@@ -176,6 +193,7 @@ pub async fn run(
             users: totals.users.load(Ordering::Relaxed),
         },
         invalid: totals.invalid.load(Ordering::Relaxed),
+        rejected: totals.rejected.load(Ordering::Relaxed),
         batches: totals.batches.load(Ordering::Relaxed),
         seconds,
         peak_rss_mb: tandem_common::sys::peak_rss_bytes().unwrap_or(0) >> 20,
@@ -187,6 +205,7 @@ pub async fn run(
         duplicates = summary.counts.duplicates,
         erased = summary.counts.erased,
         invalid = summary.invalid,
+        rejected = summary.rejected,
         "Speed layer stopped."
     );
     Ok(summary)
@@ -204,13 +223,15 @@ async fn consume(
     let lag = metrics::gauge!("tandem_stream_lag_records", "layer" => "speed", "partition" => label.clone());
     let apply_seconds = metrics::histogram!("tandem_stream_batch_apply_seconds");
     let events = |outcome: &'static str| metrics::counter!("tandem_stream_events_total", "outcome" => outcome);
-    let (applied_c, replayed_c, dup_c, erased_c, invalid_c) = (
+    let (applied_c, replayed_c, dup_c, erased_c, invalid_c, rejected_c) = (
         events("applied"),
         events("replayed"),
         events("duplicate"),
         events("erased"),
         events("invalid"),
+        events("rejected"),
     );
+    let dead_letters = opts.lake.clone().map(|l| DeadLetters::new(l, "speed"));
     let mut next = retry(&stop, "read the stored position", || {
         bus.committed(&opts.group, partition)
     })
@@ -248,6 +269,7 @@ async fn consume(
             continue;
         };
         let mut batch = Vec::with_capacity(records.len());
+        let mut letters = Vec::new();
         for r in &records {
             match from_bus_value(&r.value) {
                 Ok((ingest_ts, event)) => batch.push(SpeedEvent {
@@ -260,6 +282,13 @@ async fn consume(
                     invalid_c.increment(1);
                     totals.invalid.fetch_add(1, Ordering::Relaxed);
                     warn!(partition, offset = r.offset, error = %e, "Skipped an invalid bus record.");
+                    if let Some(dead) = &dead_letters {
+                        letters.push(Letter::of(
+                            dead.layer(),
+                            r,
+                            format!("not a valid event: {e}"),
+                        ));
+                    }
                 }
             }
         }
@@ -270,7 +299,28 @@ async fn consume(
         }
         let log = log.as_deref().unwrap_or("");
         let t = Instant::now();
-        let counts = retry(&stop, "apply events", || store.apply(log, &batch)).await?;
+        let counts = match retry(&stop, "apply events", || store.apply(log, &batch)).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                let Some(dead) = dead_letters.as_ref().filter(|_| e.is_rejected()) else {
+                    return Err(e);
+                };
+                warn!(partition, error = %e, "The store refused a batch; applying it user by user to set the refused users' events aside.");
+                let (counts, refused) =
+                    apply_by_user(store.as_ref(), log, &batch, &records, dead.layer(), &stop)
+                        .await?;
+                rejected_c.increment(refused.len() as u64);
+                totals
+                    .rejected
+                    .fetch_add(refused.len() as u64, Ordering::Relaxed);
+                letters.extend(refused);
+                letters.sort_by_key(|l| l.offset);
+                counts
+            }
+        };
+        if let Some(dead) = &dead_letters {
+            retry(&stop, "set records aside", || dead.set_aside(&letters)).await?;
+        }
         apply_seconds.record(t.elapsed().as_secs_f64());
         next = last + 1;
         positions.done(next);
@@ -290,6 +340,68 @@ async fn consume(
         totals.users.fetch_add(counts.users, Ordering::Relaxed);
         totals.batches.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Notes every erasure tombstone of the lake in the store ([`OnlineStore::note_erasure`]): an
+/// erasure marker lives in the store, and a store that lost it (an in-memory store restarted,
+/// a Redis without persistence after a restart or failover) replayed the erased user's
+/// events from the bus — the profile came back.
+async fn note_erasures(
+    lake: &Lake,
+    store: &dyn OnlineStore,
+    stop: &CancellationToken,
+) -> Result<()> {
+    let erasures = retry(stop, "read the lake's erasures", || lake.erasures()).await?;
+    for (user, at) in &erasures {
+        retry(stop, "note an erasure", || store.note_erasure(user, *at)).await?;
+    }
+    if !erasures.is_empty() {
+        info!(
+            users = erasures.len(),
+            "Noted the lake's erasures in the store."
+        );
+    }
+    Ok(())
+}
+
+/// Applies `batch` one user at a time, after the store refused it whole: the users it refuses
+/// again get their events back as dead letters (the record of each, with the refusal), the
+/// others are applied (those of the refused call that Redis had applied before the failing
+/// user are skipped now as replays, by their offsets).
+async fn apply_by_user(
+    store: &dyn OnlineStore,
+    log: &str,
+    batch: &[SpeedEvent<'_>],
+    records: &[Record],
+    layer: &str,
+    stop: &CancellationToken,
+) -> Result<(ApplyCounts, Vec<Letter>)> {
+    let mut users: Vec<&str> = batch.iter().map(|e| e.event.user_id.as_ref()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let first = records.first().map_or(0, |r| r.offset);
+    let mut counts = ApplyCounts::default();
+    let mut refused = Vec::new();
+    for user in users {
+        let own: Vec<SpeedEvent<'_>> = batch
+            .iter()
+            .filter(|e| e.event.user_id == user)
+            .cloned()
+            .collect();
+        match retry(stop, "apply events", || store.apply(log, &own)).await {
+            Ok(c) => counts += c,
+            Err(e) if e.is_rejected() => {
+                warn!(user, events = own.len(), error = %e, "Set a user's events aside: the store refuses them.");
+                for ev in &own {
+                    if let Some(r) = records.get((ev.offset - first) as usize) {
+                        refused.push(Letter::of(layer, r, e.to_string()));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((counts, refused))
 }
 
 /// A partition's consumer position, stored beside the consume loop: at most one store in

@@ -1,5 +1,5 @@
 -- Items: one row per item, the features of tandem_common::features::ItemStats.
--- Reads the view `events`; ${R}, ${TAU}, ${WEIGHT} as in profiles.sql.
+-- Reads the view `events`; ${R}, ${TAU}, ${WEIGHT}, ${MONEY} as in profiles.sql.
 WITH e AS (
     SELECT item_id, kind, category, price, quantity, CAST(ts AS BIGINT) AS ts_ms,
            ${WEIGHT} AS w
@@ -16,7 +16,7 @@ base AS (
            count(*) FILTER (WHERE kind = 'search')           AS searches,
            count(*) FILTER (WHERE kind = 'rate')             AS rates,
            coalesce(sum(CAST(quantity AS BIGINT)) FILTER (WHERE kind = 'purchase'), 0) AS units,
-           coalesce(sum(CAST(round(price * 1000000) AS BIGINT) * quantity) FILTER (WHERE kind = 'purchase'), 0)
+           ${MONEY}
                                                              AS revenue_micros,
            log_sum_exp(ln(w) + (ts_ms - ${R}) / ${TAU}) FILTER (WHERE w > 0) AS popularity,
            -- The category of the latest event naming one; at the same time, the greater name.

@@ -1,9 +1,10 @@
 -- Profiles: one row per user, the features of tandem_common::features::Profile.
--- Reads the view `events` (ingest_ts < cutoff, one row per event_id).
+-- Reads the view `events` (ingest_ts < cutoff, one row per user and event_id).
 -- ${R}: the decay reference time (epoch ms); ${TAU}: the decay time constant (ms);
 -- ${CUTOFF_MS}: the cutoff (epoch ms), for the recency of the RFM columns;
 -- ${RECENT}, ${HISTORY}: the recent items kept, the items kept for exclude_seen;
--- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight.
+-- ${WEIGHT}: the interest weight of an event's kind, a CASE built from features::interest_weight;
+-- ${MONEY}: the purchases' money in micro-units, saturated as features::add_money (views::money_sum).
 WITH e AS (
     SELECT user_id, kind, item_id, category, price, quantity,
            CAST(ts AS BIGINT) AS ts_ms
@@ -19,7 +20,7 @@ base AS (
            count(*) FILTER (WHERE kind = 'search')           AS searches,
            count(*) FILTER (WHERE kind = 'rate')             AS rates,
            coalesce(sum(CAST(quantity AS BIGINT)) FILTER (WHERE kind = 'purchase'), 0) AS units,
-           coalesce(sum(CAST(round(price * 1000000) AS BIGINT) * quantity) FILTER (WHERE kind = 'purchase'), 0)
+           ${MONEY}
                                                              AS spend_micros,
            min(ts_ms)                                        AS first_ts,
            max(ts_ms)                                        AS last_ts,

@@ -269,6 +269,78 @@ async fn erased_users_events_are_left_out_until_their_erasure() {
     check_views(&lc, cutoff, "materialised", &want_profiles, &want_items).await;
 }
 
+/// Rows a run used to choke on, or count wrong, beside ordinary ones: an `event_id` two users
+/// share (each counts: ids are unique per user, as the speed layer dedupes), a price of 1e300,
+/// a quantity over the bound and a user id that breaks Redis hash tags (written before the
+/// rules, or by another tool: set aside,
+/// counted, the run goes on — a price of 1e300 made every run fail with "Can't cast value
+/// 1e306 to type Int64"), and purchases whose money overflows 64 bits (saturated at
+/// MAX_MONEY_MICROS, as the speed layer does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_ids_count_per_user_and_poison_numbers_are_set_aside() {
+    use tandem_common::event::{MAX_PRICE, MAX_QUANTITY};
+    use tandem_common::features::MAX_MONEY_MICROS;
+    let mut events = stamped_with(40, 2, 11);
+    let t0 = events.iter().map(|(_, s)| s.ingest_ts).max().unwrap();
+    let mut offset = 1_000_000;
+    let mut add = |user: &str, id: &str, price: f64, quantity: u32| {
+        offset += 1;
+        let e = Event {
+            event_id: id.to_string().into(),
+            user_id: user.to_string().into(),
+            kind: Kind::Purchase,
+            item_id: Some("item-rich".into()),
+            category: Some("cat-rich".into()),
+            price: Some(price),
+            quantity,
+            rating: None,
+            query: None,
+            ts: t0 - HOUR,
+            session_id: None,
+            props: None,
+        };
+        let stamp = Stamp {
+            ingest_ts: t0 + offset - 1_000_000,
+            partition: Some(0),
+            offset: Some(offset),
+        };
+        (e, stamp)
+    };
+    let good = vec![
+        add("user-a", "shared-id", 2.5, 1),
+        add("user-b", "shared-id", 4.0, 2),
+        add("user-rich", "r1", MAX_PRICE, MAX_QUANTITY),
+        add("user-rich", "r2", MAX_PRICE, MAX_QUANTITY),
+        add("user-rich", "r3", 1.25, 3),
+    ];
+    let bad = vec![
+        add("user-poison", "p1", 1e300, 1),
+        add("user-a", "p2", 5.0, MAX_QUANTITY + 1),
+        add("}user-c", "p3", 5.0, 1),
+    ];
+    events.extend(good);
+    let mut all = events.clone();
+    all.extend(bad);
+    let lake = lake_of(&all).await;
+    let cutoff = t0 / HOUR * HOUR + 2 * HOUR;
+    let lc = LakeContext::new(&lake)
+        .await
+        .unwrap()
+        .with_cutoff(cutoff)
+        .await
+        .unwrap();
+    assert_eq!(lc.set_aside().await.unwrap(), 3);
+    let (want_profiles, want_items) = expected(&events, cutoff);
+    assert_eq!(want_profiles["user-a"].spend_micros, 2_500_000);
+    assert_eq!(want_profiles["user-b"].spend_micros, 8_000_000);
+    assert_eq!(want_profiles["user-rich"].spend_micros, MAX_MONEY_MICROS);
+    assert_eq!(want_items["item-rich"].revenue_micros, MAX_MONEY_MICROS);
+    assert!(!want_profiles.contains_key("user-poison"));
+    check_views(&lc, cutoff, "the SQL view", &want_profiles, &want_items).await;
+    lc.materialise().await.unwrap();
+    check_views(&lc, cutoff, "materialised", &want_profiles, &want_items).await;
+}
+
 #[tokio::test]
 async fn the_events_view_prunes_dates_after_the_cutoff() {
     let events = stamped(5);

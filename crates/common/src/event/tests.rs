@@ -20,6 +20,11 @@ fn text(max: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[a-zA-Z0-9 _:./\\-\"\\\\é€😀\\t]{{1,{max}}}")).unwrap()
 }
 
+/// [`text`] without control characters: ids that name Redis keys (`user_id`, `item_id`).
+fn key_text(max: usize) -> impl Strategy<Value = String> {
+    proptest::string::string_regex(&format!("[a-zA-Z0-9 _:./\\-\"\\\\é€😀]{{1,{max}}}")).unwrap()
+}
+
 fn opt_text(max: usize) -> impl Strategy<Value = Option<String>> {
     proptest::option::of(text(max))
 }
@@ -27,10 +32,10 @@ fn opt_text(max: usize) -> impl Strategy<Value = Option<String>> {
 prop_compose! {
     fn valid_event()(
         event_id in text(40),
-        user_id in text(40),
+        user_id in key_text(40),
         kind in proptest::sample::select(Kind::ALL.to_vec()),
-        item_id in text(40),
-        search_item in opt_text(20),
+        item_id in key_text(40),
+        search_item in proptest::option::of(key_text(20)),
         category in opt_text(20),
         price in proptest::option::of(0.0f64..1.0e7),
         quantity in 1u32..5000,
@@ -180,6 +185,22 @@ fn messages_read_well() {
             "field `props`: invalid type: integer `1`, expected a string (column 79)",
         ),
         (
+            r#"{"event_id":"e","user_id":"u","kind":"purchase","item_id":"i","ts":1,"price":1e300,"quantity":0}"#,
+            "field `price`: must be a number from 0 to 1000000000, got 1e300; field `quantity`: must be from 1 to 1000000, got 0",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"purchase","item_id":"i","ts":1,"price":-0.5,"quantity":1000001}"#,
+            "field `price`: must be a number from 0 to 1000000000, got -0.5; field `quantity`: must be from 1 to 1000000, got 1000001",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{"a":"1","a":"2"}}"#,
+            "field `props`: key `a` appears twice (column 90)",
+        ),
+        (
+            r#"{"event_id":"e","user_id":"}u","kind":"view","item_id":"a\tb","ts":1}"#,
+            "field `user_id`: must not contain `{`, `}` or control characters, got '}'; field `item_id`: must not contain `{`, `}` or control characters, got '\\t'",
+        ),
+        (
             r#"{"event_id":"e","user_id":"u""#,
             "EOF while parsing an object (column 29)",
         ),
@@ -281,4 +302,27 @@ fn bad_bus_records_are_named() {
         err.to_string().contains("field `user_id`: required"),
         "{err}"
     );
+}
+
+/// An event over MAX_EVENT_BYTES is refused whole, though each field is within its limit.
+#[test]
+fn an_event_is_at_most_max_event_bytes() {
+    let props: Vec<String> = (0..MAX_PROPS)
+        .map(|i| format!(r#""k{i}":"{}""#, "é".repeat(MAX_PROP_VALUE_CHARS)))
+        .collect();
+    let json = format!(
+        r#"{{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{{{}}}}}"#,
+        props.join(",")
+    );
+    assert!(json.len() > MAX_EVENT_BYTES);
+    let err = parse_event(json.as_bytes(), at()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("the event is {} bytes of JSON; at most 65536", json.len())
+    );
+    let small = format!(
+        r#"{{"event_id":"e","user_id":"u","kind":"view","item_id":"i","ts":1,"props":{{{}}}}}"#,
+        props[..8].join(",")
+    );
+    assert!(parse_event(small.as_bytes(), at()).is_ok());
 }

@@ -11,8 +11,9 @@ prop_compose! {
         item in 0u8..30,
         kind in proptest::sample::select(Kind::ALL.to_vec()),
         category in proptest::option::of(0u8..5),
-        price in 0u32..100_000,
-        quantity in 1u32..4,
+        // Now and then the largest line (1e9 × 1e6): sums saturate, and merges must agree.
+        price in prop_oneof![9 => (0u32..100_000).prop_map(|p| p as f64 / 100.0), 1 => Just(1e9)],
+        quantity in prop_oneof![9 => 1u32..4, 1 => Just(1_000_000)],
         // Up to ten years after the reference time: the log-space scores stay finite.
         ts in DECAY_REF_MS..DECAY_REF_MS + 3650 * 86_400_000,
     ) -> Event<'static> {
@@ -22,7 +23,7 @@ prop_compose! {
             kind,
             item_id: (kind != Kind::Search).then(|| Cow::Owned(format!("i{item}"))),
             category: category.map(|c| Cow::Owned(format!("c{c}"))),
-            price: (kind == Kind::Purchase).then_some(price as f64 / 100.0),
+            price: (kind == Kind::Purchase).then_some(price),
             quantity,
             rating: (kind == Kind::Rate).then_some(4.0),
             query: (kind == Kind::Search).then_some(Cow::Borrowed("q")),
@@ -82,6 +83,33 @@ proptest! {
         let mut rev = ItemStats::default();
         events.iter().rev().for_each(|e| rev.apply(e));
         prop_assert!(rev.approx_eq(&fold(&events)));
+    }
+}
+
+#[test]
+fn money_saturates_at_the_cap() {
+    use crate::event::{MAX_PRICE, MAX_QUANTITY};
+    assert_eq!(spend_micros(1.25, 3), 3_750_000);
+    assert_eq!(spend_micros(0.1, 7), 700_000);
+    assert_eq!(spend_micros(MAX_PRICE, MAX_QUANTITY), MAX_MONEY_MICROS);
+    assert_eq!(spend_micros(1e300, 1), MAX_MONEY_MICROS);
+    assert_eq!(spend_micros(f64::NAN, 1), 0);
+    assert_eq!(add_money(MAX_MONEY_MICROS, 1), MAX_MONEY_MICROS);
+    assert_eq!(add_money(MAX_MONEY_MICROS - 5, 3), MAX_MONEY_MICROS - 2);
+    // Saturated parts add up to the saturated whole, however the lines are split.
+    let lines = [
+        MAX_MONEY_MICROS / 3,
+        17,
+        MAX_MONEY_MICROS / 2,
+        5,
+        MAX_MONEY_MICROS / 4,
+    ];
+    let whole = lines.iter().fold(0, |a, b| add_money(a, *b));
+    assert_eq!(whole, MAX_MONEY_MICROS);
+    for split in 0..=lines.len() {
+        let a = lines[..split].iter().fold(0, |a, b| add_money(a, *b));
+        let b = lines[split..].iter().fold(0, |a, b| add_money(a, *b));
+        assert_eq!(add_money(a, b), whole, "split at {split}");
     }
 }
 

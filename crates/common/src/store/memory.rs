@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::speed::{ApplyCounts, SEEN_MAX, SpeedEvent, SpeedState};
-use super::{OnlineStore, POINTER_KEY, Pointer, snapshot_of_key};
+use super::{
+    LeaseOp, LeaseState, OnlineStore, POINTER_KEY, Pointer, snapshot_of_key, snapshot_older,
+};
 use crate::error::{Error, Result};
 use crate::features::Profile;
 
@@ -68,6 +70,8 @@ impl UserSpeed {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     map: Mutex<BTreeMap<String, Bytes>>,
+    /// Leases: name → (holder, when it lapses).
+    leases: Mutex<HashMap<String, (String, std::time::Instant)>>,
     speed: Mutex<HashMap<String, UserSpeed>>,
 }
 
@@ -125,11 +129,59 @@ impl OnlineStore for MemoryStore {
         Ok(true)
     }
 
-    async fn drop_snapshots_except(&self, keep: &str) -> Result<u64> {
+    async fn drop_snapshots_older(&self, keep: &str) -> Result<u64> {
         let mut map = self.map()?;
         let before = map.len();
-        map.retain(|k, _| snapshot_of_key(k).is_none_or(|id| id == keep));
+        map.retain(|k, _| snapshot_of_key(k).is_none_or(|id| !snapshot_older(id, keep)));
         Ok((before - map.len()) as u64)
+    }
+
+    async fn lease(&self, name: &str, op: LeaseOp, owner: &str, ttl_ms: u64) -> Result<LeaseState> {
+        use std::time::{Duration, Instant};
+        let mut leases = self.leases.lock().map_err(poisoned)?;
+        let now = Instant::now();
+        leases.retain(|_, (_, until)| *until > now);
+        let held = leases.get(name).map(|(h, until)| (h.clone(), *until));
+        let left = |until: Instant| until.saturating_duration_since(now).as_millis() as i64;
+        Ok(match held {
+            None if op == LeaseOp::Take => {
+                leases.insert(
+                    name.to_string(),
+                    (owner.to_string(), now + Duration::from_millis(ttl_ms)),
+                );
+                LeaseState {
+                    held: true,
+                    holder: Some(owner.to_string()),
+                    left_ms: ttl_ms as i64,
+                }
+            }
+            Some((h, _)) if h == owner && op == LeaseOp::Release => {
+                leases.remove(name);
+                LeaseState {
+                    held: false,
+                    holder: None,
+                    left_ms: 0,
+                }
+            }
+            Some((h, _)) if h == owner => {
+                leases.insert(name.to_string(), (h, now + Duration::from_millis(ttl_ms)));
+                LeaseState {
+                    held: true,
+                    holder: Some(owner.to_string()),
+                    left_ms: ttl_ms as i64,
+                }
+            }
+            Some((h, until)) => LeaseState {
+                held: false,
+                holder: Some(h),
+                left_ms: left(until),
+            },
+            None => LeaseState {
+                held: false,
+                holder: None,
+                left_ms: 0,
+            },
+        })
     }
 
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
@@ -193,5 +245,12 @@ impl OnlineStore for MemoryStore {
         u.seen_ids.clear();
         u.erased = Some(u.erased.map_or(at_ms, |t| t.max(at_ms)));
         Ok(n)
+    }
+
+    async fn note_erasure(&self, user: &str, at_ms: i64) -> Result<()> {
+        let mut speed = self.speed_map()?;
+        let u = speed.entry(user.to_string()).or_default();
+        u.erased = Some(u.erased.map_or(at_ms, |t| t.max(at_ms)));
+        Ok(())
     }
 }

@@ -22,7 +22,10 @@ use super::speed::{
     self, ApplyCounts, SpeedEvent, SpeedState, by_user, epoch_prefix, epochs_key, seen_key,
     speed_key,
 };
-use super::{OnlineStore, POINTER_KEY, Pointer, snapshot_of_key};
+use super::{
+    LeaseOp, LeaseState, OnlineStore, POINTER_KEY, Pointer, lease_key, snapshot_of_key,
+    snapshot_older,
+};
 use crate::error::{Error, Result};
 
 /// Rows per pipeline: large enough to amortise round trips, small enough to bound memory.
@@ -99,6 +102,32 @@ fn external(what: &str, e: impl std::fmt::Display) -> Error {
     Error::External(format!("redis {what}: {e}"))
 }
 
+/// A failed call, classified: [`Error::Rejected`] when Redis refused the data itself — a
+/// key of the wrong type, keys of several cluster slots, a runtime error inside a function
+/// (Lua's "too many results to unpack" was one) — which no retry can fix; otherwise
+/// [`Error::External`] (connections, timeouts, failovers, `OOM`, `BUSY`, `LOADING`: they pass).
+/// Every error used to be retried, so one user's bad data stalled a partition for good.
+fn classify(what: &str, e: impl std::fmt::Display) -> Error {
+    let text = e.to_string();
+    const PASSING: [&str; 9] = [
+        "OOM",
+        "BUSY",
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "TRYAGAIN",
+        "NOSCRIPT",
+        "Function not found",
+    ];
+    const DATA: [&str; 4] = ["WRONGTYPE", "CROSSSLOT", "user_function:", "user_script:"];
+    if !PASSING.iter().any(|t| text.contains(t)) && DATA.iter().any(|t| text.contains(t)) {
+        Error::Rejected(format!("redis {what}: {text}"))
+    } else {
+        external(what, text)
+    }
+}
+
 impl RedisStore {
     /// Connects to `url` (`redis://`, `rediss://`, `redis+cluster://` or `rediss+cluster://`)
     /// and checks the server answers.
@@ -173,9 +202,9 @@ impl RedisStore {
         match self.run_calls(calls).await {
             Err(e) if e.to_string().contains("Function not found") => {
                 self.load_functions().await?;
-                self.run_calls(calls).await.map_err(|e| external(what, e))
+                self.run_calls(calls).await.map_err(|e| classify(what, e))
             }
-            r => r.map_err(|e| external(what, e)),
+            r => r.map_err(|e| classify(what, e)),
         }
     }
 
@@ -361,11 +390,40 @@ impl OnlineStore for RedisStore {
         Ok(done == 1)
     }
 
-    async fn drop_snapshots_except(&self, keep: &str) -> Result<u64> {
-        let pick = |k: &str| snapshot_of_key(k).is_some_and(|id| id != keep);
+    async fn drop_snapshots_older(&self, keep: &str) -> Result<u64> {
+        let pick = |k: &str| snapshot_of_key(k).is_some_and(|id| snapshot_older(id, keep));
         let mut n = self.delete_scanned("tandem:*:snap:*", pick).await?;
         n += self.delete_scanned("tandem:snap:*", pick).await?;
         Ok(n)
+    }
+
+    async fn lease(&self, name: &str, op: LeaseOp, owner: &str, ttl_ms: u64) -> Result<LeaseState> {
+        let op_name = match op {
+            LeaseOp::Take => "take",
+            LeaseOp::Renew => "renew",
+            LeaseOp::Release => "release",
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL")
+            .arg("tandem_lease_v1")
+            .arg(1)
+            .arg(lease_key(name))
+            .arg(op_name)
+            .arg(owner)
+            .arg(ttl_ms.max(1));
+        let got = self.call_functions(&pipe, "lease").await?;
+        let (held, holder, left_ms): (i64, Option<String>, i64) = got
+            .into_iter()
+            .next()
+            .map(FromRedisValue::from_redis_value)
+            .transpose()
+            .map_err(|e| external("lease", e))?
+            .ok_or_else(|| external("lease", "no answer"))?;
+        Ok(LeaseState {
+            held: held == 1,
+            holder,
+            left_ms: left_ms.max(0),
+        })
     }
 
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
@@ -502,6 +560,17 @@ impl OnlineStore for RedisStore {
             .transpose()
             .map_err(|e| external("erase user", e))
             .map(Option::unwrap_or_default)
+    }
+
+    async fn note_erasure(&self, user: &str, at_ms: i64) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("FCALL")
+            .arg("tandem_note_erasure_v1")
+            .arg(1)
+            .arg(speed_key(user))
+            .arg(at_ms);
+        self.call_functions(&pipe, "note an erasure").await?;
+        Ok(())
     }
 }
 

@@ -52,23 +52,14 @@ local function trim_recent(recent)
 end
 
 local STRIDE = 11 -- ARGV entries per event
+-- Sums of money saturate at 2^53 - 1 micro-units (features::MAX_MONEY_MICROS): the largest
+-- integer a Lua number holds exactly. Each addend is at most that, so the double sum is exact
+-- below the cap and at least 2^53 above it.
+local MAX_MONEY = 9007199254740991
 -- Redis turns a Lua number passed to redis.call into text with printf's `%.17g`, a slow path
 -- (printf's float code took about a tenth of Redis's time in a profile): calls pass argument
 -- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
 local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
-
--- Reads an epoch's current values of `fields` (plus first, last, lastbuy) as numbers.
-local function epoch_state(key, fields)
-  local names = { 'first', 'last', 'lastbuy' }
-  for f in pairs(fields) do names[#names + 1] = f end
-  local cur = redis.call('HMGET', key, unpack(names))
-  local st = { key = key, val = {}, dirty = {}, fresh = cur[1] == false }
-  for j, f in ipairs(names) do
-    local v = cur[j]
-    if v then st.val[f] = tonumber(v) end
-  end
-  return st
-end
 
 -- A Redis command over a long list, in chunks: Lua's `unpack` is limited to a few thousand
 -- values (a user alone in a call may bring thousands of events). `opt` is an option before the
@@ -91,6 +82,19 @@ local function bulk(cmd, key, opt, list)
   end
   if #all > 0 then return all end
   return sum
+end
+
+-- Reads an epoch's current values of `fields` (plus first, last, lastbuy) as numbers.
+local function epoch_state(key, fields)
+  local names = { 'first', 'last', 'lastbuy' }
+  for f in pairs(fields) do names[#names + 1] = f end
+  local cur = bulk('HMGET', key, nil, names)
+  local st = { key = key, val = {}, dirty = {}, fresh = cur[1] == false }
+  for j, f in ipairs(names) do
+    local v = cur[j]
+    if v then st.val[f] = tonumber(v) end
+  end
+  return st
 end
 
 -- Which of the fresh events args[i] (i in `fresh`, in offset order, each past the user's last
@@ -179,7 +183,7 @@ local function add_deltas(keys, k, args, h, new)
     local purchase = args[i + 4] == PURCHASE
     if purchase then
       val.units = (val.units or 0) + tonumber(args[i + 6])
-      val.spend = (val.spend or 0) + tonumber(args[i + 7])
+      val.spend = math.min((val.spend or 0) + tonumber(args[i + 7]), MAX_MONEY)
       dirty.units, dirty.spend = true, true
       if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = args[i + 5] end
     end
@@ -210,7 +214,7 @@ local function add_deltas(keys, k, args, h, new)
         flat[#flat + 1] = how
       end
     end
-    if #flat > 0 then redis.call('HSET', st.key, unpack(flat)) end
+    if #flat > 0 then bulk('HSET', st.key, nil, flat) end
   end
   -- One ZADD GT of several pairs does what a ZADD GT per pair does, in order; it counts the
   -- items it added, and a zset that gained none needs no trim.
@@ -329,7 +333,9 @@ local function add_delta(keys, k, s, ms, args, j)
       local t = tonumber(v)
       if was then t = logaddexp(tonumber(was), t) end
       out = string.format('%.17g', t)
-    else -- a count, units or spend
+    elseif f == 'spend' then
+      out = string.format('%d', math.min((tonumber(was) or 0) + tonumber(v), MAX_MONEY))
+    else -- a count or units
       out = string.format('%d', (tonumber(was) or 0) + tonumber(v))
     end
     if out then
@@ -453,6 +459,18 @@ local function erase(keys, args)
   return n
 end
 
+-- KEYS: speed. ARGV: when (ingest ms). Records `erased` (the later of the old and new) and
+-- deletes nothing: an erasure known from the lake's tombstones, noted again in a store that
+-- may have lost it. Returns 1 if it changed the marker.
+local function note_erasure(keys, args)
+  local before = tonumber(redis.call('HGET', keys[1], 'erased') or '-1')
+  if tonumber(args[1]) > before then
+    redis.call('HSET', keys[1], 'erased', args[1])
+    return 1
+  end
+  return 0
+end
+
 -- KEYS: epochs. ARGV: cutoff (ms), the prefix of the user's epoch keys.
 -- Deletes the user's epochs before the cutoff; returns how many epochs it deleted.
 local function drop_before(keys, args)
@@ -466,8 +484,34 @@ local function drop_before(keys, args)
   return #doomed
 end
 
+-- A lease (a batch run's: two runs at once would clean up each other's snapshot rows).
+-- KEYS: the lease key. ARGV: 'take', 'renew' or 'release'; the owner; the time to live (ms).
+-- take: set it to the owner if nobody holds it (a lapsed lease is gone: Redis expired it);
+-- renew (and take by its holder): extend it; release: delete it. Only the holder changes it.
+-- Returns { 1 if the owner holds it now else 0, the holder or false, ms until it lapses }.
+local function lease(keys, args)
+  local op, owner, ttl = args[1], args[2], args[3]
+  local holder = redis.call('GET', keys[1])
+  if holder == false then
+    if op ~= 'take' then return { 0, false, 0 } end
+    redis.call('SET', keys[1], owner, 'PX', ttl)
+    return { 1, owner, tonumber(ttl) }
+  end
+  if holder == owner then
+    if op == 'release' then
+      redis.call('DEL', keys[1])
+      return { 0, false, 0 }
+    end
+    redis.call('PEXPIRE', keys[1], ttl)
+    return { 1, owner, tonumber(ttl) }
+  end
+  return { 0, holder, redis.call('PTTL', keys[1]) }
+end
+
 redis.register_function('tandem_apply_v4', apply)
 redis.register_function('tandem_apply_fast_v1', apply_fast)
 redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)
 redis.register_function('tandem_erase_v1', erase)
+redis.register_function('tandem_lease_v1', lease)
+redis.register_function('tandem_note_erasure_v1', note_erasure)

@@ -10,7 +10,7 @@ use crate::features::{Profile, decay_term, interest_weight, kind_index, spend_mi
 /// Recent event ids kept per user to catch a retried producer's second copy (a duplicate
 /// `event_id` at a later offset). A copy arriving more than this many events of the same user
 /// after the first is counted twice by the speed layer until the next snapshot (whose batch
-/// dedupes by `event_id` over all time) replaces that epoch.
+/// dedupes by (`user_id`, `event_id`) over all time) replaces that epoch.
 pub const SEEN_MAX: usize = 64;
 
 /// How long Redis keeps a user's recent event ids after their last event: retries happen

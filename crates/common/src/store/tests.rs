@@ -23,9 +23,15 @@ fn rows(id: &str, users: usize) -> Vec<(String, Bytes)> {
     out
 }
 
+/// Snapshot ids in time order: one on the minute, a later one with seconds (its id sorts
+/// before the first as text), a second revision of that.
+const A: &str = "20251122T0100Z";
+const B: &str = "20251122T010030Z";
+const C: &str = "20251122T010030Z-r2";
+
 async fn conformance(store: &dyn OnlineStore) {
     // Rows, read back in order, missing ones as None; pipelines beyond one chunk.
-    let a = rows("a", 2_500);
+    let a = rows(A, 2_500);
     store.put(&a).await.unwrap();
     let keys = vec![
         a[0].0.clone(),
@@ -42,34 +48,38 @@ async fn conformance(store: &dyn OnlineStore) {
     // The pointer: compare-and-set.
     assert_eq!(store.pointer().await.unwrap(), None);
     let pa = Pointer {
-        snapshot: "a".into(),
+        snapshot: A.into(),
         cutoff_ms: 3_600_000,
     };
     let pb = Pointer {
-        snapshot: "b".into(),
+        snapshot: B.into(),
         cutoff_ms: 7_200_000,
     };
     assert!(!store.flip(Some(&pa), &pb).await.unwrap(), "no pointer yet");
     assert!(store.flip(None, &pa).await.unwrap());
     assert!(!store.flip(None, &pb).await.unwrap(), "a pointer exists");
     assert_eq!(store.pointer().await.unwrap(), Some(pa.clone()));
-    store.put(&rows("b", 10)).await.unwrap();
+    store.put(&rows(B, 10)).await.unwrap();
+    // A newer run's rows, being written while the older one cleans up.
+    store.put(&rows(C, 3)).await.unwrap();
     assert!(store.flip(Some(&pa), &pb).await.unwrap());
     assert_eq!(store.pointer().await.unwrap(), Some(pb.clone()));
 
-    // Dropping a snapshot's rows: only what is asked, nothing of the kept snapshot.
-    assert_eq!(store.drop_snapshots_except("b").await.unwrap(), 2_502);
+    // Dropping the older snapshots' rows: nothing of the kept snapshot nor of a newer one.
+    assert_eq!(store.drop_snapshots_older(B).await.unwrap(), 2_502);
     let left = store
         .get(&[
-            user_key("user-0", "a"),
-            user_key("user-0", "b"),
-            item_key("item:{odd}", "b"),
-            snapshot_key("b", "popular"),
+            user_key("user-0", A),
+            user_key("user-0", B),
+            item_key("item:{odd}", B),
+            snapshot_key(B, "popular"),
+            user_key("user-0", C),
+            snapshot_key(C, "popular"),
         ])
         .await
         .unwrap();
     let present: Vec<bool> = left.iter().map(Option::is_some).collect();
-    assert_eq!(present, [false, true, true, true]);
+    assert_eq!(present, [false, true, true, true, true, true]);
     assert_eq!(store.pointer().await.unwrap(), Some(pb));
 }
 
@@ -78,6 +88,8 @@ async fn memory_store_conforms() {
     conformance(&MemoryStore::default()).await;
     speed_conformance(&MemoryStore::default()).await;
     epochs_come_and_go(&MemoryStore::default()).await;
+    hostile_users(&MemoryStore::default()).await;
+    lease_conformance(&MemoryStore::default()).await;
 }
 
 #[tokio::test]
@@ -87,6 +99,8 @@ async fn redis_store_conforms() {
     conformance(&store).await;
     speed_conformance(&store).await;
     epochs_come_and_go(&store).await;
+    hostile_users(&store).await;
+    lease_conformance(&store).await;
     reloads_lost_functions(&store, || {
         crate::testkit::cli(server.port(), &["FUNCTION", "FLUSH"]);
     })
@@ -137,6 +151,8 @@ async fn redis_cluster_store_conforms() {
     conformance(store.as_ref()).await;
     speed_conformance(store.as_ref()).await;
     epochs_come_and_go(store.as_ref()).await;
+    hostile_users(store.as_ref()).await;
+    lease_conformance(store.as_ref()).await;
     // The function library is on every primary, and the rows are spread over them.
     for node in cluster.nodes() {
         let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
@@ -153,6 +169,93 @@ async fn redis_cluster_store_conforms() {
 }
 
 const H: i64 = 3_600_000;
+
+/// A lease has one holder; only the holder renews or releases it; another takes it only once
+/// it is free or has lapsed.
+async fn lease_conformance(store: &dyn OnlineStore) {
+    use LeaseOp::{Release, Renew, Take};
+    let held_by = |s: LeaseState| (s.held, s.holder);
+    let call = |op, owner: &'static str, ttl| async move {
+        held_by(store.lease("batch", op, owner, ttl).await.unwrap())
+    };
+    let (a, b) = ("run-a", "run-b");
+    assert_eq!(call(Take, a, 60_000).await, (true, Some(a.into())));
+    let other = store.lease("batch", Take, b, 60_000).await.unwrap();
+    assert_eq!(held_by(other.clone()), (false, Some(a.into())));
+    assert!(other.left_ms > 0 && other.left_ms <= 60_000, "{other:?}");
+    assert_eq!(call(Renew, b, 60_000).await, (false, Some(a.into())));
+    assert_eq!(call(Release, b, 60_000).await, (false, Some(a.into())));
+    assert_eq!(call(Renew, a, 60_000).await, (true, Some(a.into())));
+    assert_eq!(call(Take, a, 60_000).await, (true, Some(a.into())));
+    assert_eq!(call(Release, a, 60_000).await, (false, None));
+    assert_eq!(call(Renew, a, 60_000).await, (false, None), "released");
+    // A lease its holder let lapse is free.
+    assert_eq!(call(Take, b, 30).await, (true, Some(b.into())));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(call(Take, a, 60_000).await, (true, Some(a.into())));
+    assert_eq!(call(Release, a, 60_000).await, (false, None));
+}
+
+/// Users a hostile client can make, each applied whole, both through the folded fast path
+/// (every event new) and event by event (a replayed first event sends the user there):
+/// thousands of distinct categories in one epoch (the Lua unpacked them into one command:
+/// "too many results to unpack", the partition stalled), and purchases whose money overflows
+/// 64 bits (saturated at MAX_MONEY_MICROS, as the fold and the batch do).
+async fn hostile_users(store: &dyn OnlineStore) {
+    use crate::event::{MAX_PRICE, MAX_QUANTITY};
+    use crate::features::MAX_MONEY_MICROS;
+    let base = 1_763_800_000_000_i64 / H * H;
+    let mut offset = 10_000;
+    let mut events = |user: &str, n: usize, purchase: bool| -> Vec<SpeedEvent<'static>> {
+        (0..n)
+            .map(|i| {
+                let kind = if purchase { Kind::Purchase } else { Kind::View };
+                let mut e = event(&format!("{user}-{i}"), user, kind, i, base + i as i64);
+                if purchase {
+                    e.price = Some(if i == 2 { 1.25 } else { MAX_PRICE });
+                    e.quantity = if i == 2 { 3 } else { MAX_QUANTITY };
+                } else {
+                    e.category = Some(format!("category-{i}").into());
+                }
+                offset += 1;
+                SpeedEvent {
+                    offset,
+                    ingest_ts: base,
+                    epoch_ms: base,
+                    event: e,
+                }
+            })
+            .collect()
+    };
+    for (user, n, purchase) in [
+        ("many-categories-fast", 5_000, false),
+        ("many-categories-slow", 5_000, false),
+        ("rich-fast", 4, true),
+        ("rich-slow", 4, true),
+    ] {
+        let batch = events(user, n, purchase);
+        if user.ends_with("slow") {
+            store.apply_events(&batch[..1]).await.unwrap();
+        }
+        let counts = store.apply_events(&batch).await.unwrap();
+        let fresh = if user.ends_with("slow") { n - 1 } else { n };
+        assert_eq!(counts.applied as usize, fresh, "{user}: {counts:?}");
+        let mut want = Profile::new();
+        for e in &batch {
+            want.apply(&e.event);
+        }
+        let got = store.speed(user, 0).await.unwrap();
+        assert_eq!(got.epochs.len(), 1, "{user}");
+        let p = &got.epochs[&base];
+        assert!(p.approx_eq(&want), "{user}:\n{p:?}\n{want:?}");
+        if purchase {
+            assert_eq!(p.spend_micros, MAX_MONEY_MICROS, "{user}");
+            assert_eq!(p.units, 3 * MAX_QUANTITY as u64 + 3, "{user}");
+        } else {
+            assert_eq!(p.affinity.len(), n, "{user}");
+        }
+    }
+}
 
 /// Reads between which a user's epochs change (an event in a new epoch, epochs dropped after a
 /// snapshot, a later cutoff, an erasure) see each change at once: no backend may answer from
@@ -578,6 +681,21 @@ async fn erase_conformance(store: &dyn OnlineStore) {
     want.apply(&after[3].event);
     assert!(state.merged().approx_eq(&want), "{state:?}");
     assert_eq!(state.merged().recent_purchases.len(), 2);
+
+    // Noting an erasure (from the lake's tombstones) deletes nothing and never moves the
+    // marker back; on a user the store forgot, it makes a replay of the bus skip the erased
+    // events.
+    store.note_erasure(user, when - 1).await.unwrap();
+    let noted = store.speed(user, 0).await.unwrap();
+    assert_eq!((noted.erased_ms, noted.epochs), (Some(when), state.epochs));
+    let forgotten = "forgotten-user";
+    store.note_erasure(forgotten, when).await.unwrap();
+    let replayed = [
+        at(1, when - 5, "f1", forgotten),
+        at(2, when + 5, "f2", forgotten),
+    ];
+    let counts = store.apply_events(&replayed).await.unwrap();
+    assert_eq!((counts.applied, counts.erased), (1, 1), "{counts:?}");
 }
 
 #[test]
@@ -593,6 +711,10 @@ fn the_lua_library_agrees_with_the_rust_constants() {
     assert!(lua.contains(&format!(
         "local RECENT_MAX = {}\n",
         crate::features::RECENT_ITEMS
+    )));
+    assert!(lua.contains(&format!(
+        "local MAX_MONEY = {}\n",
+        crate::features::MAX_MONEY_MICROS
     )));
     let purchase = Kind::ALL.iter().position(|k| *k == Kind::Purchase).unwrap();
     assert!(lua.contains(&format!("local PURCHASE = '{purchase}'")));
@@ -645,6 +767,27 @@ fn an_event_is_stride_arguments() {
     let search = args(&at(event("e2", "u", Kind::Search, 3, ts)));
     assert_eq!(search.len(), speed::STRIDE);
     assert_eq!(&search[6..], ["0", "0", "", "", ""]);
+}
+
+#[test]
+fn snapshot_ids_order_by_time_then_revision() {
+    assert!(snapshot_older(A, B) && snapshot_older(B, C) && snapshot_older(A, C));
+    assert!(!snapshot_older(B, A) && !snapshot_older(B, B));
+    assert!(snapshot_older("20251122T0100Z-r9", "20251122T0100Z-r10"));
+    assert!(snapshot_older("19970301T0000Z", A), "dates from the 1990s");
+    for other in [
+        "a",
+        "20251122T0100",
+        "2025112T0100Z",
+        "20251122T0100Z-rx",
+        "",
+    ] {
+        assert_eq!(snapshot_rank(other), None, "{other}");
+        assert!(
+            !snapshot_older(other, A) && !snapshot_older(A, other),
+            "{other}"
+        );
+    }
 }
 
 #[test]

@@ -272,6 +272,170 @@ async fn invalid_records_are_skipped_and_counted_and_positions_stored() {
     assert_eq!(speed.epochs.keys().copied().collect::<Vec<_>>(), vec![T0]);
 }
 
+/// Data Redis refuses — here a key of the user's that holds the wrong type, as another tool
+/// might leave it — no longer stalls the partition (every Redis error was retried, forever):
+/// the refused user's events go to the dead-letter with the reason, the other users' events of
+/// the same batches are applied, the position moves on. Once the cause is fixed, a replay
+/// brings the events back and they count once. A bus record that is not an event is set
+/// aside too. An `OOM` (a full Redis with `noeviction`) is not the data's fault: it is
+/// retried until memory is freed, and nothing is set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_users_go_to_the_dead_letter_and_the_partition_moves_on() {
+    use crate::dead_letter::{list, replay};
+    let server = RedisServer::start();
+    let store: Arc<dyn OnlineStore> = Arc::new(RedisStore::connect(&server.url()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 1);
+    let lake = Lake::open("memory://").unwrap();
+    // user-7's recent-id set is a string: every apply of user-7 fails with WRONGTYPE.
+    tandem_common::testkit::cli(server.port(), &["SET", "tandem:u:{user-7}:seen", "junk"]);
+    let sent: Vec<Sent> = (0..60)
+        .map(|i| Sent {
+            event: event(i, (i % 10) as u8, i, (i % 7) as u8, T0 + i as i64),
+            ingest_ts: T0 + 10 + i as i64,
+        })
+        .collect();
+    produce(bus.as_ref(), &sent).await;
+    bus.produce(vec![(Bytes::from("user-1"), Bytes::from("not json"))])
+        .await
+        .unwrap();
+    let opts = SpeedOptions {
+        batch: 16,
+        epoch_ms: H,
+        until_caught_up: true,
+        wait: Duration::ZERO,
+        lake: Some(lake.clone()),
+        ..SpeedOptions::default()
+    };
+    let s = run(
+        bus.clone(),
+        store.clone(),
+        opts.clone(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // Users applied by a refused call before the refusal count as replayed when the batch is
+    // applied again user by user (Redis keeps what a failed call did before failing).
+    assert_eq!(
+        (s.counts.applied + s.counts.replayed, s.rejected, s.invalid),
+        (54, 6, 1),
+        "{s:?}"
+    );
+    assert_eq!(bus.committed("speed", 0).await.unwrap(), Some(61));
+    let letters: Vec<_> = list(&lake)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, l)| l)
+        .collect();
+    assert_eq!(letters.len(), 7);
+    let refused: Vec<_> = letters.iter().filter(|l| l.key == "user-7").collect();
+    assert_eq!(refused.len(), 6);
+    assert!(
+        refused.iter().all(|l| l.reason.contains("WRONGTYPE")),
+        "{refused:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.value.as_deref() == Some("not json"))
+    );
+    let others: Vec<Sent> = sent
+        .iter()
+        .filter(|x| x.event.user_id != "user-7")
+        .cloned()
+        .collect();
+    assert_same(
+        &merged(store.as_ref(), &others, 0).await,
+        &others,
+        "without user-7",
+    );
+
+    // The cause fixed, a replay brings user-7's events back; the invalid record stays.
+    tandem_common::testkit::cli(server.port(), &["DEL", "tandem:u:{user-7}:seen"]);
+    let r = replay(&lake, bus.as_ref()).await.unwrap();
+    assert_eq!((r.replayed, r.kept), (6, 1));
+    // Meanwhile Redis is full: the apply waits (OOM passes), and nothing is set aside.
+    tandem_common::testkit::cli(
+        server.port(),
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+    );
+    tandem_common::testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "1"]);
+    let consumer = tokio::spawn(run(
+        bus.clone(),
+        store.clone(),
+        opts,
+        CancellationToken::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tandem_common::testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "0"]);
+    let s = consumer.await.unwrap().unwrap();
+    assert_eq!((s.counts.applied, s.rejected), (6, 0), "{s:?}");
+    assert_same(&merged(store.as_ref(), &sent, 0).await, &sent, "all");
+    let left: usize = list(&lake)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.len())
+        .sum();
+    assert_eq!(left, 1);
+}
+
+/// A store that lost its erasure markers (the in-memory store restarted; a Redis without
+/// persistence) replays the bus from the start: the lake's tombstones are noted first, so the
+/// erased user's events up to the erasure stay gone, and what the user did after it counts.
+/// (The profile came back: post, DELETE, restart.)
+#[tokio::test]
+async fn a_store_that_forgot_an_erasure_learns_it_from_the_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let lake = Lake::open("memory://").unwrap();
+    let sent: Vec<Sent> = (0..40)
+        .map(|i| Sent {
+            event: event(i, (i % 4) as u8, i, (i % 5) as u8, T0 + i as i64),
+            ingest_ts: T0 + 10 * i as i64,
+        })
+        .collect();
+    produce(bus.as_ref(), &sent).await;
+    // user-1 was erased after the events ingested before T0 + 200.
+    let erased_ms = T0 + 200;
+    lake.record_erasure(&tandem_common::lake::Tombstone {
+        user_id: "user-1".into(),
+        erased_ms,
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn OnlineStore> = Arc::new(MemoryStore::default());
+    let opts = SpeedOptions {
+        batch: 8,
+        epoch_ms: H,
+        until_caught_up: true,
+        wait: Duration::ZERO,
+        lake: Some(lake),
+        ..SpeedOptions::default()
+    };
+    let s = run(bus.clone(), store.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let kept: Vec<Sent> = sent
+        .iter()
+        .filter(|x| x.event.user_id != "user-1" || x.ingest_ts > erased_ms)
+        .cloned()
+        .collect();
+    assert_eq!(s.counts.erased as usize, sent.len() - kept.len(), "{s:?}");
+    assert!(s.counts.erased > 0);
+    assert_same(
+        &merged(store.as_ref(), &kept, 0).await,
+        &kept,
+        "after the erasure",
+    );
+    assert_eq!(
+        store.speed("user-1", 0).await.unwrap().erased_ms,
+        Some(erased_ms)
+    );
+}
+
 #[tokio::test]
 async fn a_stop_finishes_the_batch_in_hand_and_stores_its_position() {
     let dir = tempfile::tempdir().unwrap();
