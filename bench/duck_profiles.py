@@ -34,7 +34,7 @@ for _ in range(runs):
     con.execute(f"""
         CREATE TEMP TABLE events AS
         SELECT user_id, kind, item_id, category, price, quantity, ts, session_id
-        FROM (SELECT *, row_number() OVER (PARTITION BY event_id
+        FROM (SELECT *, row_number() OVER (PARTITION BY user_id, event_id
                   ORDER BY ingest_ts, "partition" NULLS FIRST, "offset" NULLS FIRST) AS copy
               FROM read_parquet('{lake}/events/*/*.parquet', hive_partitioning = true)
               WHERE date <= '{cutoff_date}' AND ingest_ts < make_timestamp({cutoff_ms} * 1000))

@@ -8,7 +8,7 @@
 //! - A request's body must arrive within `body_timeout` (408), and `POST /v1/events` checks
 //!   the key before it reads the body (`api::post_events`).
 //! - Every answer carries an `x-request-id`: the client's, when it sent a sane one, or a new one
-//!   ([`request_id`]); it is in the request's log lines.
+//!   ([`request_id`]), set on the request for a handler that logs it.
 //! - At shutdown, the listener closes, idle connections close at once, and the requests in
 //!   flight get `shutdown_grace` to finish (an idle keep-alive connection held shutdown for its
 //!   whole keep-alive before).
@@ -32,7 +32,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -100,7 +99,6 @@ pub async fn serve_router(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(
             router
                 .clone()
@@ -174,7 +172,7 @@ pub async fn shed(State(limit): State<InFlight>, request: Request, next: Next) -
 }
 
 /// The request's id: its `x-request-id` when it is 1–64 characters of `[A-Za-z0-9._-]`, or a
-/// new one. Set on the request (for the handlers' logs) and on the answer.
+/// new one. Set on the request and on the answer.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let sane = |v: &HeaderValue| {
@@ -191,9 +189,10 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
             HeaderValue::from_str(&format!("{seed:08x}-{n:x}")).expect("hex is a header value")
         }
     };
+    // On the request, for a handler that logs it; no span per request (a span's fields are
+    // formatted on every request, for the rare request that logs).
     request.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let span = tracing::info_span!("request", id = %String::from_utf8_lossy(id.as_bytes()));
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).await;
     response.headers_mut().insert(X_REQUEST_ID, id);
     response
 }

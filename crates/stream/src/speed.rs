@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use serde::Serialize;
 use tandem_common::event::from_bus_value;
+use tandem_common::lake::Lake;
 use tandem_common::store::{ApplyCounts, OnlineStore, SpeedEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -26,7 +27,6 @@ use crate::bus::{Bus, Record, check_contiguous};
 use crate::dead_letter::{DeadLetters, Letter};
 use crate::error::{Error, Result};
 use crate::task::{Tasks, retry};
-use tandem_common::lake::Lake;
 
 /// How the speed layer runs.
 #[derive(Debug, Clone)]
