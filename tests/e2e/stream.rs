@@ -210,21 +210,30 @@ fn archive_then_batch_then_speed_merge_exactly_on_a_redis_cluster() {
     lambda_merges_exactly(&cluster.url());
 }
 
-fn lambda_merges_exactly(store: &str) {
-    let s = Scratch::new().with_args(&[
+/// A scratch with one-second epochs (and `extra` settings), and two waves of 250 users' events
+/// on its bus (`seeds`), a second-aligned cutoff between them: the cutoff.
+fn two_waves(extra: &[&str], seeds: [&str; 2]) -> (Scratch, i64) {
+    let mut args = vec![
         "--set",
         "events.epoch=1s",
         "--set",
         "bus.max_produce_delay=1s",
         "--set",
         "batch.window=2d",
-    ]);
-    let run = |args: &[&str]| summary(&s.ok(args, b""));
-    generate_to_bus(&s, "250", "7");
+    ];
+    args.extend_from_slice(extra);
+    let s = Scratch::new().with_args(&args);
+    generate_to_bus(&s, "250", seeds[0]);
     std::thread::sleep(Duration::from_millis(1_100));
     let cutoff = tandem_common::event::now_ms() / 1000 * 1000;
     std::thread::sleep(Duration::from_millis(1_100));
-    generate_to_bus(&s, "250", "8");
+    generate_to_bus(&s, "250", seeds[1]);
+    (s, cutoff)
+}
+
+fn lambda_merges_exactly(store: &str) {
+    let (s, cutoff) = two_waves(&[], ["7", "8"]);
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
 
     let archived = run(&[
         "stream",
@@ -300,24 +309,16 @@ fn batch_run_killed_while_publishing_then_rerun_merges_exactly() {
     use std::io::BufRead;
     let redis = RedisServer::start();
     let store = redis.url();
-    let s = Scratch::new().with_args(&[
-        "--set",
-        "events.epoch=1s",
-        "--set",
-        "bus.max_produce_delay=1s",
-        "--set",
-        "batch.window=2d",
-        "--set",
-        "batch.lease=10s",
-        "--set",
-        "batch.cleanup_grace=0s",
-    ]);
+    let (s, cutoff) = two_waves(
+        &[
+            "--set",
+            "batch.lease=10s",
+            "--set",
+            "batch.cleanup_grace=0s",
+        ],
+        ["9", "10"],
+    );
     let run = |args: &[&str]| summary(&s.ok(args, b""));
-    generate_to_bus(&s, "250", "9");
-    std::thread::sleep(Duration::from_millis(1_100));
-    let cutoff = tandem_common::event::now_ms() / 1000 * 1000;
-    std::thread::sleep(Duration::from_millis(1_100));
-    generate_to_bus(&s, "250", "10");
     run(&["stream", "archive", "--until-caught-up"]);
     let events = bus_events(&s);
     std::thread::sleep(Duration::from_millis(1_100));

@@ -65,6 +65,15 @@ fn keys() -> Keys {
 }
 
 async fn fixture_with(store: Arc<dyn OnlineStore>, bus: Option<Arc<dyn Bus>>) -> Fixture {
+    fixture_opts(store, bus, ServeOptions::default()).await
+}
+
+/// A fixture with `opts` (its `poll` made 20 ms, so that tests see the pointer soon).
+async fn fixture_opts(
+    store: Arc<dyn OnlineStore>,
+    bus: Option<Arc<dyn Bus>>,
+    opts: ServeOptions,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let bus = match bus {
         Some(b) => b,
@@ -75,7 +84,7 @@ async fn fixture_with(store: Arc<dyn OnlineStore>, bus: Option<Arc<dyn Bus>>) ->
     let cancel = CancellationToken::new();
     let opts = ServeOptions {
         poll: Duration::from_millis(20),
-        ..Default::default()
+        ..opts
     };
     let lake = Lake::open("memory://").unwrap();
     let app = App::start(
@@ -1447,11 +1456,6 @@ async fn serving_ranks_exactly_as_the_models_do() {
 async fn the_edge_bounds_slow_and_hostile_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
-    let dir = tempfile::tempdir().unwrap();
-    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
     let opts = ServeOptions {
         body_timeout: Duration::from_secs(3),
         max_in_flight: 1,
@@ -1462,15 +1466,8 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
         },
         ..Default::default()
     };
-    let app = App::start(
-        Arc::new(MemoryStore::default()),
-        bus,
-        Lake::open("memory://").unwrap(),
-        keys(),
-        opts,
-        cancel.clone(),
-    )
-    .await;
+    let f = fixture_opts(Arc::new(MemoryStore::default()), None, opts).await;
+    let (app, cancel) = (f.app.clone(), f.cancel.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(crate::serve(listener, app, cancel.clone()));
@@ -1593,24 +1590,12 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
 /// `category` as required path parameters), and the events body and its 400 with `errors`.
 #[tokio::test]
 async fn cors_method_errors_and_the_openapi_document_are_right() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
     let opts = ServeOptions {
         cors_origins: vec!["https://shop.example".into()],
         ..Default::default()
     };
-    let app = App::start(
-        Arc::new(MemoryStore::default()),
-        bus,
-        Lake::open("memory://").unwrap(),
-        keys(),
-        opts,
-        cancel.clone(),
-    )
-    .await;
+    let f = fixture_opts(Arc::new(MemoryStore::default()), None, opts).await;
+    let (app, cancel) = (f.app.clone(), f.cancel.clone());
     let call = |method: &str, uri: &str, headers: &[(&str, &str)]| {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
@@ -1716,24 +1701,12 @@ async fn cors_method_errors_and_the_openapi_document_are_right() {
 /// the admin router serves it, with `/readyz` naming the store's own error.
 #[tokio::test]
 async fn operations_move_to_the_admin_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = tandem_stream::bus::open(&format!("local://{}", dir.path().display()), 2)
-        .await
-        .unwrap();
-    let cancel = CancellationToken::new();
     let opts = ServeOptions {
         admin_listener: true,
         ..Default::default()
     };
-    let app = App::start(
-        Arc::new(MemoryStore::default()),
-        bus,
-        Lake::open("memory://").unwrap(),
-        keys(),
-        opts,
-        cancel.clone(),
-    )
-    .await;
+    let f = fixture_opts(Arc::new(MemoryStore::default()), None, opts).await;
+    let (app, cancel) = (f.app.clone(), f.cancel.clone());
     let get = |r: axum::Router, uri: &'static str| async move {
         let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
         let resp = r.oneshot(req).await.unwrap();
