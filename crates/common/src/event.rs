@@ -261,15 +261,6 @@ pub fn parse_event(json: &[u8], at: Acceptance) -> Result<Event<'_>, EventError>
     raw.validate(at)
 }
 
-/// Parses a JSON value already in memory (one element of an HTTP batch) and validates it.
-pub fn event_from_value(
-    value: &serde_json::Value,
-    at: Acceptance,
-) -> Result<Event<'_>, EventError> {
-    let raw = RawEvent::deserialize(value).map_err(json_error)?;
-    raw.validate(at)
-}
-
 /// The bus record value of an event accepted at `ingest_ts`:
 /// `{"ingest_ts":<epoch ms>,"event":<the event's wire JSON>}`. The ingest time travels with
 /// the event, so the speed layer and the archiver file it under the same epoch.

@@ -268,20 +268,6 @@ fn accepted_forms() {
 }
 
 #[test]
-fn values_from_a_parsed_document() {
-    let v: Value = serde_json::from_str(
-        r#"{"event_id":"e","user_id":"u","kind":"rate","item_id":"i","rating":4.5,"ts":1}"#,
-    )
-    .unwrap();
-    assert_eq!(event_from_value(&v, at()).unwrap().rating, Some(4.5));
-    let bad: Value = json!({"event_id":"e","user_id":"u","kind":"rate","item_id":"i","ts":1});
-    assert_eq!(
-        event_from_value(&bad, at()).unwrap_err().to_string(),
-        "field `rating`: required for rate"
-    );
-}
-
-#[test]
 fn bad_bus_records_are_named() {
     let framing = |v: &[u8]| from_bus_value(v).unwrap_err().to_string();
     for bad in [
