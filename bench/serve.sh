@@ -114,6 +114,9 @@ A snapshot of $EVENTS generated events ($USERS users, 14 days) in a redis-server
 $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) of the bench's own; \`tandem serve\` and \`tandem stream run\` on a
 4-partition \`local://\` bus; an open-loop load (latency from when each request was due) on 64
 keep-alive connections, random snapshot users. Load, server, speed layer and Redis share the cores.
+A recommendation folds the user into the latent model on their first request and reuses the fold
+while their recent items stay the same: the first run's 2,000 req/s step (20,000 requests over
+$USERS users) meets mostly first requests, the max-rate searches mostly repeats.
 
 | figure | value | target |
 |---|---|---|

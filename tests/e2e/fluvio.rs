@@ -45,7 +45,7 @@ fn scratch(fluvio: &FluvioCluster, extra: &[&str]) -> Scratch {
 }
 
 /// Every row of the lake as (partition, offset, user_id, event_id).
-fn lake_rows(s: &Scratch) -> Vec<(i32, i64, String, String)> {
+pub fn lake_rows(s: &Scratch) -> Vec<(i32, i64, String, String)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let lake = tandem_common::lake::Lake::open(&s.lake_url()).unwrap();
@@ -69,7 +69,7 @@ fn lake_rows(s: &Scratch) -> Vec<(i32, i64, String, String)> {
 }
 
 /// Checks that the lake holds each record of every partition exactly once: offsets 0..end.
-fn assert_lake_is_the_bus(s: &Scratch, ends: &[u64]) {
+pub fn assert_lake_is_the_bus(s: &Scratch, ends: &[u64]) {
     let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (p, o, _, _) in lake_rows(s) {
         by_partition.entry(p).or_default().push(o);
@@ -94,7 +94,7 @@ fn assert_lake_is_the_bus(s: &Scratch, ends: &[u64]) {
 }
 
 /// Each partition's end offset, from the bus.
-fn ends(s: &Scratch) -> Vec<u64> {
+pub fn ends(s: &Scratch) -> Vec<u64> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let bus = tandem_stream::bus::open(&s.bus_url(), 8).await.unwrap();

@@ -7,5 +7,6 @@ mod cli;
 mod demo;
 mod fluvio;
 mod harness;
+mod openapi;
 mod serve;
 mod stream;

@@ -12,7 +12,7 @@ use tandem_common::testkit::{RedisServer, free_port};
 
 use crate::harness::{Listening, Scratch, summary};
 
-const KEY: &str = "e2e-key-0123456789abcdef";
+pub const KEY: &str = "e2e-key-0123456789abcdef";
 
 /// One HTTP/1.1 request on a fresh connection; the status and the body as JSON (or a string).
 pub fn http(
@@ -95,7 +95,7 @@ impl Server {
     }
 }
 
-fn config(s: &Scratch) -> String {
+pub fn config(s: &Scratch) -> String {
     let path = s.path("tandem.toml");
     std::fs::write(
         &path,

@@ -132,6 +132,9 @@ pub struct ServerConfig {
     /// immutable snapshot never change, so a cached row is never stale. Also the most item
     /// rows loaded with a snapshot beyond its popular lists' (the items similar to those).
     pub cache_rows: usize,
+    /// Memory of the row caches, MiB, weighed by each entry's size (half for user rows, 3/8
+    /// for item rows, 1/8 for users folded into the latent model).
+    pub cache_mib: u64,
     /// Recommendations leave out the items the user already had an event with, unless the
     /// request's `exclude_seen` says otherwise.
     pub exclude_seen: bool,
@@ -728,6 +731,12 @@ impl Config {
         }
         if self.server.cache_rows == 0 {
             p.push(("server.cache_rows", "must be at least 1".to_string()));
+        }
+        if self.server.cache_mib == 0 || self.server.cache_mib > 1 << 30 {
+            p.push((
+                "server.cache_mib",
+                "must be between 1 and 2^30 (MiB)".to_string(),
+            ));
         }
         for (key, d) in [
             ("server.header_timeout", self.server.header_timeout),

@@ -19,7 +19,7 @@ pub enum Source<'a> {
     /// ([`crate::features::cf_scores`], item-item collaborative filtering over the similar lists).
     Collaborative,
     /// One of the best items by the latent-factor model's score for the user
-    /// ([`crate::latent::Latent::user_scores`]).
+    /// ([`crate::latent::Latent::score`]).
     Latent,
     /// A top item of this category, one of the user's strongest.
     Category(&'a str),
@@ -134,7 +134,7 @@ pub struct Candidate<'a, T = &'a str> {
 
 /// The candidates for the user of `profile`: the best items by the collaborative scores `cf`
 /// ([`crate::features::cf_scores`]; ties by item id), the best by the latent-factor model
-/// (`latent`, best first: [`crate::latent::Latent::top`]), top items of the strongest
+/// (`latent`, best first: [`crate::latent::Latent::best`]), top items of the strongest
 /// categories, popular items; each item once, under its first source; items in `exclude` left
 /// out.
 pub fn candidates<'a, S: BuildHasher>(

@@ -118,8 +118,7 @@ pub struct PairContext<'a> {
     cf: Cf<&'a str>,
     /// The best collaborative score of the user (0 without any).
     cf_max: f64,
-    /// The latent-factor model and the user's score of each of its items
-    /// ([`crate::latent::Latent::user_scores`]).
+    /// The latent-factor model and the user's vector ([`crate::latent::Latent::user`]).
     latent: Option<(&'a Latent, Vec<f64>)>,
 }
 
@@ -174,17 +173,18 @@ impl<'a> PairContext<'a> {
         self
     }
 
-    /// The user with the latent-factor model `model` and the user's `scores` of its items
-    /// ([`crate::latent::Latent::user_scores`]).
-    pub fn with_latent(mut self, model: &'a Latent, scores: Vec<f64>) -> PairContext<'a> {
-        self.latent = Some((model, scores));
+    /// The user with the latent-factor model `model` and the user's vector `user`
+    /// ([`crate::latent::Latent::user`]).
+    pub fn with_latent(mut self, model: &'a Latent, user: Vec<f64>) -> PairContext<'a> {
+        self.latent = Some((model, user));
         self
     }
 
-    /// The latent score of `item_id` (0 for an item the model does not have, or none).
+    /// The latent score of `item_id` ([`crate::latent::Latent::score`]; 0 for an item the
+    /// model does not have, or without a model).
     pub fn latent_score(&self, item_id: &str) -> f64 {
-        self.latent.as_ref().map_or(0.0, |(m, scores)| {
-            m.index(item_id).map_or(0.0, |i| scores[i as usize])
+        self.latent.as_ref().map_or(0.0, |(m, user)| {
+            m.index(item_id).map_or(0.0, |i| m.score(user, i))
         })
     }
 

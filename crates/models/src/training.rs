@@ -649,7 +649,7 @@ pub fn train(
 }
 
 /// The user of `p` at `now_ms`, as ranking sees them: the pair features' user side with the
-/// collaborative scores `cf` and, with a latent model, the user's scores of its items; and the
+/// collaborative scores `cf` and, with a latent model, the user's vector in it; and the
 /// latent model's best items for the user's candidates ([`latent_depth`] of them, for a request
 /// that excludes `excluded` items).
 pub fn personal<'a>(
@@ -661,12 +661,12 @@ pub fn personal<'a>(
     opts: &CandidateOptions,
 ) -> (PairContext<'a>, Vec<&'a str>) {
     let pair = PairContext::new(p, now_ms).with_cf(cf);
-    let scored = latent.and_then(|m| Some((m, m.user_scores(similar_sources(p, opts))?)));
-    match scored {
-        Some((m, scores)) => {
-            let top = Latent::top(&scores, latent_depth(opts, excluded));
+    let folded = latent.and_then(|m| Some((m, m.user_of(similar_sources(p, opts))?)));
+    match folded {
+        Some((m, user)) => {
+            let top = m.best(&user, latent_depth(opts, excluded));
             let top = top.iter().map(|&i| m.items[i as usize].as_str()).collect();
-            (pair.with_latent(m, scores), top)
+            (pair.with_latent(m, user), top)
         }
         None => (pair, Vec::new()),
     }

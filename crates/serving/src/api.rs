@@ -29,7 +29,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::App;
 use crate::error::{ApiError, ErrorBody, rejection};
-use crate::snapshot::{ItemId, ItemRef, ListedItem, Loaded, StoreFailure, timed};
+use crate::snapshot::{Folded, ItemId, ItemRef, ListedItem, Loaded, StoreFailure, timed};
 
 /// Events per `POST /v1/events`.
 pub const MAX_BATCH: usize = 1000;
@@ -255,6 +255,7 @@ pub struct EventReject {
 
 /// The answer to `POST /v1/events`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"accepted": 2, "rejected": 1, "ingest_ts": 1765015200000_i64, "errors": [{"index": 2, "field": "price", "message": "price: 1e300 is out of range; 0–1000000000"}]}))]
 pub struct IngestResponse {
     /// Events accepted: on the bus, each stamped with `ingest_ts`.
     pub accepted: usize,
@@ -276,7 +277,7 @@ pub struct IngestResponse {
     responses(
         (status = 202, description = "At least one event accepted; rejects listed by index", body = IngestResponse),
         (status = 400, description = "No event accepted: every event invalid (`invalid_events`, with `errors`), or malformed JSON (`invalid_json`, `invalid_body`: then without `errors`)", body = InvalidEventsBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive within `server.body_timeout` (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB or more than 1,000 events", body = ErrorBody),
         (status = 503, description = "The bus is unavailable; nothing accepted, retry after `Retry-After` seconds", body = ErrorBody)
@@ -538,6 +539,23 @@ pub struct Freshness<'a> {
 
 /// The answer to `GET /v1/users/{id}/profile`.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "user_id": "u-42",
+    "profile": {
+        "counts": {"view": 12, "click": 4, "add_to_cart": 2, "remove_from_cart": 0, "purchase": 1, "search": 3, "rate": 0},
+        "events": 22, "units": 1, "spend": 59.9,
+        "first_seen": "2026-11-20T08:12:03Z", "last_seen": "2026-12-06T10:00:00Z",
+        "last_purchase": "2026-12-06T10:00:00Z",
+        "affinity": [{"category": "shoes", "score": 7.25}, {"category": "socks", "score": 1.5}],
+        "recent_items": [{"item": "sku-7", "ts": "2026-12-06T10:00:00Z"}],
+        "recent_purchases": [{"item": "sku-7", "ts": "2026-12-06T10:00:00Z"}]
+    },
+    "segment": 3, "propensity": 0.18,
+    "freshness": {"snapshot": "20261206T0200Z", "cutoff": "2026-12-06T02:00:00Z",
+        "snapshot_created_at": "2026-12-06T02:30:00Z", "last_offset": 1842, "speed_epochs": 2,
+        "consumer_lag": 0},
+    "degraded": null
+}))]
 pub struct ProfileResponse<'a> {
     /// The user.
     pub user_id: &'a str,
@@ -660,10 +678,10 @@ fn freshness<'a>(app: &App, snap: Option<&'a Loaded>, user: &str, m: &Merged) ->
     path = "/v1/users/{id}/profile",
     params(("id" = String, Path, description = "The user id")),
     responses(
-        (status = 200, body = ProfileResponse),
+        (status = 200, description = "The merged profile", body = ProfileResponse),
         (status = 400, description = "The id breaks the id rules (`invalid_path`)", body = ErrorBody),
         (status = 404, description = "No event of this user is known", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody)
     ),
     security(("api_key" = [])),
     tag = "users"
@@ -744,6 +762,19 @@ pub struct Recommendation<'a> {
 
 /// The answer to `GET /v1/users/{id}/recommendations`.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "user_id": "u-42",
+    "items": [
+        {"item": "sku-9", "score": 0.41, "source": "cf:item_knn"},
+        {"item": "sku-3", "score": 0.27, "source": "cf:als"},
+        {"item": "sku-12", "score": 0.11, "source": "category:shoes"}
+    ],
+    "cold_start": false, "ranked_by": "ranker",
+    "freshness": {"snapshot": "20261206T0200Z", "cutoff": "2026-12-06T02:00:00Z",
+        "snapshot_created_at": "2026-12-06T02:30:00Z", "last_offset": 1842, "speed_epochs": 2,
+        "consumer_lag": 0},
+    "degraded": null
+}))]
 pub struct RecsResponse<'a> {
     /// The user.
     pub user_id: &'a str,
@@ -806,8 +837,8 @@ fn ranked_popular<'a>(
     path = "/v1/users/{id}/recommendations",
     params(("id" = String, Path, description = "The user id"), RecsQuery),
     responses(
-        (status = 200, body = RecsResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+        (status = 200, description = "The items, best first", body = RecsResponse),
+        (status = 400, description = "A bad query or id (`invalid_query`, `invalid_path`)", body = ErrorBody), (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody)
     ),
     security(("api_key" = [])),
     tag = "users"
@@ -982,8 +1013,8 @@ pub(crate) fn unlisted<'a>(cands: &[Candidate<'a, ItemId<'a>>]) -> Vec<&'a str> 
 pub(crate) struct Personal<'a> {
     /// The collaborative scores.
     pub cf: Cf<ItemId<'a>>,
-    /// The latent model and the user's score of each of its items.
-    pub latent: Option<(&'a Latent, Vec<f64>)>,
+    /// The latent model and the user folded into it.
+    pub latent: Option<(&'a Latent, Arc<Folded>)>,
     /// The latent model's best items for the user, best first.
     pub latent_top: Vec<ItemId<'a>>,
 }
@@ -991,14 +1022,14 @@ pub(crate) struct Personal<'a> {
 impl Personal<'_> {
     /// The latent score of a candidate: by the number a listed row keeps, else by id.
     fn latent_score(&self, id: &str, listed: Option<&ListedItem>) -> f64 {
-        let Some((m, scores)) = &self.latent else {
+        let Some((m, user)) = &self.latent else {
             return 0.0;
         };
         let number = match listed {
             Some(l) => l.latent,
             None => m.index(id),
         };
-        number.map_or(0.0, |i| scores[i as usize])
+        number.map_or(0.0, |i| m.score(&user.vector, i))
     }
 }
 
@@ -1013,9 +1044,10 @@ pub(crate) fn personal<'a>(
 ) -> Personal<'a> {
     let cf = collaborative(s, similar_rows);
     let model = s.models.as_ref().and_then(|m| m.latent.as_ref());
-    let latent = model.and_then(|m| Some((m, m.user_scores(sources.iter().copied())?)));
-    let latent_top = latent.as_ref().map_or_else(Vec::new, |(m, scores)| {
-        let top = Latent::top(scores, latent_depth(opts, excluded));
+    let depth = latent_depth(opts, excluded);
+    let latent = model.and_then(|m| Some((m, s.folded(m, sources, depth)?)));
+    let latent_top = latent.as_ref().map_or_else(Vec::new, |(m, user)| {
+        let top = &user.best[..depth.min(user.best.len())];
         top.iter()
             .map(|&i| s.resolve(&m.items[i as usize]))
             .collect()
@@ -1266,6 +1298,7 @@ pub struct ScoredItem<'a> {
 
 /// An item list.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"item": "sku-9", "score": 0.62}, {"item": "sku-3", "score": 0.4}], "snapshot": "20261206T0200Z"}))]
 pub struct ItemsResponse<'a> {
     /// The items, best first.
     pub items: Vec<ScoredItem<'a>>,
@@ -1280,8 +1313,9 @@ pub struct ItemsResponse<'a> {
     path = "/v1/items/{id}/similar",
     params(("id" = String, Path, description = "The item id"), ListQuery),
     responses(
-        (status = 200, body = ItemsResponse),
+        (status = 200, description = "The similar items, most similar first", body = ItemsResponse),
         (status = 400, description = "The id breaks the id rules (`invalid_path`), or a bad query", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody),
         (status = 404, description = "The item is not in the snapshot", body = ErrorBody),
         (status = 503, description = "The online store is unavailable", body = ErrorBody)
     ),
@@ -1331,6 +1365,7 @@ pub async fn get_similar(
 
 /// The answer to `DELETE /v1/users/{id}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"user_id": "u-42", "erased_at": "2026-12-06T10:05:00.000Z", "erased_ms": 1765015500000_i64, "keys_deleted": 6}))]
 pub struct EraseResponse {
     /// The user erased.
     pub user_id: String,
@@ -1352,9 +1387,9 @@ pub struct EraseResponse {
     path = "/v1/users/{id}",
     params(("id" = String, Path, description = "The user id")),
     responses(
-        (status = 200, body = EraseResponse),
+        (status = 200, description = "The user is erased", body = EraseResponse),
         (status = 400, description = "The id breaks the id rules (`invalid_path`): no event of it can be stored", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the `admin` scope", body = ErrorBody),
         (status = 503, description = "The lake or the online store is unavailable: retry; a tombstone already written stays", body = ErrorBody)
     ),
     security(("api_key" = [])),
@@ -1431,7 +1466,11 @@ fn store_unavailable(e: StoreFailure) -> ApiError {
     get,
     path = "/v1/items/popular",
     params(ListQuery),
-    responses((status = 200, body = ItemsResponse), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The items, most popular first", body = ItemsResponse),
+        (status = 400, description = "A bad query (`invalid_query`)", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody)
+    ),
     security(("api_key" = [])),
     tag = "items"
 )]

@@ -59,6 +59,8 @@ pub struct ServeOptions {
     pub max_future_ms: i64,
     /// Snapshot rows (users and items, each) cached in memory.
     pub cache_rows: usize,
+    /// Memory of the row caches, bytes ([`Snapshots::with_cache_bytes`]).
+    pub cache_bytes: u64,
     /// How often the snapshot pointer and the consumer lag are read.
     pub poll: Duration,
     /// Recommendations leave out the items the user already had an event with (the default of
@@ -86,6 +88,7 @@ impl Default for ServeOptions {
             bus_timeout: Duration::from_secs(5),
             max_future_ms: 5 * 60 * 1000,
             cache_rows: 200_000,
+            cache_bytes: 512 << 20,
             poll: Duration::from_secs(1),
             exclude_seen: false,
             speed_group: "speed".into(),
@@ -105,6 +108,7 @@ impl ServeOptions {
             store_timeout: config.server.store_timeout,
             max_future_ms: config.events.max_future.as_millis() as i64,
             cache_rows: config.server.cache_rows,
+            cache_bytes: config.server.cache_mib << 20,
             exclude_seen: config.server.exclude_seen,
             body_timeout: config.server.body_timeout,
             max_in_flight: config.server.max_in_flight,
@@ -155,11 +159,10 @@ impl App {
         cancel: CancellationToken,
     ) -> Arc<App> {
         ops::prometheus();
-        let snapshots = Arc::new(Snapshots::new(
-            store.clone(),
-            opts.cache_rows,
-            opts.store_timeout,
-        ));
+        let snapshots = Arc::new(
+            Snapshots::new(store.clone(), opts.cache_rows, opts.store_timeout)
+                .with_cache_bytes(opts.cache_bytes),
+        );
         if let Err(e) = snapshots.refresh_noted().await {
             tracing::warn!(error = %e, "no snapshot loaded at start; retrying in the background");
         }
@@ -247,6 +250,12 @@ pub fn router(app: Arc<App>) -> Router {
                 "this route does not take that method; see /openapi.json",
             )
         })
+        // gzip for clients that ask for it, for bodies worth it (the OpenAPI document, long
+        // lists); inside `track`, so that its timings include the compression.
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .compress_when(tower_http::compression::predicate::SizeAbove::new(1024)),
+        )
         .layer(axum::middleware::from_fn(ops::track))
         .layer(axum::middleware::from_fn_with_state(in_flight, edge::shed))
         .layer(axum::middleware::from_fn_with_state(cors, edge::cors))

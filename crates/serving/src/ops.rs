@@ -149,7 +149,7 @@ pub struct Readiness {
 #[utoipa::path(
     get,
     path = "/readyz",
-    responses((status = 200, body = Readiness), (status = 503, description = "Not ready; `problems` says why", body = Readiness)),
+    responses((status = 200, description = "Ready", body = Readiness), (status = 503, description = "Not ready; `problems` says why", body = Readiness)),
     tag = "operations"
 )]
 pub async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {

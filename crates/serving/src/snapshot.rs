@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use tandem_common::features::sort_recent;
 use tandem_common::store::{
@@ -114,8 +115,90 @@ pub struct Loaded {
     /// of a request's candidates are among them, and reading them costs no cache lock, no
     /// reference count shared between threads and, by [`ItemId::Listed`], no string hashing.
     listed: Listed,
-    users: Cache<String, Option<Arc<UserRow>>>,
-    items: Cache<String, Option<Arc<ItemRow>>>,
+    users: Cache<String, Weighed<Option<Arc<UserRow>>>, ByBytes>,
+    items: Cache<String, Weighed<Option<Arc<ItemRow>>>, ByBytes>,
+    /// Users folded into the latent model, by the model's numbers of their recent items: a
+    /// user whose recent items did not change since their last request costs no visit of the
+    /// model's items.
+    folded: Cache<Box<[u32]>, Weighed<Arc<Folded>>, ByBytes>,
+}
+
+/// A cached value and what it weighs in memory, estimated once, when it is cached.
+#[derive(Debug, Clone)]
+struct Weighed<T> {
+    value: T,
+    bytes: u64,
+}
+
+/// Weighs the entries of a row cache by their [`Weighed::bytes`], so that the caches are
+/// bounded by memory (a user with 5,000 categories weighs what it weighs), but at least by a
+/// floor: with `capacity / rows` as the floor, the cache holds at most `rows` entries and
+/// `capacity` bytes, whichever bound is met first. (At least 64 entries: the cache's shards
+/// refuse an entry heavier than about their share of the capacity.)
+#[derive(Debug, Clone, Copy)]
+struct ByBytes {
+    floor: u64,
+}
+
+impl ByBytes {
+    /// A cache of at most `rows` entries (64 at least) and `bytes` of memory.
+    fn cache<K, T>(rows: usize, bytes: u64) -> Cache<K, Weighed<T>, ByBytes>
+    where
+        K: Eq + std::hash::Hash,
+        T: Clone,
+    {
+        let floor = (bytes / rows.max(64) as u64).max(1);
+        Cache::with_weighter(rows, bytes.max(1), ByBytes { floor })
+    }
+}
+
+impl<K, T> Weighter<K, Weighed<T>> for ByBytes {
+    fn weight(&self, _: &K, v: &Weighed<T>) -> u64 {
+        v.bytes.max(self.floor)
+    }
+}
+
+/// What a cache entry costs beside its key and value (its slot, the Arc's counts), roughly.
+const ENTRY_BYTES: usize = 64;
+
+fn text_bytes(s: &str) -> usize {
+    size_of::<String>() + s.len()
+}
+
+/// The memory of a cached user row under `key`.
+fn user_bytes(key: &str, row: Option<&UserRow>) -> u64 {
+    let mut n = ENTRY_BYTES + text_bytes(key);
+    if let Some(r) = row {
+        let p = &r.profile;
+        // A B-tree entry: the key, the value and about a node slot's share.
+        let categories = p.affinity.keys().map(|c| text_bytes(c) + 16);
+        let items = p.recent_items.iter().chain(&p.recent_purchases);
+        n += size_of::<UserRow>()
+            + categories.sum::<usize>()
+            + items.map(|(i, _)| text_bytes(i) + 8).sum::<usize>();
+    }
+    n as u64
+}
+
+/// The memory of a cached item row under `key`.
+fn item_bytes(key: &str, row: Option<&ItemRow>) -> u64 {
+    let mut n = ENTRY_BYTES + text_bytes(key);
+    if let Some(r) = row {
+        let category = r.stats.category.as_ref().map_or(0, |(c, _)| c.len());
+        let similar = r.similar.iter().map(|(i, _)| text_bytes(i) + 8);
+        n += size_of::<ItemRow>() + category + similar.sum::<usize>();
+    }
+    n as u64
+}
+
+/// A user folded into a snapshot's latent model: their vector ([`Latent::user`]) and the
+/// model's best items for them ([`Latent::best`]), best first.
+#[derive(Debug)]
+pub struct Folded {
+    /// The user's vector.
+    pub vector: Vec<f64>,
+    /// The best items' numbers, at least as many as the request that made it asked for.
+    pub best: Vec<u32>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -128,6 +211,32 @@ impl std::fmt::Debug for Loaded {
 }
 
 impl Loaded {
+    /// The user whose recent items (most recent first) are `sources`, folded into the latent
+    /// model `m` (the snapshot's), with at least `depth` best items (fewer only when the model
+    /// has fewer): from the memo when the same items were folded before, else computed and
+    /// kept. `None` when the model knows none of the items.
+    pub fn folded(&self, m: &Latent, sources: &[&str], depth: usize) -> Option<Arc<Folded>> {
+        let key: Vec<u32> = sources.iter().filter_map(|i| m.index(i)).collect();
+        let want = depth.min(m.items.len());
+        if let Some(f) = self.folded.get(key.as_slice())
+            && f.value.best.len() >= want
+        {
+            return Some(f.value);
+        }
+        let vector = m.user(key.iter().copied())?;
+        // Rounded up, so that requests excluding a few more items reuse the same list: the
+        // best `d` items are the first `d` of any longer list of the best.
+        let best = m.best(&vector, depth.next_multiple_of(32));
+        let bytes = ENTRY_BYTES + 4 * key.len() + 8 * vector.len() + 4 * best.len();
+        let f = Arc::new(Folded { vector, best });
+        let weighed = Weighed {
+            value: f.clone(),
+            bytes: bytes as u64,
+        };
+        self.folded.insert(key.into_boxed_slice(), weighed);
+        Some(f)
+    }
+
     /// The snapshot id.
     pub fn id(&self) -> &str {
         &self.pointer.snapshot
@@ -146,7 +255,7 @@ impl Loaded {
         timeout: Duration,
     ) -> Result<Option<Arc<UserRow>>, StoreFailure> {
         if let Some(row) = self.users.get(user) {
-            return Ok(row);
+            return Ok(row.value);
         }
         let key = user_key(user, self.id());
         let got = timed("get_user", timeout, store.get(std::slice::from_ref(&key))).await?;
@@ -162,7 +271,12 @@ impl Loaded {
             }
             None => None,
         };
-        self.users.insert(user.to_string(), row.clone());
+        let bytes = user_bytes(user, row.as_deref());
+        let weighed = Weighed {
+            value: row.clone(),
+            bytes,
+        };
+        self.users.insert(user.to_string(), weighed);
         Ok(row)
     }
 
@@ -270,7 +384,7 @@ impl Loaded {
             .iter()
             .map(|i| match self.listed.index.get(*i) {
                 Some(&k) => Some(Some(ItemRef::Listed(self.listed(k)))),
-                None => self.items.get(*i).map(|r| r.map(ItemRef::Cached)),
+                None => self.items.get(*i).map(|r| r.value.map(ItemRef::Cached)),
             })
             .collect();
         let missing: Vec<usize> = (0..items.len()).filter(|&i| out[i].is_none()).collect();
@@ -279,7 +393,12 @@ impl Loaded {
             let got = fetch_item_rows(store, self.id(), &names, "get_items", timeout).await?;
             for (&i, row) in missing.iter().zip(got) {
                 let row = row.map(Arc::new);
-                self.items.insert(items[i].to_string(), row.clone());
+                let bytes = item_bytes(items[i], row.as_deref());
+                let weighed = Weighed {
+                    value: row.clone(),
+                    bytes,
+                };
+                self.items.insert(items[i].to_string(), weighed);
                 out[i] = Some(row.map(ItemRef::Cached));
             }
         }
@@ -431,6 +550,7 @@ pub struct Snapshots {
     store: Arc<dyn OnlineStore>,
     current: RwLock<Option<Arc<Loaded>>>,
     cache_rows: usize,
+    cache_bytes: u64,
     timeout: Duration,
     /// The outcome of the last pointer read: when it succeeded, or why it failed.
     health: RwLock<StoreHealth>,
@@ -454,9 +574,18 @@ impl Snapshots {
             store,
             current: RwLock::new(None),
             cache_rows: cache_rows.max(1),
+            cache_bytes: 512 << 20,
             timeout,
             health: RwLock::new(StoreHealth::default()),
         }
+    }
+
+    /// The follower with its caches bounded to `bytes` of memory, weighed by each entry's
+    /// size: half for user rows, 3/8 for item rows, 1/8 for users folded into the latent model
+    /// (512 MiB unless set).
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes.max(1);
+        self
     }
 
     /// What the last pointer read said of the online store.
@@ -529,6 +658,9 @@ impl Snapshots {
             popular: popular.overall,
             by_category: popular.by_category.into_iter().collect(),
         };
+        if let Some(m) = models.as_ref().and_then(|m| m.latent.as_ref()) {
+            m.prepare();
+        }
         let listed = Listed::new(
             rows,
             &catalog,
@@ -543,8 +675,9 @@ impl Snapshots {
             manifest,
             loaded_at: Instant::now(),
             listed,
-            users: Cache::new(self.cache_rows),
-            items: Cache::new(self.cache_rows),
+            users: ByBytes::cache(self.cache_rows, self.cache_bytes / 2),
+            items: ByBytes::cache(self.cache_rows, self.cache_bytes * 3 / 8),
+            folded: ByBytes::cache(self.cache_rows, self.cache_bytes / 8),
             pointer,
         });
         tracing::info!(snapshot = %loaded.pointer.snapshot, cutoff_ms = loaded.pointer.cutoff_ms, models = loaded.models.is_some(), "Serving snapshot.");
@@ -636,5 +769,66 @@ impl Snapshots {
                 _ = tokio::time::sleep(every) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_are_bounded_by_entries_and_by_bytes() {
+        // Small entries: the entry bound is met first.
+        let cache = ByBytes::cache::<String, u32>(100, 100_000);
+        for i in 0..1000 {
+            cache.insert(
+                format!("k{i}"),
+                Weighed {
+                    value: i,
+                    bytes: 10,
+                },
+            );
+        }
+        assert!(cache.len() <= 100, "{}", cache.len());
+        // Large ones: the memory bound.
+        let cache = ByBytes::cache::<String, u32>(100, 100_000);
+        for i in 0..1000 {
+            let big = Weighed {
+                value: i,
+                bytes: 5_000,
+            };
+            cache.insert(format!("k{i}"), big);
+        }
+        assert!(cache.len() <= 20, "{}", cache.len());
+        assert!(cache.weight() <= 100_000, "{}", cache.weight());
+
+        // A row weighs its categories and items: a user of 5,000 categories is not one entry
+        // among 200,000 alike.
+        let mut profile = tandem_common::features::Profile::default();
+        let small = user_bytes(
+            "u1",
+            Some(&UserRow {
+                profile: profile.clone(),
+                segment: None,
+                propensity: None,
+            }),
+        );
+        for c in 0..5000 {
+            profile.affinity.insert(format!("category-{c:05}"), 1.0);
+        }
+        profile.recent_items = (0..50).map(|i| (format!("item-{i}"), i)).collect();
+        let row = UserRow {
+            profile,
+            segment: None,
+            propensity: None,
+        };
+        let big = user_bytes("u1", Some(&row));
+        assert!(big > small + 5000 * 38, "{small} {big}");
+        assert!(user_bytes("u1", None) < small);
+        let item = ItemRow {
+            stats: Default::default(),
+            similar: (0..30).map(|i| (format!("item-{i}"), 0.5)).collect(),
+        };
+        assert!(item_bytes("i1", Some(&item)) > item_bytes("i1", None) + 30 * 30);
     }
 }

@@ -1218,7 +1218,7 @@ async fn an_unavailable_bus_is_a_503_with_retry_after() {
 async fn serving_ranks_exactly_as_the_models_do() {
     use std::collections::HashMap;
 
-    use tandem_models::candidates::{CandidateOptions, Catalog, candidates, rank};
+    use tandem_models::candidates::{CandidateOptions, Catalog, candidates, latent_depth, rank};
     use tandem_models::features::{
         FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, cf_scores,
     };
@@ -1442,6 +1442,22 @@ async fn serving_ranks_exactly_as_the_models_do() {
         assert_eq!(got.len(), want_cands.len());
         assert!(got.iter().any(|r| r.score > 0.0 && r.score < 1.0));
         assert_eq!(got, want);
+
+        // Again, the user folded in from the memo: the same answer. And a request excluding
+        // more items than the memo's list covers gets a list deep enough for it.
+        let again = personal(&s, &similar_rows, &sources, exclude.len(), &opts);
+        let cached = Arc::clone(&again.latent.as_ref().unwrap().1);
+        assert!(Arc::ptr_eq(&cached, &user.latent.as_ref().unwrap().1));
+        assert_eq!(again.latent_top, user.latent_top);
+        let deep = latent_depth(&opts, 1000);
+        let wider = personal(&s, &similar_rows, &sources, 1000, &opts);
+        let wide = &wider.latent.as_ref().unwrap().1;
+        assert!(wide.best.len() >= deep.min(latent.items.len()));
+        assert_eq!(
+            wider.latent_top[..user.latent_top.len()],
+            user.latent_top[..]
+        );
+        assert_eq!(wide.vector, cached.vector);
     }
 }
 
@@ -1652,7 +1668,21 @@ async fn cors_method_errors_and_the_openapi_document_are_right() {
         assert_eq!(v["code"], "method_not_allowed", "{method}: {v}");
     }
 
-    let (_, _, body) = call("GET", "/openapi.json", &[]).await;
+    let (_, h, body) = call("GET", "/openapi.json", &[]).await;
+    assert!(!h.contains_key("content-encoding"), "not asked for");
+    let (status, h, zipped) = call("GET", "/openapi.json", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(zipped[..2], [0x1f, 0x8b], "a gzip stream");
+    assert!(
+        zipped.len() * 3 < body.len(),
+        "{} of {}",
+        zipped.len(),
+        body.len()
+    );
+    // Small answers go as they are.
+    let (_, h, _) = call("GET", "/healthz", &[("accept-encoding", "gzip")]).await;
+    assert!(!h.contains_key("content-encoding"));
     let doc: Value = serde_json::from_slice(&body).unwrap();
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::bus::check_contiguous;
 use crate::bus::conformance::{self, Harness};
 
 struct Local {
@@ -213,6 +214,38 @@ async fn a_damaged_record_before_more_data_is_reported() {
         .unwrap_err();
     assert!(err.to_string().contains("damaged"), "{err}");
     assert_eq!(fs::read(&seg).unwrap(), bytes);
+}
+
+/// A fetch of 4,096 large records stops at the record that takes it to `FETCH_BYTES` (a
+/// record larger than that comes alone or last), and the fetches after it hand out the rest,
+/// in order.
+#[tokio::test]
+async fn a_fetch_is_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = LocalBus::open(dir.path(), 1, false, DEFAULT_SEGMENT_BYTES).unwrap();
+    let big = Bytes::from(vec![b'x'; 440 << 10]);
+    let records: Vec<(Bytes, Bytes)> = (0..40)
+        .map(|i| (Bytes::from(format!("k{i}")), big.clone()))
+        .collect();
+    bus.produce(records).await.unwrap();
+    let huge = Bytes::from(vec![b'y'; FETCH_BYTES + 1]);
+    bus.produce(vec![(Bytes::from("k"), huge)]).await.unwrap();
+    let mut offset = 0;
+    let mut fetches = 0;
+    while offset < 41 {
+        let got = bus.fetch(0, offset, 4096, Duration::ZERO).await.unwrap();
+        assert!(!got.is_empty(), "nothing at {offset}");
+        check_contiguous(0, offset, &got).unwrap();
+        let before_last: usize = got[..got.len() - 1].iter().map(|r| r.value.len()).sum();
+        assert!(
+            before_last < FETCH_BYTES,
+            "{} records, {before_last} bytes before the last",
+            got.len()
+        );
+        offset += got.len() as u64;
+        fetches += 1;
+    }
+    assert!(fetches >= 3, "{fetches} fetches");
 }
 
 #[tokio::test]
