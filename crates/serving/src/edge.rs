@@ -4,11 +4,11 @@
 //!   otherwise); at most `max_connections` are open at once (the next ones wait in the
 //!   listen backlog until one closes).
 //! - At most `max_in_flight` requests are served at once: the next ones are answered 503
-//!   `overloaded` (with `Retry-After`) at once instead of queueing ([`shed`]).
+//!   `overloaded` (with `Retry-After`) at once instead of queueing.
 //! - A request's body must arrive within `body_timeout` (408), and `POST /v1/events` checks
 //!   the key before it reads the body (`api::post_events`).
 //! - Every answer carries an `x-request-id`: the client's, when it sent a sane one, or a new one
-//!   ([`request_id`]), set on the request for a handler that logs it.
+//!   set on the request for a handler that logs it.
 //! - At shutdown, the listener closes, idle connections close at once, and the requests in
 //!   flight get `shutdown_grace` to finish (an idle keep-alive connection held shutdown for its
 //!   whole keep-alive before).
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -151,9 +151,45 @@ impl InFlight {
     }
 }
 
+/// The per-request guards of the edge, in one layer: the request id, CORS, the in-flight limit
+/// and the request metrics (`ops::track`). A `from_fn` layer clones the inner service and boxes
+/// a future per request; the four as layers of their own took a quarter of a profile request's
+/// throughput (35.5k req/s against 46.5k without them).
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The in-flight limit.
+    pub in_flight: InFlight,
+    /// The allowed origins.
+    pub cors: Cors,
+}
+
+/// [`Guard`]'s layer.
+pub async fn guard(
+    State(g): State<Guard>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let start = std::time::Instant::now();
+    let method = request.method().clone();
+    let id = request_id(&request);
+    request.headers_mut().insert(X_REQUEST_ID, id.clone());
+    let origin = allowed_origin(&g.cors, &request);
+    let mut response = match &origin {
+        Some(_) if is_preflight(&request) => preflight(),
+        _ => shed(&g.in_flight, request, next).await,
+    };
+    if let Some(origin) = origin {
+        cors_answer(&mut response, origin);
+    }
+    response.headers_mut().insert(X_REQUEST_ID, id);
+    crate::ops::track(matched.as_ref(), &method, response.status().as_u16(), start);
+    response
+}
+
 /// Answers 503 `overloaded` at once when `max_in_flight` requests are being served (the
 /// health probes excepted, so that an overloaded server is not also restarted).
-pub async fn shed(State(limit): State<InFlight>, request: Request, next: Next) -> Response {
+async fn shed(limit: &InFlight, request: Request, next: Next) -> Response {
     if matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
@@ -172,8 +208,9 @@ pub async fn shed(State(limit): State<InFlight>, request: Request, next: Next) -
 }
 
 /// The request's id: its `x-request-id` when it is 1–64 characters of `[A-Za-z0-9._-]`, or a
-/// new one. Set on the request and on the answer.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
+/// new one. Set on the request (for a handler that logs it) and on the answer; no span per
+/// request (a span's fields are formatted on every request, for the rare request that logs).
+fn request_id(request: &Request) -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let sane = |v: &HeaderValue| {
         let b = v.as_bytes();
@@ -181,20 +218,14 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
             && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
     };
-    let id = match request.headers().get(X_REQUEST_ID).filter(|v| sane(v)) {
+    match request.headers().get(X_REQUEST_ID).filter(|v| sane(v)) {
         Some(v) => v.clone(),
         None => {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let seed = *PROCESS_SEED;
             HeaderValue::from_str(&format!("{seed:08x}-{n:x}")).expect("hex is a header value")
         }
-    };
-    // On the request, for a handler that logs it; no span per request (a span's fields are
-    // formatted on every request, for the rare request that logs).
-    request.headers_mut().insert(X_REQUEST_ID, id.clone());
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(X_REQUEST_ID, id);
-    response
+    }
 }
 
 /// The browser origins allowed to call the API (`server.cors_origins`).
@@ -218,43 +249,48 @@ impl Cors {
 }
 
 /// CORS for the allowed origins: a preflight (`OPTIONS` with `Access-Control-Request-Method`)
-/// from one is answered 204 with what it may send; its other requests get
-/// `Access-Control-Allow-Origin`. Requests from other origins get no CORS headers (so browsers
-/// refuse them), and an `OPTIONS` that is not an allowed preflight reaches the router (405 in
-/// the `{code, message}` form).
-pub async fn cors(State(cors): State<Cors>, request: Request, next: Next) -> Response {
-    use axum::http::{Method, header};
-    let origin = request
+/// from one is answered 204 with what it may send ([`preflight`]); its other requests get
+/// `Access-Control-Allow-Origin` ([`cors_answer`]). Requests from other origins get no CORS
+/// headers (so browsers refuse them), and an `OPTIONS` that is not an allowed preflight reaches
+/// the router (405 in the `{code, message}` form).
+fn allowed_origin(cors: &Cors, request: &Request) -> Option<HeaderValue> {
+    request
         .headers()
-        .get(header::ORIGIN)
+        .get(axum::http::header::ORIGIN)
         .filter(|o| cors.1 || cors.0.iter().any(|a| a == *o))
-        .cloned();
-    let Some(origin) = origin else {
-        return next.run(request).await;
-    };
-    let preflight = request.method() == Method::OPTIONS
+        .cloned()
+}
+
+fn is_preflight(request: &Request) -> bool {
+    request.method() == axum::http::Method::OPTIONS
         && request
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut response = if preflight {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type, x-request-id"),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        r
-    } else {
-        next.run(request).await
-    };
+            .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The answer to an allowed preflight.
+fn preflight() -> Response {
+    use axum::http::header;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, x-request-id"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    r
+}
+
+/// The CORS headers of an answer to the allowed `origin`.
+fn cors_answer(response: &mut Response, origin: HeaderValue) {
+    use axum::http::header;
     let h = response.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(
@@ -262,7 +298,6 @@ pub async fn cors(State(cors): State<Cors>, request: Request, next: Next) -> Res
         HeaderValue::from_static("x-request-id, retry-after"),
     );
     h.append(header::VARY, HeaderValue::from_static("origin"));
-    response
 }
 
 /// The header of request ids.

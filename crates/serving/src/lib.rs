@@ -240,8 +240,10 @@ pub fn router(app: Arc<App>) -> Router {
     } else {
         v1.route("/metrics", get(ops::metrics_text))
     };
-    let in_flight = edge::InFlight::new(app.opts.max_in_flight);
-    let cors = edge::Cors::new(&app.opts.cors_origins);
+    let guard = edge::Guard {
+        in_flight: edge::InFlight::new(app.opts.max_in_flight),
+        cors: edge::Cors::new(&app.opts.cors_origins),
+    };
     v1.fallback(|| async { error::ApiError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             error::ApiError::new(
@@ -251,15 +253,12 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         // gzip for clients that ask for it, for bodies worth it (the OpenAPI document, long
-        // lists); inside `track`, so that its timings include the compression.
+        // lists); inside the guard layer, so that the request metrics include the compression.
         .layer(
             tower_http::compression::CompressionLayer::new()
                 .compress_when(tower_http::compression::predicate::SizeAbove::new(1024)),
         )
-        .layer(axum::middleware::from_fn(ops::track))
-        .layer(axum::middleware::from_fn_with_state(in_flight, edge::shed))
-        .layer(axum::middleware::from_fn_with_state(cors, edge::cors))
-        .layer(axum::middleware::from_fn(edge::request_id))
+        .layer(axum::middleware::from_fn_with_state(guard, edge::guard))
         .with_state(app)
 }
 

@@ -6,10 +6,9 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, State};
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
@@ -62,12 +61,12 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// Records `tandem_http_request_duration_seconds{route, method, status}` and
-/// `tandem_http_requests_total{route, method, status}`; the route is the matched pattern
-/// (`/v1/users/{id}/profile`), never the raw path, and a method outside HTTP's own is `OTHER`
-/// (so a client cannot grow the label sets without bound).
-pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = match *req.method() {
+/// `tandem_http_requests_total{route, method, status}` of a request begun at `start` (the edge's
+/// layer calls it); the route is the matched pattern (`/v1/users/{id}/profile`), never the raw
+/// path, and a method outside HTTP's own is `OTHER` (so a client cannot grow the label sets
+/// without bound).
+pub fn track(matched: Option<&MatchedPath>, method: &Method, status: u16, start: Instant) {
+    let method = match *method {
         Method::GET
         | Method::POST
         | Method::PUT
@@ -76,15 +75,13 @@ pub async fn track(matched: Option<MatchedPath>, req: Request, next: Next) -> Re
         | Method::HEAD
         | Method::OPTIONS
         | Method::TRACE
-        | Method::CONNECT => req.method().clone(),
+        | Method::CONNECT => method.clone(),
         _ => Method::from_bytes(b"OTHER").expect("a valid method token"),
     };
-    let resp = next.run(req).await;
-    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
-    let (latency, count) = route_metrics(route, &method, resp.status().as_u16());
+    let route = matched.map_or("unmatched", |m| m.as_str());
+    let (latency, count) = route_metrics(route, &method, status);
     latency.record(start.elapsed().as_secs_f64());
     count.increment(1);
-    resp
 }
 
 /// A route's request metrics, per method and status.
