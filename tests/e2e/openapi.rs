@@ -9,22 +9,13 @@ use std::process::Command;
 
 use tandem_common::testkit::RedisServer;
 
-use crate::harness::{Running, Scratch};
-use crate::serve::{KEY, Server, config, http};
+use crate::harness::Running;
+use crate::serve::{KEY, Server, http, keyed_scratch};
 
 #[test]
 fn a_client_generated_from_the_openapi_document_calls_every_route() {
-    let s = Scratch::new();
+    let s = keyed_scratch(&[]);
     let redis = RedisServer::start();
-    let conf = config(&s);
-    let s = s.with_args(&[
-        "--config",
-        conf.as_str(),
-        "--set",
-        "events.epoch=1s",
-        "--set",
-        "bus.partitions=1",
-    ]);
     let server = Server::start(&s, &["--store", &redis.url()]);
     // The speed layer runs beside, so that posted events reach the profile.
     let mut speed = Running::start(s.tandem(&["stream", "run", "--store", &redis.url()]));

@@ -107,6 +107,23 @@ pub fn config(s: &Scratch) -> String {
     path.display().to_string()
 }
 
+/// A scratch directory whose commands all use [`config`] (the API key), one-second epochs, one
+/// bus partition, and `extra`.
+pub fn keyed_scratch(extra: &[&str]) -> Scratch {
+    let s = Scratch::new();
+    let conf = config(&s);
+    let mut args = vec![
+        "--config",
+        conf.as_str(),
+        "--set",
+        "events.epoch=1s",
+        "--set",
+        "bus.partitions=1",
+    ];
+    args.extend_from_slice(extra);
+    s.with_args(&args)
+}
+
 fn event(id: usize, user: &str, kind: &str, item: &str, ts: i64) -> Value {
     let mut e = json!({"event_id": format!("e{id}"), "user_id": user, "kind": kind, "item_id": item, "category": "c1", "ts": ts});
     if kind == "purchase" {
@@ -122,22 +139,14 @@ fn counts(v: &Value) -> Value {
 
 #[test]
 fn posted_events_show_in_the_profile_and_survive_a_batch_run() {
-    let s = Scratch::new();
-    let redis = RedisServer::start();
-    let store = redis.url();
-    let conf = config(&s);
-    let s = s.with_args(&[
-        "--config",
-        conf.as_str(),
-        "--set",
-        "events.epoch=1s",
+    let s = keyed_scratch(&[
         "--set",
         "bus.max_produce_delay=1s",
         "--set",
         "batch.window=2d",
-        "--set",
-        "bus.partitions=1",
     ]);
+    let redis = RedisServer::start();
+    let store = redis.url();
     let run = |args: &[&str]| summary(&s.ok(args, b""));
     let server = Server::start(&s, &["--store", &store]);
     let (status, _) = http(server.port(), "GET", "/healthz", None, None);
