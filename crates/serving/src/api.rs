@@ -255,7 +255,7 @@ pub struct EventReject {
 
 /// The answer to `POST /v1/events`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"accepted": 2, "rejected": 1, "ingest_ts": 1765015200000_i64, "errors": [{"index": 2, "field": "price", "message": "price: 1e300 is out of range; 0–1000000000"}]}))]
+#[schema(example = json!({"accepted": 2, "rejected": 1, "ingest_ts": 1765015200000_i64, "errors": [{"index": 2, "field": "price", "message": "price: must be a number from 0 to 1000000000, got 1e300"}]}))]
 pub struct IngestResponse {
     /// Events accepted: on the bus, each stamped with `ingest_ts`.
     pub accepted: usize,
