@@ -100,6 +100,40 @@ pub fn assert_speed_matches_bus(s: &Scratch, store: &str) -> usize {
     events.len()
 }
 
+/// The sum of the positions a consumer group stored on the local bus (`p-NNNN` files in
+/// `dir`; 0 before any), skipping the temporary file of a write in flight.
+fn stored_positions(dir: &std::path::Path) -> u64 {
+    let Ok(files) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    files
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_none())
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the positions in `dir` differ from `before` (up to 120 s), checking that
+/// `child`, if given, is still running.
+fn wait_for_a_new_position(
+    dir: &std::path::Path,
+    before: u64,
+    mut child: Option<&mut std::process::Child>,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stored_positions(dir) == before {
+        assert!(
+            Instant::now() < deadline,
+            "{what} stored no position in 120 s"
+        );
+        if let Some(c) = child.as_deref_mut() {
+            assert!(c.try_wait().unwrap().is_none(), "{what} exited early");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
     // Positions stored as it goes (by default once a second), so that the kill comes after one.
@@ -152,30 +186,8 @@ fn the_speed_layer_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
         .spawn()
         .unwrap();
     // Once it has stored a new position it is running (its signal handlers are in place).
-    // The stored positions, `p-NNNN` files; skips the temporary file of a write in flight.
-    let stored = || -> u64 {
-        std::fs::read_dir(&positions)
-            .unwrap()
-            .map(|f| f.unwrap().path())
-            .filter(|p| p.extension().is_none())
-            .map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap()
-            })
-            .sum()
-    };
-    let before = stored();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stored() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the speed layer stored no position in 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let before = stored_positions(&positions);
+    wait_for_a_new_position(&positions, before, None, "the speed layer");
     let pid = child.id().to_string();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -209,38 +221,18 @@ fn the_archiver_killed_again_and_again_archives_every_record_once() {
         "stream.archive_roll_age=20ms",
     ]);
     let positions = s.path("bus").join("consumers").join("archive");
-    let stored = || -> u64 {
-        let Ok(dir) = std::fs::read_dir(&positions) else {
-            return 0;
-        };
-        dir.map(|f| f.unwrap().path())
-            .filter(|p| p.extension().is_none())
-            .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
-            .sum()
-    };
     let mut sent = 0;
     for round in 0..4u64 {
         let seed = (10 + round).to_string();
         sent += generate_to_bus(&s, "200", &seed)["sent"].as_u64().unwrap();
-        let before = stored();
+        let before = stored_positions(&positions);
         let mut child = s
             .tandem(&["stream", "archive"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while stored() == before {
-            assert!(
-                Instant::now() < deadline,
-                "the archiver stored no position in 120 s"
-            );
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the archiver exited early"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_a_new_position(&positions, before, Some(&mut child), "the archiver");
         // Later into its work each round; where exactly the kill lands is not asserted, only
         // what the lake holds in the end.
         std::thread::sleep(Duration::from_millis(15 * round));
