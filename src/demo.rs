@@ -313,18 +313,8 @@ async fn batch(
 ) -> Result<tandem_batch::run::Summary> {
     use tandem_batch::run::{RunOptions, run};
     let opts = RunOptions {
-        cutoff_ms: None,
-        dry_run: false,
-        now_ms: now_ms(),
         epoch_ms: EPOCH_MS,
-        lease_ms: config.lake.ingest_lease.as_millis() as i64,
-        window_ms: config.batch.window.as_millis() as i64,
-        train: tandem_models::training::TrainOptions {
-            max_segments: config.batch.max_segments,
-            ..Default::default()
-        },
-        cleanup_grace: config.batch.cleanup_grace,
-        run_lease: config.batch.lease,
+        ..RunOptions::from_config(config)
     };
     Ok(run(lake, store, &opts, &tandem_batch::snapshot::NoFaults, &()).await?)
 }

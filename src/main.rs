@@ -305,6 +305,9 @@ struct IngestArgs {
 }
 
 fn main() -> ExitCode {
+    // Fail points armed by `FAILPOINTS` (the fault tests; only with the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -347,7 +350,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
     use tandem_batch::run::{RunOptions, run};
-    use tandem_models::training::TrainOptions;
     let cutoff_ms = match args.cutoff.as_str() {
         "now" => None,
         s => Some(parse_time(s, "--cutoff")?),
@@ -362,16 +364,7 @@ async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()> {
     let opts = RunOptions {
         cutoff_ms,
         dry_run: args.dry_run,
-        now_ms: now_ms(),
-        epoch_ms: config.events.epoch.as_millis() as i64,
-        lease_ms: config.lake.ingest_lease.as_millis() as i64,
-        window_ms: config.batch.window.as_millis() as i64,
-        train: TrainOptions {
-            max_segments: config.batch.max_segments,
-            ..TrainOptions::default()
-        },
-        cleanup_grace: config.batch.cleanup_grace,
-        run_lease: config.batch.lease,
+        ..RunOptions::from_config(config)
     };
     let show = !args.no_progress && std::io::stderr().is_terminal();
     let steps = progress::Steps::new(show);
@@ -843,6 +836,30 @@ fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Result<()> {
     Ok(())
 }
 
+/// What the speed layer does when the store lost its work: publish the lake's snapshot again
+/// ([`tandem_batch::run::restore`]).
+fn restore_snapshot(
+    lake: Lake,
+    store: std::sync::Arc<dyn tandem_common::store::OnlineStore>,
+    config: &Config,
+) -> tandem_stream::speed::OnStoreLost {
+    let config = config.clone();
+    tandem_stream::speed::OnStoreLost(std::sync::Arc::new(move || {
+        let (lake, store) = (lake.clone(), store.clone());
+        let opts = tandem_batch::run::RunOptions::from_config(&config);
+        Box::pin(async move {
+            match tandem_batch::run::restore(&lake, store.as_ref(), &opts).await {
+                Ok(Some(s)) => Ok(format!("snapshot {} ({:?})", s.snapshot, s.outcome)),
+                Ok(None) => Ok(
+                    "nothing to publish: the store holds its snapshot whole, or the lake has none"
+                        .into(),
+                ),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }))
+}
+
 async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
     match cmd {
         StreamCommand::Run(args) => {
@@ -861,7 +878,8 @@ async fn stream_command(cmd: StreamCommand, config: &Config) -> Result<()> {
                 partitions: args.stream.partitions,
                 batch: args.batch.unwrap_or(defaults.batch),
                 until_caught_up: args.stream.until_caught_up,
-                lake: Some(lake),
+                lake: Some(lake.clone()),
+                on_store_lost: Some(restore_snapshot(lake, store.clone(), config)),
                 ..defaults
             };
             let summary = tandem_stream::speed::run(bus, store, opts, stop_on_signals()?).await?;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tandem_common::event::{Event, from_bus_value};
 use tandem_common::features::{Profile, recompute};
+use tandem_common::store::speed::partition_marker_key;
 use tandem_common::store::{OnlineStore, RedisStore, UserRow, user_key};
 use tandem_common::testkit::{RedisCluster, RedisServer};
 
@@ -424,5 +425,390 @@ fn batch_run_killed_while_publishing_then_rerun_merges_exactly() {
             .contains(&published["outcome"].as_str().unwrap()),
         "{published}"
     );
+    assert_merged_equals_recompute(&store, cutoff, &events);
+}
+
+/// Redis restarted without persistence (SIGKILL, then empty) under a running lambda — the speed
+/// layer following the bus, the server answering — with a user erased before the restart,
+/// another erased while the store is empty, and events posted after it: the speed layer finds
+/// its partition markers gone, replays the bus under new store tokens and has the snapshot
+/// published again from the lake; once caught up, every user's snapshot ⊕ speed equals the
+/// recomputation over every event on the bus less the erased users' events up to their
+/// erasures, and both erased users answer 404. (Before: the speed layer went on from its stored
+/// positions, the snapshot was gone, and profiles were blank but for the newest events.)
+#[test]
+fn a_redis_restarted_without_persistence_under_the_running_lambda_comes_back_whole() {
+    use crate::serve::{KEY, Server, http};
+    use serde_json::json;
+    let mut redis = RedisServer::start();
+    let store = redis.url();
+    let conf = tempfile::tempdir().unwrap();
+    let conf_path = conf.path().join("tandem.toml");
+    std::fs::write(
+        &conf_path,
+        format!(
+            "[server]\napi_keys = [{{ name = \"e2e\", key = \"{KEY}\", scopes = [\"ingest\", \"read\", \"admin\"] }}]\n"
+        ),
+    )
+    .unwrap();
+    let conf_arg = conf_path.display().to_string();
+    let store_arg = format!("online_store.url={store}");
+    let (s, cutoff) = two_waves(
+        &[
+            "--config",
+            &conf_arg,
+            "--set",
+            &store_arg,
+            "--set",
+            "batch.cleanup_grace=0s",
+            "--set",
+            "stream.commit_interval=10ms",
+        ],
+        ["15", "16"],
+    );
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
+    run(&["stream", "archive", "--until-caught-up"]);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let batch = run(&["batch", "run", "--cutoff", &cutoff.to_string()]);
+    assert_eq!(batch["outcome"], "published", "{batch}");
+    let snapshot = batch["snapshot"].as_str().unwrap().to_string();
+
+    let mut speed = crate::harness::Running::start(s.tandem(&["stream", "run"]));
+    let server = Server::start(&s, &[]);
+    let positions = s.path("bus").join("consumers").join("speed");
+    let caught_up = |what: &str, speed: &mut crate::harness::Running| {
+        let total = bus_events(&s).len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while stored_positions(&positions) != total {
+            speed.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the speed layer did not catch up in 120 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    caught_up("at first", &mut speed);
+    let users: Vec<String> = {
+        let (want, _) = recompute(bus_events(&s).iter().map(|(_, e)| e));
+        want.keys().cloned().collect()
+    };
+    // DELETE is idempotent: a client retries a 503 (the server's first call after the restart
+    // finds its connection gone).
+    let erase = |user: &str| -> i64 {
+        for _ in 0..50 {
+            let (status, body) = http(
+                server.port(),
+                "DELETE",
+                &format!("/v1/users/{user}"),
+                Some(KEY),
+                None,
+            );
+            if status == 503 {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert_eq!(status, 200, "{body}");
+            return body["erased_ms"].as_i64().unwrap();
+        }
+        panic!("DELETE answered 503 for 5 s");
+    };
+    let (first, second, active) = (&users[0], &users[1], &users[2]);
+    let mut erasures = vec![(first.clone(), erase(first))];
+
+    redis.restart();
+    erasures.push((second.clone(), erase(second)));
+    let now = tandem_common::event::now_ms();
+    let posted: Vec<serde_json::Value> = (0..5)
+        .map(|i| json!({"event_id": format!("after-restart-{i}"), "user_id": active, "kind": "view", "item_id": format!("item-{i}"), "ts": now - 1000 + i}))
+        .collect();
+    let (status, body) = http(
+        server.port(),
+        "POST",
+        "/v1/events",
+        Some(KEY),
+        Some(&json!(posted)),
+    );
+    assert_eq!(status, 202, "{body}");
+
+    // Every partition found the loss (its marker is back, written after its position went back
+    // to the start), every position is at the end again, and the pointer is back.
+    let port = redis.port();
+    let get = |key: &str| {
+        tandem_common::testkit::cli(port, &["GET", key])
+            .trim()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(0..8).all(|p| !get(&partition_marker_key("speed", p)).is_empty()) {
+        speed.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "a partition did not find the loss in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    caught_up("after the restart", &mut speed);
+    while get(tandem_common::store::POINTER_KEY).is_empty() {
+        speed.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot was not published again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = server.get(&format!("/v1/users/{active}/profile"));
+    assert_eq!(
+        (status, body["freshness"]["snapshot"].clone()),
+        (200, json!(snapshot)),
+        "{body}"
+    );
+    speed.stop();
+    for (user, _) in &erasures {
+        let (status, body) = server.get(&format!("/v1/users/{user}/profile"));
+        assert_eq!(status, 404, "{user}: {body}");
+    }
+    assert!(server.stop());
+
+    let kept: Vec<(i64, Event<'static>)> = bus_events(&s)
+        .into_iter()
+        .filter(|(ingest, e)| {
+            !erasures
+                .iter()
+                .any(|(u, at)| e.user_id == u.as_str() && ingest <= at)
+        })
+        .collect();
+    assert!(kept.iter().any(|(_, e)| e.event_id == "after-restart-0"));
+    assert_merged_equals_recompute(&store, cutoff, &kept);
+}
+
+/// Runs `args` with the fail point `point` armed (`FAILPOINTS`): asserts the process died there
+/// (SIGABRT, as a kill -9 would leave it: nothing flushed, nothing released) and returns what it
+/// had written to standard error.
+fn killed_at(s: &Scratch, args: &[&str], point: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let out = s
+        .tandem(args)
+        .env("FAILPOINTS", format!("{point}=return"))
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "{args:?} did not die at {point} ({}):\n{err}",
+        out.status
+    );
+    err
+}
+
+/// The archiver killed at each point of a file's life, chosen exactly (fail points): with rows
+/// handed to the file's upload, not complete; with the file complete, its position not stored
+/// (the next run writes the same file again instead of a second copy). Run again, the lake holds
+/// every record of the bus exactly once.
+#[test]
+fn the_archiver_killed_at_each_point_of_a_file_archives_every_record_once() {
+    use crate::fluvio::{assert_lake_is_the_bus, ends};
+    for (i, point) in ["archive-file-open", "archive-file-done"]
+        .iter()
+        .enumerate()
+    {
+        let s = Scratch::new().with_args(&["--set", "stream.archive_roll_rows=300"]);
+        let sent = generate_to_bus(&s, "150", &(30 + i).to_string())["sent"]
+            .as_u64()
+            .unwrap();
+        killed_at(&s, &["stream", "archive", "--until-caught-up"], point);
+        let files_after_kill = crate::fluvio::lake_rows(&s).len();
+        if *point == "archive-file-open" {
+            assert_eq!(
+                files_after_kill, 0,
+                "{point}: no half-uploaded file is visible"
+            );
+        } else {
+            assert!(files_after_kill > 0, "{point}: the file was complete");
+        }
+        summary(&s.ok(&["stream", "archive", "--until-caught-up"], b""));
+        let ends = ends(&s);
+        assert_eq!(ends.iter().sum::<u64>(), sent, "{point}");
+        assert_lake_is_the_bus(&s, &ends);
+    }
+}
+
+/// `batch run` killed exactly between writing the snapshot's rows and moving the pointer, and
+/// exactly after moving it, before the cleanup (fail points): the pointer never names a
+/// snapshot with rows missing; the next run (once the dead run's lease lapsed) publishes or
+/// finds published the snapshot; every user's snapshot ⊕ speed equals the recomputation.
+#[test]
+fn batch_run_killed_before_and_after_the_flip_then_rerun_merges_exactly() {
+    let (s, cutoff) = two_waves(
+        &["--set", "batch.lease=3s", "--set", "batch.cleanup_grace=0s"],
+        ["17", "18"],
+    );
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
+    run(&["stream", "archive", "--until-caught-up"]);
+    let events = bus_events(&s);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let cutoff_arg = cutoff.to_string();
+    for point in ["batch-flip", "batch-cleanup"] {
+        // A store of its own each time: the rows and pointer as a first publish leaves them.
+        let redis = RedisServer::start();
+        let store = redis.url();
+        run(&["stream", "run", "--store", &store, "--until-caught-up"]);
+        let batch = ["batch", "run", "--store", &store, "--cutoff", &cutoff_arg];
+        killed_at(&s, &batch, point);
+        let named =
+            tandem_common::testkit::cli(redis.port(), &["GET", tandem_common::store::POINTER_KEY]);
+        match point {
+            "batch-flip" => assert!(named.trim().is_empty(), "nothing published yet: {named}"),
+            _ => assert!(named.contains(&cutoff_arg), "published: {named}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let done = loop {
+            let out = s.run(&batch, b"");
+            if out.status.success() {
+                break summary(&String::from_utf8(out.stdout).unwrap());
+            }
+            let words = String::from_utf8_lossy(&out.stderr);
+            assert!(words.contains("holds the lease"), "{words}");
+            assert!(Instant::now() < deadline, "the lease never lapsed: {words}");
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        let want = match point {
+            "batch-flip" => "republished",
+            _ => "already_published",
+        };
+        assert_eq!(done["outcome"], want, "{point}: {done}");
+        assert_merged_equals_recompute(&store, cutoff, &events);
+    }
+}
+
+/// Hostile records written onto the bus by something other than Tandem's API (the bus is a
+/// trust boundary): ids that would break a Redis Cluster's hash tags or hold control
+/// characters, a price of 1e300, a quantity of 10¹¹, a record that is not JSON — beside a valid
+/// event from 1995 (public logs are old). Through the whole lambda on a Redis Cluster: the
+/// speed layer sets each poison record aside in the dead-letter with its reason and moves on,
+/// the archiver skips them (counted), the batch run publishes, and every user's snapshot ⊕
+/// speed equals the recomputation over the valid events, the 1995 one included.
+#[test]
+fn poison_records_on_the_bus_are_set_aside_through_the_whole_lambda_on_a_redis_cluster() {
+    use tandem_common::event::{Kind, to_bus_value};
+    let cluster = RedisCluster::start();
+    let store = cluster.url();
+    let (s, cutoff) = two_waves(&[], ["19", "20"]);
+    let mut events = bus_events(&s);
+    let now = tandem_common::event::now_ms();
+    let old = Event {
+        event_id: "from-1995".into(),
+        user_id: "user:1995 é".into(),
+        kind: Kind::Purchase,
+        item_id: Some("item-1995".into()),
+        category: Some("books".into()),
+        price: Some(12.5),
+        quantity: 2,
+        rating: None,
+        query: None,
+        ts: 800_000_000_000, // 1995-05-09
+        session_id: None,
+        props: None,
+    };
+    let raw = |user: &str, rest: &str| {
+        format!(
+            r#"{{"ingest_ts":{now},"event":{{"event_id":"poison-{}","user_id":{},{rest},"ts":{now}}}}}"#,
+            user.len(),
+            serde_json::to_string(user).unwrap()
+        )
+    };
+    let poison: Vec<(String, String)> = vec![
+        (
+            "a{b}".into(),
+            raw("a{b}", r#""kind":"view","item_id":"i1""#),
+        ),
+        (
+            "tab\tuser".into(),
+            raw("tab\tuser", r#""kind":"view","item_id":"i1""#),
+        ),
+        (
+            "rich".into(),
+            raw(
+                "rich",
+                r#""kind":"purchase","item_id":"i1","price":1e300,"quantity":1"#,
+            ),
+        ),
+        (
+            "many".into(),
+            raw(
+                "many",
+                r#""kind":"purchase","item_id":"i1","price":1.5,"quantity":100000000000"#,
+            ),
+        ),
+        ("junk".into(), "not json at all".into()),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = tandem_stream::bus::open(&s.bus_url(), 8).await.unwrap();
+        let mut records: Vec<(bytes::Bytes, bytes::Bytes)> = poison
+            .iter()
+            .map(|(k, v)| (bytes::Bytes::from(k.clone()), bytes::Bytes::from(v.clone())))
+            .collect();
+        records.push((
+            bytes::Bytes::from(old.user_id.to_string()),
+            bytes::Bytes::from(to_bus_value(&old, now)),
+        ));
+        bus.produce(records).await.unwrap();
+    });
+    events.push((now, old));
+    let run = |args: &[&str]| summary(&s.ok(args, b""));
+
+    let archived = run(&["stream", "archive", "--until-caught-up"]);
+    assert_eq!(archived["invalid"], poison.len(), "{archived}");
+    assert_eq!(
+        archived["events"].as_u64().unwrap(),
+        events.len() as u64,
+        "{archived}"
+    );
+    std::thread::sleep(Duration::from_millis(1_100));
+    let speed = run(&["stream", "run", "--store", &store, "--until-caught-up"]);
+    assert_eq!(speed["invalid"], poison.len(), "{speed}");
+    assert_eq!(
+        speed["applied"].as_u64().unwrap() + speed["duplicates"].as_u64().unwrap(),
+        events.len() as u64,
+        "{speed}"
+    );
+    let letters: Vec<serde_json::Value> = s
+        .ok(&["stream", "dead-letter", "list"], b"")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), poison.len(), "{letters:?}");
+    for l in &letters {
+        let reason = l["reason"].as_str().unwrap();
+        assert!(reason.starts_with("not a valid event"), "{reason}");
+    }
+    let reasons = letters
+        .iter()
+        .map(|l| l["reason"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for expected in [
+        "`{`, `}` or control characters",
+        "price",
+        "quantity",
+        "not a Tandem bus record",
+    ] {
+        assert!(
+            reasons.contains(expected),
+            "no reason names {expected}:\n{reasons}"
+        );
+    }
+    let batch = run(&[
+        "batch",
+        "run",
+        "--store",
+        &store,
+        "--cutoff",
+        &cutoff.to_string(),
+    ]);
+    assert_eq!(batch["outcome"], "published", "{batch}");
     assert_merged_equals_recompute(&store, cutoff, &events);
 }

@@ -59,6 +59,27 @@ pub struct RunOptions {
     pub run_lease: std::time::Duration,
 }
 
+impl RunOptions {
+    /// The options of the configuration (`[events]`, `[lake]`, `[batch]`): the latest cutoff,
+    /// now.
+    pub fn from_config(c: &tandem_common::config::Config) -> RunOptions {
+        RunOptions {
+            cutoff_ms: None,
+            dry_run: false,
+            now_ms: tandem_common::event::now_ms(),
+            epoch_ms: c.events.epoch.as_millis() as i64,
+            lease_ms: c.lake.ingest_lease.as_millis() as i64,
+            window_ms: c.batch.window.as_millis() as i64,
+            train: TrainOptions {
+                max_segments: c.batch.max_segments,
+                ..TrainOptions::default()
+            },
+            cleanup_grace: c.batch.cleanup_grace,
+            run_lease: c.batch.lease,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -131,6 +152,9 @@ fn name(step: Step) -> &'static str {
 
 /// Logs the start of `step`, shows it, and asks the checkpoint whether to go on.
 fn begin(step: Step, checkpoint: &dyn Checkpoint, progress: &dyn Progress) -> Result<()> {
+    // The fault tests kill the process before a chosen step (`FAILPOINTS=batch-<step>=return`
+    // with the `failpoints` feature): an abort, as a kill -9 would.
+    fail::fail_point!(&format!("batch-{}", name(step)), |_| std::process::abort());
     tracing::info!(step = name(step), "Step started.");
     progress.step(step);
     checkpoint.before(step)
@@ -171,7 +195,7 @@ pub async fn run(
 ) -> Result<Summary> {
     use tandem_common::store::LeaseOp;
     if opts.dry_run {
-        return run_leased(lake, store, opts, checkpoint, progress).await;
+        return run_leased(lake, store, opts, checkpoint, progress, None).await;
     }
     let started_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -181,9 +205,13 @@ pub async fn run(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "batch".into()),
         std::process::id(),
     );
-    let ttl_ms = (opts.run_lease.as_millis() as u64).max(3);
+    let lease = Lease {
+        owner,
+        ttl_ms: (opts.run_lease.as_millis() as u64).max(3),
+        regained: std::sync::atomic::AtomicBool::new(false),
+    };
     let took = store
-        .lease(BATCH_LEASE, LeaseOp::Take, &owner, ttl_ms)
+        .lease(BATCH_LEASE, LeaseOp::Take, &lease.owner, lease.ttl_ms)
         .await?;
     if !took.held {
         return Err(Error::User(format!(
@@ -195,31 +223,22 @@ pub async fn run(
         )));
     }
     let renew = async {
-        let every = std::time::Duration::from_millis(ttl_ms / 3);
+        let every = std::time::Duration::from_millis(lease.ttl_ms / 3);
         loop {
             tokio::time::sleep(every).await;
-            match store
-                .lease(BATCH_LEASE, LeaseOp::Renew, &owner, ttl_ms)
-                .await
-            {
-                Ok(s) if s.held => {}
-                Ok(s) => {
-                    return Error::User(format!(
-                        "the batch lease was lost to {} while this run was working (it stalled longer than {} s): stopped before publishing more",
-                        s.holder.as_deref().unwrap_or("nobody"),
-                        ttl_ms / 1000
-                    ));
-                }
+            match lease.keep(store).await {
+                Ok(()) => {}
+                Err(e @ Error::User(_)) => return e,
                 Err(e) => tracing::warn!(error = %e, "Could not renew the batch lease; retrying."),
             }
         }
     };
     let out = tokio::select! {
-        r = run_leased(lake, store, opts, checkpoint, progress) => r,
+        r = run_leased(lake, store, opts, checkpoint, progress, Some(&lease)) => r,
         lost = renew => Err(lost),
     };
     if let Err(e) = store
-        .lease(BATCH_LEASE, LeaseOp::Release, &owner, ttl_ms)
+        .lease(BATCH_LEASE, LeaseOp::Release, &lease.owner, lease.ttl_ms)
         .await
     {
         tracing::warn!(error = %e, "Could not release the batch lease; it lapses by itself.");
@@ -227,12 +246,95 @@ pub async fn run(
     out
 }
 
+/// Publishes a snapshot of the lake again into a store that lost it (a Redis restarted without
+/// persistence, or flushed; the speed layer notices and calls this): the snapshot the store's
+/// pointer names if its keys are gone, or the lake's newest complete snapshot when there is no
+/// pointer. Nothing when the pointer's snapshot is whole (`Ok(None)`), or when the lake has no
+/// snapshot. A run of its own ([`run`] at that snapshot's cutoff: it is loaded from the lake, not
+/// recomputed, and users erased since are left out), under the batch lease.
+pub async fn restore(
+    lake: &Lake,
+    store: &dyn OnlineStore,
+    opts: &RunOptions,
+) -> Result<Option<Summary>> {
+    let cutoff = match store.pointer().await? {
+        Some(p) if snapshot::materialised(store, &p.snapshot).await? => return Ok(None),
+        Some(p) => p.cutoff_ms,
+        None => match snapshot::complete(lake).await?.last() {
+            Some(m) => m.cutoff_ms,
+            None => return Ok(None),
+        },
+    };
+    let opts = RunOptions {
+        cutoff_ms: Some(cutoff),
+        dry_run: false,
+        ..opts.clone()
+    };
+    run(lake, store, &opts, &snapshot::NoFaults, &())
+        .await
+        .map(Some)
+}
+
+/// A run's hold on the store's [`BATCH_LEASE`].
+struct Lease {
+    owner: String,
+    ttl_ms: u64,
+    /// The lease was taken again after nobody held it: it lapsed, or the store lost its data
+    /// (a Redis restarted without persistence, or flushed) — and with it what the run wrote.
+    regained: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    /// Renews the lease; takes it again when nobody holds it (noting that in `regained`). A user
+    /// error when another run holds it now: this run must stop publishing.
+    async fn keep(&self, store: &dyn OnlineStore) -> Result<()> {
+        use tandem_common::store::LeaseOp;
+        let mut state = store
+            .lease(BATCH_LEASE, LeaseOp::Renew, &self.owner, self.ttl_ms)
+            .await?;
+        if !state.held && state.holder.is_none() {
+            state = store
+                .lease(BATCH_LEASE, LeaseOp::Take, &self.owner, self.ttl_ms)
+                .await?;
+            if state.held {
+                tracing::warn!(
+                    "The batch lease was gone (it lapsed, or the online store lost its data); took it again."
+                );
+                self.regained
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        if state.held {
+            return Ok(());
+        }
+        Err(Error::User(format!(
+            "the batch lease was lost to {} while this run was working (it stalled longer than {} s): stopped before publishing more",
+            state.holder.as_deref().unwrap_or("nobody"),
+            self.ttl_ms / 1000
+        )))
+    }
+
+    /// Whether the store still holds what the run wrote since the last call: false when the
+    /// lease had to be taken again meanwhile.
+    async fn intact(&self, store: &dyn OnlineStore) -> Result<bool> {
+        snapshot::retrying("renew the batch lease", || self.keep(store)).await?;
+        Ok(!self
+            .regained
+            .swap(false, std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// How many times a run writes its snapshot into a store that keeps losing it before it gives
+/// up.
+const MATERIALISE_ATTEMPTS: u32 = 3;
+
 async fn run_leased(
     lake: &Lake,
     store: &dyn OnlineStore,
     opts: &RunOptions,
     checkpoint: &dyn Checkpoint,
     progress: &dyn Progress,
+    lease: Option<&Lease>,
 ) -> Result<Summary> {
     let started = Instant::now();
     let mut durations = BTreeMap::new();
@@ -313,7 +415,10 @@ async fn run_leased(
     if opts.dry_run {
         return Ok(finish(summary, durations));
     }
-    if previous.as_ref() == Some(&new) && existing.is_some() {
+    if previous.as_ref() == Some(&new)
+        && existing.is_some()
+        && snapshot::materialised(store, &id).await?
+    {
         begin(Step::Cleanup, checkpoint, progress)?;
         let (a, b) = snapshot::cleanup(store, &new).await?;
         summary.deleted_keys = a + b;
@@ -391,25 +496,62 @@ async fn run_leased(
     }
     let popular = popular_row(&computed.items);
     let models_json = computed.models.as_ref().map(|m| m.to_json()).transpose()?;
-    summary.store_rows = snapshot::materialise(
-        store,
-        &Materialised {
-            id: &id,
-            profiles: &computed.profiles,
-            user_items: &computed.user_items,
-            scores: &computed.scores,
-            items: &computed.items,
-            similar: &computed.similar,
-            popular: &popular,
-            models: models_json.map(Bytes::from),
-            manifest: &manifest,
-        },
-    )
-    .await?;
-    durations.insert(name(Step::Materialise).into(), t.elapsed().as_secs_f64());
-
-    begin(Step::Flip, checkpoint, progress)?;
-    snapshot::flip(store, previous.as_ref(), &new).await?;
+    let models_bytes = models_json.map(Bytes::from);
+    let rows = Materialised {
+        id: &id,
+        profiles: &computed.profiles,
+        user_items: &computed.user_items,
+        scores: &computed.scores,
+        items: &computed.items,
+        similar: &computed.similar,
+        popular: &popular,
+        models: models_bytes,
+        manifest: &manifest,
+    };
+    // A store that loses its data meanwhile (a Redis restarted without persistence) loses the
+    // rows written so far, and the pointer: the lease, gone with them, says so (the run takes
+    // it again). The rows are then written again, so that the pointer never names a snapshot
+    // whose rows are not all there.
+    let mut expected = previous.clone();
+    let mut attempt = 1;
+    loop {
+        if let Some(l) = lease {
+            l.regained.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        summary.store_rows = snapshot::materialise(store, &rows).await?;
+        durations.insert(name(Step::Materialise).into(), t.elapsed().as_secs_f64());
+        let lost = match lease {
+            Some(l) => !l.intact(store).await?,
+            None => false,
+        };
+        if !lost {
+            begin(Step::Flip, checkpoint, progress)?;
+            if store.flip(expected.as_ref(), &new).await? {
+                break;
+            }
+            let lost = match lease {
+                Some(l) => !l.intact(store).await?,
+                None => false,
+            };
+            if !lost {
+                return Err(Error::User(format!(
+                    "the snapshot pointer changed during the run (expected {:?}); another batch run published meanwhile, nothing was flipped",
+                    expected.as_ref().map(|p| &p.snapshot)
+                )));
+            }
+        }
+        if attempt == MATERIALISE_ATTEMPTS {
+            return Err(Error::Common(tandem_common::Error::External(format!(
+                "the online store lost the snapshot's rows {attempt} times while this run wrote them (is it restarting, or being flushed?): nothing published"
+            ))));
+        }
+        tracing::warn!(
+            attempt,
+            "The online store lost what this run wrote (it restarted without persistence, or was flushed): writing the snapshot again."
+        );
+        attempt += 1;
+        expected = store.pointer().await?;
+    }
     tracing::info!(snapshot = %id, cutoff = %summary.cutoff, "Published snapshot.");
 
     begin(Step::Cleanup, checkpoint, progress)?;

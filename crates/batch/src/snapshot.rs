@@ -237,6 +237,22 @@ pub async fn read_parquet(lake: &Lake, id: &str, name: &str) -> Result<Vec<Recor
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
+/// Every snapshot complete in the lake (with a manifest), oldest cutoff first.
+pub async fn complete(lake: &Lake) -> Result<Vec<Manifest>> {
+    let root = lake.path(SNAPSHOTS_DIR);
+    let listed = lake.store().list_with_delimiter(Some(&root)).await?;
+    let mut out = Vec::new();
+    for dir in listed.common_prefixes {
+        if let Some(id) = dir.filename()
+            && let Some(m) = manifest(lake, id).await?
+        {
+            out.push(m);
+        }
+    }
+    out.sort_by_key(|m| m.cutoff_ms);
+    Ok(out)
+}
+
 /// The manifest of snapshot `id`, if that snapshot is complete in the lake.
 pub async fn manifest(lake: &Lake, id: &str) -> Result<Option<Manifest>> {
     Ok(lake.get_json(&file_path(id, "manifest.json")).await?)
@@ -264,7 +280,29 @@ pub struct Materialised<'a> {
     pub manifest: &'a Manifest,
 }
 
-/// Writes a snapshot's rows into the store, pipelined in chunks; returns the rows written.
+/// Calls `f` until it succeeds or fails with an error retrying cannot fix, six times at most
+/// over about six seconds: a Redis restarting drops its connections for a moment.
+pub(crate) async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut pause = std::time::Duration::from_millis(100);
+    for _ in 0..6 {
+        match f().await {
+            Err(e) if e.kind() == crate::error::ErrorKind::External => {
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "Could not {what}; retrying.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
+    f().await
+}
+
+/// Writes a snapshot's rows into the store, pipelined in chunks, the manifest's key last (so
+/// that its presence says every row is there); returns the rows written.
 pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Result<u64> {
     let mut chunk: Vec<(String, Bytes)> = Vec::with_capacity(MATERIALISE_CHUNK);
     let mut written = 0u64;
@@ -273,7 +311,11 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
         chunk: &mut Vec<(String, Bytes)>,
         written: &mut u64,
     ) -> Result<()> {
-        store.put(chunk).await?;
+        let rows: &[(String, Bytes)] = chunk;
+        retrying("write snapshot rows", || async move {
+            Ok(store.put(rows).await?)
+        })
+        .await?;
         *written += chunk.len() as u64;
         chunk.clear();
         Ok(())
@@ -326,21 +368,15 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
     Ok(written)
 }
 
-/// Moves the pointer from `expected` to the new snapshot; refuses when another run moved it
-/// meanwhile.
-pub async fn flip(
-    store: &dyn OnlineStore,
-    expected: Option<&Pointer>,
-    new: &Pointer,
-) -> Result<()> {
-    if store.flip(expected, new).await? {
-        Ok(())
-    } else {
-        Err(Error::User(format!(
-            "the snapshot pointer changed during the run (expected {:?}); another batch run published meanwhile, nothing was flipped",
-            expected.map(|p| &p.snapshot)
-        )))
-    }
+/// Whether the store holds every key of snapshot `id` (its manifest's key, written last, is
+/// there): false after a store lost its data (a Redis restarted without persistence).
+pub async fn materialised(store: &dyn OnlineStore, id: &str) -> Result<bool> {
+    let manifest = snapshot_key(id, "manifest");
+    Ok(store
+        .get(&[manifest])
+        .await?
+        .first()
+        .is_some_and(Option::is_some))
 }
 
 /// Deletes every other snapshot's keys and the speed epochs before the cutoff; returns both counts.

@@ -21,10 +21,22 @@
 //! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
 //! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`); when the user was erased (`erased`) |
 //! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
+//! | `tandem:speed:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
+//! | `tandem:lease:<name>` | a lease ([`OnlineStore::lease`]): the batch run's |
 //!
-//! A snapshot's rows are written before the pointer names it and removed only after the pointer
-//! has moved on, so serving never sees a half-written snapshot. The speed keys are described in
-//! [`speed`] and `store/speed.lua`.
+//! A snapshot's rows are written before the pointer names it (its manifest's key last) and
+//! removed only after the pointer has moved on, so serving never sees a half-written snapshot.
+//!
+//! # A store that loses its data
+//!
+//! A Redis restarted without persistence (or flushed) comes back empty. Nothing of Tandem's is
+//! only there: the snapshot is in the lake, the speed layer's events on the bus, erasures in the
+//! lake's tombstones. The speed layer finds its partition markers gone and replays the bus from
+//! the start under new store tokens, after noting the tombstones again; it has the snapshot
+//! published again from the lake (`batch::run::restore`); a batch run writing its rows meanwhile
+//! finds its lease gone with them and writes them again; serving reads the tombstones again.
+//!
+//! The speed keys are described in [`speed`] and `store/speed.lua`.
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -15,6 +15,7 @@ mod fluvio;
 pub use fluvio::{FluvioCluster, FluvioTls, fluvio_bin};
 
 /// A `redis-server` owned by a test.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Child,
     port: u16,
@@ -49,51 +50,12 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir for redis-server");
             let port = free_port();
-            let mut cmd = Command::new("redis-server");
             if mode == Mode::Tls {
                 make_certificate(dir.path());
-                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                    .args(["--tls-auth-clients", "no"])
-                    .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
-                    .args(["--tls-ca-cert-file", "cert.pem"]);
-            } else {
-                cmd.args(["--port", &port.to_string()]);
             }
             let bus_port = (mode == Mode::Cluster).then(free_port);
-            if let Some(bus_port) = bus_port {
-                // The cluster bus port is set, not left at port + 10000 (which may be taken).
-                cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
-                    .arg(bus_port.to_string())
-                    .args(["--cluster-node-timeout", "5000"]);
-            }
-            let child = cmd
-                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn();
-            let mut child = match child {
-                Ok(c) => c,
-                Err(e) => panic!(
-                    "cannot start redis-server ({e}); install it (apt-get install redis-server) or run `make test`"
-                ),
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    last_error = format!("redis-server exited with {status}: {err}");
-                    break;
-                }
-                let up = match mode {
-                    Mode::Tls => tls_ping(port),
-                    _ => ping(port).is_ok(),
-                };
-                if up {
+            match launch(mode, port, bus_port, dir.path()) {
+                Ok(child) => {
                     return RedisServer {
                         child,
                         port,
@@ -102,15 +64,37 @@ impl RedisServer {
                         bus_port,
                     };
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            if last_error.is_empty() {
-                last_error = "redis-server did not answer PING within 10s".into();
+                Err(e) => last_error = e,
             }
         }
         panic!("cannot start redis-server: {last_error}");
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port: a Redis without
+    /// persistence restarted, empty.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mode = match (self.tls, self.bus_port.is_some()) {
+            (true, _) => Mode::Tls,
+            (false, true) => Mode::Cluster,
+            (false, false) => Mode::Plain,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match launch(mode, self.port, self.bus_port, self.dir.path()) {
+                Ok(child) => {
+                    self.child = child;
+                    return;
+                }
+                // The port may linger for a moment.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot restart redis-server: {e}"),
+            }
+        }
     }
 
     /// The server's port.
@@ -143,6 +127,64 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `redis-server` on `port` in `dir`, nothing persisted, and waits until it answers.
+fn launch(
+    mode: Mode,
+    port: u16,
+    bus_port: Option<u16>,
+    dir: &std::path::Path,
+) -> Result<Child, String> {
+    let mut cmd = Command::new("redis-server");
+    if mode == Mode::Tls {
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--tls-auth-clients", "no"])
+            .args(["--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem"])
+            .args(["--tls-ca-cert-file", "cert.pem"]);
+    } else {
+        cmd.args(["--port", &port.to_string()]);
+    }
+    if let Some(bus_port) = bus_port {
+        // The cluster bus port is set, not left at port + 10000 (which may be taken).
+        cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+            .arg(bus_port.to_string())
+            .args(["--cluster-node-timeout", "5000"]);
+    }
+    let child = cmd
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot start redis-server ({e}); install it (apt-get install redis-server) or run `make test`"
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(format!("redis-server exited with {status}: {err}"));
+        }
+        let up = match mode {
+            Mode::Tls => tls_ping(port),
+            _ => ping(port).is_ok(),
+        };
+        if up {
+            return Ok(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err("redis-server did not answer PING within 10s".into())
 }
 
 /// A Redis Cluster of three primaries without replicas, owned by a test: three

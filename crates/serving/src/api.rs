@@ -605,7 +605,10 @@ async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
     };
     let speed_failure = speed.as_ref().err().map(StoreFailure::reason);
     let speed = speed.ok();
-    let erased = speed.as_ref().and_then(|s| s.erased_ms);
+    let erased = speed
+        .as_ref()
+        .and_then(|s| s.erased_ms)
+        .max(app.erased_at(user));
     let before_erasure = snap.is_some_and(|s| erased.is_some_and(|e| s.pointer.cutoff_ms <= e));
     // An erasure is recorded beside the speed state: when that read failed, whether the user
     // was erased is unknown, and unknown counts as erased — the snapshot row (perhaps cached
@@ -1428,6 +1431,8 @@ pub async fn delete_user(
             ));
         }
     }
+    // Erased for this server from now on, whatever happens to the store call.
+    app.note_erasure(&user, erased_ms);
     // The rows of the snapshot served now; older ones are gone or going (the batch's cleanup),
     // and serving leaves out any row of a snapshot cut before the erasure.
     let snap = app.snapshots.current();

@@ -120,6 +120,25 @@ impl ServeOptions {
     }
 }
 
+/// Every erasure of the lake (user → latest erasure time), or None when the lake cannot say in
+/// `patience`.
+async fn lake_erasures(
+    lake: &tandem_common::lake::Lake,
+    patience: Duration,
+) -> Option<std::collections::HashMap<String, i64>> {
+    match tokio::time::timeout(patience.max(Duration::from_secs(5)), lake.erasures()).await {
+        Ok(Ok(e)) => Some(e.into_iter().collect()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the lake's erasures");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the lake did not list its erasures in time");
+            None
+        }
+    }
+}
+
 /// The server's state, shared by every request.
 pub struct App {
     /// The online store.
@@ -136,6 +155,10 @@ pub struct App {
     pub opts: ServeOptions,
     /// Per partition: records the speed layer has yet to apply, when last measured.
     lag: RwLock<Vec<Option<u64>>>,
+    /// The erasures known from the lake's tombstones (read at start, and again whenever the
+    /// store is found to have lost its data, its erasure markers with it) and from this
+    /// server's own erasures: a user erased counts as erased whatever the store says.
+    erasures: RwLock<std::collections::HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for App {
@@ -166,8 +189,12 @@ impl App {
         if let Err(e) = snapshots.refresh_noted().await {
             tracing::warn!(error = %e, "no snapshot loaded at start; retrying in the background");
         }
+        let known = lake_erasures(&lake, opts.store_timeout).await;
+        let erasures_loaded = known.is_some();
+        let erasures = RwLock::new(known.unwrap_or_default());
         let app = Arc::new(App {
             lag: RwLock::new(vec![None; bus.partitions() as usize]),
+            erasures,
             store,
             bus,
             lake,
@@ -176,8 +203,60 @@ impl App {
             opts,
         });
         tokio::spawn(snapshots.follow(app.opts.poll, cancel.clone()));
+        tokio::spawn(app.clone().follow_erasures(erasures_loaded, cancel.clone()));
         tokio::spawn(app.clone().follow_lag(cancel));
         app
+    }
+
+    /// When `user` was erased, as far as this server knows without the store.
+    pub fn erased_at(&self, user: &str) -> Option<i64> {
+        self.erasures
+            .read()
+            .expect("erasures lock")
+            .get(user)
+            .copied()
+    }
+
+    /// Notes an erasure this server made.
+    pub fn note_erasure(&self, user: &str, at_ms: i64) {
+        let mut e = self.erasures.write().expect("erasures lock");
+        let at = e.entry(user.to_string()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
+    }
+
+    /// Reads the lake's erasures again each time the snapshot follower finds the store lost its
+    /// data (checked every `opts.poll`; and until they are read once, if they could not be at
+    /// start), until `cancel`.
+    async fn follow_erasures(self: Arc<Self>, loaded: bool, cancel: CancellationToken) {
+        let mut seen = match loaded {
+            true => Some(self.snapshots.losses()),
+            false => None,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.opts.poll) => {}
+            }
+            let losses = self.snapshots.losses();
+            if seen == Some(losses) {
+                continue;
+            }
+            match lake_erasures(
+                &self.lake,
+                self.opts.store_timeout.max(Duration::from_secs(5)),
+            )
+            .await
+            {
+                Some(found) => {
+                    for (user, at) in found {
+                        self.note_erasure(&user, at);
+                    }
+                    seen = Some(losses);
+                }
+                None => tracing::warn!("could not read the lake's erasures; trying again"),
+            }
+        }
     }
 
     /// The speed layer's lag on `user`'s partition, when last measured.

@@ -554,6 +554,11 @@ pub struct Snapshots {
     timeout: Duration,
     /// The outcome of the last pointer read: when it succeeded, or why it failed.
     health: RwLock<StoreHealth>,
+    /// How many times the pointer was found gone while a snapshot was followed: the store lost
+    /// its data (a Redis restarted without persistence, or flushed).
+    losses: AtomicU64,
+    /// The pointer is gone now.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 /// What the last pointer read said of the online store (`/readyz` answers from it, so that
@@ -577,7 +582,16 @@ impl Snapshots {
             cache_bytes: 512 << 20,
             timeout,
             health: RwLock::new(StoreHealth::default()),
+            losses: Default::default(),
+            lost: Default::default(),
         }
+    }
+
+    /// How many times the pointer was found gone while a snapshot was followed (the store lost
+    /// its data): the server then learns the erasures from the lake again, since the store's
+    /// erasure markers went with it.
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::SeqCst)
     }
 
     /// The follower with its caches bounded to `bytes` of memory, weighed by each entry's
@@ -619,8 +633,15 @@ impl Snapshots {
         // this runs in the background and a slow store only delays the switch.
         let patience = self.timeout.max(Duration::from_secs(5));
         let Some(pointer) = timed("pointer", patience, self.store.pointer()).await? else {
+            if self.current().is_some() && !self.lost.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "The snapshot pointer is gone (the online store lost its data?): serving the cached snapshot until one is published again."
+                );
+                self.losses.fetch_add(1, Ordering::SeqCst);
+            }
             return Ok(false);
         };
+        self.lost.store(false, Ordering::SeqCst);
         if self
             .current()
             .is_some_and(|c| c.pointer.snapshot == pointer.snapshot)

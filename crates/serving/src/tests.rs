@@ -1754,3 +1754,78 @@ async fn operations_move_to_the_admin_listener() {
     assert!(body.contains(r#""store":true"#), "{body}");
     cancel.cancel();
 }
+
+/// A user erased through another server (its tombstone in the lake, its marker in the store),
+/// whose snapshot row this server had cached: when the store loses its data (a Redis restarted
+/// without persistence), the marker goes with it, and the cached row came back. The server
+/// finds the pointer gone, reads the lake's erasures again, and the user stays erased; the
+/// others keep their cached rows meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_data_does_not_bring_an_erased_user_back() {
+    let mut server = RedisServer::start();
+    let f = fixture(redis_store(&server).await).await;
+    let cutoff = 1_763_769_600_000;
+    let profile = |user: &str| {
+        let mut p = Profile::new();
+        p.apply(&event(
+            "e",
+            user,
+            Kind::Purchase,
+            "i1",
+            "shoes",
+            cutoff - HOUR,
+        ));
+        p
+    };
+    f.publish(
+        "s1",
+        cutoff,
+        &[("gone", profile("gone")), ("kept", profile("kept"))],
+        &[],
+        PopularRow::default(),
+    )
+    .await;
+    for u in ["gone", "kept"] {
+        let (status, body) = f.get(&format!("/v1/users/{u}/profile")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Erased elsewhere: the tombstone, and the store's marker.
+    let at = cutoff + HOUR;
+    f.lake
+        .record_erasure(&tandem_common::lake::Tombstone {
+            user_id: "gone".into(),
+            erased_ms: at,
+        })
+        .await
+        .unwrap();
+    f.store
+        .erase_user("gone", at, &["s1".to_string()])
+        .await
+        .unwrap();
+    let (status, body) = f.get("/v1/users/gone/profile").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    server.restart();
+    let losses = f.app.snapshots.losses();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while f.app.erased_at("gone").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lake's erasures were not read again (losses {losses} → {})",
+            f.app.snapshots.losses()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = f.get("/v1/users/gone/profile").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the erased user stays erased: {body}"
+    );
+    let (status, body) = f.get("/v1/users/kept/profile").await;
+    assert_eq!(
+        (status, body["profile"]["events"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{body}"
+    );
+}

@@ -21,7 +21,7 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::SessionContext;
 use tandem_batch::context::{LAKE_URL, LakeContext};
-use tandem_batch::snapshot::{Manifest, ModelsEntry, SNAPSHOTS_DIR, file_path, manifest};
+use tandem_batch::snapshot::{Manifest, ModelsEntry, complete, file_path};
 use tandem_common::lake::Lake;
 
 use crate::{Error, Result};
@@ -46,7 +46,7 @@ impl Catalog {
             .with_cutoff(tandem_common::event::now_ms() + 86_400_000)
             .await?;
         let ctx = lc.ctx;
-        let manifests = manifests(lake).await?;
+        let manifests = complete(lake).await?;
         ctx.register_table("snapshots", Arc::new(snapshots_table(&manifests)?))?;
         let chosen = match snapshot {
             Some(id) => {
@@ -90,22 +90,6 @@ impl Catalog {
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         Ok(self.ctx.sql(sql).await?.collect().await?)
     }
-}
-
-/// The manifests of every complete snapshot, oldest first.
-pub async fn manifests(lake: &Lake) -> Result<Vec<Manifest>> {
-    let root = lake.path(SNAPSHOTS_DIR);
-    let listed = lake.store().list_with_delimiter(Some(&root)).await?;
-    let mut out = Vec::new();
-    for dir in listed.common_prefixes {
-        if let Some(id) = dir.filename()
-            && let Some(m) = manifest(lake, id).await?
-        {
-            out.push(m);
-        }
-    }
-    out.sort_by_key(|m| m.cutoff_ms);
-    Ok(out)
 }
 
 fn snapshots_table(manifests: &[Manifest]) -> Result<MemTable> {

@@ -350,7 +350,13 @@ impl Partition {
     async fn roll_with_next(&mut self, totals: &Totals, next_ingest: Option<i64>) -> Result<()> {
         if let Some(f) = self.open.take() {
             let rows = f.rows as u64;
+            // The fault tests kill the process here (`FAILPOINTS=<name>=return` with the
+            // `failpoints` feature; an abort, as a kill -9 would): with the rows handed to the
+            // file's upload, which is not complete; and with the file complete, its position not
+            // stored.
+            fail::fail_point!("archive-file-open", |_| std::process::abort());
             let files = f.writer.finish().await?;
+            fail::fail_point!("archive-file-done", |_| std::process::abort());
             let (p, group, read) = (self.partition, self.opts.group.clone(), self.read);
             retry(&self.stop, "store the position", || {
                 self.bus.commit(&group, p, read)

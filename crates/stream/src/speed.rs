@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::FutureExt;
 use serde::Serialize;
 use tandem_common::event::from_bus_value;
 use tandem_common::lake::Lake;
+use tandem_common::store::speed::{log_with_token, partition_marker_key};
 use tandem_common::store::{ApplyCounts, OnlineStore, SpeedEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -53,6 +55,27 @@ pub struct SpeedOptions {
     /// that are not valid events, and the events of a user the store refuses. Without a lake,
     /// invalid records are logged and skipped, and a refusal stops the partition.
     pub lake: Option<Lake>,
+    /// Called when the store is found to have lost a partition's work (a Redis restarted
+    /// without persistence, or flushed): the binary publishes the lake's snapshot again. In the
+    /// background, one call at a time, calls asked for meanwhile folded into one.
+    pub on_store_lost: Option<OnStoreLost>,
+}
+
+/// What the speed layer calls when the store lost its work: a future that says what it did, or
+/// why it failed (it is called again, a few times, after a pause).
+#[derive(Clone)]
+pub struct OnStoreLost(
+    pub  Arc<
+        dyn Fn() -> futures::future::BoxFuture<'static, std::result::Result<String, String>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for OnStoreLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnStoreLost(..)")
+    }
 }
 
 impl Default for SpeedOptions {
@@ -66,6 +89,7 @@ impl Default for SpeedOptions {
             epoch_ms: 3_600_000,
             until_caught_up: false,
             lake: None,
+            on_store_lost: None,
         }
     }
 }
@@ -147,11 +171,23 @@ pub async fn run(
         note_erasures(lake, store.as_ref(), &stop).await?;
     }
     let totals = Arc::new(Totals::default());
+    let recovery = Arc::new(Recovery::default());
+    let drained = CancellationToken::new();
+    let recoverer = opts
+        .on_store_lost
+        .clone()
+        .map(|hook| tokio::spawn(recovery.clone().work(hook, stop.clone(), drained.clone())));
     let mut tasks = Tasks::new(stop.clone());
     for p in partitions.iter().copied() {
-        let (bus, store, opts, totals) = (bus.clone(), store.clone(), opts.clone(), totals.clone());
+        let (bus, store, opts, totals, recovery) = (
+            bus.clone(),
+            store.clone(),
+            opts.clone(),
+            totals.clone(),
+            recovery.clone(),
+        );
         tasks.spawn(format!("speed partition {p}"), move |stop| async move {
-            consume(bus, store, p, &opts, &totals, stop).await
+            consume(bus, store, p, &opts, &totals, &recovery, stop).await
         });
     }
     let progress = {
@@ -181,6 +217,11 @@ pub async fn run(
     };
     let result = tasks.join().await;
     progress.abort();
+    // A snapshot asked for is published before a catch-up run returns.
+    drained.cancel();
+    if let Some(r) = recoverer {
+        let _ = r.await;
+    }
     result?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = SpeedSummary {
@@ -217,6 +258,7 @@ async fn consume(
     partition: u32,
     opts: &SpeedOptions,
     totals: &Totals,
+    recovery: &Recovery,
     stop: CancellationToken,
 ) -> Result<()> {
     let label = partition.to_string();
@@ -241,16 +283,77 @@ async fn consume(
         true => Some(retry(&stop, "read the end offset", || bus.end_offset(partition)).await?),
         false => None,
     };
+    // The store's copy of the partition's work: its token, or a replay from the start when the
+    // bus holds a position the store knows nothing of.
+    let marker = partition_marker_key(&opts.group, partition);
+    let held = retry(&stop, "read the partition's marker", || {
+        store.get(std::slice::from_ref(&marker))
+    })
+    .await?;
+    let mut token = match held.into_iter().next().flatten() {
+        Some(t) => String::from_utf8_lossy(&t).into_owned(),
+        None => {
+            let replay = next > 0;
+            next = 0;
+            start_in_store(
+                &bus,
+                store.as_ref(),
+                partition,
+                opts,
+                recovery,
+                replay,
+                &stop,
+            )
+            .await?
+        }
+    };
     info!(partition, offset = next, "Speed layer consuming.");
     // The identity of the partition's log, kept beside each user's offset (known once the
-    // partition has a record).
+    // partition has a record), with the store token.
     let mut log: Option<String> = None;
-    let mut positions = Positions::new(bus.clone(), opts.group.clone(), partition, next);
+    let mut positions = Positions::new(
+        bus.clone(),
+        opts.group.clone(),
+        partition,
+        next,
+        Marker {
+            store: store.clone(),
+            key: marker.clone(),
+            token: token.clone(),
+        },
+    );
     let mut lag_checked = Instant::now() - Duration::from_secs(10);
     loop {
-        if end_at_start.is_some_and(|end| next >= end) {
+        let caught_up = end_at_start.is_some_and(|end| next >= end);
+        let stopping = stop.is_cancelled();
+        let kept = match caught_up {
+            true => positions.finish(&stop).await?,
+            false => positions.tick(opts.commit_interval),
+        };
+        if !kept {
+            // The store lost the partition's work: nothing more is stored of this position.
+            if stopping {
+                return Ok(());
+            }
+            token = start_in_store(&bus, store.as_ref(), partition, opts, recovery, true, &stop)
+                .await?;
+            next = 0;
+            positions = Positions::new(
+                bus.clone(),
+                opts.group.clone(),
+                partition,
+                0,
+                Marker {
+                    store: store.clone(),
+                    key: marker.clone(),
+                    token: token.clone(),
+                },
+            );
+            continue;
+        }
+        if caught_up {
             lag.set(0.0);
-            return positions.finish(&stop).await;
+            return Ok(());
         }
         if lag_checked.elapsed() >= Duration::from_secs(1) {
             if let Ok(end) = bus.end_offset(partition).await {
@@ -258,10 +361,12 @@ async fn consume(
             }
             lag_checked = Instant::now();
         }
-        positions.tick(opts.commit_interval);
         let records = tokio::select! {
             biased;
-            _ = stop.cancelled() => return positions.finish(&stop).await,
+            _ = stop.cancelled() => {
+                positions.finish(&stop).await?;
+                return Ok(());
+            }
             r = retry(&stop, "fetch", || bus.fetch(partition, next, opts.batch, opts.wait)) => r?,
         };
         check_contiguous(partition, next, &records)?;
@@ -297,7 +402,8 @@ async fn consume(
         if log.is_none() {
             log = retry(&stop, "read the log's identity", || bus.log_id(partition)).await?;
         }
-        let log = log.as_deref().unwrap_or("");
+        let log = log_with_token(log.as_deref().unwrap_or(""), &token);
+        let log = log.as_str();
         let t = Instant::now();
         let counts = match retry(&stop, "apply events", || store.apply(log, &batch)).await {
             Ok(counts) => counts,
@@ -404,26 +510,151 @@ async fn apply_by_user(
     Ok((counts, refused))
 }
 
+/// Starts a partition's work afresh in a store that does not hold it (a Redis restarted
+/// without persistence or flushed — or a new store): when the bus holds a position (`replay`),
+/// the erasures of the lake are noted again, the position goes back to the start, and a
+/// snapshot is asked for; then the partition's marker gets a new token, which goes with every
+/// apply ([`log_with_token`]), so that what the store got under the old one after it lost its
+/// data is dropped user by user as the replay reaches them. The position is stored back before
+/// the marker is written: a crash in between finds no marker and starts here again.
+async fn start_in_store(
+    bus: &Arc<dyn Bus>,
+    store: &dyn OnlineStore,
+    partition: u32,
+    opts: &SpeedOptions,
+    recovery: &Recovery,
+    replay: bool,
+    stop: &CancellationToken,
+) -> Result<String> {
+    if replay {
+        warn!(
+            partition,
+            "The online store does not hold this partition's work (it restarted without persistence, was flushed, or is new): replaying the partition from its start."
+        );
+        metrics::counter!("tandem_stream_store_losses_total", "partition" => partition.to_string())
+            .increment(1);
+        if let Some(lake) = &opts.lake {
+            note_erasures(lake, store, stop).await?;
+        }
+        retry(stop, "store the position", || {
+            bus.commit(&opts.group, partition, 0)
+        })
+        .await?;
+        recovery.ask();
+    }
+    let token = format!(
+        "{:x}-{:x}-{partition}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        std::process::id()
+    );
+    let row = [(
+        partition_marker_key(&opts.group, partition),
+        Bytes::from(token.clone()),
+    )];
+    retry(stop, "write the partition's marker", || store.put(&row)).await?;
+    Ok(token)
+}
+
+/// The snapshots asked for after the store lost its work, published one at a time.
+#[derive(Default)]
+struct Recovery {
+    asked: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Recovery {
+    fn ask(&self) {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Calls `hook` whenever asked (asks meanwhile folded into one call), until `stop`, or until
+    /// `drained` once nothing is asked for. A failed call is tried again after a pause, up to
+    /// five times.
+    async fn work(
+        self: Arc<Self>,
+        hook: OnStoreLost,
+        stop: CancellationToken,
+        drained: CancellationToken,
+    ) {
+        let mut done = 0;
+        loop {
+            let asked = self.asked.load(Ordering::SeqCst);
+            if asked == done {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = self.wake.notified() => continue,
+                    _ = drained.cancelled() => return,
+                }
+            }
+            for attempt in 1..=5 {
+                match (hook.0)().await {
+                    Ok(what) => {
+                        info!(what = %what, "Published the snapshot again into the online store.");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(attempt, error = %e, "Could not publish the snapshot again into the online store.");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(2 * attempt)) => {}
+                        }
+                    }
+                }
+            }
+            done = asked;
+        }
+    }
+}
+
+/// The store's marker of a partition's work: its key and the token it must hold.
+struct Marker {
+    store: Arc<dyn OnlineStore>,
+    key: String,
+    token: String,
+}
+
+impl Marker {
+    /// Whether the store still holds the partition's work.
+    async fn holds(&self) -> Result<bool> {
+        let v = self.store.get(std::slice::from_ref(&self.key)).await?;
+        Ok(v.first()
+            .and_then(Option::as_ref)
+            .is_some_and(|t| t.as_ref() == self.token.as_bytes()))
+    }
+}
+
+/// How often an idle partition checks that the store still holds its work.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// A partition's consumer position, stored beside the consume loop: at most one store in
-/// flight, started when the interval has passed, and a last one awaited when stopping.
+/// flight, started when the interval has passed, and a last one awaited when stopping. A
+/// position is stored only after the store is seen to hold the partition's work ([`Marker`]):
+/// when it lost it, nothing more is stored and the partition starts again.
 struct Positions {
     bus: Arc<dyn Bus>,
     group: String,
     partition: u32,
+    marker: Arc<Marker>,
     /// Everything below it is applied.
     done: u64,
     /// What the bus holds (or is being given).
     stored: u64,
     stored_at: Instant,
-    in_flight: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Ok(false): not stored, the store lost the work.
+    in_flight: Option<tokio::task::JoinHandle<Result<bool>>>,
 }
 
 impl Positions {
-    fn new(bus: Arc<dyn Bus>, group: String, partition: u32, at: u64) -> Positions {
+    fn new(bus: Arc<dyn Bus>, group: String, partition: u32, at: u64, marker: Marker) -> Positions {
         Positions {
             bus,
             group,
             partition,
+            marker: Arc::new(marker),
             done: at,
             stored: at,
             stored_at: Instant::now(),
@@ -437,47 +668,75 @@ impl Positions {
     }
 
     /// Starts storing the position when it moved, the last store finished and `interval` has
-    /// passed since it started. A failed store is logged; the next tick stores again.
-    fn tick(&mut self, interval: Duration) {
+    /// passed since it started. A failed store is logged; the next tick stores again. False
+    /// when the last store found that the store lost the partition's work.
+    fn tick(&mut self, interval: Duration) -> bool {
         if let Some(h) = &self.in_flight {
             if !h.is_finished() {
-                return;
+                return true;
             }
             let h = self.in_flight.take().expect("checked above");
-            if let Some(Ok(Err(e))) = h.now_or_never() {
-                warn!(partition = self.partition, error = %e, "Could not store the position; trying again.");
-                self.stored = u64::MAX; // unknown: store again
+            match h.now_or_never() {
+                Some(Ok(Ok(true))) => {}
+                Some(Ok(Ok(false))) => return false,
+                Some(Ok(Err(e))) => {
+                    warn!(partition = self.partition, error = %e, "Could not store the position; trying again.");
+                    self.stored = u64::MAX; // unknown: store again
+                }
+                _ => self.stored = u64::MAX,
             }
         }
-        if self.done == self.stored || self.stored_at.elapsed() < interval {
-            return;
+        // An idle partition checks the marker now and then all the same: a store that lost its
+        // data is replayed before new events come.
+        let moved = self.done != self.stored;
+        let wait = match moved {
+            true => interval,
+            false => interval.max(IDLE_CHECK),
+        };
+        if self.stored_at.elapsed() < wait {
+            return true;
         }
-        let (bus, group, p, at) = (
+        let (bus, group, p, at, marker) = (
             self.bus.clone(),
             self.group.clone(),
             self.partition,
             self.done,
+            self.marker.clone(),
         );
         self.stored = at;
         self.stored_at = Instant::now();
-        self.in_flight = Some(tokio::spawn(async move { bus.commit(&group, p, at).await }));
+        self.in_flight = Some(tokio::spawn(async move {
+            if !marker.holds().await? {
+                return Ok(false);
+            }
+            if moved {
+                bus.commit(&group, p, at).await?;
+            }
+            Ok(true)
+        }));
+        true
     }
 
     /// Waits for a store in flight, then stores the final position: retrying what may succeed
     /// when caught up, once when stopping (what is not stored is replayed, as no-ops, at the
-    /// next start).
-    async fn finish(mut self, stop: &CancellationToken) -> Result<()> {
+    /// next start). False, storing nothing, when the store lost the partition's work.
+    async fn finish(&mut self, stop: &CancellationToken) -> Result<bool> {
         if let Some(h) = self.in_flight.take() {
             match h.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(false),
                 _ => self.stored = u64::MAX,
             }
         }
         if self.done != self.stored {
+            if !retry(stop, "read the partition's marker", || self.marker.holds()).await? {
+                return Ok(false);
+            }
             let (bus, group, p, at) = (&self.bus, &self.group, self.partition, self.done);
             retry(stop, "store the position", || bus.commit(group, p, at)).await?;
+            self.stored = at;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

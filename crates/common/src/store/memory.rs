@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::speed::{ApplyCounts, SEEN_MAX, SpeedEvent, SpeedState};
+use super::speed::{ApplyCounts, LogMatch, SEEN_MAX, SpeedEvent, SpeedState, compare_logs};
 use super::{
     LeaseOp, LeaseState, OnlineStore, POINTER_KEY, Pointer, snapshot_of_key, snapshot_older,
 };
@@ -28,13 +28,22 @@ struct UserSpeed {
 }
 
 impl UserSpeed {
-    /// Forgets an offset of another log than `log` and keeps `log` as the offset's.
+    /// Forgets an offset of another log than `log` (and the state written under another store
+    /// token of the same log, [`super::speed::LogMatch::Stale`]) and keeps `log` as the
+    /// offset's.
     fn enter_log(&mut self, log: &str) {
         if log.is_empty() {
             return;
         }
-        if self.log.as_deref().is_some_and(|l| l != log) {
-            self.offset = None;
+        match compare_logs(self.log.as_deref(), log) {
+            LogMatch::Same => {}
+            LogMatch::Other => self.offset = None,
+            LogMatch::Stale => {
+                self.offset = None;
+                self.epochs.clear();
+                self.seen.clear();
+                self.seen_ids.clear();
+            }
         }
         if self.log.as_deref() != Some(log) {
             self.log = Some(log.to_string());

@@ -5,7 +5,8 @@
 --
 -- Keys of a user U:
 --   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U, `log` =
---                                    the identity of the bus log that offset is of;
+--                                    the identity of the bus log that offset is of (with the
+--                                    store token of the partition's work, `<log>|store:<token>`);
 --                                    `erased` = when U was erased (ingest ms), if ever: U's
 --                                    events ingested at or before it are skipped
 --   tandem:u:{U}:seen                zset: recent event ids, scored by offset (the newest SEEN_MAX;
@@ -109,24 +110,28 @@ end
 -- exactly what the one trim does). Otherwise the ids that ZADD added (scored with their own
 -- event's offset: an id already there keeps its older one) are removed again, and the events
 -- go one by one, as the memory backend does.
-local function record_seen(seen, args, fresh)
-  local pairs_ = {}
-  for _, i in ipairs(fresh) do
-    pairs_[#pairs_ + 1] = args[i]
-    pairs_[#pairs_ + 1] = args[i + 1]
+-- With `other_log` (the recent ids are of another log, whose offsets may equal these) the
+-- take back could not tell an id that was there from one just added: one by one at once.
+local function record_seen(seen, args, fresh, other_log)
+  if not other_log then
+    local pairs_ = {}
+    for _, i in ipairs(fresh) do
+      pairs_[#pairs_ + 1] = args[i]
+      pairs_[#pairs_ + 1] = args[i + 1]
+    end
+    if bulk('ZADD', seen, 'NX', pairs_) == #fresh then
+      redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
+      return fresh, 0
+    end
+    local ids = {}
+    for j, i in ipairs(fresh) do ids[j] = args[i + 1] end
+    local scores = bulk('ZMSCORE', seen, nil, ids)
+    local added = {}
+    for j, i in ipairs(fresh) do
+      if scores[j] and tonumber(scores[j]) == tonumber(args[i]) then added[#added + 1] = ids[j] end
+    end
+    if #added > 0 then bulk('ZREM', seen, nil, added) end
   end
-  if bulk('ZADD', seen, 'NX', pairs_) == #fresh then
-    redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
-    return fresh, 0
-  end
-  local ids = {}
-  for j, i in ipairs(fresh) do ids[j] = args[i + 1] end
-  local scores = bulk('ZMSCORE', seen, nil, ids)
-  local added = {}
-  for j, i in ipairs(fresh) do
-    if scores[j] and tonumber(scores[j]) == tonumber(args[i]) then added[#added + 1] = ids[j] end
-  end
-  if #added > 0 then bulk('ZREM', seen, nil, added) end
   local new, dup, seen_n = {}, 0, redis.call('ZCARD', seen)
   for _, i in ipairs(fresh) do
     if redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
@@ -223,6 +228,36 @@ local function add_deltas(keys, k, args, h, new)
   end
 end
 
+-- The log identity without its store token (store::speed::TOKEN_SEP), and whether it had one.
+local function log_base(l)
+  local base = string.match(l, '^(.*)|store:[^|]*$')
+  if base then return base, true end
+  return l, false
+end
+
+-- Where a user's events of the bus log `log` count from, given the user's speed hash fields
+-- `meta` (offset, erased, log): the kept offset, or -1; and whether the user's recent ids are
+-- of another log (their offsets say nothing of this one's). The same log under another store token
+-- (store::speed::LogMatch::Stale) means the user's speed state was written after the store lost
+-- its data, and the partition is replayed from its start now: that state is dropped (the
+-- erasure marker stays) so that the replay rebuilds it, instead of being skipped by the offset.
+local function count_from(log, keys, k, meta)
+  local last = tonumber(meta[1] or '-1')
+  if log == '' or not meta[3] or meta[3] == log then return last, false end
+  local kept_base, kept_token = log_base(meta[3])
+  local base, token = log_base(log)
+  if kept_base ~= base then return -1, true end
+  if not (kept_token and token) then return last, false end
+  local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
+  local prefix = string.sub(speed, 1, -6) .. 'epoch:'
+  for _, e in ipairs(redis.call('ZRANGE', epochs, 0, -1)) do
+    redis.call('UNLINK', prefix .. e, prefix .. e .. ':recent', prefix .. e .. ':bought')
+  end
+  redis.call('UNLINK', seen, epochs)
+  redis.call('HDEL', speed, 'offset', 'log')
+  return -1, false
+end
+
 -- One user's events, in offset order, from the bus log `log` ('' if unknown): its keys from
 -- keys[k + 1], its epoch slots' ms from args[h + 1], its events' entries args[a .. b] (see
 -- `apply`). An offset kept for another log says nothing of this one (a topic deleted and
@@ -231,9 +266,8 @@ end
 local function apply_user(log, keys, k, args, h, a, b)
   local speed, seen = keys[k + 1], keys[k + 2]
   local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
-  local last = tonumber(meta[1] or '-1')
+  local last, other_log = count_from(log, keys, k, meta)
   local erased = meta[2] and tonumber(meta[2])
-  if log ~= '' and meta[3] and meta[3] ~= log then last = -1 end
   local old, gone = 0, 0
   local fresh = {} -- events past the last offset, not erased
   local top = nil
@@ -253,7 +287,7 @@ local function apply_user(log, keys, k, args, h, a, b)
   end
   local new, dup = {}, 0
   if #fresh > 0 then
-    new, dup = record_seen(seen, args, fresh)
+    new, dup = record_seen(seen, args, fresh, other_log)
     add_deltas(keys, k, args, h, new)
     redis.call('PEXPIRE', seen, SEEN_TTL_MS)
   end
@@ -362,8 +396,11 @@ end
 local function fast_user(log, keys, k, args, h, slots, n, e, d)
   local speed, seen = keys[k + 1], keys[k + 2]
   local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
-  local last = tonumber(meta[1] or '-1')
-  if log ~= '' and meta[3] and meta[3] ~= log then last = -1 end
+  local last, other_log = count_from(log, keys, k, meta)
+  -- A recent id of another log may carry the very offset an event of this one has: the take
+  -- back below could not tell it from one this call added. One by one, then (rare: a topic
+  -- deleted and created again).
+  if other_log then return false end
   local erased = meta[2] and tonumber(meta[2])
   local top = last
   local pairs_ = {}

@@ -17,6 +17,60 @@ pub const SEEN_MAX: usize = 64;
 /// within seconds, and an idle user's set is memory for nothing.
 pub const SEEN_TTL_MS: u64 = 3_600_000;
 
+/// What separates a bus log's identity from the token of the store's copy of a partition's
+/// work in the log identity the speed layer applies with: `<log>|store:<token>`. A store that
+/// lost its data (a Redis restarted without persistence, or flushed) loses the partition's
+/// marker holding the token ([`partition_marker_key`]); the speed layer then replays the
+/// partition from its start under a new token, and a user whose state was written under the old
+/// token after the loss (before the speed layer noticed it) has that state dropped and rebuilt
+/// from the replay ([`LogMatch::Stale`]) instead of the replay being skipped by its offsets.
+pub const TOKEN_SEP: &str = "|store:";
+
+/// The log identity `log` with the store token `token` ([`TOKEN_SEP`]).
+pub fn log_with_token(log: &str, token: &str) -> String {
+    format!("{log}{TOKEN_SEP}{token}")
+}
+
+/// The key of the speed layer's marker for `partition` of consumer `group`: the store token of
+/// its work ([`TOKEN_SEP`]). Absent while the bus holds a position for the partition: the store
+/// lost the partition's work.
+pub fn partition_marker_key(group: &str, partition: u32) -> String {
+    format!("tandem:speed:{group}:p{partition}")
+}
+
+/// How the log identity kept with a user's offset relates to the one an apply comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogMatch {
+    /// The same log (or either unknown, or the kept one from before store tokens): the kept
+    /// offset holds.
+    Same,
+    /// The same log under another store token: what is kept was written after the store lost
+    /// its data and is replayed now — drop the user's speed state (keeping the erasure marker)
+    /// and apply from the first event.
+    Stale,
+    /// Another log (the topic was deleted and created again): the kept offset says nothing;
+    /// count from the first event.
+    Other,
+}
+
+/// Compares the log identity `kept` with a user's offset to `log`, the one applied with.
+pub fn compare_logs(kept: Option<&str>, log: &str) -> LogMatch {
+    let Some(kept) = kept.filter(|k| !log.is_empty() && *k != log) else {
+        return LogMatch::Same;
+    };
+    let split = |l: &'_ str| -> (String, Option<String>) {
+        match l.rsplit_once(TOKEN_SEP) {
+            Some((base, token)) => (base.to_string(), Some(token.to_string())),
+            None => (l.to_string(), None),
+        }
+    };
+    match (split(kept), split(log)) {
+        ((a, _), (b, _)) if a != b => LogMatch::Other,
+        ((_, Some(_)), (_, Some(_))) => LogMatch::Stale,
+        _ => LogMatch::Same,
+    }
+}
+
 /// One event for the speed layer: where it is on the bus and the ingest epoch it is filed under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeedEvent<'a> {

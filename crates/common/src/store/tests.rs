@@ -573,6 +573,7 @@ async fn speed_conformance(store: &dyn OnlineStore) {
     assert_eq!(want.recent_items.len(), crate::features::RECENT_ITEMS);
     erase_conformance(store).await;
     log_conformance(store).await;
+    token_conformance(store).await;
 }
 
 /// Offsets are those of one bus log: a replay of the same log is skipped, but the same offsets
@@ -612,6 +613,109 @@ async fn log_conformance(store: &dyn OnlineStore) {
     let speed = store.speed(user, base).await.unwrap();
     assert_eq!(speed.offset, Some(3));
     assert_eq!(speed.merged().counts.iter().sum::<u64>(), 8);
+}
+
+/// Store tokens (`<log>|store:<token>`): a user's state written under another token of the
+/// same log (after the store lost its data, before the speed layer noticed) is dropped when the
+/// replay under the new token reaches the user, keeping the erasure marker, so that the replay
+/// counts every event once — whether it goes the fast way (all new) or one by one; a kept log
+/// without a token (from before tokens) is the same log, its offset holds; another log's tokens
+/// say nothing of this one.
+async fn token_conformance(store: &dyn OnlineStore) {
+    use crate::store::speed::log_with_token;
+    let base = 1_763_900_000_000_i64 / H * H;
+    let at = |user: &str, offset: u64| SpeedEvent {
+        offset,
+        ingest_ts: base + offset as i64,
+        epoch_ms: base,
+        event: event(
+            &format!("t{offset}"),
+            user,
+            Kind::View,
+            offset as usize,
+            base - 1000,
+        ),
+    };
+    let events = |user: &str, offsets: std::ops::Range<u64>| -> Vec<SpeedEvent<'static>> {
+        offsets.map(|o| at(user, o)).collect()
+    };
+    let views = |user: &'static str| async move {
+        store
+            .speed(user, base)
+            .await
+            .unwrap()
+            .merged()
+            .counts
+            .iter()
+            .sum::<u64>()
+    };
+    let (old, new) = (
+        log_with_token("log-t", "one"),
+        log_with_token("log-t", "two"),
+    );
+    // Written under the old token after the loss: offsets 7..10 (0..7 were lost).
+    store
+        .apply(&old, &events("stale-user", 7..10))
+        .await
+        .unwrap();
+    store
+        .apply(&old, &events("stale-slow", 7..10))
+        .await
+        .unwrap();
+    store.note_erasure("stale-slow", base + 2).await.unwrap();
+    // The replay from 0 under the new token: all of it counts, once.
+    let all = store
+        .apply(&new, &events("stale-user", 0..10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (all.applied, all.replayed, all.duplicates),
+        (10, 0, 0),
+        "{all:?}"
+    );
+    assert_eq!(views("stale-user").await, 10);
+    // In two parts, the erasure kept: offsets 0..=2 were ingested by then.
+    let part = store
+        .apply(&new, &events("stale-slow", 0..5))
+        .await
+        .unwrap();
+    assert_eq!((part.applied, part.erased), (2, 3), "{part:?}");
+    let rest = store
+        .apply(&new, &events("stale-slow", 5..10))
+        .await
+        .unwrap();
+    assert_eq!(rest.applied, 5, "{rest:?}");
+    assert_eq!(views("stale-slow").await, 7);
+    // A replay under the same token is skipped.
+    let again = store
+        .apply(&new, &events("stale-user", 0..10))
+        .await
+        .unwrap();
+    assert_eq!((again.applied, again.replayed), (0, 10));
+    // From before tokens: the same log; its offset holds.
+    store
+        .apply("log-u", &events("legacy-user", 0..6))
+        .await
+        .unwrap();
+    let later = store
+        .apply(
+            &log_with_token("log-u", "one"),
+            &events("legacy-user", 0..8),
+        )
+        .await
+        .unwrap();
+    assert_eq!((later.applied, later.replayed), (2, 6), "{later:?}");
+    assert_eq!(views("legacy-user").await, 8);
+    // Another log under tokens: counted from the first, nothing dropped (ids dedupe).
+    let other = store
+        .apply(
+            &log_with_token("log-v", "two"),
+            &events("legacy-user", 0..2),
+        )
+        .await
+        .unwrap();
+    assert_eq!((other.applied, other.duplicates), (0, 2), "{other:?}");
+    assert_eq!(views("legacy-user").await, 8);
 }
 
 /// Erasure: the user's deltas, recent ids and named snapshot rows go at once, the offset stays;

@@ -84,6 +84,20 @@ impl FluvioCluster {
     }
 
     fn spawn(tls: bool) -> FluvioCluster {
+        // A free port can be taken by another process between the choice and the bind: a
+        // server that finds its port in use is started again on new ones.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_spawn(tls) {
+                Ok(c) => return c,
+                Err(e) if e.contains("Address already in use") => last = e,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("Fluvio could not get free ports five times:\n{last}");
+    }
+
+    fn try_spawn(tls: bool) -> Result<FluvioCluster, String> {
         let dir = tempfile::tempdir().expect("temp dir for Fluvio");
         let tls = tls.then(|| make_certificates(dir.path()));
         let mut c = FluvioCluster {
@@ -98,7 +112,7 @@ impl FluvioCluster {
             sc: None,
             spu: None,
         };
-        c.start_sc();
+        c.try_start_sc()?;
         let out = Command::new(c.bin.join("cluster-setup"))
             .arg(c.admin_addr())
             .args(["spu", SPU_ID])
@@ -112,8 +126,8 @@ impl FluvioCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        c.start_spu();
-        c
+        c.try_start_spu()?;
+        Ok(c)
     }
 
     /// The SC's public address, `127.0.0.1:PORT` (what clients connect to).
@@ -166,6 +180,10 @@ impl FluvioCluster {
 
     /// Starts the SC (again) on its ports and data, and waits until it listens.
     pub fn start_sc(&mut self) {
+        self.try_start_sc().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_start_sc(&mut self) -> Result<(), String> {
         assert!(self.sc.is_none(), "the SC is running");
         let child = Command::new(self.bin.join("fluvio-run"))
             .arg("sc")
@@ -181,12 +199,16 @@ impl FluvioCluster {
             .spawn()
             .expect("fluvio-run starts");
         self.sc = Some(child);
-        self.wait_listening("sc", self.sc_public);
-        self.wait_listening("sc", self.sc_private);
+        self.wait_listening("sc", self.sc_public)?;
+        self.wait_listening("sc", self.sc_private)
     }
 
     /// Starts the SPU (again) on its ports and data, and waits until it listens.
     pub fn start_spu(&mut self) {
+        self.try_start_spu().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_start_spu(&mut self) -> Result<(), String> {
         assert!(self.spu.is_none(), "the SPU is running");
         let child = Command::new(self.bin.join("fluvio-run"))
             .args(["spu", "-i", SPU_ID])
@@ -204,7 +226,7 @@ impl FluvioCluster {
             .spawn()
             .expect("fluvio-run starts");
         self.spu = Some(child);
-        self.wait_listening("spu", self.spu_public);
+        self.wait_listening("spu", self.spu_public)
     }
 
     /// Kills the SPU with SIGKILL (as a crash would) and waits for it to be gone.
@@ -267,7 +289,8 @@ impl FluvioCluster {
         Stdio::from(f)
     }
 
-    fn wait_listening(&mut self, which: &str, port: u16) {
+    /// Waits until server `which` listens on `port`; its log when it exited instead.
+    fn wait_listening(&mut self, which: &str, port: u16) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             let child = match which {
@@ -276,10 +299,10 @@ impl FluvioCluster {
             }
             .expect("started");
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
+                return Err(format!(
                     "fluvio-run {which} exited with {status}:\n{}",
                     self.log_text(which)
-                );
+                ));
             }
             assert!(
                 Instant::now() < deadline,
@@ -288,6 +311,7 @@ impl FluvioCluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 }
 

@@ -483,3 +483,210 @@ async fn a_partition_that_does_not_exist_is_named() {
         "partition 5 does not exist: the bus has partitions 0..1"
     );
 }
+
+/// A store that restarts its real Redis (SIGKILL, then a new empty server on the same port:
+/// Redis without persistence) right after its `after`th apply: the speed layer's store losing
+/// its data in the middle of a run.
+#[derive(Debug)]
+struct RestartsRedis {
+    inner: RedisStore,
+    server: std::sync::Mutex<RedisServer>,
+    applies: AtomicU64,
+    after: u64,
+}
+
+#[async_trait::async_trait]
+impl OnlineStore for RestartsRedis {
+    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
+        self.inner.put(rows).await
+    }
+    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
+        self.inner.get(keys).await
+    }
+    async fn pointer(&self) -> tandem_common::Result<Option<tandem_common::store::Pointer>> {
+        self.inner.pointer().await
+    }
+    async fn flip(
+        &self,
+        e: Option<&tandem_common::store::Pointer>,
+        n: &tandem_common::store::Pointer,
+    ) -> tandem_common::Result<bool> {
+        self.inner.flip(e, n).await
+    }
+    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
+        self.inner.drop_snapshots_older(keep).await
+    }
+    async fn lease(
+        &self,
+        name: &str,
+        op: tandem_common::store::LeaseOp,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
+        self.inner.lease(name, op, owner, ttl_ms).await
+    }
+    async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
+        self.inner.drop_epochs_before(cutoff_ms).await
+    }
+    async fn apply(
+        &self,
+        log: &str,
+        events: &[SpeedEvent<'_>],
+    ) -> tandem_common::Result<ApplyCounts> {
+        let counts = self.inner.apply(log, events).await;
+        if self.applies.fetch_add(1, Ordering::SeqCst) + 1 == self.after {
+            self.server.lock().unwrap().restart();
+        }
+        counts
+    }
+    async fn speed(
+        &self,
+        user: &str,
+        from: i64,
+    ) -> tandem_common::Result<tandem_common::store::SpeedState> {
+        self.inner.speed(user, from).await
+    }
+    async fn erase_user(&self, user: &str, at: i64, ids: &[String]) -> tandem_common::Result<u64> {
+        self.inner.erase_user(user, at, ids).await
+    }
+    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
+        self.inner.note_erasure(user, at_ms).await
+    }
+}
+
+/// A Redis restarted without persistence — between two runs of the speed layer, and in the
+/// middle of one, after positions were stored past what it lost — loses nothing: the speed
+/// layer finds its partition markers gone, notes the lake's erasures again, replays every
+/// partition from the start under a new store token (what it applied after the loss, before it
+/// noticed, is dropped user by user and rebuilt), and asks for the snapshot to be published
+/// again; every event counts once and the erased user's events stay gone. (Before: the replay
+/// stopped at the stored positions, and everything before them was gone from the profiles.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus(dir.path(), 2);
+    let lake = Lake::open("memory://").unwrap();
+    let wave = |from: usize| -> Vec<Sent> {
+        (from..from + 200)
+            .map(|i| Sent {
+                event: event(i, (i % 12) as u8, i, (i % 9) as u8, T0 + i as i64),
+                ingest_ts: T0 + 10 * i as i64,
+            })
+            .collect()
+    };
+    let asked = Arc::new(AtomicU64::new(0));
+    let opts = |store_lost: bool| SpeedOptions {
+        batch: 16,
+        epoch_ms: H,
+        until_caught_up: true,
+        wait: Duration::ZERO,
+        commit_interval: Duration::ZERO,
+        lake: Some(lake.clone()),
+        on_store_lost: store_lost.then(|| {
+            let asked = asked.clone();
+            OnStoreLost(Arc::new(move || {
+                asked.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok("noted".to_string()) })
+            }))
+        }),
+        ..SpeedOptions::default()
+    };
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let plain =
+        || async { Arc::new(RedisStore::connect(&url).await.unwrap()) as Arc<dyn OnlineStore> };
+
+    let mut sent = wave(0);
+    produce(bus.as_ref(), &sent).await;
+    let first = run(
+        bus.clone(),
+        plain().await,
+        opts(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.counts.applied, 200, "{first:?}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "a new deployment asks for nothing"
+    );
+    // user-5 is erased after the first wave.
+    let erased_ms = T0 + 10 * 200;
+    lake.record_erasure(&tandem_common::lake::Tombstone {
+        user_id: "user-5".into(),
+        erased_ms,
+    })
+    .await
+    .unwrap();
+    let erased = |all: &[Sent]| -> Vec<Sent> {
+        all.iter()
+            .filter(|x| x.event.user_id != "user-5" || x.ingest_ts > erased_ms)
+            .cloned()
+            .collect()
+    };
+
+    // Between runs.
+    server.restart();
+    sent.extend(wave(200));
+    produce(bus.as_ref(), &sent[200..]).await;
+    run(
+        bus.clone(),
+        plain().await,
+        opts(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let store = plain().await;
+    let kept = erased(&sent);
+    assert_same(
+        &merged(store.as_ref(), &kept, 0).await,
+        &kept,
+        "restarted between runs",
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) >= 1,
+        "a snapshot was asked for"
+    );
+
+    // In the middle of a run, positions stored at every batch: after the 5th apply of 25.
+    sent.extend(wave(400));
+    produce(bus.as_ref(), &sent[400..]).await;
+    let restarts: Arc<dyn OnlineStore> = Arc::new(RestartsRedis {
+        inner: RedisStore::connect(&url).await.unwrap(),
+        server: std::sync::Mutex::new(server),
+        applies: AtomicU64::new(0),
+        after: 5,
+    });
+    let asked_before = asked.load(Ordering::SeqCst);
+    run(
+        bus.clone(),
+        restarts.clone(),
+        opts(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let kept = erased(&sent);
+    assert_same(
+        &merged(restarts.as_ref(), &kept, 0).await,
+        &kept,
+        "restarted during a run",
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) > asked_before,
+        "a snapshot was asked for again"
+    );
+    // And a run after it reads nothing again.
+    let after = run(
+        bus.clone(),
+        restarts.clone(),
+        opts(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(after.counts.applied + after.counts.replayed, 0, "{after:?}");
+}
