@@ -21,7 +21,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tandem_common::event::format_rfc3339_ms;
-use tandem_common::features::{ItemStats, Profile};
+use tandem_common::features::{ItemStats, MAX_INTERESTS, Profile};
 use tandem_common::lake::Lake;
 use tandem_common::store::{
     ItemRow, OnlineStore, Pointer, PopularRow, UserRow, history_key, item_key, snapshot_key,
@@ -320,10 +320,13 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
         chunk.clear();
         Ok(())
     }
+    let mut capped = 0u64;
     for (user, profile) in m.profiles {
         let (segment, propensity) = m.scores.get(user).copied().unwrap_or((None, None));
+        let mut profile = profile.clone();
+        capped += u64::from(profile.keep_strongest_interests(MAX_INTERESTS) > 0);
         let row = UserRow {
-            profile: profile.clone(),
+            profile,
             segment,
             propensity,
         };
@@ -337,6 +340,13 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
         if chunk.len() >= MATERIALISE_CHUNK {
             flush(store, &mut chunk, &mut written).await?;
         }
+    }
+    if capped > 0 {
+        tracing::info!(
+            users = capped,
+            kept = MAX_INTERESTS,
+            "Kept only the strongest interests in the rows of users with more."
+        );
     }
     for (item, stats) in m.items {
         let similar = m

@@ -28,6 +28,11 @@ pub const DECAY_REF_MS: i64 = 1_577_836_800_000;
 pub const DECAY_TAU_MS: f64 = 7.0 * 86_400_000.0;
 /// Items kept in `recent_items`.
 pub const RECENT_ITEMS: usize = 20;
+/// Interests a snapshot's user row keeps: the strongest at its cutoff. A row is read on every
+/// request, and one user of 60,000 categories made it megabytes; the lake's views keep every
+/// interest. A category beyond them that the user comes back to counts from the speed layer's
+/// deltas alone until the next snapshot.
+pub const MAX_INTERESTS: usize = 256;
 /// Micro-units per currency unit: money is summed as integers.
 pub const MICROS: f64 = 1_000_000.0;
 
@@ -171,6 +176,21 @@ impl Profile {
     /// The profile of no events.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps the `n` strongest interests (ties by name); returns how many it dropped.
+    pub fn keep_strongest_interests(&mut self, n: usize) -> usize {
+        let extra = self.affinity.len().saturating_sub(n);
+        if extra == 0 {
+            return 0;
+        }
+        let mut ranked: Vec<(&String, f64)> = self.affinity.iter().map(|(c, v)| (c, *v)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let weakest: Vec<String> = ranked[n..].iter().map(|(c, _)| (*c).clone()).collect();
+        for c in weakest {
+            self.affinity.remove(&c);
+        }
+        extra
     }
 
     /// Events of `kind`.

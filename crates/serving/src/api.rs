@@ -468,7 +468,8 @@ pub struct ProfileView<'a> {
     /// The latest purchase's time.
     #[schema(value_type = Option<String>)]
     pub last_purchase: Option<Rfc3339>,
-    /// Interest per category, strongest first.
+    /// Interest per category, strongest first, decayed to now. The snapshot's part keeps the
+    /// user's 256 strongest categories at its cutoff; events since add to any category.
     pub affinity: Vec<CategoryScore<'a>>,
     /// The latest distinct items, newest first.
     pub recent_items: Vec<RecentItem<'a>>,

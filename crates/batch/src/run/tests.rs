@@ -4,6 +4,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use tandem_common::features::recompute;
+use tandem_common::schema::Stamp;
 use tandem_common::store::{
     ItemRow, MemoryStore, PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, item_key,
     snapshot_key, user_key,
@@ -851,4 +852,66 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
         .unwrap();
     assert_eq!(again.outcome, Outcome::Republished);
     assert_whole(&store, &s.snapshot, &users, &items).await;
+}
+
+/// A user with interests in 300 categories: the snapshot's row keeps the 256 strongest
+/// ([`MAX_INTERESTS`]), exactly those of the recomputation; every other user's row is whole.
+#[tokio::test]
+async fn a_user_row_keeps_the_strongest_interests() {
+    use tandem_common::features::MAX_INTERESTS;
+    let mut events = stamped_with(120, 8, 5);
+    let (template, stamp) = events
+        .iter()
+        .find(|(e, _)| e.category.is_some())
+        .cloned()
+        .unwrap();
+    for i in 0..300i64 {
+        let mut e = template.clone();
+        e.event_id = format!("wide-{i}").into();
+        e.user_id = "wide".into();
+        e.category = Some(format!("cat-{i:03}").into());
+        // Later events weigh more: the strongest are the latest categories.
+        e.ts = END - 3 * DAY + i * 60_000;
+        let st = Stamp {
+            ingest_ts: e.ts + 1000,
+            offset: stamp.offset.map(|o| o + 1_000_000 + i),
+            ..stamp
+        };
+        events.push((e, st));
+    }
+    let lake = lake_of(&events).await;
+    let store = MemoryStore::default();
+    let cutoff = END;
+    let s = run(
+        &lake,
+        &store,
+        &options(Some(cutoff)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    let (want, _) = recompute(
+        events
+            .iter()
+            .filter(|(_, st)| st.ingest_ts < cutoff)
+            .map(|(e, _)| e),
+    );
+    for (user, full) in &want {
+        let row = store.get(&[user_key(user, &s.snapshot)]).await.unwrap();
+        let row: UserRow = serde_json::from_slice(row[0].as_ref().unwrap()).unwrap();
+        let mut capped = full.clone();
+        capped.keep_strongest_interests(MAX_INTERESTS);
+        assert!(row.profile.approx_eq(&capped), "{user}");
+        if user == "wide" {
+            assert_eq!(full.affinity.len(), 300);
+            assert_eq!(row.profile.affinity.len(), MAX_INTERESTS);
+            assert!(
+                row.profile.affinity.contains_key("cat-299")
+                    && !row.profile.affinity.contains_key("cat-000")
+            );
+        } else {
+            assert_eq!(row.profile.affinity.len(), full.affinity.len(), "{user}");
+        }
+    }
 }
