@@ -458,8 +458,18 @@ async fn note_erasures(
     stop: &CancellationToken,
 ) -> Result<()> {
     let erasures = retry(stop, "read the lake's erasures", || lake.erasures()).await?;
-    for (user, at) in &erasures {
-        retry(stop, "note an erasure", || store.note_erasure(user, *at)).await?;
+    let erasures: Vec<(String, i64)> = erasures.into_iter().collect();
+    // 64 at a time: a store call each, and a replay waits for all of them.
+    for chunk in erasures.chunks(64) {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for (user, at) in chunk {
+            calls.push(async move {
+                retry(stop, "note an erasure", || store.note_erasure(user, *at)).await
+            });
+        }
+        for r in futures::future::join_all(calls).await {
+            r?;
+        }
     }
     if !erasures.is_empty() {
         info!(
