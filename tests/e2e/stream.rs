@@ -409,17 +409,7 @@ fn batch_run_killed_while_publishing_then_rerun_merges_exactly() {
         !refused.status.success() && words.contains("holds the lease"),
         "a second run while the dead one's lease lives: {words}"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let published = loop {
-        let out = s.run(&batch, b"");
-        if out.status.success() {
-            break summary(&String::from_utf8(out.stdout).unwrap());
-        }
-        let words = String::from_utf8_lossy(&out.stderr);
-        assert!(words.contains("holds the lease"), "{words}");
-        assert!(Instant::now() < deadline, "the lease never lapsed: {words}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let published = rerun_once_the_lease_lapses(&s, &batch);
     assert!(
         ["republished", "already_published", "published"]
             .contains(&published["outcome"].as_str().unwrap()),
@@ -582,6 +572,22 @@ fn a_redis_restarted_without_persistence_under_the_running_lambda_comes_back_who
     assert_merged_equals_recompute(&store, cutoff, &kept);
 }
 
+/// Runs `batch` (a `batch run`) until it succeeds — refused, with the reason, while a killed
+/// run's lease lives (up to 60 s) — and returns its summary.
+fn rerun_once_the_lease_lapses(s: &Scratch, batch: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = s.run(batch, b"");
+        if out.status.success() {
+            return summary(&String::from_utf8(out.stdout).unwrap());
+        }
+        let words = String::from_utf8_lossy(&out.stderr);
+        assert!(words.contains("holds the lease"), "{words}");
+        assert!(Instant::now() < deadline, "the lease never lapsed: {words}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Runs `args` with the fail point `point` armed (`FAILPOINTS`): asserts the process died there
 /// (SIGABRT, as a kill -9 would leave it: nothing flushed, nothing released) and returns what it
 /// had written to standard error.
@@ -663,17 +669,7 @@ fn batch_run_killed_before_and_after_the_flip_then_rerun_merges_exactly() {
             "batch-flip" => assert!(named.trim().is_empty(), "nothing published yet: {named}"),
             _ => assert!(named.contains(&cutoff_arg), "published: {named}"),
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let done = loop {
-            let out = s.run(&batch, b"");
-            if out.status.success() {
-                break summary(&String::from_utf8(out.stdout).unwrap());
-            }
-            let words = String::from_utf8_lossy(&out.stderr);
-            assert!(words.contains("holds the lease"), "{words}");
-            assert!(Instant::now() < deadline, "the lease never lapsed: {words}");
-            std::thread::sleep(Duration::from_millis(300));
-        };
+        let done = rerun_once_the_lease_lapses(&s, &batch);
         let want = match point {
             "batch-flip" => "republished",
             _ => "already_published",

@@ -4,7 +4,8 @@
 //! [`RedisServer::start`] runs `redis-server` on a free loopback port with its own temporary
 //! directory and nothing persisted; dropping it stops the server and removes the directory. Tests
 //! therefore run in parallel, leave nothing behind, and never touch a Redis that happens to run
-//! on 6379. [`RedisCluster::start`] forms a cluster of three such servers.
+//! on 6379. [`RedisCluster::start`] forms a cluster of three such servers. [`RestartingRedis`]
+//! is a store whose server restarts empty at a chosen call.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod fluvio;
+mod restarting;
 pub use fluvio::{FluvioCluster, FluvioTls, fluvio_bin};
+pub use restarting::{RestartAfter, RestartingRedis};
 
 /// A `redis-server` owned by a test.
 #[derive(Debug)]

@@ -290,7 +290,7 @@ async fn consume(
         store.get(std::slice::from_ref(&marker))
     })
     .await?;
-    let mut token = match held.into_iter().next().flatten() {
+    let token = match held.into_iter().next().flatten() {
         Some(t) => String::from_utf8_lossy(&t).into_owned(),
         None => {
             let replay = next > 0;
@@ -311,17 +311,15 @@ async fn consume(
     // The identity of the partition's log, kept beside each user's offset (known once the
     // partition has a record), with the store token.
     let mut log: Option<String> = None;
-    let mut positions = Positions::new(
-        bus.clone(),
-        opts.group.clone(),
-        partition,
-        next,
-        Marker {
+    let positions_at = |at: u64, token: String| {
+        let marker = Marker {
             store: store.clone(),
             key: marker.clone(),
-            token: token.clone(),
-        },
-    );
+            token,
+        };
+        Positions::new(bus.clone(), opts.group.clone(), partition, at, marker)
+    };
+    let mut positions = positions_at(next, token);
     let mut lag_checked = Instant::now() - Duration::from_secs(10);
     loop {
         let caught_up = end_at_start.is_some_and(|end| next >= end);
@@ -335,20 +333,11 @@ async fn consume(
             if stopping {
                 return Ok(());
             }
-            token = start_in_store(&bus, store.as_ref(), partition, opts, recovery, true, &stop)
-                .await?;
+            let token =
+                start_in_store(&bus, store.as_ref(), partition, opts, recovery, true, &stop)
+                    .await?;
             next = 0;
-            positions = Positions::new(
-                bus.clone(),
-                opts.group.clone(),
-                partition,
-                0,
-                Marker {
-                    store: store.clone(),
-                    key: marker.clone(),
-                    token: token.clone(),
-                },
-            );
+            positions = positions_at(0, token);
             continue;
         }
         if caught_up {
@@ -402,7 +391,7 @@ async fn consume(
         if log.is_none() {
             log = retry(&stop, "read the log's identity", || bus.log_id(partition)).await?;
         }
-        let log = log_with_token(log.as_deref().unwrap_or(""), &token);
+        let log = log_with_token(log.as_deref().unwrap_or(""), &positions.marker.token);
         let log = log.as_str();
         let t = Instant::now();
         let counts = match retry(&stop, "apply events", || store.apply(log, &batch)).await {

@@ -9,7 +9,7 @@ use tandem_common::store::{
     ItemRow, MemoryStore, PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, item_key,
     snapshot_key, user_key,
 };
-use tandem_common::testkit::RedisServer;
+use tandem_common::testkit::{RedisServer, RestartAfter, RestartingRedis};
 
 use super::*;
 use crate::error::ErrorKind;
@@ -686,67 +686,6 @@ fn popular_lists_are_kept_for_the_most_popular_categories_only() {
     );
 }
 
-/// A real Redis that restarts (SIGKILL, then empty on the same port: no persistence) right
-/// after the `after`th write of snapshot rows.
-#[derive(Debug)]
-struct RestartsRedis {
-    inner: RedisStore,
-    server: Mutex<RedisServer>,
-    puts: std::sync::atomic::AtomicU32,
-    after: u32,
-}
-
-#[async_trait]
-impl OnlineStore for RestartsRedis {
-    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
-        let r = self.inner.put(rows).await;
-        if self.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.after {
-            self.server.lock().unwrap().restart();
-        }
-        r
-    }
-    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
-        self.inner.get(keys).await
-    }
-    async fn pointer(&self) -> tandem_common::Result<Option<Pointer>> {
-        self.inner.pointer().await
-    }
-    async fn flip(&self, e: Option<&Pointer>, n: &Pointer) -> tandem_common::Result<bool> {
-        self.inner.flip(e, n).await
-    }
-    async fn lease(
-        &self,
-        name: &str,
-        op: tandem_common::store::LeaseOp,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
-        self.inner.lease(name, op, owner, ttl_ms).await
-    }
-    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
-        self.inner.note_erasure(user, at_ms).await
-    }
-    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
-        self.inner.drop_snapshots_older(keep).await
-    }
-    async fn drop_epochs_before(&self, c: i64) -> tandem_common::Result<u64> {
-        self.inner.drop_epochs_before(c).await
-    }
-    async fn apply(
-        &self,
-        log: &str,
-        events: &[SpeedEvent<'_>],
-    ) -> tandem_common::Result<tandem_common::store::ApplyCounts> {
-        self.inner.apply(log, events).await
-    }
-    async fn speed(&self, user: &str, from: i64) -> tandem_common::Result<SpeedState> {
-        self.inner.speed(user, from).await
-    }
-    async fn erase_user(&self, user: &str, at: i64, ids: &[String]) -> tandem_common::Result<u64> {
-        self.inner.erase_user(user, at, ids).await
-    }
-}
-
 /// Every key of snapshot `id` that serving reads is in `store`: each profile's row, each item's
 /// row, the popular lists and the manifest.
 async fn assert_whole(store: &dyn OnlineStore, id: &str, users: &[String], items: &[String]) {
@@ -790,13 +729,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
     );
     let users: Vec<String> = profiles.keys().cloned().collect();
     let items: Vec<String> = items.keys().cloned().collect();
-    let server = RedisServer::start();
-    let store = RestartsRedis {
-        inner: RedisStore::connect(&server.url()).await.unwrap(),
-        server: Mutex::new(server),
-        puts: Default::default(),
-        after: 1,
-    };
+    let store = RestartingRedis::new(RedisServer::start(), RestartAfter::Put(1)).await;
     let s = run(
         &lake,
         &store,
@@ -807,10 +740,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
     .await
     .unwrap();
     assert_eq!(s.outcome, Outcome::Published);
-    assert!(
-        store.puts.load(std::sync::atomic::Ordering::SeqCst) > 1,
-        "restarted, written again"
-    );
+    assert!(store.puts() > 1, "restarted, written again");
     assert_eq!(store.pointer().await.unwrap().unwrap().snapshot, s.snapshot);
     assert_whole(&store, &s.snapshot, &users, &items).await;
     let lease = store
@@ -820,7 +750,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
     assert_eq!(lease.holder, None, "the lease is released");
 
     // The store loses everything after the publish.
-    store.server.lock().unwrap().restart();
+    store.restart();
     // The first call after a restart finds the connection gone (and reconnects).
     let _ = store.pointer().await;
     assert_eq!(store.pointer().await.unwrap(), None);
@@ -843,7 +773,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
     );
     // The pointer left, the rows gone: written again.
     tandem_common::testkit::cli(
-        store.server.lock().unwrap().port(),
+        store.port(),
         &["DEL", &snapshot_key(&s.snapshot, "manifest")],
     );
     let again = restore(&lake, &store, &options(None))

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tandem_common::event::{Event, Kind, to_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::{MemoryStore, OnlineStore, RedisStore};
-use tandem_common::testkit::{RedisCluster, RedisServer};
+use tandem_common::testkit::{RedisCluster, RedisServer, RestartAfter, RestartingRedis};
 
 use super::*;
 use crate::bus::local::LocalBus;
@@ -484,76 +484,6 @@ async fn a_partition_that_does_not_exist_is_named() {
     );
 }
 
-/// A store that restarts its real Redis (SIGKILL, then a new empty server on the same port:
-/// Redis without persistence) right after its `after`th apply: the speed layer's store losing
-/// its data in the middle of a run.
-#[derive(Debug)]
-struct RestartsRedis {
-    inner: RedisStore,
-    server: std::sync::Mutex<RedisServer>,
-    applies: AtomicU64,
-    after: u64,
-}
-
-#[async_trait::async_trait]
-impl OnlineStore for RestartsRedis {
-    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
-        self.inner.put(rows).await
-    }
-    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
-        self.inner.get(keys).await
-    }
-    async fn pointer(&self) -> tandem_common::Result<Option<tandem_common::store::Pointer>> {
-        self.inner.pointer().await
-    }
-    async fn flip(
-        &self,
-        e: Option<&tandem_common::store::Pointer>,
-        n: &tandem_common::store::Pointer,
-    ) -> tandem_common::Result<bool> {
-        self.inner.flip(e, n).await
-    }
-    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
-        self.inner.drop_snapshots_older(keep).await
-    }
-    async fn lease(
-        &self,
-        name: &str,
-        op: tandem_common::store::LeaseOp,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
-        self.inner.lease(name, op, owner, ttl_ms).await
-    }
-    async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
-        self.inner.drop_epochs_before(cutoff_ms).await
-    }
-    async fn apply(
-        &self,
-        log: &str,
-        events: &[SpeedEvent<'_>],
-    ) -> tandem_common::Result<ApplyCounts> {
-        let counts = self.inner.apply(log, events).await;
-        if self.applies.fetch_add(1, Ordering::SeqCst) + 1 == self.after {
-            self.server.lock().unwrap().restart();
-        }
-        counts
-    }
-    async fn speed(
-        &self,
-        user: &str,
-        from: i64,
-    ) -> tandem_common::Result<tandem_common::store::SpeedState> {
-        self.inner.speed(user, from).await
-    }
-    async fn erase_user(&self, user: &str, at: i64, ids: &[String]) -> tandem_common::Result<u64> {
-        self.inner.erase_user(user, at, ids).await
-    }
-    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
-        self.inner.note_erasure(user, at_ms).await
-    }
-}
-
 /// A Redis restarted without persistence — between two runs of the speed layer, and in the
 /// middle of one, after positions were stored past what it lost — loses nothing: the speed
 /// layer finds its partition markers gone, notes the lake's erasures again, replays every
@@ -654,12 +584,8 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
     // In the middle of a run, positions stored at every batch: after the 5th apply of 25.
     sent.extend(wave(400));
     produce(bus.as_ref(), &sent[400..]).await;
-    let restarts: Arc<dyn OnlineStore> = Arc::new(RestartsRedis {
-        inner: RedisStore::connect(&url).await.unwrap(),
-        server: std::sync::Mutex::new(server),
-        applies: AtomicU64::new(0),
-        after: 5,
-    });
+    let restarts: Arc<dyn OnlineStore> =
+        Arc::new(RestartingRedis::new(server, RestartAfter::Apply(5)).await);
     let asked_before = asked.load(Ordering::SeqCst);
     run(
         bus.clone(),
