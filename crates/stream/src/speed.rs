@@ -48,9 +48,10 @@ pub struct SpeedOptions {
     /// Stop once every partition has reached the end it had at start (catch-up runs, tests,
     /// the bench) instead of following the bus.
     pub until_caught_up: bool,
-    /// The lake. Its erasure tombstones are noted in the store at start, so that a store that
-    /// lost its erasure markers (an in-memory store restarted, a Redis without persistence)
-    /// does not bring an erased user back when the bus is replayed; and records are set aside
+    /// The lake. Its erasure tombstones are noted in the store at start and before each replay
+    /// of a partition whose work the store lost, so that a store that lost its erasure markers
+    /// (an in-memory store restarted, a Redis without persistence) does not bring an erased
+    /// user back when the bus is replayed; and records are set aside
     /// in its dead-letter (`dead_letter/speed/`, see [`crate::dead_letter`]): bus records
     /// that are not valid events, and the events of a user the store refuses. Without a lake,
     /// invalid records are logged and skipped, and a refusal stops the partition.
