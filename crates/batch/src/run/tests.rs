@@ -33,6 +33,18 @@ fn options(cutoff_ms: Option<i64>) -> RunOptions {
     }
 }
 
+/// A run at `cutoff` (rounded down to an hour) without injected faults.
+async fn run_at(lake: &Lake, store: &dyn OnlineStore, cutoff: i64) -> Result<Summary> {
+    run(
+        lake,
+        store,
+        &options(Some(cutoff)),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+}
+
 /// Fails before one step.
 struct FailAt(Step);
 
@@ -54,15 +66,7 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
     let store = RedisStore::connect(&server.url()).await.unwrap();
     let cutoff = END + 2 * DAY;
 
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(cutoff + 1)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, cutoff + 1).await.unwrap();
     assert_eq!(s.outcome, Outcome::Published);
     assert_eq!(s.snapshot, "20251124T0000Z");
     let pointer = store.pointer().await.unwrap().unwrap();
@@ -126,15 +130,7 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
     }
 
     // The same cutoff again: nothing recomputed, nothing rewritten.
-    let again = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let again = run_at(&lake, &store, cutoff).await.unwrap();
     assert_eq!(again.outcome, Outcome::AlreadyPublished);
     assert_eq!(
         snapshot::manifest(&lake, &s.snapshot).await.unwrap(),
@@ -142,16 +138,10 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
     );
 
     // An older cutoff is refused: its speed epochs are gone.
-    let err = run(
-        &lake,
-        &store,
-        &options(Some(cutoff - HOUR)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = run_at(&lake, &store, cutoff - HOUR)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("before the published snapshot"), "{err}");
 
     // A dry run says what it would do and writes nothing.
@@ -244,9 +234,7 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
         ok: Mutex::new(u32::MAX),
     };
     let lake = lake_of(&events).await;
-    let first = run(&lake, &store, &options(Some(c1)), &snapshot::NoFaults, &())
-        .await
-        .unwrap();
+    let first = run_at(&lake, &store, c1).await.unwrap();
     // Speed epochs on both sides of the next cutoff.
     let speed: Vec<SpeedEvent<'static>> = [c2 - HOUR, c2]
         .iter()
@@ -321,20 +309,14 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
         inner: MemoryStore::default(),
         ok: Mutex::new(u32::MAX),
     };
-    let a = run(&lake, &fresh, &options(Some(c1)), &snapshot::NoFaults, &())
-        .await
-        .unwrap();
+    let a = run_at(&lake, &fresh, c1).await.unwrap();
     *fresh.ok.lock().unwrap() = 0;
-    let err = run(&lake, &fresh, &options(Some(c2)), &snapshot::NoFaults, &())
-        .await
-        .unwrap_err();
+    let err = run_at(&lake, &fresh, c2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::External, "{err}");
     assert_eq!(fresh.pointer().await.unwrap().unwrap().snapshot, a.snapshot);
 
     // Once the failures stop, the run completes: the previous snapshot and the old epochs go.
-    let done = run(&lake, &store, &options(Some(c2)), &snapshot::NoFaults, &())
-        .await
-        .unwrap();
+    let done = run_at(&lake, &store, c2).await.unwrap();
     assert_eq!(
         done.outcome,
         Outcome::AlreadyPublished,
@@ -367,15 +349,11 @@ async fn a_snapshot_written_to_the_lake_is_published_without_recomputing() {
     .await;
     assert!(err.is_err());
     assert_eq!(store.pointer().await.unwrap(), None);
-    let s = run(&lake, &store, &options(Some(END)), &snapshot::NoFaults, &())
-        .await
-        .unwrap();
+    let s = run_at(&lake, &store, END).await.unwrap();
     assert_eq!(s.outcome, Outcome::Republished);
     assert!(!s.durations_s.contains_key("views"), "{:?}", s.durations_s);
     let fresh = MemoryStore::default();
-    let f = run(&lake, &fresh, &options(Some(END)), &snapshot::NoFaults, &())
-        .await
-        .unwrap();
+    let f = run_at(&lake, &fresh, END).await.unwrap();
     assert_eq!(f.store_rows, s.store_rows);
     assert_eq!(store.keys().unwrap(), fresh.keys().unwrap());
 }
@@ -386,15 +364,7 @@ async fn a_cutoff_before_every_event_publishes_an_empty_snapshot() {
     let lake = lake_of(&events).await;
     let store = MemoryStore::default();
     let first = events.iter().map(|(_, st)| st.ingest_ts).min().unwrap();
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(first - 2 * DAY)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, first - 2 * DAY).await.unwrap();
     assert_eq!((s.outcome, s.events), (Outcome::Published, 0), "{s:?}");
     assert!(s.rows.values().all(|n| *n == 0), "{:?}", s.rows);
     let popular = store
@@ -436,15 +406,7 @@ async fn a_user_erased_after_the_snapshot_was_computed_is_not_published() {
     })
     .await
     .unwrap();
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, cutoff).await.unwrap();
     assert_eq!(s.outcome, Outcome::Republished);
     let rows = store
         .get(&[
@@ -473,15 +435,7 @@ async fn overlapping_runs_are_refused_and_cleanup_spares_newer_snapshots() {
         .await
         .unwrap();
     assert!(held.held);
-    let err = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap_err();
+    let err = run_at(&lake, &store, cutoff).await.unwrap_err();
     assert!(
         err.to_string().contains("holds the lease") && err.to_string().contains(other),
         "{err}"
@@ -499,15 +453,7 @@ async fn overlapping_runs_are_refused_and_cleanup_spares_newer_snapshots() {
         .lease(BATCH_LEASE, LeaseOp::Release, other, 60_000)
         .await
         .unwrap();
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, cutoff).await.unwrap();
     assert_eq!(s.outcome, Outcome::Published);
     let left = store
         .get(&[user_key("someone", &newer), user_key("someone", &older)])
@@ -730,15 +676,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
     let users: Vec<String> = profiles.keys().cloned().collect();
     let items: Vec<String> = items.keys().cloned().collect();
     let store = RestartingRedis::new(RedisServer::start(), RestartAfter::Put(1)).await;
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, cutoff).await.unwrap();
     assert_eq!(s.outcome, Outcome::Published);
     assert!(store.puts() > 1, "restarted, written again");
     assert_eq!(store.pointer().await.unwrap().unwrap().snapshot, s.snapshot);
@@ -812,15 +750,7 @@ async fn a_user_row_keeps_the_strongest_interests() {
     let lake = lake_of(&events).await;
     let store = MemoryStore::default();
     let cutoff = END;
-    let s = run(
-        &lake,
-        &store,
-        &options(Some(cutoff)),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_at(&lake, &store, cutoff).await.unwrap();
     let (want, _) = recompute(
         events
             .iter()

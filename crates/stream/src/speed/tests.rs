@@ -521,6 +521,9 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
         }),
         ..SpeedOptions::default()
     };
+    let speed_run = |store: Arc<dyn OnlineStore>| {
+        run(bus.clone(), store, opts(true), CancellationToken::new()).map(Result::unwrap)
+    };
     let mut server = RedisServer::start();
     let url = server.url();
     let plain =
@@ -528,14 +531,7 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
 
     let mut sent = wave(0);
     produce(bus.as_ref(), &sent).await;
-    let first = run(
-        bus.clone(),
-        plain().await,
-        opts(true),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let first = speed_run(plain().await).await;
     assert_eq!(first.counts.applied, 200, "{first:?}");
     assert_eq!(
         asked.load(Ordering::SeqCst),
@@ -561,14 +557,7 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
     server.restart();
     sent.extend(wave(200));
     produce(bus.as_ref(), &sent[200..]).await;
-    run(
-        bus.clone(),
-        plain().await,
-        opts(true),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    speed_run(plain().await).await;
     let store = plain().await;
     let kept = erased(&sent);
     assert_same(
@@ -587,14 +576,7 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
     let restarts: Arc<dyn OnlineStore> =
         Arc::new(RestartingRedis::new(server, RestartAfter::Apply(5)).await);
     let asked_before = asked.load(Ordering::SeqCst);
-    run(
-        bus.clone(),
-        restarts.clone(),
-        opts(true),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    speed_run(restarts.clone()).await;
     let kept = erased(&sent);
     assert_same(
         &merged(restarts.as_ref(), &kept, 0).await,
@@ -606,13 +588,6 @@ async fn a_redis_restarted_without_persistence_is_replayed_and_counts_every_even
         "a snapshot was asked for again"
     );
     // And a run after it reads nothing again.
-    let after = run(
-        bus.clone(),
-        restarts.clone(),
-        opts(true),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let after = speed_run(restarts.clone()).await;
     assert_eq!(after.counts.applied + after.counts.replayed, 0, "{after:?}");
 }
