@@ -1,4 +1,4 @@
-//! Picking a snapshot's cutoff (DESIGN §3): an epoch boundary `C`, never past what the lake has
+//! Picking a snapshot's cutoff (ARCHITECTURE.md §3): an epoch boundary `C`, never past what the lake has
 //! fully written, so that `ingest_ts < C` selects a complete set of events.
 
 use tandem_common::event::format_rfc3339_ms;

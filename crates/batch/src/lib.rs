@@ -1,4 +1,4 @@
-//! Tandem's batch layer (DESIGN §1, §5): recomputes every view from the master dataset up to a
+//! Tandem's batch layer (ARCHITECTURE.md §1, §5): recomputes every view from the master dataset up to a
 //! cutoff, with DataFusion.
 //!
 //! | module | what |

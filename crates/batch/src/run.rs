@@ -1,6 +1,6 @@
 //! `tandem batch run`: one whole batch run, fit for a CronJob — pick the cutoff, compute the
 //! views, train the models, write the snapshot into the lake, materialise it into the online
-//! store, flip the pointer, clean up (DESIGN §5). See [`crate::snapshot`] for the guarantees.
+//! store, flip the pointer, clean up (ARCHITECTURE.md §5). See [`crate::snapshot`] for the guarantees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The snapshot (DESIGN §5): the views as Parquet, the models and `manifest.json` under
+//! The snapshot (ARCHITECTURE.md §5): the views as Parquet, the models and `manifest.json` under
 //! `snapshots/<id>/` in the lake; then materialised into the online store under keys carrying
 //! the id, the pointer flipped, and only then the previous snapshots' keys and the speed epochs
 //! before the cutoff deleted.

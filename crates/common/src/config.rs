@@ -76,6 +76,9 @@ pub struct BusConfig {
     /// answers 503); capped at `max_produce_delay`.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
+    /// The most MiB a consumer stream takes in one answer (Fluvio), per partition read: memory
+    /// against answers cut in the middle of a batch, each of which the reader reads again.
+    pub fetch_mib: u32,
     /// `[bus.tls]`: TLS to the Fluvio cluster.
     pub tls: BusTlsConfig,
 }
@@ -661,6 +664,13 @@ impl Config {
         }
         if self.bus.produce_timeout.is_zero() {
             p.push(("bus.produce_timeout", "must be more than 0".to_string()));
+        }
+        // At least twice the largest produce request (4 MiB), so that every batch fits whole.
+        if !(8..=1024).contains(&self.bus.fetch_mib) {
+            p.push((
+                "bus.fetch_mib",
+                format!("must be 8–1024, got {}", self.bus.fetch_mib),
+            ));
         }
         let tls = &self.bus.tls;
         if tls.mode == BusTlsMode::Verified {

@@ -1,4 +1,4 @@
-//! The event model of DESIGN §2: the wire type, its validation, and the time helpers it needs.
+//! The event model of ARCHITECTURE.md §2: the wire type, its validation, and the time helpers it needs.
 //!
 //! An event arrives as one JSON object. [`parse_event`] reads it (borrowing strings from the
 //! input where it can), then validates it; every problem names its field, and the caller adds
@@ -57,7 +57,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Every kind, in a fixed order (the order of DESIGN §2).
+    /// Every kind, in a fixed order (the order of ARCHITECTURE.md §2).
     pub const ALL: [Kind; 7] = [
         Kind::View,
         Kind::Click,
@@ -176,7 +176,7 @@ pub struct Acceptance {
 }
 
 impl Acceptance {
-    /// Acceptance at `now_ms` with DESIGN §2's five-minute allowance for clock skew.
+    /// Acceptance at `now_ms` with ARCHITECTURE.md §2's five-minute allowance for clock skew.
     pub fn at(now_ms: i64) -> Self {
         Acceptance {
             now_ms,

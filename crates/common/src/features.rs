@@ -1,4 +1,4 @@
-//! The features both layers compute, defined once (DESIGN §3): every one is mergeable, so that
+//! The features both layers compute, defined once (ARCHITECTURE.md §3): every one is mergeable, so that
 //! `merge(snapshot(C), speed(≥ C)) == recompute(all events)`.
 //!
 //! [`Profile`] (per user) and [`ItemStats`] (per item) are folds over deduplicated events:

@@ -41,7 +41,7 @@ pub const ARCHIVE_DIR: &str = "_meta/archive";
 /// The folder of erasure tombstones.
 pub const ERASURES_DIR: &str = "_meta/erasures";
 
-/// An erasure (DESIGN §7): the user's events ingested at or before `erased_ms` are gone for
+/// An erasure (ARCHITECTURE.md §7): the user's events ingested at or before `erased_ms` are gone for
 /// every batch run after it (the event files keep them until a compaction rewrites them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {

@@ -2,7 +2,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`event`] | the event of DESIGN §2: wire type, validation with messages naming the field |
+//! | [`event`] | the event of ARCHITECTURE.md §2: wire type, validation with messages naming the field |
 //! | [`features`] | the mergeable profile and item features both layers compute, defined once |
 //! | [`schema`] | the lake's Arrow schema and conversion between events and record batches |
 //! | [`config`] | the configuration tree: embedded defaults, file, `TANDEM__…` variables, flags |

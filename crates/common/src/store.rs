@@ -1,4 +1,4 @@
-//! The online store (DESIGN §4, §5): where the snapshot's views and the speed layer's deltas
+//! The online store (ARCHITECTURE.md §4, §5): where the snapshot's views and the speed layer's deltas
 //! live for serving. Backends by URL: `redis://` / `rediss://` (a real Redis) and `memory://`
 //! (embedded, one process: the demo and tests). Both pass the same conformance tests
 //! (`store/tests.rs`).
@@ -15,13 +15,10 @@
 //! | `tandem:u:{<user>}:snap:<id>:items` | the user's items before the cutoff of snapshot `<id>`, at most [`HISTORY_ITEMS`] (JSON array; read only for `exclude_seen`) |
 //! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
-//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
-//! | `tandem:u:{<user>}:epoch:<ms>:recent` | the epoch's latest items (zset by time) |
-//! | `tandem:u:{<user>}:epoch:<ms>:bought` | the epoch's latest items bought (zset by time) |
-//! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
-//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`); when the user was erased (`erased`) |
+//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch, its latest items and items bought among them (hash) |
+//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`, with its log's identity `log`); when the user was erased (`erased`); the epochs the user has deltas in (`e:<ms>`) |
 //! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
-//! | `tandem:speed:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
+//! | `tandem:speed:2:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
 //! | `tandem:lease:<name>` | a lease ([`OnlineStore::lease`]): the batch run's |
 //!
 //! A snapshot's rows are written before the pointer names it (its manifest's key last) and
@@ -228,7 +225,7 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn lease(&self, name: &str, op: LeaseOp, owner: &str, ttl_ms: u64) -> Result<LeaseState>;
     /// Deletes the speed epochs before `cutoff_ms`; returns how many user-epochs it deleted.
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64>;
-    /// Applies the speed layer's deltas of `events`, read from the bus log `log` (DESIGN §3–4).
+    /// Applies the speed layer's deltas of `events`, read from the bus log `log` (ARCHITECTURE.md §3–4).
     /// Per user, atomically: the deltas are filed under each event's epoch and the user's last
     /// applied offset advances, with `log` kept beside it. An event at or below that offset (a
     /// replay), or whose `event_id` is among the user's recent ones (a retried producer), is
@@ -243,7 +240,7 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     }
     /// A user's speed state: the last offset applied and the epochs at or after `from_epoch_ms`.
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState>;
-    /// Erases a user (DESIGN §7), atomically: deletes the user's speed deltas, recent event ids
+    /// Erases a user (ARCHITECTURE.md §7), atomically: deletes the user's speed deltas, recent event ids
     /// and rows of the snapshots `snapshots`, and records `at_ms` (an ingest time) so that the
     /// user's events ingested until then are skipped if they are applied later. Returns how
     /// many keys it deleted.

@@ -1,4 +1,4 @@
-//! Candidates and ranking (DESIGN §6): items similar to the user's recent items, the top items of
+//! Candidates and ranking (ARCHITECTURE.md §6): items similar to the user's recent items, the top items of
 //! the user's strongest categories, and popular items; each candidate keeps its source, and the
 //! ranker orders them. Used offline by the evaluation and online by the serving layer.
 

@@ -304,7 +304,7 @@ impl<'a> PairContext<'a> {
     }
 }
 
-/// A ranker's logit of pair features (DESIGN §6) for one user, with every [`LinearModel::term`]
+/// A ranker's logit of pair features (ARCHITECTURE.md §6) for one user, with every [`LinearModel::term`]
 /// that is the same for many candidates computed once: the user's, the terms of an item not
 /// among the recent items or of a category not the user's, and (by the caller, with
 /// [`ItemTerms`]) each item's. [`Self::logit`] is exactly

@@ -1,4 +1,4 @@
-//! Tandem's models (DESIGN §6): user segments, a (user, item) ranker and a purchase-propensity
+//! Tandem's models (ARCHITECTURE.md §6): user segments, a (user, item) ranker and a purchase-propensity
 //! model, trained with linfa in the batch layer and inferred in plain Rust by the serving layer.
 //! Depends on nothing but `tandem_common` and linfa.
 //!

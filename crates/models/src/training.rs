@@ -1,4 +1,4 @@
-//! Training on a time split of the history, and the offline evaluation (DESIGN §6).
+//! Training on a time split of the history, and the offline evaluation (ARCHITECTURE.md §6).
 //!
 //! With the snapshot's cutoff `C` and a window `w`, event time is cut at `T₁ = C − 2w` and
 //! `T = C − w`:

@@ -1,4 +1,4 @@
-//! The v1 routes (DESIGN §7) and the OpenAPI document generated from them.
+//! The v1 routes (ARCHITECTURE.md §7) and the OpenAPI document generated from them.
 
 // utoipa's `path` macro expands the `IntoParams` types of `params(…)` with qualified paths.
 #![allow(unused_qualifications)]
@@ -589,7 +589,7 @@ struct Merged {
 }
 
 /// Reads the user's snapshot row (cached) and speed state (one store call) concurrently and
-/// merges them: snapshot ⊕ the speed epochs at or after its cutoff (DESIGN §3). A snapshot whose
+/// merges them: snapshot ⊕ the speed epochs at or after its cutoff (ARCHITECTURE.md §3). A snapshot whose
 /// cutoff is not after the user's erasure may still hold what was erased (its batch ran before
 /// the tombstone, or another server cached its row): its row is left out.
 async fn merged(app: &App, snap: Option<&Loaded>, user: &str) -> Merged {
@@ -1382,7 +1382,7 @@ pub struct EraseResponse {
     pub keys_deleted: u64,
 }
 
-/// Erases a user (DESIGN §7): records a tombstone in the lake, which every later batch run
+/// Erases a user (ARCHITECTURE.md §7): records a tombstone in the lake, which every later batch run
 /// honours, then deletes the user's speed deltas, recent event ids and snapshot row from the
 /// online store. The user's events still on their way to the speed layer are skipped when they
 /// arrive. Idempotent: repeating it erases again, at the new time.

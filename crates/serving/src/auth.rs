@@ -1,4 +1,4 @@
-//! Bearer API keys with scopes (DESIGN §7): `ingest` for `POST /v1/events`, `read` for the
+//! Bearer API keys with scopes (ARCHITECTURE.md §7): `ingest` for `POST /v1/events`, `read` for the
 //! `GET` routes, `admin` for erasure. A key holds only the scopes it lists.
 
 use axum::http::{HeaderMap, StatusCode, header};

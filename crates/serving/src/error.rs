@@ -1,4 +1,4 @@
-//! The API's errors: JSON `{code, message}` with a fitting status (DESIGN §7). Internals are
+//! The API's errors: JSON `{code, message}` with a fitting status (ARCHITECTURE.md §7). Internals are
 //! logged where they happen and never returned.
 
 use axum::Json;

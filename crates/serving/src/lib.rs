@@ -1,4 +1,4 @@
-//! Tandem's serving layer (DESIGN §7): the axum HTTP API that storefronts call. It accepts
+//! Tandem's serving layer (ARCHITECTURE.md §7): the axum HTTP API that storefronts call. It accepts
 //! events onto the bus and answers profile and recommendation queries by merging the batch
 //! snapshot with the speed layer's deltas after its cutoff, per request.
 //!

@@ -1,4 +1,4 @@
-//! The snapshot serving follows (DESIGN §5): the pointer `tandem:snapshot:current` is polled,
+//! The snapshot serving follows (ARCHITECTURE.md §5): the pointer `tandem:snapshot:current` is polled,
 //! and when it names a new snapshot, that snapshot's popular lists, models, manifest and hot item
 //! rows are loaded before requests see it. Rows of an immutable snapshot never change, so user and item
 //! rows are cached in memory (bounded, per snapshot) and most requests make one store round trip:

@@ -1,4 +1,4 @@
-//! Tandem's analyst SQL (DESIGN §1): one DataFusion catalog over the lake (events) and the
+//! Tandem's analyst SQL (ARCHITECTURE.md §1): one DataFusion catalog over the lake (events) and the
 //! snapshots (profiles, items, similar items, segments), with output as a table, CSV, JSON or
 //! Parquet.
 //!

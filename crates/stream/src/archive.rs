@@ -1,4 +1,4 @@
-//! The archiver (DESIGN §1, §3): the bus → Parquet event files in the lake, the master dataset
+//! The archiver (ARCHITECTURE.md §1, §3): the bus → Parquet event files in the lake, the master dataset
 //! the batch layer reads.
 //!
 //! One task per partition appends records to an open file and makes it visible (rolls it) when

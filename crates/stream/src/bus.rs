@@ -166,7 +166,7 @@ impl BusOptions {
             linger: Duration::ZERO,
             produce_timeout: Duration::from_secs(10),
             tls: BusTls::Disabled,
-            fetch_bytes: 8 << 20,
+            fetch_bytes: 32 << 20,
         }
     }
 
@@ -180,7 +180,7 @@ impl BusOptions {
             linger: c.linger,
             // An event must reach the bus within max_produce_delay of its ingest time.
             produce_timeout: c.produce_timeout.min(c.max_produce_delay),
-            fetch_bytes: BusOptions::new(c.partitions).fetch_bytes,
+            fetch_bytes: (c.fetch_mib as usize) << 20,
             tls: match t.mode {
                 BusTlsMode::Disabled => BusTls::Disabled,
                 BusTlsMode::Anonymous => BusTls::Anonymous,

@@ -1,4 +1,4 @@
-//! The speed layer (DESIGN §3–4): consumes the bus and applies each event's deltas to the
+//! The speed layer (ARCHITECTURE.md §3–4): consumes the bus and applies each event's deltas to the
 //! online store, exactly once in effect.
 //!
 //! One task per partition: fetch up to `batch` records from the stored position, check they are
@@ -529,7 +529,7 @@ async fn start_in_store(
     if replay {
         warn!(
             partition,
-            "The online store does not hold this partition's work (it restarted without persistence, was flushed, or is new): replaying the partition from its start."
+            "The online store does not hold this partition's work (it restarted without persistence, was flushed, is new, or holds an older layout of the speed layer's keys): replaying the partition from its start."
         );
         metrics::counter!("tandem_stream_store_losses_total", "partition" => partition.to_string())
             .increment(1);

@@ -1,5 +1,5 @@
 //! The speed layer against the plain model: `merge(snapshot(C), speed(≥ C)) == recompute(all)`
-//! (DESIGN §3), on the memory store, on a real `redis-server` and on a real Redis Cluster.
+//! (ARCHITECTURE.md §3), on the memory store, on a real `redis-server` and on a real Redis Cluster.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};

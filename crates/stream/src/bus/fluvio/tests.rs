@@ -15,6 +15,7 @@ use tandem_common::testkit::FluvioCluster;
 use super::FluvioBus;
 use crate::bus::conformance::{self, Harness};
 use crate::bus::{Bus, BusOptions};
+use crate::error::Error;
 
 struct Cluster {
     addr: String,
@@ -65,10 +66,19 @@ fn a_topic_is_created_with_the_configured_replication_and_checked() {
             replication: 3,
             ..BusOptions::new(2)
         };
-        let err = FluvioBus::connect_with(&fluvio.url("three"), &opts)
-            .await
-            .err()
-            .expect("three replicas on one SPU cannot be provisioned");
+        // The SC learns that the SPU is online a moment after it listens (longer on a busy
+        // machine); until then it counts none.
+        let mut err = Error::Bus(String::new());
+        for _ in 0..120 {
+            err = FluvioBus::connect_with(&fluvio.url("three"), &opts)
+                .await
+                .err()
+                .expect("three replicas on one SPU cannot be provisioned");
+            if !err.to_string().contains("the cluster has 0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         assert!(
             err.to_string().contains("bus.replication") && err.to_string().contains("has 1"),
             "{err}"
