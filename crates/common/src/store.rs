@@ -15,10 +15,13 @@
 //! | `tandem:u:{<user>}:snap:<id>:items` | the user's items before the cutoff of snapshot `<id>`, at most [`HISTORY_ITEMS`] (JSON array; read only for `exclude_seen`) |
 //! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
-//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch, its latest items and items bought among them (hash) |
-//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`, with its log's identity `log`); when the user was erased (`erased`); the epochs the user has deltas in (`e:<ms>`) |
+//! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
+//! | `tandem:u:{<user>}:epoch:<ms>:recent` | the epoch's latest items (zset by time) |
+//! | `tandem:u:{<user>}:epoch:<ms>:bought` | the epoch's latest items bought (zset by time) |
+//! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
+//! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`); when the user was erased (`erased`) |
 //! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
-//! | `tandem:speed:2:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
+//! | `tandem:speed:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
 //! | `tandem:lease:<name>` | a lease ([`OnlineStore::lease`]): the batch run's |
 //!
 //! A snapshot's rows are written before the pointer names it (its manifest's key last) and

@@ -166,7 +166,7 @@ impl BusOptions {
             linger: Duration::ZERO,
             produce_timeout: Duration::from_secs(10),
             tls: BusTls::Disabled,
-            fetch_bytes: 32 << 20,
+            fetch_bytes: 8 << 20,
         }
     }
 

@@ -529,7 +529,7 @@ async fn start_in_store(
     if replay {
         warn!(
             partition,
-            "The online store does not hold this partition's work (it restarted without persistence, was flushed, is new, or holds an older layout of the speed layer's keys): replaying the partition from its start."
+            "The online store does not hold this partition's work (it restarted without persistence, was flushed, or is new): replaying the partition from its start."
         );
         metrics::counter!("tandem_stream_store_losses_total", "partition" => partition.to_string())
             .increment(1);

@@ -55,6 +55,7 @@ fn file_then_env_then_flags() {
 fn every_problem_is_reported_at_once() {
     let mut s = env(&[
         ("TANDEM__BUS__PARTITIONS", "0"),
+        ("TANDEM__BUS__FETCH_MIB", "4"),
         ("TANDEM__LAKE__URL", "ftp://x/y"),
         ("TANDEM__EVENTS__EPOCH", "7m"),
         ("TANDEM__SERVER__LISTEN", "nowhere"),
@@ -74,6 +75,7 @@ fn every_problem_is_reported_at_once() {
     }
     for want in [
         "bus.partitions: must be 1–4096, got 0 (from TANDEM__BUS__PARTITIONS)",
+        "bus.fetch_mib: must be 8–1024, got 4 (from TANDEM__BUS__FETCH_MIB)",
         "server.listen: `nowhere` is not host:port",
         "events.epoch: must be between 1s and 24h and divide a day evenly, got 7m",
     ] {
@@ -81,7 +83,7 @@ fn every_problem_is_reported_at_once() {
     }
     assert_eq!(
         errs.0.len(),
-        7,
+        8,
         "lake.url is not checked while [lake] does not parse:\n{text}"
     );
     assert!(!text.contains("config.rs"), "{text}");

@@ -19,7 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
 use super::speed::{
-    self, ApplyCounts, LAYOUT1_INDEXES, SpeedEvent, SpeedState, by_user, epoch_prefix, seen_key,
+    self, ApplyCounts, SpeedEvent, SpeedState, by_user, epoch_prefix, epochs_key, seen_key,
     speed_key,
 };
 use super::{
@@ -427,34 +427,32 @@ impl OnlineStore for RedisStore {
     }
 
     async fn drop_epochs_before(&self, cutoff_ms: i64) -> Result<u64> {
-        // Each user's speed hash names its epochs; one function call per user drops the old
-        // ones (keys and names) together. What an older layout left goes too.
+        // Each user's epoch index names its epochs; one function call per user drops the old
+        // ones (keys and index entries) together.
         let mut dropped = 0;
-        for (pattern, function) in [
-            ("tandem:u:*:speed", "tandem_drop_before_v2"),
-            (LAYOUT1_INDEXES, "tandem_drop_layout1_v1"),
-        ] {
-            for target in self.scan_targets().await? {
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, keys) = self.scan_page(&target, cursor, pattern).await?;
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
-                        pipe.cmd("FCALL")
-                            .arg(function)
-                            .arg(1)
-                            .arg(key)
-                            .arg(cutoff_ms);
-                    }
-                    for n in self.call_functions(&pipe, "drop epochs").await? {
-                        dropped +=
-                            u64::from_redis_value(n).map_err(|e| external("drop epochs", e))?;
-                    }
-                    if next == 0 {
-                        break;
-                    }
-                    cursor = next;
+        for target in self.scan_targets().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys) = self.scan_page(&target, cursor, "tandem:u:*:epochs").await?;
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    let Some(prefix) = key.strip_suffix("epochs") else {
+                        continue;
+                    };
+                    pipe.cmd("FCALL")
+                        .arg("tandem_drop_before_v1")
+                        .arg(1)
+                        .arg(key)
+                        .arg(cutoff_ms)
+                        .arg(format!("{prefix}epoch:"));
                 }
+                for n in self.call_functions(&pipe, "drop epochs").await? {
+                    dropped += u64::from_redis_value(n).map_err(|e| external("drop epochs", e))?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
         }
         Ok(dropped)
@@ -473,7 +471,7 @@ impl OnlineStore for RedisStore {
         for call in &calls {
             push_call(
                 &mut pipe,
-                "tandem_apply_fast_v2",
+                "tandem_apply_fast_v1",
                 log,
                 call,
                 &mut buf,
@@ -508,7 +506,7 @@ impl OnlineStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         for call in self.calls_of(&slow) {
-            push_call(&mut pipe, "tandem_apply_v5", log, call, &mut buf, push_slow);
+            push_call(&mut pipe, "tandem_apply_v4", log, call, &mut buf, push_slow);
         }
         for got in self.call_functions(&pipe, "apply events").await? {
             let (applied, replayed, duplicates, erased) =
@@ -528,10 +526,12 @@ impl OnlineStore for RedisStore {
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
         let mut pipe = redis::pipe();
         pipe.cmd("FCALL_RO")
-            .arg("tandem_read_v3")
-            .arg(1)
+            .arg("tandem_read_v2")
+            .arg(2)
             .arg(speed_key(user))
-            .arg(from_epoch_ms);
+            .arg(epochs_key(user))
+            .arg(from_epoch_ms)
+            .arg(epoch_prefix(user));
         let got = self.call_functions(&pipe, "read speed").await?;
         let got = got
             .into_iter()
@@ -544,14 +544,15 @@ impl OnlineStore for RedisStore {
     }
 
     async fn erase_user(&self, user: &str, at_ms: i64, snapshots: &[String]) -> Result<u64> {
-        let mut keys = vec![speed_key(user), seen_key(user)];
+        let mut keys = vec![speed_key(user), seen_key(user), epochs_key(user)];
         keys.extend(snapshots.iter().map(|id| super::user_key(user, id)));
         let mut pipe = redis::pipe();
         pipe.cmd("FCALL")
-            .arg("tandem_erase_v2")
+            .arg("tandem_erase_v1")
             .arg(keys.len())
             .arg(&keys)
-            .arg(at_ms);
+            .arg(at_ms)
+            .arg(epoch_prefix(user));
         let got = self.call_functions(&pipe, "erase user").await?;
         got.into_iter()
             .next()
@@ -573,8 +574,8 @@ impl OnlineStore for RedisStore {
     }
 }
 
-/// The answer of `tandem_read_v3`: the offset and the erasure time, then (epoch, fields) per
-/// epoch.
+/// The answer of `tandem_read_v2`: the offset and the erasure time, then (epoch, fields, recent
+/// items, items bought) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
     let mut it = got.into_iter();
@@ -587,7 +588,7 @@ fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
         ..SpeedState::default()
     };
     while let Some(epoch) = it.next() {
-        let Some(fields) = it.next() else {
+        let (Some(fields), Some(recent), Some(bought)) = (it.next(), it.next(), it.next()) else {
             return Err(bad("an epoch without its fields".into()));
         };
         let epoch = i64::from_redis_value(epoch).map_err(|e| bad(e.to_string()))?;
@@ -598,7 +599,7 @@ fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
                 .map(|c| (c[0].clone(), c[1].clone()))
                 .collect())
         };
-        let profile = speed::profile_from_redis(&pairs(fields)?)
+        let profile = speed::profile_from_redis(&pairs(fields)?, &pairs(recent)?, &pairs(bought)?)
             .map_err(|e| bad(format!("epoch {epoch}: {e}")))?;
         state.epochs.insert(epoch, profile);
     }
@@ -671,7 +672,7 @@ impl RedisStore {
 }
 
 /// Appends one call of `function` over the users of `call` to `pipe`, written straight into its
-/// buffer: the keys (per user: speed, seen, then each epoch slot's hash), the log, then
+/// buffer: the keys (per user: speed, seen, epochs, then three per epoch slot), the log, then
 /// per user what `user` writes (its epoch slots in order of first appearance).
 fn push_call(
     pipe: &mut redis::Pipeline,
@@ -693,16 +694,18 @@ fn push_call(
             slots
         })
         .collect();
-    let keys: usize = slots.iter().map(|s| 2 + s.len()).sum();
+    let keys: usize = slots.iter().map(|s| 3 + 3 * s.len()).sum();
     pipe.cmd("FCALL").arg(function).arg(keys);
     for (group, slots) in call.iter().zip(&slots) {
         let u = group[0].event.user_id.as_ref();
-        pipe.arg(speed_key(u)).arg(seen_key(u));
+        pipe.arg(speed_key(u)).arg(seen_key(u)).arg(epochs_key(u));
         let prefix = epoch_prefix(u);
         for ms in slots {
-            buf.clear();
-            let _ = write!(buf, "{prefix}{ms}");
-            pipe.arg(buf.as_str());
+            for set in ["", ":recent", ":bought"] {
+                buf.clear();
+                let _ = write!(buf, "{prefix}{ms}{set}");
+                pipe.arg(buf.as_str());
+            }
         }
     }
     pipe.arg(log);
@@ -711,7 +714,7 @@ fn push_call(
     }
 }
 
-/// One user for `tandem_apply_v5`: the header (slots, events, each slot's ms), then each
+/// One user for `tandem_apply_v4`: the header (slots, events, each slot's ms), then each
 /// event's entries.
 fn push_slow(
     pipe: &mut redis::Pipeline,
@@ -729,7 +732,7 @@ fn push_slow(
     }
 }
 
-/// One user for `tandem_apply_fast_v2`: the header (events, slots, each slot's ms), each
+/// One user for `tandem_apply_fast_v1`: the header (events, slots, each slot's ms), each
 /// event's offset, id and ingest time, then per slot the fold of its events.
 fn push_fast(
     pipe: &mut redis::Pipeline,

@@ -3,35 +3,64 @@
 -- `RedisStore::connect`; the Rust side is `store/redis_store.rs`, and `store/memory.rs` does the
 -- same in memory. Every key of one user shares the user's `{user}` hash tag: one slot.
 --
--- Keys of a user U (layout 2):
+-- Keys of a user U:
 --   tandem:u:{U}:speed               hash: `offset` = the last bus offset applied for U, `log` =
 --                                    the identity of the bus log that offset is of (with the
 --                                    store token of the partition's work, `<log>|store:<token>`);
 --                                    `erased` = when U was erased (ingest ms), if ever: U's
---                                    events ingested at or before it are skipped; `e:<ms>` for
---                                    each ingest epoch U has deltas in
+--                                    events ingested at or before it are skipped
 --   tandem:u:{U}:seen                zset: recent event ids, scored by offset (the newest SEEN_MAX;
 --                                    gone SEEN_TTL_MS after the user's last event)
+--   tandem:u:{U}:epochs              zset: the ingest epochs U has deltas in (member = score = ms)
 --   tandem:u:{U}:epoch:<ms>          hash: the epoch's mergeable features (see below)
+--   tandem:u:{U}:epoch:<ms>:recent   zset: the epoch's latest items, scored by their latest time
+--   tandem:u:{U}:epoch:<ms>:bought   zset: the epoch's latest items bought, likewise
 --
 -- Epoch hash fields: c0..c6 (events per kind), units, spend (micro-units), first, last, lastbuy
--- (epoch ms), a:<category> (decayed interest in log space, `%.17g`), r:<item> (the item's
--- latest time), b:<item> (the latest time it was bought), nr and nb (how many r: and b: fields).
--- One key per user and epoch: a Redis command from Lua costs about as much as the work it does,
--- and the latest items used to be two zsets of their own per epoch (three commands more per
--- event). Layout 1 kept the epochs in a zset `tandem:u:{U}:epochs` and the items in zsets
--- `epoch:<ms>:recent` and `:bought`; `drop_legacy` deletes them.
+-- (epoch ms), a:<category> (decayed interest in log space, `%.17g`).
 
 local SEEN_MAX = 64 -- store::speed::SEEN_MAX
 local SEEN_TTL_MS = 3600000 -- store::speed::SEEN_TTL_MS
--- features::RECENT_ITEMS: the latest items an epoch's readers take
 local RECENT_MAX = 20
+local RECENT_STOP = '-20' -- -RECENT_MAX: ZRANGE's rank of the RECENT_MAXth item from the top
 local SEEN_TRIM_STOP = '-65' -- -(SEEN_MAX + 1): ZREMRANGEBYRANK up to it keeps the newest SEEN_MAX
 
 local function logaddexp(a, b)
   local m = math.max(a, b)
   return m + math.log(math.exp(a - m) + math.exp(b - m))
 end
+
+-- Keeps the RECENT_MAX items first by (time desc, item asc): evicts the last by that order.
+-- Trimming once after several inserts keeps the same items as trimming after each: an item is
+-- evicted only when RECENT_MAX others are ahead of it, and those stay ahead (scores only grow).
+-- One ZRANGE returns the items past RECENT_MAX from the bottom plus the next one up: when the
+-- next one's time is later, the bottom ones go by rank in one call; a tie across that boundary
+-- (same ms) is settled one eviction at a time, the greatest item of the lowest time first.
+local function trim_recent(recent)
+  local r = redis.call('ZRANGE', recent, '0', RECENT_STOP, 'WITHSCORES')
+  local extra = #r / 2 - 1
+  if extra < 1 then return end
+  if tonumber(r[2 * extra]) < tonumber(r[2 * extra + 2]) then
+    redis.call('ZREMRANGEBYRANK', recent, 0, string.format('%d', extra - 1))
+    return
+  end
+  while extra > 0 do
+    local low = redis.call('ZRANGE', recent, 0, 0, 'WITHSCORES')
+    local tied = redis.call('ZRANGE', recent, low[2], low[2], 'BYSCORE')
+    redis.call('ZREM', recent, tied[#tied])
+    extra = extra - 1
+  end
+end
+
+local STRIDE = 11 -- ARGV entries per event
+-- Sums of money saturate at 2^53 - 1 micro-units (features::MAX_MONEY_MICROS): the largest
+-- integer a Lua number holds exactly. Each addend is at most that, so the double sum is exact
+-- below the cap and at least 2^53 above it.
+local MAX_MONEY = 9007199254740991
+-- Redis turns a Lua number passed to redis.call into text with printf's `%.17g`, a slow path
+-- (printf's float code took about a tenth of Redis's time in a profile): calls pass argument
+-- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
+local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
 
 -- A Redis command over a long list, in chunks: Lua's `unpack` is limited to a few thousand
 -- values (a user alone in a call may bring thousands of events). `opt` is an option before the
@@ -56,80 +85,9 @@ local function bulk(cmd, key, opt, list)
   return sum
 end
 
--- Latest items of an epoch are fields `r:<item>` (and `b:<item>` for items bought) holding the
--- item's latest time; readers keep the RECENT_MAX first by (time desc, item asc). When an epoch
--- holds more than twice RECENT_MAX of a kind, the ones with a time below the RECENT_MAXth
--- latest are deleted: RECENT_MAX items are ahead of each of them for good (times only grow), so
--- no reader would take them. Items tied with the RECENT_MAXth stay (no string order is needed
--- here: Lua compares strings by locale, readers by bytes). Returns the fields left of the kind.
-local function trim_items(key, prefix)
-  local all = redis.call('HGETALL', key)
-  local times = {}
-  for j = 1, #all, 2 do
-    if string.sub(all[j], 1, 2) == prefix then times[#times + 1] = tonumber(all[j + 1]) end
-  end
-  table.sort(times, function(x, y) return x > y end)
-  local floor = times[RECENT_MAX]
-  local doomed, left = {}, 0
-  for j = 1, #all, 2 do
-    if string.sub(all[j], 1, 2) == prefix then
-      if tonumber(all[j + 1]) < floor then doomed[#doomed + 1] = all[j] else left = left + 1 end
-    end
-  end
-  if #doomed > 0 then
-    for from = 1, #doomed, 1024 do
-      redis.call('HDEL', key, unpack(doomed, from, math.min(from + 1023, #doomed)))
-    end
-  end
-  return left
-end
-
--- The user key prefix `tandem:u:{U}:` of a user's speed key.
-local function user_prefix(speed)
-  return string.sub(speed, 1, -6)
-end
-
--- Deletes what layout 1 kept of a user (the epoch index zset and each epoch's hash and item
--- zsets); returns how many keys it deleted.
-local function drop_legacy(up)
-  local index = up .. 'epochs'
-  local n = 0
-  for _, e in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    local key = up .. 'epoch:' .. e
-    n = n + redis.call('UNLINK', key, key .. ':recent', key .. ':bought')
-  end
-  return n + redis.call('UNLINK', index)
-end
-
--- Deletes the user's epochs (keys and `e:` fields of the speed hash) for which `pick(ms)`
--- holds; returns how many.
-local function drop_epochs(speed, pick)
-  local up = user_prefix(speed)
-  local fields = {}
-  for _, f in ipairs(redis.call('HKEYS', speed)) do
-    if string.sub(f, 1, 2) == 'e:' and pick(tonumber(string.sub(f, 3))) then
-      fields[#fields + 1] = f
-      redis.call('UNLINK', up .. 'epoch:' .. string.sub(f, 3))
-    end
-  end
-  if #fields > 0 then bulk('HDEL', speed, nil, fields) end
-  return #fields
-end
-
-local STRIDE = 11 -- ARGV entries per event
--- Sums of money saturate at 2^53 - 1 micro-units (features::MAX_MONEY_MICROS): the largest
--- integer a Lua number holds exactly. Each addend is at most that, so the double sum is exact
--- below the cap and at least 2^53 above it.
-local MAX_MONEY = 9007199254740991
--- Redis turns a Lua number passed to redis.call into text with printf's `%.17g`, a slow path
--- (printf's float code took about a tenth of Redis's time in a profile): calls pass argument
--- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
-local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
-
-
--- Reads an epoch's current values of `fields` (plus first, last, lastbuy, nr, nb) as numbers.
+-- Reads an epoch's current values of `fields` (plus first, last, lastbuy) as numbers.
 local function epoch_state(key, fields)
-  local names = { 'first', 'last', 'lastbuy', 'nr', 'nb' }
+  local names = { 'first', 'last', 'lastbuy' }
   for f in pairs(fields) do names[#names + 1] = f end
   local cur = bulk('HMGET', key, nil, names)
   local st = { key = key, val = {}, dirty = {}, fresh = cur[1] == false }
@@ -138,44 +96,6 @@ local function epoch_state(key, fields)
     if v then st.val[f] = tonumber(v) end
   end
   return st
-end
-
--- Sets the item field `f` (`r:<item>` or `b:<item>`, counted by `counter`) of an epoch's state
--- to the later of its time and `ts` (`ts_s` as text).
-local function add_item(st, f, counter, ts, ts_s)
-  local was = st.val[f]
-  if was == nil then
-    st.val[counter] = (st.val[counter] or 0) + 1
-    st.dirty[counter] = true
-  end
-  if was == nil or ts > was then
-    st.val[f] = ts
-    st.dirty[f] = ts_s
-  end
-end
-
--- Writes an epoch's changed fields in one HSET, trims its items when there are too many, and
--- returns whether the epoch is new. dirty[f]: the string to store, true for an integer (`%d`),
--- false for an affinity (`%.17g`, formatted once per call rather than once per event).
-local function save_epoch(st)
-  local flat = {}
-  for f, how in pairs(st.dirty) do
-    flat[#flat + 1] = f
-    if how == true then
-      flat[#flat + 1] = string.format('%d', st.val[f])
-    elseif how == false then
-      flat[#flat + 1] = string.format('%.17g', st.val[f])
-    else
-      flat[#flat + 1] = how
-    end
-  end
-  if #flat > 0 then bulk('HSET', st.key, nil, flat) end
-  for counter, prefix in pairs({ nr = 'r:', nb = 'b:' }) do
-    if (st.val[counter] or 0) > 2 * RECENT_MAX then
-      redis.call('HSET', st.key, counter, string.format('%d', trim_items(st.key, prefix)))
-    end
-  end
-  return st.fresh
 end
 
 -- Which of the fresh events args[i] (i in `fresh`, in offset order, each past the user's last
@@ -229,9 +149,10 @@ local function record_seen(seen, args, fresh, other_log)
 end
 
 -- Adds the deltas of the events args[i] (i in `new`) to their epochs: per epoch slot, one HMGET
--- of the fields they touch and one HSET of the changed ones. Epoch slots' keys from
--- keys[k + 3], their ms from args[h + 1]. Returns the `e:<ms>` fields of the epochs it created.
+-- of the fields they touch and one HSET of the changed ones; per recent / bought zset, one ZADD
+-- of all its items and one trim. Epoch slots' keys from keys[k + 1], their ms from args[h + 1].
 local function add_deltas(keys, k, args, h, new)
+  local epochs = keys[k + 3]
   local by_slot = {} -- per epoch slot: the fields its events touch
   for _, i in ipairs(new) do
     local slot = tonumber(args[i + 2])
@@ -240,23 +161,27 @@ local function add_deltas(keys, k, args, h, new)
     f['c' .. args[i + 4]] = true
     if args[i + 4] == PURCHASE then f.units = true; f.spend = true end
     if args[i + 8] ~= '' and args[i + 9] ~= '' then f['a:' .. args[i + 8]] = true end
-    local item = args[i + 10]
-    if item ~= '' then
-      f['r:' .. item] = true
-      if args[i + 4] == PURCHASE then f['b:' .. item] = true end
-    end
   end
   local states = {} -- per epoch slot: the hash's values, and which of them changed
   for slot, fields in pairs(by_slot) do
-    states[slot] = epoch_state(keys[k + 2 + slot], fields)
+    states[slot] = epoch_state(keys[k + 1 + 3 * slot], fields)
+    local ms = args[h + slot]
+    if states[slot].fresh then redis.call('ZADD', epochs, ms, ms) end
+  end
+  local items = {} -- per recent / bought zset: its (time, item) pairs to add
+  local function add_item(key, ts, item)
+    local l = items[key]
+    if not l then l = {}; items[key] = l end
+    l[#l + 1] = ts
+    l[#l + 1] = item
   end
   for _, i in ipairs(new) do
-    local st = states[tonumber(args[i + 2])]
+    local slot = tonumber(args[i + 2])
+    local st = states[slot]
     local val, dirty = st.val, st.dirty
-    local ts_s = args[i + 5]
-    local ts = tonumber(ts_s)
-    if not val.first or ts < val.first then val.first = ts; dirty.first = ts_s end
-    if not val.last or ts > val.last then val.last = ts; dirty.last = ts_s end
+    local ts = tonumber(args[i + 5])
+    if not val.first or ts < val.first then val.first = ts; dirty.first = args[i + 5] end
+    if not val.last or ts > val.last then val.last = ts; dirty.last = args[i + 5] end
     local c = 'c' .. args[i + 4]
     val[c] = (val[c] or 0) + 1
     dirty[c] = true
@@ -265,7 +190,7 @@ local function add_deltas(keys, k, args, h, new)
       val.units = (val.units or 0) + tonumber(args[i + 6])
       val.spend = math.min((val.spend or 0) + tonumber(args[i + 7]), MAX_MONEY)
       dirty.units, dirty.spend = true, true
-      if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = ts_s end
+      if not val.lastbuy or ts > val.lastbuy then val.lastbuy = ts; dirty.lastbuy = args[i + 5] end
     end
     local cat, term = args[i + 8], args[i + 9]
     if cat ~= '' and term ~= '' then
@@ -276,18 +201,31 @@ local function add_deltas(keys, k, args, h, new)
     end
     local item = args[i + 10]
     if item ~= '' then
-      add_item(st, 'r:' .. item, 'nr', ts, ts_s)
-      if purchase then add_item(st, 'b:' .. item, 'nb', ts, ts_s) end
+      add_item(keys[k + 2 + 3 * slot], args[i + 5], item)
+      if purchase then add_item(keys[k + 3 + 3 * slot], args[i + 5], item) end
     end
   end
-  local created = {}
-  for slot, st in pairs(states) do
-    if save_epoch(st) then
-      created[#created + 1] = 'e:' .. args[h + slot]
-      created[#created + 1] = '1'
+  -- dirty[f]: the string to store (first, last, lastbuy), true for a counter (`%d`), false for
+  -- an affinity (`%.17g`, formatted once per call rather than once per event).
+  for _, st in pairs(states) do
+    local flat = {}
+    for f, how in pairs(st.dirty) do
+      flat[#flat + 1] = f
+      if how == true then
+        flat[#flat + 1] = string.format('%d', st.val[f])
+      elseif how == false then
+        flat[#flat + 1] = string.format('%.17g', st.val[f])
+      else
+        flat[#flat + 1] = how
+      end
     end
+    if #flat > 0 then bulk('HSET', st.key, nil, flat) end
   end
-  return created
+  -- One ZADD GT of several pairs does what a ZADD GT per pair does, in order; it counts the
+  -- items it added, and a zset that gained none needs no trim.
+  for key, l in pairs(items) do
+    if bulk('ZADD', key, 'GT', l) > 0 then trim_recent(key) end
+  end
 end
 
 -- The log identity without its store token (store::speed::TOKEN_SEP), and whether it had one.
@@ -299,35 +237,25 @@ end
 
 -- Where a user's events of the bus log `log` count from, given the user's speed hash fields
 -- `meta` (offset, erased, log): the kept offset, or -1; and whether the user's recent ids are
--- of another log (their offsets say nothing of this one's). The same log under another store
--- token (store::speed::LogMatch::Stale) means the user's speed state was written after the store
--- lost its data (or in layout 1), and the partition is replayed from its start now: that state is
--- dropped (the erasure marker stays) so that the replay rebuilds it, instead of being skipped by
--- the offset.
-local function count_from(log, speed, seen, meta)
+-- of another log (their offsets say nothing of this one's). The same log under another store token
+-- (store::speed::LogMatch::Stale) means the user's speed state was written after the store lost
+-- its data, and the partition is replayed from its start now: that state is dropped (the
+-- erasure marker stays) so that the replay rebuilds it, instead of being skipped by the offset.
+local function count_from(log, keys, k, meta)
   local last = tonumber(meta[1] or '-1')
   if log == '' or not meta[3] or meta[3] == log then return last, false end
   local kept_base, kept_token = log_base(meta[3])
   local base, token = log_base(log)
   if kept_base ~= base then return -1, true end
   if not (kept_token and token) then return last, false end
-  drop_epochs(speed, function() return true end)
-  drop_legacy(user_prefix(speed))
-  redis.call('UNLINK', seen)
+  local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
+  local prefix = string.sub(speed, 1, -6) .. 'epoch:'
+  for _, e in ipairs(redis.call('ZRANGE', epochs, 0, -1)) do
+    redis.call('UNLINK', prefix .. e, prefix .. e .. ':recent', prefix .. e .. ':bought')
+  end
+  redis.call('UNLINK', seen, epochs)
   redis.call('HDEL', speed, 'offset', 'log')
   return -1, false
-end
-
--- Stores the user's last offset `top` of the bus log `log` (as kept: `kept_log`), with the
--- `e:<ms>` fields of the epochs just created, in one HSET.
-local function save_offset(speed, top, log, kept_log, created)
-  local flat = { 'offset', top }
-  if log ~= '' and kept_log ~= log then
-    flat[3] = 'log'
-    flat[4] = log
-  end
-  for _, f in ipairs(created) do flat[#flat + 1] = f end
-  bulk('HSET', speed, nil, flat)
 end
 
 -- One user's events, in offset order, from the bus log `log` ('' if unknown): its keys from
@@ -338,7 +266,7 @@ end
 local function apply_user(log, keys, k, args, h, a, b)
   local speed, seen = keys[k + 1], keys[k + 2]
   local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
-  local last, other_log = count_from(log, speed, seen, meta)
+  local last, other_log = count_from(log, keys, k, meta)
   local erased = meta[2] and tonumber(meta[2])
   local old, gone = 0, 0
   local fresh = {} -- events past the last offset, not erased
@@ -357,18 +285,25 @@ local function apply_user(log, keys, k, args, h, a, b)
       end
     end
   end
-  local new, dup, created = {}, 0, {}
+  local new, dup = {}, 0
   if #fresh > 0 then
     new, dup = record_seen(seen, args, fresh, other_log)
-    created = add_deltas(keys, k, args, h, new)
+    add_deltas(keys, k, args, h, new)
     redis.call('PEXPIRE', seen, SEEN_TTL_MS)
   end
-  if top then save_offset(speed, top, log, meta[3], created) end
+  if top then
+    if log ~= '' and meta[3] ~= log then
+      redis.call('HSET', speed, 'offset', top, 'log', log)
+    else
+      redis.call('HSET', speed, 'offset', top)
+    end
+  end
   return #new, old, dup, gone
 end
 
 -- The events of several users, each user's applied as one atomic step (the whole call is one).
--- KEYS: per user: speed, seen, then per epoch slot its hash.
+-- KEYS: per user: speed, seen, epochs, then per epoch slot its hash, its recent zset and its
+--       bought zset.
 -- ARGV: the bus log's identity ('' if unknown), then
 --       per user: its number of epoch slots, its number of events, each slot's epoch ms, then
 --       per event (in offset order): offset, event_id, epoch slot (1-based), ingest ts (ms),
@@ -388,66 +323,72 @@ local function apply(keys, args)
     local b = a + n * STRIDE - 1
     local w, x, y, z = apply_user(log, keys, k, args, i + 1, a, b)
     applied, old, dup, gone = applied + w, old + x, dup + y, gone + z
-    k = k + 2 + slots
+    k = k + 3 + 3 * slots
     i = b + 1
   end
   return { applied, old, dup, gone }
 end
 
 
--- The fast path (tandem_apply_fast_v2). Rust folds each user's events of a call per epoch into
+-- The fast path (tandem_apply_fast_v1). Rust folds each user's events of a call per epoch into
 -- one delta (`Profile::apply`, the fold the memory store and the batch use), so that Redis adds
 -- a handful of fields per epoch instead of running a loop per event: the per-event Lua was most
 -- of Redis's time. It applies a user's deltas only when every one of the user's events is new —
 -- past the user's last offset (of this log), not erased, and with an event id not among the
 -- recent ones (one ZADD NX adds them all) — so that the sum of the deltas is what the events
 -- one by one would add. Otherwise it changes nothing (ids it added are removed again) and names
--- the user, whose events Rust then sends through tandem_apply_v5, one by one: replays after a
+-- the user, whose events Rust then sends through tandem_apply_v4, one by one: replays after a
 -- crash and retried producers only.
 
--- Adds slot s's delta (fields, then latest items and items bought) to its epoch, whose hash is
--- `key`. The delta's entries start at args[j]: nf, nr, nb, then nf (field, value), nr (ts,
--- item), nb (ts, item). Returns where the next delta starts and whether the epoch is new.
-local function add_delta(key, args, j)
+-- Adds slot s's delta (fields, then latest items and items bought) to its epoch. The delta's
+-- entries start at args[j]: nf, nr, nb, then nf (field, value), nr (ts, item), nb (ts, item).
+local function add_delta(keys, k, s, ms, args, j)
   local nf, nr, nb = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
   j = j + 3
-  local touched = {}
-  for x = 0, nf - 1 do touched[args[j + 2 * x]] = true end
-  local items = j + 2 * nf
-  for x = 0, nr + nb - 1 do
-    touched[(x < nr and 'r:' or 'b:') .. args[items + 2 * x + 1]] = true
+  local key = keys[k + 1 + 3 * s]
+  local names = { 'first', 'last', 'lastbuy' }
+  for x = 0, nf - 1 do
+    local f = args[j + 2 * x]
+    if f ~= 'first' and f ~= 'last' and f ~= 'lastbuy' then names[#names + 1] = f end
   end
-  local st = epoch_state(key, touched)
-  local val, dirty = st.val, st.dirty
+  local cur = bulk('HMGET', key, nil, names)
+  if cur[1] == false then redis.call('ZADD', keys[k + 3], ms, ms) end
+  local old = {}
+  for idx, f in ipairs(names) do old[f] = cur[idx] end
+  local flat = {}
   for x = 0, nf - 1 do
     local f, v = args[j + 2 * x], args[j + 2 * x + 1]
-    local was = val[f]
+    local was, out = old[f], nil
     if f == 'first' then
-      if not was or tonumber(v) < was then dirty[f] = v end
+      if not was or tonumber(v) < tonumber(was) then out = v end
     elseif f == 'last' or f == 'lastbuy' then
-      if not was or tonumber(v) > was then dirty[f] = v end
+      if not was or tonumber(v) > tonumber(was) then out = v end
     elseif string.byte(f, 1) == 97 then -- 'a:<category>': log space
       local t = tonumber(v)
-      if was then t = logaddexp(was, t) end
-      val[f] = t
-      dirty[f] = false
+      if was then t = logaddexp(tonumber(was), t) end
+      out = string.format('%.17g', t)
     elseif f == 'spend' then
-      val[f] = math.min((was or 0) + tonumber(v), MAX_MONEY)
-      dirty[f] = true
+      out = string.format('%d', math.min((tonumber(was) or 0) + tonumber(v), MAX_MONEY))
     else -- a count or units
-      val[f] = (was or 0) + tonumber(v)
-      dirty[f] = true
+      out = string.format('%d', (tonumber(was) or 0) + tonumber(v))
+    end
+    if out then
+      flat[#flat + 1] = f
+      flat[#flat + 1] = out
     end
   end
-  for x = 0, nr + nb - 1 do
-    local ts_s, item = args[items + 2 * x], args[items + 2 * x + 1]
-    if x < nr then
-      add_item(st, 'r:' .. item, 'nr', tonumber(ts_s), ts_s)
-    else
-      add_item(st, 'b:' .. item, 'nb', tonumber(ts_s), ts_s)
+  if #flat > 0 then bulk('HSET', key, nil, flat) end
+  j = j + 2 * nf
+  for z, count in ipairs({ nr, nb }) do
+    if count > 0 then
+      local zkey = keys[k + 1 + 3 * s + z]
+      local l = {}
+      for x = 0, 2 * count - 1 do l[x + 1] = args[j + x] end
+      if bulk('ZADD', zkey, 'GT', l) > 0 then trim_recent(zkey) end
+      j = j + 2 * count
     end
   end
-  return items + 2 * (nr + nb), save_epoch(st)
+  return j
 end
 
 -- One user of a fast call: its n events' (offset, id, ingest ts) from args[e], its slots'
@@ -455,7 +396,7 @@ end
 local function fast_user(log, keys, k, args, h, slots, n, e, d)
   local speed, seen = keys[k + 1], keys[k + 2]
   local meta = redis.call('HMGET', speed, 'offset', 'erased', 'log')
-  local last, other_log = count_from(log, speed, seen, meta)
+  local last, other_log = count_from(log, keys, k, meta)
   -- A recent id of another log may carry the very offset an event of this one has: the take
   -- back below could not tell it from one this call added. One by one, then (rare: a topic
   -- deleted and created again).
@@ -485,20 +426,17 @@ local function fast_user(log, keys, k, args, h, slots, n, e, d)
   end
   redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
   redis.call('PEXPIRE', seen, SEEN_TTL_MS)
-  local j, created = d, {}
-  for s = 1, slots do
-    local fresh
-    j, fresh = add_delta(keys[k + 2 + s], args, j)
-    if fresh then
-      created[#created + 1] = 'e:' .. args[h + s]
-      created[#created + 1] = '1'
-    end
+  local j = d
+  for s = 1, slots do j = add_delta(keys, k, s, args[h + s], args, j) end
+  if log ~= '' and meta[3] ~= log then
+    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1], 'log', log)
+  else
+    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1])
   end
-  save_offset(speed, pairs_[#pairs_ - 1], log, meta[3], created)
   return true
 end
 
--- KEYS: as tandem_apply_v5's. ARGV: the bus log's identity ('' if unknown), then per user: its
+-- KEYS: as tandem_apply_v4's. ARGV: the bus log's identity ('' if unknown), then per user: its
 -- number of events n, its number of epoch slots, each slot's epoch ms, then per event (in
 -- offset order) its offset, event id and ingest ts, then per slot its delta (see add_delta).
 -- Returns { applied, the 1-based places in the call of the users left to the slow path… }.
@@ -520,45 +458,39 @@ local function apply_fast(keys, args)
     else
       out[#out + 1] = u
     end
-    k = k + 2 + slots
+    k = k + 3 + 3 * slots
     i = j
   end
   return out
 end
 
--- KEYS: speed. ARGV: from epoch (ms).
--- Returns { offset or false, erased or false, epoch, fields (flat), epoch, fields, … }, the
--- epochs in order.
+-- KEYS: speed, epochs. ARGV: from epoch (ms), the prefix of the user's epoch keys.
+-- Returns { offset or false, erased or false, epoch, fields (flat), recent (flat, with scores),
+--           bought (likewise), epoch, … }.
 local function read(keys, args)
-  local speed = keys[1]
-  local from = tonumber(args[1])
-  local out = redis.call('HMGET', speed, 'offset', 'erased')
-  local epochs = {}
-  for _, f in ipairs(redis.call('HKEYS', speed)) do
-    if string.sub(f, 1, 2) == 'e:' then
-      local ms = tonumber(string.sub(f, 3))
-      if ms >= from then epochs[#epochs + 1] = ms end
-    end
-  end
-  table.sort(epochs)
-  local up = user_prefix(speed)
-  for _, ms in ipairs(epochs) do
-    local e = string.format('%d', ms)
+  local out = redis.call('HMGET', keys[1], 'offset', 'erased')
+  for _, e in ipairs(redis.call('ZRANGE', keys[2], args[1], '+inf', 'BYSCORE')) do
+    local key = args[2] .. e
     out[#out + 1] = e
-    out[#out + 1] = redis.call('HGETALL', up .. 'epoch:' .. e)
+    out[#out + 1] = redis.call('HGETALL', key)
+    out[#out + 1] = redis.call('ZRANGE', key .. ':recent', 0, -1, 'WITHSCORES')
+    out[#out + 1] = redis.call('ZRANGE', key .. ':bought', 0, -1, 'WITHSCORES')
   end
   return out
 end
 
--- Erasure (ARCHITECTURE.md §7). KEYS: speed, seen, then the user's snapshot rows to delete.
--- ARGV: when (ingest ms).
+-- Erasure (ARCHITECTURE.md §7). KEYS: speed, seen, epochs, then the user's snapshot rows to delete.
+-- ARGV: when (ingest ms), the prefix of the user's epoch keys.
 -- Deletes every delta, recent id and named row of the user; keeps the offset and records
 -- `erased` (the later of the old and new), so that the user's events ingested until then are
 -- skipped when they come (late, or replayed). Returns how many keys it deleted.
 local function erase(keys, args)
-  local n = drop_epochs(keys[1], function() return true end)
-  n = n + drop_legacy(user_prefix(keys[1]))
-  for j = 2, #keys do n = n + redis.call('UNLINK', keys[j]) end
+  local n = 0
+  for _, e in ipairs(redis.call('ZRANGE', keys[3], 0, -1)) do
+    n = n + redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
+  end
+  n = n + redis.call('UNLINK', keys[2], keys[3])
+  for j = 4, #keys do n = n + redis.call('UNLINK', keys[j]) end
   local before = tonumber(redis.call('HGET', keys[1], 'erased') or '-1')
   if tonumber(args[1]) > before then redis.call('HSET', keys[1], 'erased', args[1]) end
   return n
@@ -576,20 +508,17 @@ local function note_erasure(keys, args)
   return 0
 end
 
--- KEYS: speed. ARGV: cutoff (ms).
+-- KEYS: epochs. ARGV: cutoff (ms), the prefix of the user's epoch keys.
 -- Deletes the user's epochs before the cutoff; returns how many epochs it deleted.
 local function drop_before(keys, args)
-  local cutoff = tonumber(args[1])
-  return drop_epochs(keys[1], function(ms) return ms < cutoff end)
-end
-
--- KEYS: a layout 1 epoch index (`tandem:u:{U}:epochs`). Deletes what layout 1 kept of the user;
--- returns how many epochs it deleted.
-local function drop_layout1(keys)
-  local up = string.sub(keys[1], 1, -7)
-  local n = redis.call('ZCARD', keys[1])
-  drop_legacy(up)
-  return n
+  local doomed = redis.call('ZRANGE', keys[1], '-inf', '(' .. args[1], 'BYSCORE')
+  for _, e in ipairs(doomed) do
+    redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
+  end
+  if #doomed > 0 then
+    redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. args[1])
+  end
+  return #doomed
 end
 
 -- A lease (a batch run's: two runs at once would clean up each other's snapshot rows).
@@ -616,11 +545,10 @@ local function lease(keys, args)
   return { 0, holder, redis.call('PTTL', keys[1]) }
 end
 
-redis.register_function('tandem_apply_v5', apply)
-redis.register_function('tandem_apply_fast_v2', apply_fast)
-redis.register_function{ function_name = 'tandem_read_v3', callback = read, flags = { 'no-writes' } }
-redis.register_function('tandem_drop_before_v2', drop_before)
-redis.register_function('tandem_drop_layout1_v1', drop_layout1)
-redis.register_function('tandem_erase_v2', erase)
+redis.register_function('tandem_apply_v4', apply)
+redis.register_function('tandem_apply_fast_v1', apply_fast)
+redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
+redis.register_function('tandem_drop_before_v1', drop_before)
+redis.register_function('tandem_erase_v1', erase)
 redis.register_function('tandem_lease_v1', lease)
 redis.register_function('tandem_note_erasure_v1', note_erasure)

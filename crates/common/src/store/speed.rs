@@ -31,18 +31,11 @@ pub fn log_with_token(log: &str, token: &str) -> String {
     format!("{log}{TOKEN_SEP}{token}")
 }
 
-/// The version of the speed layer's key layout in Redis (`speed.lua`), part of the partition
-/// markers' keys: a store written in another layout has no marker of this one, so the speed
-/// layer replays every partition into it as into a store that lost its data, and the users'
-/// state of the old layout is dropped as the replay reaches them (the rest by the next batch
-/// run's cleanup).
-pub const LAYOUT: u32 = 2;
-
 /// The key of the speed layer's marker for `partition` of consumer `group`: the store token of
 /// its work ([`TOKEN_SEP`]). Absent while the bus holds a position for the partition: the store
-/// lost the partition's work (or holds it in an older [`LAYOUT`]).
+/// lost the partition's work.
 pub fn partition_marker_key(group: &str, partition: u32) -> String {
-    format!("tandem:speed:{LAYOUT}:{group}:p{partition}")
+    format!("tandem:speed:{group}:p{partition}")
 }
 
 /// How the log identity kept with a user's offset relates to the one an apply comes with.
@@ -146,12 +139,12 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v5` (its `STRIDE`): what `push_args` writes, held
+/// Entries of ARGV per event in `tandem_apply_v4` (its `STRIDE`): what `push_args` writes, held
 /// equal to the Lua's by a test.
 #[cfg(test)]
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v5` (see `speed.lua`) to the last command
+/// Appends one event's ARGV entries for `tandem_apply_v4` (see `speed.lua`) to the last command
 /// of `pipe`, written straight into its buffer (integers without an intermediate `String`);
 /// `buf` is scratch space for the one float.
 pub(crate) fn push_args(
@@ -193,7 +186,7 @@ pub(crate) fn push_args(
     pipe.arg(ev.item_id.as_deref().unwrap_or(""));
 }
 
-/// Appends an epoch's delta for `tandem_apply_fast_v2` (see `speed.lua`'s `add_delta`): the
+/// Appends an epoch's delta for `tandem_apply_fast_v1` (see `speed.lua`'s `add_delta`): the
 /// fold `p` of the events of one user and epoch, as the fields of the epoch hash it adds to
 /// (`c<kind>`, `units`, `spend`, `first`, `last`, `lastbuy`, `a:<category>`) and its latest
 /// items and items bought as (time, item).
@@ -237,11 +230,13 @@ pub(crate) fn push_delta(pipe: &mut redis::Pipeline, p: &Profile, buf: &mut Stri
     }
 }
 
-/// A profile from an epoch hash's fields as Redis keeps them (see `speed.lua`): the counts and
-/// sums, `a:<category>`, and the latest items `r:<item>` and items bought `b:<item>` with their
-/// times (more than [`RECENT_ITEMS`](crate::features::RECENT_ITEMS) at times: the first by
-/// time are kept).
-pub(crate) fn profile_from_redis(fields: &[(String, String)]) -> Result<Profile, String> {
+/// A profile from an epoch hash's fields, its recent items and its items bought (item, time),
+/// as Redis keeps them.
+pub(crate) fn profile_from_redis(
+    fields: &[(String, String)],
+    recent: &[(String, String)],
+    bought: &[(String, String)],
+) -> Result<Profile, String> {
     let int = |f: &str, v: &str| -> Result<i64, String> {
         v.parse::<i64>()
             .map_err(|e| format!("field `{f}` = `{v}`: {e}"))
@@ -254,15 +249,10 @@ pub(crate) fn profile_from_redis(fields: &[(String, String)]) -> Result<Profile,
             "first" => p.first_ts = int(f, v)?,
             "last" => p.last_ts = int(f, v)?,
             "lastbuy" => p.last_purchase_ts = Some(int(f, v)?),
-            "nr" | "nb" => {}
             _ => {
                 if let Some(cat) = f.strip_prefix("a:") {
                     let score: f64 = v.parse().map_err(|e| format!("field `{f}` = `{v}`: {e}"))?;
                     p.affinity.insert(cat.to_string(), score);
-                } else if let Some(item) = f.strip_prefix("r:") {
-                    p.recent_items.push((item.to_string(), int(f, v)?));
-                } else if let Some(item) = f.strip_prefix("b:") {
-                    p.recent_purchases.push((item.to_string(), int(f, v)?));
                 } else if let Some(i) = f.strip_prefix('c').and_then(|i| i.parse::<usize>().ok())
                     && i < p.counts.len()
                 {
@@ -273,12 +263,22 @@ pub(crate) fn profile_from_redis(fields: &[(String, String)]) -> Result<Profile,
             }
         }
     }
-    crate::features::sort_recent(&mut p.recent_items);
-    crate::features::sort_recent(&mut p.recent_purchases);
+    for (what, from, to) in [
+        ("recent item", recent, &mut p.recent_items),
+        ("item bought", bought, &mut p.recent_purchases),
+    ] {
+        for (item, score) in from {
+            let ts: f64 = score
+                .parse()
+                .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?;
+            to.push((item.clone(), ts as i64));
+        }
+        crate::features::sort_recent(to);
+    }
     Ok(p)
 }
 
-/// The key of a user's speed metadata (hash: `offset`, `log`, `erased`, `e:<ms>`).
+/// The key of a user's speed metadata (hash: `offset`, `erased`).
 pub(crate) fn speed_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:speed")
 }
@@ -288,11 +288,13 @@ pub(crate) fn seen_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:seen")
 }
 
-/// What `SCAN` matches of the epoch indexes of layout 1 ([`LAYOUT`]), deleted by a batch run's
-/// cleanup.
-pub(crate) const LAYOUT1_INDEXES: &str = "tandem:u:*:epochs";
+/// The key of a user's epoch index (zset: member = score = epoch ms).
+pub(crate) fn epochs_key(user: &str) -> String {
+    format!("tandem:u:{{{user}}}:epochs")
+}
 
-/// The prefix of a user's epoch keys: `<prefix><ms>` is the epoch's hash.
+/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:recent` and
+/// `<prefix><ms>:bought` the zsets.
 pub(crate) fn epoch_prefix(user: &str) -> String {
     format!("tandem:u:{{{user}}}:epoch:")
 }

@@ -70,7 +70,7 @@ use crate::error::{Error, Result};
 const BATCH_BYTES: usize = 1 << 20;
 /// The largest produce request: a record larger than a batch goes alone (the API takes bodies
 /// of up to 1 MiB; the conformance suite sends 1.2 MB values). A consumer's answers
-/// (`bus.fetch_mib`, 32 MiB by default, at least 8) should be twice as large, so that every batch fits whole
+/// (`bus.fetch_mib`: 8 MiB by default, the least allowed) should be twice as large, so that every batch fits whole
 /// in one (a batch that does not is cut, see above, and would be cut again at every try);
 /// larger answers also mean fewer cut batches to read again.
 const MAX_REQUEST_BYTES: usize = 4 << 20;
