@@ -67,7 +67,7 @@ pub fn speed_profiles(url: &str, users: &[String], from: i64) -> BTreeMap<String
         let mut out = BTreeMap::new();
         for u in users {
             let p = store.speed(u, from).await.unwrap().merged();
-            if p.counts.iter().sum::<u64>() > 0 {
+            if p.events() > 0 {
                 out.insert(u.clone(), p);
             }
         }

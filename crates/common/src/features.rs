@@ -178,6 +178,11 @@ impl Profile {
         Self::default()
     }
 
+    /// How many events it folds (of every kind).
+    pub fn events(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
     /// Keeps the `n` strongest interests (ties by name); returns how many it dropped.
     pub fn keep_strongest_interests(&mut self, n: usize) -> usize {
         let extra = self.affinity.len().saturating_sub(n);

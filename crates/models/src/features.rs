@@ -140,7 +140,7 @@ impl<'a> PairContext<'a> {
                 (c.as_str(), (share, decayed_at(l, now_ms).ln_1p()))
             })
             .collect();
-        let events: u64 = p.counts.iter().sum();
+        let events: u64 = p.events();
         PairContext {
             profile: p,
             now_ms,

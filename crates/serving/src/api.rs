@@ -496,7 +496,7 @@ impl<'a> ProfileView<'a> {
                 .iter()
                 .map(|k| (k.as_str(), p.count(*k)))
                 .collect(),
-            events: p.counts.iter().sum(),
+            events: p.events(),
             units: p.units,
             spend: p.spend_micros as f64 / 1e6,
             first_seen: if seen { rfc3339(p.first_ts) } else { None },

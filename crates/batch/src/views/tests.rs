@@ -184,10 +184,7 @@ async fn views_equal_the_feature_definitions_at_every_cutoff() {
             .iter()
             .map(|b| b.num_rows())
             .sum();
-        let want_rows: u64 = want_profiles
-            .values()
-            .map(|p| p.counts.iter().sum::<u64>())
-            .sum();
+        let want_rows: u64 = want_profiles.values().map(|p| p.events()).sum();
         assert_eq!(
             kept as u64, want_rows,
             "materialised rows at cutoff {cutoff}"

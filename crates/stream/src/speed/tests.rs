@@ -76,7 +76,7 @@ async fn merged(store: &dyn OnlineStore, sent: &[Sent], cutoff: i64) -> BTreeMap
         let p = profiles.entry(u).or_default();
         p.merge(&speed.merged());
     }
-    profiles.retain(|_, p| p.counts.iter().sum::<u64>() > 0);
+    profiles.retain(|_, p| p.events() > 0);
     profiles
 }
 
