@@ -85,19 +85,19 @@ printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events i
 # users' keys: the same work for Redis.)
 KEYS=(); ARGS=(bench-log)
 for u in $(seq "$USERS_PER_CALL"); do
-  for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:recent" "epoch:1793000000000:bought"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
+  for k in speed seen epochs "epoch:1793000000000" "epoch:1793000000000:latest" "epoch:1793000000000:latest-bought"; do KEYS+=("tandem:u:{__rand_int__}:$k"); done
   ARGS+=("$PER_USER" 1 1793000000000)
   for j in $(seq "$PER_USER"); do ARGS+=("$j" "e__rand_int__" 1793000001000); done
   ARGS+=(8 "$PER_USER" 0 c0 "$PER_USER" first 1792990000001 last "$((1792990000000 + PER_USER))")
   for c in 0 1 2 3 4; do ARGS+=("a:cat-$c" "1.25"); done
-  for j in $(seq "$PER_USER"); do ARGS+=("$((1792990000000 + j))" "item-__rand_int__"); done
+  for j in $(seq "$PER_USER"); do ARGS+=("-$((1792990000000 + j))" "item-__rand_int__"); done
 done
 ceil=()
 for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
   redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
   rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
-        FCALL tandem_apply_fast_v1 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
+        FCALL tandem_apply_fast_v2 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
   ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")
 done
 CEIL=$(printf '%s\n' "${ceil[@]}" | median)

@@ -16,11 +16,11 @@
 //! | `tandem:i:{<item>}:snap:<id>` | the item's row of snapshot `<id>` (JSON) |
 //! | `tandem:snap:<id>:<name>` | a snapshot-wide value: `popular`, `models`, `manifest` |
 //! | `tandem:u:{<user>}:epoch:<ms>` | the speed layer's deltas for one ingest epoch (hash) |
-//! | `tandem:u:{<user>}:epoch:<ms>:recent` | the epoch's latest items (zset by time) |
-//! | `tandem:u:{<user>}:epoch:<ms>:bought` | the epoch's latest items bought (zset by time) |
+//! | `tandem:u:{<user>}:epoch:<ms>:latest` | the epoch's latest items (zset by minus time) |
+//! | `tandem:u:{<user>}:epoch:<ms>:latest-bought` | the epoch's latest items bought (zset by minus time) |
 //! | `tandem:u:{<user>}:epochs` | the epochs the user has deltas in (zset) |
 //! | `tandem:u:{<user>}:speed` | the last bus offset applied for the user (hash field `offset`); when the user was erased (`erased`) |
-//! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by offset, bounded) |
+//! | `tandem:u:{<user>}:seen` | the user's recent event ids (zset by minus offset, bounded) |
 //! | `tandem:speed:<group>:p<N>` | the speed layer's marker of its work on partition N: the store token its applies carry ([`speed::TOKEN_SEP`]); gone when the store lost its data |
 //! | `tandem:lease:<name>` | a lease ([`OnlineStore::lease`]): the batch run's |
 //!

@@ -471,7 +471,7 @@ impl OnlineStore for RedisStore {
         for call in &calls {
             push_call(
                 &mut pipe,
-                "tandem_apply_fast_v1",
+                "tandem_apply_fast_v2",
                 log,
                 call,
                 &mut buf,
@@ -506,7 +506,7 @@ impl OnlineStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         for call in self.calls_of(&slow) {
-            push_call(&mut pipe, "tandem_apply_v4", log, call, &mut buf, push_slow);
+            push_call(&mut pipe, "tandem_apply_v5", log, call, &mut buf, push_slow);
         }
         for got in self.call_functions(&pipe, "apply events").await? {
             let (applied, replayed, duplicates, erased) =
@@ -526,7 +526,7 @@ impl OnlineStore for RedisStore {
     async fn speed(&self, user: &str, from_epoch_ms: i64) -> Result<SpeedState> {
         let mut pipe = redis::pipe();
         pipe.cmd("FCALL_RO")
-            .arg("tandem_read_v2")
+            .arg("tandem_read_v3")
             .arg(2)
             .arg(speed_key(user))
             .arg(epochs_key(user))
@@ -574,7 +574,7 @@ impl OnlineStore for RedisStore {
     }
 }
 
-/// The answer of `tandem_read_v2`: the offset and the erasure time, then (epoch, fields, recent
+/// The answer of `tandem_read_v3`: the offset and the erasure time, then (epoch, fields, recent
 /// items, items bought) per epoch.
 fn decode_speed(user: &str, got: Vec<redis::Value>) -> Result<SpeedState> {
     let bad = |what: String| Error::Internal(format!("speed state of user `{user}`: {what}"));
@@ -701,7 +701,7 @@ fn push_call(
         pipe.arg(speed_key(u)).arg(seen_key(u)).arg(epochs_key(u));
         let prefix = epoch_prefix(u);
         for ms in slots {
-            for set in ["", ":recent", ":bought"] {
+            for set in ["", ":latest", ":latest-bought"] {
                 buf.clear();
                 let _ = write!(buf, "{prefix}{ms}{set}");
                 pipe.arg(buf.as_str());
@@ -714,7 +714,7 @@ fn push_call(
     }
 }
 
-/// One user for `tandem_apply_v4`: the header (slots, events, each slot's ms), then each
+/// One user for `tandem_apply_v5`: the header (slots, events, each slot's ms), then each
 /// event's entries.
 fn push_slow(
     pipe: &mut redis::Pipeline,
@@ -732,7 +732,7 @@ fn push_slow(
     }
 }
 
-/// One user for `tandem_apply_fast_v1`: the header (events, slots, each slot's ms), each
+/// One user for `tandem_apply_fast_v2`: the header (events, slots, each slot's ms), each
 /// event's offset, id and ingest time, then per slot the fold of its events.
 fn push_fast(
     pipe: &mut redis::Pipeline,

@@ -9,47 +9,53 @@
 --                                    store token of the partition's work, `<log>|store:<token>`);
 --                                    `erased` = when U was erased (ingest ms), if ever: U's
 --                                    events ingested at or before it are skipped
---   tandem:u:{U}:seen                zset: recent event ids, scored by offset (the newest SEEN_MAX;
---                                    gone SEEN_TTL_MS after the user's last event)
+--   tandem:u:{U}:seen                zset: recent event ids, scored by minus their offset (the
+--                                    newest SEEN_MAX; gone SEEN_TTL_MS after the user's last event)
 --   tandem:u:{U}:epochs              zset: the ingest epochs U has deltas in (member = score = ms)
 --   tandem:u:{U}:epoch:<ms>          hash: the epoch's mergeable features (see below)
---   tandem:u:{U}:epoch:<ms>:recent   zset: the epoch's latest items, scored by their latest time
---   tandem:u:{U}:epoch:<ms>:bought   zset: the epoch's latest items bought, likewise
+--   tandem:u:{U}:epoch:<ms>:latest   zset: the epoch's latest items, scored by minus their
+--                                    latest time
+--   tandem:u:{U}:epoch:<ms>:latest-bought  zset: the epoch's latest items bought, likewise
 --
 -- Epoch hash fields: c0..c6 (events per kind), units, spend (micro-units), first, last, lastbuy
 -- (epoch ms), a:<category> (decayed interest in log space, `%.17g`).
+--
+-- Why minus: Redis keeps a zset ordered by (score, member) and a small one as a list
+-- (listpack) that an insert walks from its start to the new member's place. Scored by minus
+-- time, the order is (time desc, item asc), the latest items' own order (features.rs): the
+-- items past the first RECENT_MAX are exactly those to evict, ties included, so one
+-- ZREMRANGEBYRANK trims; and new items (the latest) go in near the start instead of after every
+-- older one. The same for the recent ids by offset. Together about a quarter of Redis's
+-- instructions per event (`bench/speed_lua.sh`).
+--
+-- Keys of the layout before (`tandem_apply_v4`; until the epochs it wrote are dropped, the day
+-- after an upgrade): `epoch:<ms>:recent` and `epoch:<ms>:bought`, scored by plus time. `tandem_read_v3` reads them
+-- beside the new ones; erasure, cleanup and a stale user's reset delete them. A recent id
+-- scored by plus its offset (written before) sorts after every new one and goes first, as the
+-- oldest it is.
 
 local SEEN_MAX = 64 -- store::speed::SEEN_MAX
 local SEEN_TTL_MS = 3600000 -- store::speed::SEEN_TTL_MS
-local RECENT_MAX = 20
-local RECENT_STOP = '-20' -- -RECENT_MAX: ZRANGE's rank of the RECENT_MAXth item from the top
-local SEEN_TRIM_STOP = '-65' -- -(SEEN_MAX + 1): ZREMRANGEBYRANK up to it keeps the newest SEEN_MAX
+local RECENT_MAX = '20' -- features::RECENT_ITEMS; as text, ZREMRANGEBYRANK's first rank to remove
+local SEEN_FIRST_OUT = '64' -- SEEN_MAX as text: the rank of the first recent id past the newest SEEN_MAX
 
 local function logaddexp(a, b)
   local m = math.max(a, b)
   return m + math.log(math.exp(a - m) + math.exp(b - m))
 end
 
--- Keeps the RECENT_MAX items first by (time desc, item asc): evicts the last by that order.
--- Trimming once after several inserts keeps the same items as trimming after each: an item is
--- evicted only when RECENT_MAX others are ahead of it, and those stay ahead (scores only grow).
--- One ZRANGE returns the items past RECENT_MAX from the bottom plus the next one up: when the
--- next one's time is later, the bottom ones go by rank in one call; a tie across that boundary
--- (same ms) is settled one eviction at a time, the greatest item of the lowest time first.
+-- Keeps the RECENT_MAX items first by (time desc, item asc): the zset's own order (scores are
+-- minus the time), so the ones past RECENT_MAX go by rank. Trimming once after several inserts
+-- keeps the same items as trimming after each: an item is evicted only when RECENT_MAX others
+-- are ahead of it, and those stay ahead (times only grow).
 local function trim_recent(recent)
-  local r = redis.call('ZRANGE', recent, '0', RECENT_STOP, 'WITHSCORES')
-  local extra = #r / 2 - 1
-  if extra < 1 then return end
-  if tonumber(r[2 * extra]) < tonumber(r[2 * extra + 2]) then
-    redis.call('ZREMRANGEBYRANK', recent, 0, string.format('%d', extra - 1))
-    return
-  end
-  while extra > 0 do
-    local low = redis.call('ZRANGE', recent, 0, 0, 'WITHSCORES')
-    local tied = redis.call('ZRANGE', recent, low[2], low[2], 'BYSCORE')
-    redis.call('ZREM', recent, tied[#tied])
-    extra = extra - 1
-  end
+  redis.call('ZREMRANGEBYRANK', recent, RECENT_MAX, '-1')
+end
+
+-- The keys of a user's epoch `e` (`prefix .. e` is its hash), with the legacy ones (see above).
+local function epoch_keys(prefix, e)
+  local key = prefix .. e
+  return key, key .. ':latest', key .. ':latest-bought', key .. ':recent', key .. ':bought'
 end
 
 local STRIDE = 11 -- ARGV entries per event
@@ -62,19 +68,22 @@ local MAX_MONEY = 9007199254740991
 -- strings as they came, or integers formatted with `%d` (5% less Redis CPU per event).
 local PURCHASE = '4' -- the index of `purchase` in Rust's `Kind::ALL` (a Rust test holds it)
 
--- A Redis command over a long list, in chunks: Lua's `unpack` is limited to a few thousand
--- values (a user alone in a call may bring thousands of events). `opt` is an option before the
--- list, or nil. Returns the replies concatenated (tables) or summed (integers).
+-- A Redis command over list[from .. to] (default: all of it), in chunks: Lua's `unpack` is
+-- limited to a few thousand values (a user alone in a call may bring thousands of events).
+-- `opt` is an option before the list, or nil. Returns the replies concatenated (tables) or summed
+-- (integers). (No closure per call: every allocation here is Redis's time.)
 local CHUNK = 1024 -- list entries per command; even, so that pairs stay together
-local function bulk(cmd, key, opt, list)
-  local function run(from, to)
-    if opt then return redis.call(cmd, key, opt, unpack(list, from, to)) end
-    return redis.call(cmd, key, unpack(list, from, to))
-  end
-  if #list <= CHUNK then return run(1, #list) end
+local function bulk_run(cmd, key, opt, list, from, to)
+  if opt then return redis.call(cmd, key, opt, unpack(list, from, to)) end
+  return redis.call(cmd, key, unpack(list, from, to))
+end
+
+local function bulk(cmd, key, opt, list, from, to)
+  from, to = from or 1, to or #list
+  if to - from < CHUNK then return bulk_run(cmd, key, opt, list, from, to) end
   local sum, all = 0, {}
-  for from = 1, #list, CHUNK do
-    local r = run(from, math.min(from + CHUNK - 1, #list))
+  for f = from, to, CHUNK do
+    local r = bulk_run(cmd, key, opt, list, f, math.min(f + CHUNK - 1, to))
     if type(r) == 'table' then
       for j = 1, #r do all[#all + 1] = r[j] end
     else
@@ -107,20 +116,20 @@ end
 -- none repeats within the call (every event but a retried producer's), the outcome is the same
 -- in two calls: one ZADD NX adds every id (it says so by its count), one trim keeps the newest
 -- SEEN_MAX (the fresh offsets are past every offset in the set, so the per-event trims evict
--- exactly what the one trim does). Otherwise the ids that ZADD added (scored with their own
--- event's offset: an id already there keeps its older one) are removed again, and the events
--- go one by one, as the memory backend does.
+-- exactly what the one trim does). Otherwise the ids that ZADD added (scored with minus their
+-- own event's offset: an id already there keeps its older one) are removed again, and the
+-- events go one by one, as the memory backend does.
 -- With `other_log` (the recent ids are of another log, whose offsets may equal these) the
 -- take back could not tell an id that was there from one just added: one by one at once.
 local function record_seen(seen, args, fresh, other_log)
   if not other_log then
     local pairs_ = {}
     for _, i in ipairs(fresh) do
-      pairs_[#pairs_ + 1] = args[i]
+      pairs_[#pairs_ + 1] = '-' .. args[i]
       pairs_[#pairs_ + 1] = args[i + 1]
     end
     if bulk('ZADD', seen, 'NX', pairs_) == #fresh then
-      redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
+      redis.call('ZREMRANGEBYRANK', seen, SEEN_FIRST_OUT, '-1')
       return fresh, 0
     end
     local ids = {}
@@ -128,18 +137,18 @@ local function record_seen(seen, args, fresh, other_log)
     local scores = bulk('ZMSCORE', seen, nil, ids)
     local added = {}
     for j, i in ipairs(fresh) do
-      if scores[j] and tonumber(scores[j]) == tonumber(args[i]) then added[#added + 1] = ids[j] end
+      if scores[j] and tonumber(scores[j]) == -tonumber(args[i]) then added[#added + 1] = ids[j] end
     end
     if #added > 0 then bulk('ZREM', seen, nil, added) end
   end
   local new, dup, seen_n = {}, 0, redis.call('ZCARD', seen)
   for _, i in ipairs(fresh) do
-    if redis.call('ZADD', seen, 'NX', args[i], args[i + 1]) == 0 then
+    if redis.call('ZADD', seen, 'NX', '-' .. args[i], args[i + 1]) == 0 then
       dup = dup + 1
     else
       seen_n = seen_n + 1
       if seen_n > SEEN_MAX then
-        redis.call('ZREMRANGEBYRANK', seen, 0, string.format('%d', seen_n - SEEN_MAX - 1))
+        redis.call('ZREMRANGEBYRANK', seen, SEEN_FIRST_OUT, '-1')
         seen_n = SEEN_MAX
       end
       new[#new + 1] = i
@@ -149,7 +158,7 @@ local function record_seen(seen, args, fresh, other_log)
 end
 
 -- Adds the deltas of the events args[i] (i in `new`) to their epochs: per epoch slot, one HMGET
--- of the fields they touch and one HSET of the changed ones; per recent / bought zset, one ZADD
+-- of the fields they touch and one HSET of the changed ones; per latest-items zset, one ZADD
 -- of all its items and one trim. Epoch slots' keys from keys[k + 1], their ms from args[h + 1].
 local function add_deltas(keys, k, args, h, new)
   local epochs = keys[k + 3]
@@ -168,11 +177,11 @@ local function add_deltas(keys, k, args, h, new)
     local ms = args[h + slot]
     if states[slot].fresh then redis.call('ZADD', epochs, ms, ms) end
   end
-  local items = {} -- per recent / bought zset: its (time, item) pairs to add
+  local items = {} -- per latest-items zset: its (minus time, item) pairs to add
   local function add_item(key, ts, item)
     local l = items[key]
     if not l then l = {}; items[key] = l end
-    l[#l + 1] = ts
+    l[#l + 1] = '-' .. ts
     l[#l + 1] = item
   end
   for _, i in ipairs(new) do
@@ -221,10 +230,10 @@ local function add_deltas(keys, k, args, h, new)
     end
     if #flat > 0 then bulk('HSET', st.key, nil, flat) end
   end
-  -- One ZADD GT of several pairs does what a ZADD GT per pair does, in order; it counts the
-  -- items it added, and a zset that gained none needs no trim.
+  -- One ZADD LT (the lowest score is the latest time) of several pairs does what a ZADD LT per
+  -- pair does, in order; it counts the items it added, and a zset that gained none needs no trim.
   for key, l in pairs(items) do
-    if bulk('ZADD', key, 'GT', l) > 0 then trim_recent(key) end
+    if bulk('ZADD', key, 'LT', l) > 0 then trim_recent(key) end
   end
 end
 
@@ -251,7 +260,7 @@ local function count_from(log, keys, k, meta)
   local speed, seen, epochs = keys[k + 1], keys[k + 2], keys[k + 3]
   local prefix = string.sub(speed, 1, -6) .. 'epoch:'
   for _, e in ipairs(redis.call('ZRANGE', epochs, 0, -1)) do
-    redis.call('UNLINK', prefix .. e, prefix .. e .. ':recent', prefix .. e .. ':bought')
+    redis.call('UNLINK', epoch_keys(prefix, e))
   end
   redis.call('UNLINK', seen, epochs)
   redis.call('HDEL', speed, 'offset', 'log')
@@ -302,8 +311,8 @@ local function apply_user(log, keys, k, args, h, a, b)
 end
 
 -- The events of several users, each user's applied as one atomic step (the whole call is one).
--- KEYS: per user: speed, seen, epochs, then per epoch slot its hash, its recent zset and its
---       bought zset.
+-- KEYS: per user: speed, seen, epochs, then per epoch slot its hash, its latest items zset and
+--       its latest items bought zset.
 -- ARGV: the bus log's identity ('' if unknown), then
 --       per user: its number of epoch slots, its number of events, each slot's epoch ms, then
 --       per event (in offset order): offset, event_id, epoch slot (1-based), ingest ts (ms),
@@ -330,18 +339,19 @@ local function apply(keys, args)
 end
 
 
--- The fast path (tandem_apply_fast_v1). Rust folds each user's events of a call per epoch into
+-- The fast path (tandem_apply_fast_v2). Rust folds each user's events of a call per epoch into
 -- one delta (`Profile::apply`, the fold the memory store and the batch use), so that Redis adds
 -- a handful of fields per epoch instead of running a loop per event: the per-event Lua was most
 -- of Redis's time. It applies a user's deltas only when every one of the user's events is new —
 -- past the user's last offset (of this log), not erased, and with an event id not among the
 -- recent ones (one ZADD NX adds them all) — so that the sum of the deltas is what the events
 -- one by one would add. Otherwise it changes nothing (ids it added are removed again) and names
--- the user, whose events Rust then sends through tandem_apply_v4, one by one: replays after a
+-- the user, whose events Rust then sends through tandem_apply_v5, one by one: replays after a
 -- crash and retried producers only.
 
 -- Adds slot s's delta (fields, then latest items and items bought) to its epoch. The delta's
--- entries start at args[j]: nf, nr, nb, then nf (field, value), nr (ts, item), nb (ts, item).
+-- entries start at args[j]: nf, nr, nb, then nf (field, value), nr (minus ts, item), nb (minus
+-- ts, item): the zsets' scores as they are stored.
 local function add_delta(keys, k, s, ms, args, j)
   local nf, nr, nb = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
   j = j + 3
@@ -379,12 +389,11 @@ local function add_delta(keys, k, s, ms, args, j)
   end
   if #flat > 0 then bulk('HSET', key, nil, flat) end
   j = j + 2 * nf
-  for z, count in ipairs({ nr, nb }) do
+  for z = 1, 2 do
+    local count = z == 1 and nr or nb
     if count > 0 then
       local zkey = keys[k + 1 + 3 * s + z]
-      local l = {}
-      for x = 0, 2 * count - 1 do l[x + 1] = args[j + x] end
-      if bulk('ZADD', zkey, 'GT', l) > 0 then trim_recent(zkey) end
+      if bulk('ZADD', zkey, 'LT', args, j, j + 2 * count - 1) > 0 then trim_recent(zkey) end
       j = j + 2 * count
     end
   end
@@ -408,12 +417,12 @@ local function fast_user(log, keys, k, args, h, slots, n, e, d)
     local offset = tonumber(args[j])
     if offset <= top or (erased and tonumber(args[j + 2]) <= erased) then return false end
     top = offset
-    pairs_[#pairs_ + 1] = args[j]
+    pairs_[#pairs_ + 1] = '-' .. args[j]
     pairs_[#pairs_ + 1] = args[j + 1]
   end
   if bulk('ZADD', seen, 'NX', pairs_) ~= n then
-    -- An id was there already: take back the ones this call added (scored with their own
-    -- event's offset) and leave the user to the slow path.
+    -- An id was there already: take back the ones this call added (scored with minus their
+    -- own event's offset) and leave the user to the slow path.
     local ids = {}
     for x = 2, #pairs_, 2 do ids[#ids + 1] = pairs_[x] end
     local scores = bulk('ZMSCORE', seen, nil, ids)
@@ -424,19 +433,19 @@ local function fast_user(log, keys, k, args, h, slots, n, e, d)
     if #added > 0 then bulk('ZREM', seen, nil, added) end
     return false
   end
-  redis.call('ZREMRANGEBYRANK', seen, '0', SEEN_TRIM_STOP)
+  redis.call('ZREMRANGEBYRANK', seen, SEEN_FIRST_OUT, '-1')
   redis.call('PEXPIRE', seen, SEEN_TTL_MS)
   local j = d
   for s = 1, slots do j = add_delta(keys, k, s, args[h + s], args, j) end
   if log ~= '' and meta[3] ~= log then
-    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1], 'log', log)
+    redis.call('HSET', speed, 'offset', args[e + 3 * (n - 1)], 'log', log)
   else
-    redis.call('HSET', speed, 'offset', pairs_[#pairs_ - 1])
+    redis.call('HSET', speed, 'offset', args[e + 3 * (n - 1)])
   end
   return true
 end
 
--- KEYS: as tandem_apply_v4's. ARGV: the bus log's identity ('' if unknown), then per user: its
+-- KEYS: as tandem_apply_v5's. ARGV: the bus log's identity ('' if unknown), then per user: its
 -- number of events n, its number of epoch slots, each slot's epoch ms, then per event (in
 -- offset order) its offset, event id and ingest ts, then per slot its delta (see add_delta).
 -- Returns { applied, the 1-based places in the call of the users left to the slow path… }.
@@ -465,16 +474,23 @@ local function apply_fast(keys, args)
 end
 
 -- KEYS: speed, epochs. ARGV: from epoch (ms), the prefix of the user's epoch keys.
--- Returns { offset or false, erased or false, epoch, fields (flat), recent (flat, with scores),
---           bought (likewise), epoch, … }.
+-- Returns { offset or false, erased or false, epoch, fields (flat), latest items (flat, with
+--           scores: minus their time, or plus it from a legacy key), items bought (likewise),
+--           epoch, … }.
 local function read(keys, args)
   local out = redis.call('HMGET', keys[1], 'offset', 'erased')
   for _, e in ipairs(redis.call('ZRANGE', keys[2], args[1], '+inf', 'BYSCORE')) do
-    local key = args[2] .. e
+    local key, latest, bought, old_latest, old_bought = epoch_keys(args[2], e)
+    local items = redis.call('ZRANGE', latest, 0, -1, 'WITHSCORES')
+    local buys = redis.call('ZRANGE', bought, 0, -1, 'WITHSCORES')
+    if redis.call('EXISTS', old_latest, old_bought) > 0 then
+      for _, v in ipairs(redis.call('ZRANGE', old_latest, 0, -1, 'WITHSCORES')) do items[#items + 1] = v end
+      for _, v in ipairs(redis.call('ZRANGE', old_bought, 0, -1, 'WITHSCORES')) do buys[#buys + 1] = v end
+    end
     out[#out + 1] = e
     out[#out + 1] = redis.call('HGETALL', key)
-    out[#out + 1] = redis.call('ZRANGE', key .. ':recent', 0, -1, 'WITHSCORES')
-    out[#out + 1] = redis.call('ZRANGE', key .. ':bought', 0, -1, 'WITHSCORES')
+    out[#out + 1] = items
+    out[#out + 1] = buys
   end
   return out
 end
@@ -487,7 +503,7 @@ end
 local function erase(keys, args)
   local n = 0
   for _, e in ipairs(redis.call('ZRANGE', keys[3], 0, -1)) do
-    n = n + redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
+    n = n + redis.call('UNLINK', epoch_keys(args[2], e))
   end
   n = n + redis.call('UNLINK', keys[2], keys[3])
   for j = 4, #keys do n = n + redis.call('UNLINK', keys[j]) end
@@ -513,7 +529,7 @@ end
 local function drop_before(keys, args)
   local doomed = redis.call('ZRANGE', keys[1], '-inf', '(' .. args[1], 'BYSCORE')
   for _, e in ipairs(doomed) do
-    redis.call('UNLINK', args[2] .. e, args[2] .. e .. ':recent', args[2] .. e .. ':bought')
+    redis.call('UNLINK', epoch_keys(args[2], e))
   end
   if #doomed > 0 then
     redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. args[1])
@@ -545,9 +561,12 @@ local function lease(keys, args)
   return { 0, holder, redis.call('PTTL', keys[1]) }
 end
 
-redis.register_function('tandem_apply_v4', apply)
-redis.register_function('tandem_apply_fast_v1', apply_fast)
-redis.register_function{ function_name = 'tandem_read_v2', callback = read, flags = { 'no-writes' } }
+-- Versions: a binary calls the functions of its own layout; an older one finds its names gone
+-- and loads its own library again (as after a restart), so that two versions side by side
+-- each run their own functions.
+redis.register_function('tandem_apply_v5', apply)
+redis.register_function('tandem_apply_fast_v2', apply_fast)
+redis.register_function{ function_name = 'tandem_read_v3', callback = read, flags = { 'no-writes' } }
 redis.register_function('tandem_drop_before_v1', drop_before)
 redis.register_function('tandem_erase_v1', erase)
 redis.register_function('tandem_lease_v1', lease)

@@ -139,12 +139,12 @@ impl SpeedState {
 
 /// The Lua library of the Redis backend.
 pub(crate) const LUA: &str = include_str!("speed.lua");
-/// Entries of ARGV per event in `tandem_apply_v4` (its `STRIDE`): what `push_args` writes, held
+/// Entries of ARGV per event in `tandem_apply_v5` (its `STRIDE`): what `push_args` writes, held
 /// equal to the Lua's by a test.
 #[cfg(test)]
 pub(crate) const STRIDE: usize = 11;
 
-/// Appends one event's ARGV entries for `tandem_apply_v4` (see `speed.lua`) to the last command
+/// Appends one event's ARGV entries for `tandem_apply_v5` (see `speed.lua`) to the last command
 /// of `pipe`, written straight into its buffer (integers without an intermediate `String`);
 /// `buf` is scratch space for the one float.
 pub(crate) fn push_args(
@@ -186,7 +186,7 @@ pub(crate) fn push_args(
     pipe.arg(ev.item_id.as_deref().unwrap_or(""));
 }
 
-/// Appends an epoch's delta for `tandem_apply_fast_v1` (see `speed.lua`'s `add_delta`): the
+/// Appends an epoch's delta for `tandem_apply_fast_v2` (see `speed.lua`'s `add_delta`): the
 /// fold `p` of the events of one user and epoch, as the fields of the epoch hash it adds to
 /// (`c<kind>`, `units`, `spend`, `first`, `last`, `lastbuy`, `a:<category>`) and its latest
 /// items and items bought as (time, item).
@@ -225,8 +225,9 @@ pub(crate) fn push_delta(pipe: &mut redis::Pipeline, p: &Profile, buf: &mut Stri
         let _ = write!(buf, "{l}");
         pipe.arg(buf.as_str());
     }
+    // Minus the time: the zsets' scores (`speed.lua` says why).
     for (item, ts) in p.recent_items.iter().chain(&p.recent_purchases) {
-        pipe.arg(*ts).arg(item.as_str());
+        pipe.arg(-*ts).arg(item.as_str());
     }
 }
 
@@ -263,15 +264,21 @@ pub(crate) fn profile_from_redis(
             }
         }
     }
+    // Scores are minus the time, or plus it in a zset of the layout before (`speed.lua`); times
+    // are never negative. An item in both keeps its latest time.
     for (what, from, to) in [
         ("recent item", recent, &mut p.recent_items),
         ("item bought", bought, &mut p.recent_purchases),
     ] {
         for (item, score) in from {
-            let ts: f64 = score
-                .parse()
-                .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?;
-            to.push((item.clone(), ts as i64));
+            let ts = score
+                .parse::<f64>()
+                .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?
+                .abs() as i64;
+            match to.iter_mut().find(|(i, _)| i == item) {
+                Some(entry) => entry.1 = entry.1.max(ts),
+                None => to.push((item.clone(), ts)),
+            }
         }
         crate::features::sort_recent(to);
     }
@@ -283,7 +290,7 @@ pub(crate) fn speed_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:speed")
 }
 
-/// The key of a user's recent event ids (zset scored by offset).
+/// The key of a user's recent event ids (zset scored by minus the offset).
 pub(crate) fn seen_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:seen")
 }
@@ -293,8 +300,8 @@ pub(crate) fn epochs_key(user: &str) -> String {
     format!("tandem:u:{{{user}}}:epochs")
 }
 
-/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:recent` and
-/// `<prefix><ms>:bought` the zsets.
+/// The prefix of a user's epoch keys: `<prefix><ms>` is the hash, `<prefix><ms>:latest` and
+/// `<prefix><ms>:latest-bought` the zsets.
 pub(crate) fn epoch_prefix(user: &str) -> String {
     format!("tandem:u:{{{user}}}:epoch:")
 }

@@ -158,7 +158,7 @@ async fn redis_cluster_store_conforms() {
         let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
         assert_ne!(keys.trim(), "0", "node {}: no keys", node.port());
         let libs = crate::testkit::cli(node.port(), &["FUNCTION", "LIST"]);
-        assert!(libs.contains("tandem_apply_v4"), "{libs}");
+        assert!(libs.contains("tandem_apply_v5"), "{libs}");
     }
     reloads_lost_functions(store.as_ref(), || {
         for node in cluster.nodes() {
@@ -801,12 +801,9 @@ fn the_lua_library_agrees_with_the_rust_constants() {
     assert!(lua.contains(&format!("local SEEN_MAX = {} ", speed::SEEN_MAX)));
     assert!(lua.contains(&format!("local SEEN_TTL_MS = {} ", speed::SEEN_TTL_MS)));
     assert!(lua.contains(&format!("local STRIDE = {} ", speed::STRIDE)));
+    assert!(lua.contains(&format!("local SEEN_FIRST_OUT = '{}' ", speed::SEEN_MAX)));
     assert!(lua.contains(&format!(
-        "local SEEN_TRIM_STOP = '-{}'",
-        speed::SEEN_MAX + 1
-    )));
-    assert!(lua.contains(&format!(
-        "local RECENT_MAX = {}\n",
+        "local RECENT_MAX = '{}' ",
         crate::features::RECENT_ITEMS
     )));
     assert!(lua.contains(&format!(
@@ -908,4 +905,122 @@ async fn bad_urls_are_named() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), crate::ErrorKind::External, "{err}");
+}
+
+/// A store written by the layout before (`tandem_apply_v4`: latest items in `epoch:<ms>:recent`
+/// and `:bought` scored by plus time, recent ids by plus offset) keeps working after an upgrade:
+/// its epochs read as before, new events of the same epochs merge with them exactly, a retried
+/// id it recorded is still recognised, and cleanup and erasure delete its keys.
+#[tokio::test]
+async fn a_store_of_the_layout_before_reads_merges_and_is_cleaned() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let base = 1_764_000_000_000_i64 / H * H;
+    let at = |offset: u64, id: &str, user: &str, kind: Kind, item: usize, epoch: i64| SpeedEvent {
+        offset,
+        ingest_ts: epoch + 5,
+        epoch_ms: epoch,
+        event: event(
+            id,
+            user,
+            kind,
+            item,
+            base - 3_600_000 + (item as i64 % 7) * 1000,
+        ),
+    };
+    // Two users, two epochs each, more latest items than are kept, purchases among them.
+    let kinds = [Kind::View, Kind::Purchase, Kind::Click, Kind::AddToCart];
+    let mut old = Vec::new();
+    for i in 0..60_u64 {
+        let user = if i % 2 == 0 { "old-a" } else { "old-b" };
+        let epoch = base + (i as i64 / 30) * H;
+        old.push(at(
+            i,
+            &format!("o{i}"),
+            user,
+            kinds[i as usize % 4],
+            i as usize % 23,
+            epoch,
+        ));
+    }
+    assert_eq!(store.apply_events(&old).await.unwrap().applied, 60);
+    // Turn what that wrote into the layout before.
+    let to_legacy = r#"
+        for _, k in ipairs(redis.call('KEYS', 'tandem:u:*')) do
+          local legacy = nil
+          if string.sub(k, -7) == ':latest' then legacy = string.sub(k, 1, -8) .. ':recent'
+          elseif string.sub(k, -14) == ':latest-bought' then legacy = string.sub(k, 1, -15) .. ':bought'
+          elseif string.sub(k, -5) == ':seen' then legacy = k end
+          if legacy then
+            local z = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
+            redis.call('DEL', k)
+            for j = 1, #z, 2 do redis.call('ZADD', legacy, -tonumber(z[j + 1]), z[j]) end
+          end
+        end
+        return 1"#;
+    crate::testkit::cli(server.port(), &["EVAL", to_legacy, "0"]);
+    let keys = crate::testkit::cli(server.port(), &["KEYS", "*:recent"]);
+    assert_eq!(keys.lines().count(), 4, "{keys}");
+    let fold = |events: &[SpeedEvent<'_>], user: &str| {
+        let mut by_epoch: BTreeMap<i64, Profile> = BTreeMap::new();
+        for e in events.iter().filter(|e| e.event.user_id == user) {
+            by_epoch.entry(e.epoch_ms).or_default().apply(&e.event);
+        }
+        by_epoch
+    };
+    let check = |got: SpeedState, want: BTreeMap<i64, Profile>, what: &str| {
+        assert_eq!(got.epochs.len(), want.len(), "{what}");
+        for ((ea, pa), (eb, pb)) in got.epochs.iter().zip(&want) {
+            assert_eq!(ea, eb, "{what}");
+            assert!(pa.approx_eq(pb), "{what}, epoch {ea}:\n{pa:?}\n{pb:?}");
+        }
+    };
+    for u in ["old-a", "old-b"] {
+        check(store.speed(u, 0).await.unwrap(), fold(&old, u), u);
+    }
+    // New events in the same epochs (items seen before, at later and earlier times, and new
+    // ones), one a retried copy of an id the old set holds.
+    let mut new = Vec::new();
+    for i in 60..100_u64 {
+        let user = if i % 2 == 0 { "old-a" } else { "old-b" };
+        let epoch = base + ((i as i64 - 60) / 20) * H;
+        new.push(at(
+            i,
+            &format!("n{i}"),
+            user,
+            kinds[i as usize % 4],
+            (i as usize * 5) % 31,
+            epoch,
+        ));
+    }
+    let mut retried = old[58].clone(); // old-a's, id o58
+    retried.offset = 100;
+    new.push(retried);
+    let counts = store.apply_events(&new).await.unwrap();
+    assert_eq!((counts.applied, counts.duplicates), (40, 1), "{counts:?}");
+    let all: Vec<SpeedEvent<'_>> = old.iter().chain(&new[..40]).cloned().collect();
+    for u in ["old-a", "old-b"] {
+        check(store.speed(u, 0).await.unwrap(), fold(&all, u), u);
+    }
+    // Cleanup after a snapshot and an erasure take the old keys with the new.
+    assert_eq!(store.drop_epochs_before(base + H).await.unwrap(), 2);
+    check(
+        store.speed("old-b", 0).await.unwrap(),
+        fold(&all, "old-b").split_off(&(base + H)),
+        "old-b after the cleanup",
+    );
+    store.erase_user("old-a", base + 2 * H, &[]).await.unwrap();
+    let left = crate::testkit::cli(server.port(), &["KEYS", "*"]);
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort_unstable();
+    let b = format!("tandem:u:{{old-b}}:epoch:{}", base + H);
+    let mut want = vec![
+        "tandem:u:{old-a}:speed".to_string(),
+        "tandem:u:{old-b}:epochs".into(),
+        "tandem:u:{old-b}:seen".into(),
+        "tandem:u:{old-b}:speed".into(),
+    ];
+    want.extend(["", ":latest", ":latest-bought", ":recent", ":bought"].map(|k| format!("{b}{k}")));
+    want.sort_unstable();
+    assert_eq!(left, want);
 }
