@@ -162,7 +162,7 @@ pub fn sort_recent(items: &mut Vec<(String, i64)>) {
 
 /// Adds `other`'s items to a "latest N" list: the union, newest time per item, then the first
 /// [`RECENT_ITEMS`] by [`sort_recent`]'s order.
-fn merge_recent(mine: &mut Vec<(String, i64)>, other: &[(String, i64)]) {
+pub(crate) fn merge_recent(mine: &mut Vec<(String, i64)>, other: &[(String, i64)]) {
     for (item, ts) in other {
         match mine.iter_mut().find(|(i, _)| i == item) {
             Some(entry) => entry.1 = entry.1.max(*ts),

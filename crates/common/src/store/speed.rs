@@ -270,17 +270,16 @@ pub(crate) fn profile_from_redis(
         ("recent item", recent, &mut p.recent_items),
         ("item bought", bought, &mut p.recent_purchases),
     ] {
-        for (item, score) in from {
-            let ts = score
-                .parse::<f64>()
-                .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?
-                .abs() as i64;
-            match to.iter_mut().find(|(i, _)| i == item) {
-                Some(entry) => entry.1 = entry.1.max(ts),
-                None => to.push((item.clone(), ts)),
-            }
-        }
-        crate::features::sort_recent(to);
+        let items = from
+            .iter()
+            .map(|(item, score)| {
+                let ts = score
+                    .parse::<f64>()
+                    .map_err(|e| format!("{what} `{item}` score `{score}`: {e}"))?;
+                Ok((item.clone(), ts.abs() as i64))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        crate::features::merge_recent(to, &items);
     }
     Ok(p)
 }
