@@ -37,6 +37,12 @@ command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 field() { python3 -c "import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+# CPU seconds (user + system) so far: of a running process, and of the bench's redis-server.
+# Each figure below divides a process's CPU by the events: on 2 cores the three processes (the
+# speed layer, Redis, the SPU) share them, so their sum per event bounds the throughput.
+proc_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+redis_cpu() { redis-cli -p "$RPORT" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(sys|user):/{s += $2} END {printf "%.3f", s}'; }
+us_per_event() { echo "$1 * 1000000 / $EVENTS" | bc -l | xargs printf '%.1f'; }
 
 free_port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing answers on $1"; exit 1; }
@@ -55,19 +61,24 @@ fill() { # events, bus dir
 fill "$EVENTS" "$WORK/bus"
 printf 'fill: %.0f events/s onto the local bus\n' "$(field "$WORK/bus.fill.json" events_per_second)"
 
-speed_run() { # bus dir, output
+speed_run() { # bus dir, output; writes the run's CPU seconds (stream run, Redis) to output.cpu
   redis-cli -p "$RPORT" flushall >/dev/null
   rm -rf "$1/consumers/speed"
-  "$BIN" stream run --bus "local://$1" --store "$STORE" --until-caught-up "${SET[@]}" > "$2"
+  local r0; r0=$(redis_cpu)
+  /usr/bin/time -f '%U %S' -o "$2.time" "$BIN" stream run --bus "local://$1" --store "$STORE" --until-caught-up "${SET[@]}" > "$2"
+  echo "$(awk '{print $1 + $2}' "$2.time") $(echo "$(redis_cpu) - $r0" | bc -l)" > "$2.cpu"
 }
-rates=(); rss=()
+rates=(); rss=(); scpu=(); rcpu=()
 for i in $(seq "$RUNS"); do
   speed_run "$WORK/bus" "$WORK/speed.json"
   rates+=("$(field "$WORK/speed.json" records_per_second)")
   rss+=("$(field "$WORK/speed.json" peak_rss_mb)")
+  read -r s r < "$WORK/speed.json.cpu"; scpu+=("$s"); rcpu+=("$r")
 done
 SPEED_RATE=$(printf '%s\n' "${rates[@]}" | median)
 SPEED_RSS=$(printf '%s\n' "${rss[@]}" | median)
+SPEED_CPU=$(us_per_event "$(printf '%s\n' "${scpu[@]}" | median)")
+REDIS_CPU=$(us_per_event "$(printf '%s\n' "${rcpu[@]}" | median)")
 read -r APPLIED CALLS USERS BATCHES < <(python3 -c "import json;s=json.load(open('$WORK/speed.json'));print(s['applied'],s['calls'],s['users'],s['batches'])")
 [ "$APPLIED" = "$EVENTS" ] || { echo "APPLIED $APPLIED OF $EVENTS EVENTS"; exit 1; }
 PER_USER=$(python3 -c "print(max(1, round($APPLIED / $USERS)))")
@@ -76,6 +87,7 @@ DEPTH=$(python3 -c "print(max(1, round($CALLS / $BATCHES)))")
 PER_CALL=$(( PER_USER * USERS_PER_CALL ))
 printf 'stream run: %.0f events/s applied to Redis, peak RSS %s MiB (%s events in %s calls, %s batches: %s users per call, %s events per user, %s calls per pipeline)\n' \
   "$SPEED_RATE" "$SPEED_RSS" "$APPLIED" "$CALLS" "$BATCHES" "$USERS_PER_CALL" "$PER_USER" "$DEPTH"
+printf 'CPU per event: stream run %s µs, Redis %s µs\n' "$SPEED_CPU" "$REDIS_CPU"
 
 # The ceiling: the same function on fresh random users (every call creates its keys, as a
 # first event of a user does): USERS_PER_CALL users of PER_USER events each per call, DEPTH
@@ -134,21 +146,30 @@ wait_port "$SC_PUB"; wait_port "$SC_PRIV"
 "$FLUVIO_BIN/cluster-setup" "127.0.0.1:$SC_PUB" spu 5001 "127.0.0.1:$SPU_PUB" "127.0.0.1:$SPU_PRIV" > /dev/null
 "$FLUVIO_BIN/fluvio-run" spu -i 5001 -p "127.0.0.1:$SPU_PUB" -v "127.0.0.1:$SPU_PRIV" --sc-addr "127.0.0.1:$SC_PRIV" --log-base-dir "$WORK/fluvio/spu" > "$WORK/fluvio/spu.log" 2>&1 &
 PIDS+=($!)
+SPU_PID=$!
 wait_port "$SPU_PUB"
 FLUVIO="fluvio://127.0.0.1:$SC_PUB"
 "$BIN" generate --users "$USERS" --days 30 --seed 1 --end "$END" --events "$EVENTS" --bus "$FLUVIO/bench" "${SET[@]}" > "$WORK/fluvio-fill.json"
 printf 'fill: %.0f events/s onto the Fluvio topic\n' "$(field "$WORK/fluvio-fill.json" events_per_second)"
-frates=(); frss=()
+frates=(); frss=(); fscpu=(); frcpu=(); fpcpu=()
 for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
-  "$BIN" stream run --bus "$FLUVIO/bench" --store "$STORE" --group "speed-$i" --until-caught-up "${SET[@]}" > "$WORK/fspeed.json"
+  r0=$(redis_cpu); p0=$(proc_cpu "$SPU_PID")
+  /usr/bin/time -f '%U %S' -o "$WORK/fspeed.time" "$BIN" stream run --bus "$FLUVIO/bench" --store "$STORE" --group "speed-$i" --until-caught-up "${SET[@]}" > "$WORK/fspeed.json"
   [ "$(field "$WORK/fspeed.json" applied)" = "$EVENTS" ] || { echo "FLUVIO: APPLIED $(field "$WORK/fspeed.json" applied) OF $EVENTS"; exit 1; }
   frates+=("$(field "$WORK/fspeed.json" records_per_second)")
   frss+=("$(field "$WORK/fspeed.json" peak_rss_mb)")
+  fscpu+=("$(awk '{print $1 + $2}' "$WORK/fspeed.time")")
+  frcpu+=("$(echo "$(redis_cpu) - $r0" | bc -l)")
+  fpcpu+=("$(echo "$(proc_cpu "$SPU_PID") - $p0" | bc -l)")
 done
 FSPEED_RATE=$(printf '%s\n' "${frates[@]}" | median)
 FSPEED_RSS=$(printf '%s\n' "${frss[@]}" | median)
+FSPEED_CPU=$(us_per_event "$(printf '%s\n' "${fscpu[@]}" | median)")
+FREDIS_CPU=$(us_per_event "$(printf '%s\n' "${frcpu[@]}" | median)")
+FSPU_CPU=$(us_per_event "$(printf '%s\n' "${fpcpu[@]}" | median)")
 printf 'stream run from Fluvio: %.0f events/s, peak RSS %s MiB; / local bus %.2f; / ceiling %.2f\n' "$FSPEED_RATE" "$FSPEED_RSS" "$(echo "$FSPEED_RATE/$SPEED_RATE" | bc -l)" "$(echo "$FSPEED_RATE/$CEIL" | bc -l)"
+printf 'CPU per event from Fluvio: stream run %s µs, Redis %s µs, SPU %s µs\n' "$FSPEED_CPU" "$FREDIS_CPU" "$FSPU_CPU"
 farates=(); farss=()
 for i in $(seq "$RUNS"); do
   rm -rf "$WORK/flake"
@@ -209,6 +230,7 @@ $EVENTS generated events on a \`local://\` bus of $PARTS partitions, a redis-ser
 | \`tandem stream run\`: events applied to Redis per second | $(printf '%.0f' "$SPEED_RATE") | ≥ 100,000 |
 | ceiling: redis-benchmark, the same function, $USERS_PER_CALL users × $PER_USER events per call, $DEPTH calls per pipeline, $PARTS connections | $(printf '%.0f' "$CEIL") events/s | |
 | stream run / ceiling | $(printf '%.2f' "$(echo "$SPEED_RATE/$CEIL" | bc -l)") | ≥ 0.40 |
+| CPU per event: \`stream run\` / Redis | $SPEED_CPU µs / $REDIS_CPU µs | |
 | speed layer peak RSS, $EVENTS events | $SPEED_RSS MiB | flat in stream length |
 | speed layer peak RSS, $HALF events | $HALF_RSS MiB | |
 | Redis memory after $HALF events | $REDIS_MB MiB | |
@@ -225,6 +247,7 @@ loopback, built from Fluvio's source by \`make deps\`; replication 1):
 | \`tandem stream run\` from Fluvio: events applied to Redis per second | $(printf '%.0f' "$FSPEED_RATE") | ≥ 100,000 |
 | stream run, Fluvio / local bus | $(printf '%.2f' "$(echo "$FSPEED_RATE/$SPEED_RATE" | bc -l)") | |
 | stream run from Fluvio / ceiling | $(printf '%.2f' "$(echo "$FSPEED_RATE/$CEIL" | bc -l)") | |
+| CPU per event: \`stream run\` / Redis / SPU | $FSPEED_CPU µs / $FREDIS_CPU µs / $FSPU_CPU µs | |
 | speed layer peak RSS from Fluvio | $FSPEED_RSS MiB | |
 | \`tandem stream archive\` from Fluvio: events per second | $(printf '%.0f' "$FARCH_RATE") | |
 | archiver peak RSS from Fluvio | $FARCH_RSS MiB | |
