@@ -76,8 +76,9 @@ pub struct BusConfig {
     /// answers 503); capped at `max_produce_delay`.
     #[serde(with = "humantime_serde")]
     pub produce_timeout: Duration,
-    /// The most MiB a consumer stream takes in one answer (Fluvio), per partition read: memory
-    /// against answers cut in the middle of a batch, each of which the reader reads again.
+    /// The most MiB a consumer stream takes in one answer (Fluvio), per partition read: answers
+    /// cut in the middle of a batch (each read again) against memory and CPU, since the client
+    /// library clears and copies an answer's whole buffer (README, `bus.fetch_mib`).
     pub fetch_mib: u32,
     /// `[bus.tls]`: TLS to the Fluvio cluster.
     pub tls: BusTlsConfig,
