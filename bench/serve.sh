@@ -12,7 +12,7 @@
 #    a step fails, then three halvings of the last interval; a step that fails is run once
 #    more before it counts as failed).
 # 4. The ceiling: the same loads on a bare axum handler doing one Redis GET of the user's
-#    snapshot row with the same client (crates/serving/examples/serve_bench.rs).
+#    snapshot row with the same client (serving/examples/serve_bench.rs).
 # Load, server, speed layer and Redis share the machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

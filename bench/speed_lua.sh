@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis's CPU per event for variants of the speed layer's Redis functions, A/B in one window.
 #
-#   bench/speed_lua.sh [LUA...]       (default: the committed crates/common/src/store/speed.lua)
+#   bench/speed_lua.sh [LUA...]       (default: the committed common/src/store/speed.lua)
 #   ROUNDS=5 USERS=20000 bench/speed_lua.sh /tmp/a.lua /tmp/b.lua
 #
 # `bench/speed_calls.py` writes a backfill's `tandem_apply_fast_v2` calls (sessions of ~10
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-5}"
 USERS="${USERS:-20000}"
-[ $# -gt 0 ] || set -- crates/common/src/store/speed.lua
+[ $# -gt 0 ] || set -- common/src/store/speed.lua
 WORK=$(mktemp -d /tmp/tandem-speed-lua.XXXXXX)
 PORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
 trap 'redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true; [ -z "${KEEP:-}" ] && rm -rf "$WORK"; true' EXIT

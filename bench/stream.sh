@@ -107,7 +107,7 @@ done
 ceil=()
 for i in $(seq "$RUNS"); do
   redis-cli -p "$RPORT" flushall >/dev/null
-  redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < crates/common/src/store/speed.lua >/dev/null
+  redis-cli -p "$RPORT" -x FUNCTION LOAD REPLACE < common/src/store/speed.lua >/dev/null
   rps=$(redis-benchmark -p "$RPORT" -n $(( 2000000 / PER_CALL )) -r 1000000000 -P "$DEPTH" -c "$PARTS" --csv \
         FCALL tandem_apply_fast_v2 "${#KEYS[@]}" "${KEYS[@]}" "${ARGS[@]}" | tail -1 | cut -d, -f2 | tr -d '"')
   ceil+=("$(echo "$rps * $PER_CALL" | bc -l)")

@@ -13,7 +13,7 @@
 //!   Logarithms keep the sum finite however far `T` moves from `R`. Being floating point, a
 //!   merged score equals a recomputed one to about 1e-12, not bit for bit.
 //!
-//! The batch layer computes the same features in SQL (`crates/batch/src/views/*.sql`); its tests
+//! The batch layer computes the same features in SQL (`batch/src/views/*.sql`); its tests
 //! hold the two equal. The speed layer applies [`Profile::apply`]'s deltas to Redis.
 
 use std::collections::BTreeMap;
