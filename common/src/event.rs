@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 mod time;
 pub(crate) use time::write_rfc3339_ms;
-pub use time::{date_of_ms, format_rfc3339_ms, now_ms, parse_rfc3339_ms};
+pub use time::{date_of_ms, format_rfc3339_ms, now_ms, parse_rfc3339_ms, rfc3339_ascii};
 
 /// Longest `event_id`, `user_id`, `item_id`, `category`, `session_id` and property key, in characters.
 pub const MAX_ID_CHARS: usize = 128;

@@ -17,7 +17,9 @@ use bytes::Bytes as Payload;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use tandem_common::config::Scope;
-use tandem_common::event::{Acceptance, key_id_problem, parse_event, to_bus_value};
+use tandem_common::event::{
+    Acceptance, key_id_problem, now_ms, parse_event, rfc3339_ascii, to_bus_value,
+};
 use tandem_common::features::{ItemStats, Profile, decayed_at};
 use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
@@ -80,38 +82,17 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 /// An epoch-ms time, shown as RFC 3339 in UTC with milliseconds (`2026-11-22T07:00:00.000Z`),
 /// written straight into the answer: a profile shows some forty times, and a `String` each
 /// was a good part of a request's allocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rfc3339(DateTime<Utc>);
+pub struct Rfc3339(i64);
 
 impl Rfc3339 {
     /// The time's 24 ASCII bytes, for years 0–9999 (`None` outside: [`fmt::Display`] writes
-    /// those). Written digit by digit: `write!` with seven formatted integers, then serde's
-    /// escaping of each piece, cost more than the rest of a profile's JSON.
+    /// those).
     fn ascii(&self) -> Option<[u8; 24]> {
-        let t = self.0;
-        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
-        let mut b = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut v: u32| {
-            for d in b[at..at + width].iter_mut().rev() {
-                *d = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, 4, year);
-        put(5, 2, t.month());
-        put(8, 2, t.day());
-        put(11, 2, t.hour());
-        put(14, 2, t.minute());
-        put(17, 2, t.second());
-        put(20, 3, t.timestamp_subsec_millis());
-        Some(b)
+        rfc3339_ascii(self.0)
     }
 }
 
@@ -120,7 +101,7 @@ impl fmt::Display for Rfc3339 {
         if let Some(b) = self.ascii() {
             return f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?);
         }
-        let t = self.0;
+        let t = DateTime::<Utc>::from_timestamp_millis(self.0).ok_or(fmt::Error)?;
         write!(
             f,
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -146,7 +127,7 @@ impl Serialize for Rfc3339 {
 
 /// `ms` as RFC 3339; `None` out of chrono's range.
 fn rfc3339(ms: i64) -> Option<Rfc3339> {
-    DateTime::<Utc>::from_timestamp_millis(ms).map(Rfc3339)
+    DateTime::<Utc>::from_timestamp_millis(ms).map(|_| Rfc3339(ms))
 }
 
 /// Serializes a value by its `Display` (a candidate's source), without a `String` between.

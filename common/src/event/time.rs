@@ -14,23 +14,38 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// The first millisecond of year 0 (`0000-01-01T00:00:00.000Z`): the earliest time
+/// [`rfc3339_ascii`] writes.
+const YEAR_0_MS: i64 = -62_167_219_200_000;
+
+/// Formats epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, as chrono's
+/// `to_rfc3339_opts(Millis, true)` does.
 ///
-/// Hand-written for years 1970–9999 because the generator formats millions of times a second;
-/// anything else goes through chrono.
+/// Hand-written for years 0–9999 ([`rfc3339_ascii`]) because the generator formats millions of
+/// times a second; anything else goes through chrono.
 pub fn format_rfc3339_ms(ms: i64) -> String {
-    if !(0..=super::MAX_TS_MS).contains(&ms) {
-        return DateTime::from_timestamp_millis(ms)
+    match rfc3339_ascii(ms) {
+        // The buffer holds ASCII digits and separators only.
+        Some(buf) => String::from_utf8_lossy(&buf).into_owned(),
+        None => DateTime::from_timestamp_millis(ms)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .unwrap_or_else(|| ms.to_string());
+            .unwrap_or_else(|| ms.to_string()),
+    }
+}
+
+/// The 24 ASCII bytes of `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in the years 0–9999; `None`
+/// outside them. Written digit by digit: `write!` of seven integers (and, in an HTTP answer,
+/// serde's escaping of each piece) costs more than the rest of a profile's JSON.
+pub fn rfc3339_ascii(ms: i64) -> Option<[u8; 24]> {
+    if !(YEAR_0_MS..=super::MAX_TS_MS).contains(&ms) {
+        return None;
     }
     let mut buf = [0u8; 24];
     write_rfc3339_ms(ms, &mut buf);
-    // The buffer holds ASCII digits and separators only.
-    String::from_utf8_lossy(&buf).into_owned()
+    Some(buf)
 }
 
-/// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` for `0 <= ms <= MAX_TS_MS` into `out`.
+/// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in the years 0–9999 into `out`.
 pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
@@ -91,12 +106,20 @@ mod tests {
 
     proptest! {
         #[test]
-        fn formatter_matches_chrono(ms in 0i64..=crate::event::MAX_TS_MS) {
+        fn formatter_matches_chrono(
+            ms in (YEAR_0_MS - 1_000_000_000_000)..=(crate::event::MAX_TS_MS + 1_000_000_000_000)
+        ) {
             let ours = format_rfc3339_ms(ms);
             let chrono = DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(SecondsFormat::Millis, true);
             prop_assert_eq!(&ours, &chrono);
-            prop_assert_eq!(parse_rfc3339_ms(&ours), Some(ms));
-            prop_assert_eq!(date_of_ms(ms), chrono[..10].to_string());
+            // The years 0–9999: what the API shows and events carry.
+            if (YEAR_0_MS..=crate::event::MAX_TS_MS).contains(&ms) {
+                prop_assert!(rfc3339_ascii(ms).is_some());
+                prop_assert_eq!(parse_rfc3339_ms(&ours), Some(ms));
+                prop_assert_eq!(date_of_ms(ms), chrono[..10].to_string());
+            } else {
+                prop_assert_eq!(rfc3339_ascii(ms), None);
+            }
         }
     }
 }
