@@ -11,6 +11,7 @@
 //! | [`ingest`] | bulk loading of JSON lines and CSV into the lake, streaming |
 //! | [`generate`] | a synthetic storefront, deterministic by seed |
 //! | [`error`] | the error type and the error kinds all crates share |
+//! | [`telemetry`] | the process's one Prometheus recorder, for every layer |
 //! | `testkit` | (feature `testkit`) a real `redis-server`, Redis Cluster or Fluvio cluster per test |
 //!
 //! # Example
@@ -47,6 +48,7 @@ pub mod lake;
 pub mod schema;
 pub mod store;
 pub mod sys;
+pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod tls;

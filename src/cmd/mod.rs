@@ -115,18 +115,33 @@ pub(crate) fn stop_on_signals() -> Result<tokio_util::sync::CancellationToken> {
     Ok(token)
 }
 
-pub(crate) fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Result<()> {
-    if let Some(addr) = listen {
-        // The same histogram buckets as serve's, so that dashboards read every layer alike.
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-                tandem_serving::ops::BUCKETS,
-            )?
-            .install()
-            .with_context(|| format!("--metrics-listen {addr}"))?;
-        tracing::info!(%addr, "Serving metrics.");
-    }
+/// Serves the process's one recorder ([`tandem_common::telemetry::prometheus`], the buckets and
+/// upkeep `tandem serve` uses) as Prometheus text at every path of `listen`, in the background.
+pub(crate) async fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Result<()> {
+    let Some(addr) = listen else {
+        return Ok(());
+    };
+    let handle = tandem_common::telemetry::prometheus();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    let app = axum::Router::new().fallback(axum::routing::get(move || {
+        let handle = handle.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }
+    }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(%addr, error = %e, "The metrics endpoint stopped.");
+        }
+    });
+    tracing::info!(%addr, "Serving metrics.");
     Ok(())
 }

@@ -126,7 +126,7 @@ pub(crate) async fn stream_command(cmd: StreamCommand, config: &Config) -> Resul
             )
             .await?;
             let lake = open_lake(args.lake.as_deref(), config)?;
-            serve_metrics(args.stream.metrics_listen)?;
+            serve_metrics(args.stream.metrics_listen).await?;
             let defaults = tandem_stream::speed::SpeedOptions::from_config(config);
             let opts = tandem_stream::speed::SpeedOptions {
                 group: args.stream.group.unwrap_or(defaults.group),
@@ -143,7 +143,7 @@ pub(crate) async fn stream_command(cmd: StreamCommand, config: &Config) -> Resul
         StreamCommand::Archive(args) => {
             let bus = open_bus(args.stream.bus.as_deref(), config).await?;
             let lake = open_lake(args.lake.as_deref(), config)?;
-            serve_metrics(args.stream.metrics_listen)?;
+            serve_metrics(args.stream.metrics_listen).await?;
             let defaults = tandem_stream::archive::ArchiveOptions::from_config(config);
             let opts = tandem_stream::archive::ArchiveOptions {
                 group: args.stream.group.unwrap_or(defaults.group),

@@ -808,3 +808,63 @@ fn poison_records_on_the_bus_are_set_aside_through_the_whole_lambda_on_a_redis_c
     assert_eq!(batch["outcome"], "published", "{batch}");
     assert_merged_equals_recompute(&store, cutoff, &events);
 }
+
+/// `stream run --metrics-listen`: the process's one recorder (the buckets `serve` uses) as
+/// Prometheus text while it runs; every record consumed is counted under one outcome.
+#[test]
+fn the_speed_layer_shows_its_metrics_at_metrics_listen() {
+    use std::io::{Read, Write};
+
+    use crate::harness::Listening;
+
+    let s = Scratch::new();
+    let redis = RedisServer::start();
+    let sent = generate_to_bus(&s, "100", "7")["sent"].as_u64().unwrap();
+    let port = tandem_common::testkit::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cmd = s.tandem(&[
+        "stream",
+        "run",
+        "--store",
+        &redis.url(),
+        "--metrics-listen",
+        &listen,
+    ]);
+    let running = Listening::start(cmd, port, Duration::from_secs(60));
+    let scrape = || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            c,
+            "GET /metrics HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    let counted = |text: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("tandem_stream_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut text = scrape();
+    while counted(&text) < sent {
+        assert!(
+            Instant::now() < deadline,
+            "{sent} records sent, the metrics count {}:\n{text}",
+            counted(&text)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        text = scrape();
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(counted(&text), sent, "{text}");
+    assert!(
+        text.contains("tandem_stream_batch_apply_seconds_bucket{le=\"0.00025\"}"),
+        "the apply histogram has the shared buckets:\n{text}"
+    );
+    let (clean, err) = running.stop();
+    assert!(clean, "SIGTERM is a clean exit: {err}");
+}
