@@ -14,7 +14,7 @@ APT := $(shell command -v apt-get 2>/dev/null)
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster) with apt; the infra tools; Fluvio's server.
+deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster) with apt; cargo-machete; the infra tools; Fluvio's server.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
@@ -30,6 +30,7 @@ deps: ## Install what the tests need and lack: redis-server, redis-tools, openss
 	  else echo "please install:$$missing"; fi; \
 	fi; \
 	command -v redis-server >/dev/null || { echo "redis-server is required by the tests"; exit 1; }
+	@command -v cargo-machete >/dev/null || $(CARGO) install --locked cargo-machete@0.9.2
 	@$(MAKE) --no-print-directory deps-infra deps-fluvio
 
 # Fluvio's server is not published to crates.io: the tests run a real one (one SC, one SPU per
@@ -63,8 +64,10 @@ fmt: ## Format the code.
 fmt-check: ## Check formatting.
 	$(CARGO) fmt --all -- --check
 
-lint: fmt-check ## Formatting and clippy with warnings as errors.
+lint: fmt-check ## Formatting, clippy with warnings as errors, and no unused dependency (cargo-machete, from `make deps`).
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	@command -v cargo-machete >/dev/null || { echo "cargo-machete is missing: make deps"; exit 1; }
+	cargo machete
 
 test: deps lint test-only test-infra ## Everything CI checks: deps, fmt, clippy, the whole test suite, the deployment checks.
 
