@@ -56,27 +56,21 @@ pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
         rem / 1000 % 60,
         rem % 1000,
     );
-    let put = |out: &mut [u8; 24], at: usize, v: i64, width: usize| {
-        let mut v = v;
-        for i in (0..width).rev() {
-            out[at + i] = b'0' + (v % 10) as u8;
+    *out = *b"0000-00-00T00:00:00.000Z";
+    for (at, width, mut v) in [
+        (0, 4, y),
+        (5, 2, m),
+        (8, 2, d),
+        (11, 2, hh),
+        (14, 2, mm),
+        (17, 2, ss),
+        (20, 3, mmm),
+    ] {
+        for digit in out[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
             v /= 10;
         }
-    };
-    put(out, 0, y, 4);
-    out[4] = b'-';
-    put(out, 5, m, 2);
-    out[7] = b'-';
-    put(out, 8, d, 2);
-    out[10] = b'T';
-    put(out, 11, hh, 2);
-    out[13] = b':';
-    put(out, 14, mm, 2);
-    out[16] = b':';
-    put(out, 17, ss, 2);
-    out[19] = b'.';
-    put(out, 20, mmm, 3);
-    out[23] = b'Z';
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.

@@ -183,18 +183,6 @@ pub async fn post_events(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Checks a user or item id taken from the path as events' ids are checked
-/// ([`key_id_problem`]): a 60,000-character id got 404, not 400.
-pub(crate) fn path_id(what: &str, id: &str) -> Result<(), ApiError> {
-    match key_id_problem(id) {
-        Some(problem) => Err(ApiError::bad_request(
-            "invalid_path",
-            format!("the {what} id in the path {problem}"),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// The events of a `POST /v1/events` body, each as its own JSON text: one object, or an array
 /// of up to [`MAX_BATCH`]. Each is then parsed by the event parser itself, which refuses a
 /// field given twice (parsing the body into a `serde_json::Value` first kept the last copy).

@@ -86,3 +86,57 @@ pub async fn get_similar(
         snapshot: Some(s.id()),
     }))
 }
+
+/// The most popular items, overall or of one category, from memory.
+#[utoipa::path(
+    get,
+    path = "/v1/items/popular",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The items, most popular first", body = ItemsResponse),
+        (status = 400, description = "A bad query (`invalid_query`)", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody), (status = 403, description = "The key lacks the route's scope (`forbidden`)", body = ErrorBody)
+    ),
+    security(("api_key" = [])),
+    tag = "items"
+)]
+pub async fn get_popular(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    app.keys.check(&headers, Scope::Read)?;
+    let Query(q) = query.map_err(|r| rejection("invalid_query", r))?;
+    let n = check_n(q.n)?;
+    let snap = app.snapshots.current();
+    let list = popular_items(snap.as_deref(), q.category.as_deref());
+    let exclude = Exclude::default();
+    Ok(json(&ItemsResponse {
+        items: ranked_popular(list, &exclude, n)
+            .map(|(item, score)| ScoredItem { item, score })
+            .collect(),
+        snapshot: snap.as_deref().map(Loaded::id),
+    }))
+}
+
+/// Popular items (overall or of `category`), from memory.
+pub(crate) fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [String] {
+    match (snap, category) {
+        (Some(s), None) => &s.catalog.popular,
+        (Some(s), Some(c)) => s.catalog.by_category.get(c).map_or(&[], Vec::as_slice),
+        (None, _) => &[],
+    }
+}
+
+/// The first `n` of a popular list not in `exclude`, scored by rank (1 for the first, then 1/2, …).
+pub(crate) fn ranked_popular<'a>(
+    list: &'a [String],
+    exclude: &'a Exclude,
+    n: usize,
+) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    list.iter()
+        .filter(|i| !exclude.contains(i.as_str()))
+        .take(n)
+        .enumerate()
+        .map(|(rank, i)| (i.as_str(), 1.0 / (rank + 1) as f64))
+}

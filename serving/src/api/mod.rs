@@ -176,6 +176,42 @@ pub use items::*;
 pub use profile::*;
 pub use recommendations::*;
 
+/// A 503 (retry after 1 s) naming why the online store could not answer.
+pub(crate) fn store_unavailable(e: StoreFailure) -> ApiError {
+    ApiError::unavailable(
+        "store_unavailable",
+        match e {
+            StoreFailure::Timeout(t) => format!("the online store did not answer within {t:?}"),
+            StoreFailure::Error(_) => "the online store is unavailable".to_string(),
+            StoreFailure::BadRow(_) => "a row of the snapshot cannot be read".to_string(),
+        },
+        1,
+    )
+}
+
+/// Checks a user or item id taken from the path as events' ids are checked
+/// ([`key_id_problem`]): a 60,000-character id got 404, not 400.
+pub(crate) fn path_id(what: &str, id: &str) -> Result<(), ApiError> {
+    match key_id_problem(id) {
+        Some(problem) => Err(ApiError::bad_request(
+            "invalid_path",
+            format!("the {what} id in the path {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `n` of a list route: 10 when absent, 1–[`MAX_N`] or a 400.
+pub(crate) fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
+    match n.unwrap_or(10) {
+        n @ 1..=MAX_N => Ok(n),
+        n => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("n: {n} is out of range; 1–{MAX_N}"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,40 +68,8 @@ pub struct RecsResponse<'a> {
     pub degraded_reason: Option<&'static str>,
 }
 
-pub(crate) fn check_n(n: Option<usize>) -> Result<usize, ApiError> {
-    match n.unwrap_or(10) {
-        n @ 1..=MAX_N => Ok(n),
-        n => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("n: {n} is out of range; 1–{MAX_N}"),
-        )),
-    }
-}
-
-/// Popular items (overall or of `category`), from memory.
-pub(crate) fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [String] {
-    match (snap, category) {
-        (Some(s), None) => &s.catalog.popular,
-        (Some(s), Some(c)) => s.catalog.by_category.get(c).map_or(&[], Vec::as_slice),
-        (None, _) => &[],
-    }
-}
-
 /// Items left out of a list (a fast hasher: recommendations test ~200 candidates against it).
 pub(crate) type Exclude<'a> = HashSet<&'a str, foldhash::fast::FixedState>;
-
-/// The first `n` of a popular list not in `exclude`, scored by rank (1 for the first, then 1/2, …).
-pub(crate) fn ranked_popular<'a>(
-    list: &'a [String],
-    exclude: &'a Exclude,
-    n: usize,
-) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    list.iter()
-        .filter(|i| !exclude.contains(i.as_str()))
-        .take(n)
-        .enumerate()
-        .map(|(rank, i)| (i.as_str(), 1.0 / (rank + 1) as f64))
-}
 
 /// Recommendations for the user: candidates (similar to recent items, top of strongest
 /// categories, popular), ranked by the snapshot's model, each with its score and source. The
