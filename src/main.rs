@@ -19,7 +19,6 @@ use cmd::stream::{StreamCommand, stream_command};
 use cmd::{init_logging, stop_on_signals};
 
 mod cmd;
-mod demo;
 mod progress;
 
 /// mimalloc rather than glibc's malloc: the API's worker threads contended on malloc's arena
@@ -46,7 +45,7 @@ struct Cli {
 enum Command {
     /// Everything in one process on embedded defaults: generated history, a batch run, the
     /// speed layer, the archiver, the API with a web page, and live traffic. Ctrl-C stops it.
-    Demo(demo::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -108,7 +107,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Sql(args) => sql_command(args, &config).await,
             Command::Stream(cmd) => stream_command(cmd, &config).await,
             Command::Serve(args) => serve_command(args, &config).await,
-            Command::Demo(args) => demo::run(args, &config, stop_on_signals()?).await,
+            Command::Demo(args) => cmd::demo::run(args, &config, stop_on_signals()?).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)

@@ -10,9 +10,9 @@
 
 use std::time::Instant;
 
-use tandem_batch::context::LakeContext;
 use tandem_batch::views::View;
 use tandem_common::lake::Lake;
+use tandem_sql::context::LakeContext;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

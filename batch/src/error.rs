@@ -26,6 +26,9 @@ pub enum Error {
     /// Training failed.
     #[error("models: {0}")]
     Models(#[from] tandem_models::Error),
+    /// The lake's DataFusion session or the snapshot reader failed.
+    #[error(transparent)]
+    Sql(#[from] tandem_sql::Error),
     /// An error of the common crate (the lake, config).
     #[error(transparent)]
     Common(#[from] tandem_common::Error),
@@ -42,6 +45,7 @@ impl Error {
             Error::ObjectStore(_) => ErrorKind::External,
             Error::Common(e) => e.kind(),
             Error::Models(e) => e.kind(),
+            Error::Sql(e) => e.kind(),
             Error::DataFusion(_)
             | Error::Arrow(_)
             | Error::Parquet(_)

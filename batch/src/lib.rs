@@ -1,10 +1,9 @@
 //! Tandem's batch layer (ARCHITECTURE.md §1, §5): recomputes every view from the master dataset up to a
-//! cutoff, with DataFusion.
+//! cutoff, with DataFusion, in the lake session of `tandem_sql::context`.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`cutoff`] | the snapshot cutoff: an epoch boundary at or below the lake's watermark |
-//! | [`context`] | a DataFusion session over the lake: `events_all`, and `events` up to a cutoff, deduplicated |
 //! | [`views`] | the views as SQL files (profiles, items, similar items); the first two compute `tandem_common::features` |
 //! | [`snapshot`] | the snapshot: Parquet + models + manifest in the lake, materialisation, the pointer flip |
 //! | [`run`] | `tandem batch run`: every step in order, with a JSON summary |
@@ -14,7 +13,8 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use tandem_batch::{context::LakeContext, views::View};
+//! use tandem_batch::views::View;
+//! use tandem_sql::context::LakeContext;
 //! use tandem_common::lake::Lake;
 //!
 //! let lake = Lake::open("memory://").unwrap();
@@ -24,10 +24,8 @@
 //! # });
 //! ```
 
-pub mod context;
 pub mod cutoff;
 pub mod error;
-pub mod log_sum_exp;
 pub mod run;
 pub mod snapshot;
 pub mod views;

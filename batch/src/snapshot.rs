@@ -12,65 +12,23 @@
 //! written last: a snapshot folder without it is an unfinished run's, and is rewritten.
 
 use bytes::Bytes;
-use datafusion::arrow::array::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tandem_common::event::format_rfc3339_ms;
 use tandem_common::features::{ItemStats, MAX_INTERESTS, Profile};
-use tandem_common::lake::Lake;
+use tandem_common::lake::{Lake, revision_id, snapshot_file};
 use tandem_common::store::{
     ItemRow, OnlineStore, Pointer, PopularRow, UserRow, history_key, item_key, snapshot_key,
     user_key,
 };
+use tandem_models::manifest::Manifest;
+use tandem_sql::snapshots::manifest;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::views::Similar;
-
-/// The lake folder of snapshots.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// Rows written to the online store per call (each call is pipelined).
 const MATERIALISE_CHUNK: usize = 10_000;
-
-/// The snapshot id of a cutoff: `YYYYMMDDTHHMMZ`, or `YYYYMMDDTHHMMSSZ` for a cutoff between
-/// minutes (epochs shorter than a minute; they are whole seconds). Ids are not ordered across
-/// the two forms: order snapshots by their manifests' `cutoff_ms`.
-///
-/// ```
-/// use tandem_batch::snapshot::snapshot_id;
-/// assert_eq!(snapshot_id(1_763_773_200_000), "20251122T0100Z");
-/// assert_eq!(snapshot_id(1_763_773_210_000), "20251122T010010Z");
-/// ```
-pub fn snapshot_id(cutoff_ms: i64) -> String {
-    let t = format_rfc3339_ms(cutoff_ms); // 2025-11-22T01:00:00.000Z
-    let seconds = if cutoff_ms.rem_euclid(60_000) == 0 {
-        ""
-    } else {
-        &t[17..19]
-    };
-    format!(
-        "{}{}{}T{}{}{seconds}Z",
-        &t[0..4],
-        &t[5..7],
-        &t[8..10],
-        &t[11..13],
-        &t[14..16]
-    )
-}
-
-/// The id of revision `revision` (1, 2, …) of the snapshot at `cutoff_ms`: the first has the
-/// plain id, later ones `-r<revision>` after it.
-pub fn revision_id(cutoff_ms: i64, revision: u32) -> String {
-    match revision {
-        0 | 1 => snapshot_id(cutoff_ms),
-        r => format!("{}-r{r}", snapshot_id(cutoff_ms)),
-    }
-}
 
 /// What the lake holds below `cutoff_ms` besides the archived bus, which the archive watermark
 /// fixes: the bulk loads stamped below it, as a fingerprint of each run's id, events and
@@ -100,11 +58,6 @@ pub async fn latest_revision(lake: &Lake, cutoff_ms: i64) -> Result<Option<(u32,
         }
     }
     unreachable!("the loop returns")
-}
-
-/// The lake path of a file of snapshot `id`.
-pub fn file_path(id: &str, name: &str) -> String {
-    format!("{SNAPSHOTS_DIR}/{id}/{name}")
 }
 
 /// The steps of a run, in order; a failure at any of them leaves what serving reads unchanged.
@@ -152,110 +105,15 @@ impl Checkpoint for NoFaults {
     }
 }
 
-/// The manifest of a snapshot (`snapshots/<id>/manifest.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// The snapshot id.
-    pub snapshot: String,
-    /// The cutoff, RFC 3339.
-    pub cutoff: String,
-    /// The cutoff, epoch ms.
-    pub cutoff_ms: i64,
-    /// When the run that made it started, RFC 3339.
-    pub created_at: String,
-    /// The `tandem` version that made it.
-    pub code_version: String,
-    /// The feature schema version of the models.
-    pub feature_schema_version: u32,
-    /// Deduplicated events read (`ingest_ts < cutoff`).
-    pub events: u64,
-    /// Stored events set aside as invalid (see `LakeContext::set_aside`).
-    #[serde(default)]
-    pub set_aside: u64,
-    /// Rows per output file.
-    pub rows: BTreeMap<String, u64>,
-    /// Seconds per step of the run that made it.
-    pub durations_s: BTreeMap<String, f64>,
-    /// The models' offline evaluation, or why there are no models.
-    pub models: ModelsEntry,
-    /// The bulk loads below the cutoff when it was made ([`inputs_below`]; empty in manifests
-    /// of older versions, taken as unchanged).
-    #[serde(default)]
-    pub inputs: String,
-}
-
-/// The models of a snapshot, in its manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelsEntry {
-    /// Trained; `models.json` holds them, with these metrics.
-    Trained(tandem_models::training::Metrics),
-    /// Not trained, and why (too little history, say); serving ranks by popularity.
-    Skipped(String),
-}
-
-/// Parquet bytes of `batches` (zstd).
-pub fn parquet_bytes(batches: &[RecordBatch]) -> Result<Bytes> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .ok_or_else(|| Error::Internal("no batches to write (not even an empty one)".into()))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .build();
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props))?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.close()?;
-    Ok(Bytes::from(out))
-}
-
 /// Writes a file of snapshot `id`.
 pub async fn put_file(lake: &Lake, id: &str, name: &str, bytes: Bytes) -> Result<()> {
     lake.store()
-        .put(&lake.path(&file_path(id, name)), PutPayload::from(bytes))
+        .put(
+            &lake.path(&snapshot_file(id, name)),
+            PutPayload::from(bytes),
+        )
         .await?;
     Ok(())
-}
-
-/// Reads a file of snapshot `id`.
-pub async fn read_file(lake: &Lake, id: &str, name: &str) -> Result<Bytes> {
-    Ok(lake
-        .store()
-        .get(&lake.path(&file_path(id, name)))
-        .await?
-        .bytes()
-        .await?)
-}
-
-/// Reads a Parquet file of snapshot `id`.
-pub async fn read_parquet(lake: &Lake, id: &str, name: &str) -> Result<Vec<RecordBatch>> {
-    let bytes = read_file(lake, id, name).await?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
-/// Every snapshot complete in the lake (with a manifest), oldest cutoff first.
-pub async fn complete(lake: &Lake) -> Result<Vec<Manifest>> {
-    let root = lake.path(SNAPSHOTS_DIR);
-    let listed = lake.store().list_with_delimiter(Some(&root)).await?;
-    let mut out = Vec::new();
-    for dir in listed.common_prefixes {
-        if let Some(id) = dir.filename()
-            && let Some(m) = manifest(lake, id).await?
-        {
-            out.push(m);
-        }
-    }
-    out.sort_by_key(|m| m.cutoff_ms);
-    Ok(out)
-}
-
-/// The manifest of snapshot `id`, if that snapshot is complete in the lake.
-pub async fn manifest(lake: &Lake, id: &str) -> Result<Option<Manifest>> {
-    Ok(lake.get_json(&file_path(id, "manifest.json")).await?)
 }
 
 /// What a snapshot materialises: per user, per item, and snapshot-wide rows.

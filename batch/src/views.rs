@@ -1,5 +1,5 @@
 //! The batch views, as SQL that analysts can read (`views/*.sql`), run over the `events` view
-//! of a [`LakeContext`](crate::context::LakeContext).
+//! of a [`LakeContext`](tandem_sql::context::LakeContext).
 //!
 //! Each view computes the features `tandem_common::features` defines; the tests hold the two
 //! equal on generated data.
@@ -21,8 +21,8 @@ use tandem_common::features::{
 use tandem_common::store::HISTORY_ITEMS;
 
 pub use self::cooccurrence::Baskets;
-use crate::context::LakeContext;
 use crate::error::{Error, Result};
+use tandem_sql::context::LakeContext;
 
 /// A view of the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,6 +3,11 @@
 //!
 //! [`load`] reads and checks everything and reports every problem at once, each naming its key
 //! and where the value came from.
+//!
+//! One file of ~800 lines, on purpose: it is the reference of every setting — each section's struct
+//! with its documented fields, and the checks that relate settings to each other — read top to
+//! bottom by whoever configures Tandem (the defaults are `config/default.toml`). Split by section,
+//! [`load`]'s cross-section checks would reach into every part.
 
 use std::fmt;
 use std::net::SocketAddr;

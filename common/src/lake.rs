@@ -228,3 +228,46 @@ impl Lake {
 
 #[cfg(test)]
 mod tests;
+
+/// The lake folder of snapshots.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// The snapshot id of a cutoff: `YYYYMMDDTHHMMZ`, or `YYYYMMDDTHHMMSSZ` for a cutoff between
+/// minutes (epochs shorter than a minute; they are whole seconds). Ids are not ordered across
+/// the two forms: order snapshots by their manifests' `cutoff_ms`.
+///
+/// ```
+/// use tandem_common::lake::snapshot_id;
+/// assert_eq!(snapshot_id(1_763_773_200_000), "20251122T0100Z");
+/// assert_eq!(snapshot_id(1_763_773_210_000), "20251122T010010Z");
+/// ```
+pub fn snapshot_id(cutoff_ms: i64) -> String {
+    let t = crate::event::format_rfc3339_ms(cutoff_ms); // 2025-11-22T01:00:00.000Z
+    let seconds = if cutoff_ms.rem_euclid(60_000) == 0 {
+        ""
+    } else {
+        &t[17..19]
+    };
+    format!(
+        "{}{}{}T{}{}{seconds}Z",
+        &t[0..4],
+        &t[5..7],
+        &t[8..10],
+        &t[11..13],
+        &t[14..16]
+    )
+}
+
+/// The id of revision `revision` (1, 2, …) of the snapshot at `cutoff_ms`: the first has the
+/// plain id, later ones `-r<revision>` after it.
+pub fn revision_id(cutoff_ms: i64, revision: u32) -> String {
+    match revision {
+        0 | 1 => snapshot_id(cutoff_ms),
+        r => format!("{}-r{r}", snapshot_id(cutoff_ms)),
+    }
+}
+
+/// The lake path of a file of snapshot `id`.
+pub fn snapshot_file(id: &str, name: &str) -> String {
+    format!("{SNAPSHOTS_DIR}/{id}/{name}")
+}

@@ -9,14 +9,14 @@ use std::hash::{BuildHasher, Hash};
 use serde::{Deserialize, Serialize};
 use tandem_common::features::{ItemStats, Profile};
 
-use crate::features::{Cf, PairContext, PairRow};
 use crate::linear::LinearModel;
+use crate::vectors::{Cf, PairContext, PairRow};
 
 /// Where a candidate came from (borrowing the category it names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source<'a> {
     /// One of the best items by collaborative score: similar to the user's recent items
-    /// ([`crate::features::cf_scores`], item-item collaborative filtering over the similar lists).
+    /// ([`crate::vectors::cf_scores`], item-item collaborative filtering over the similar lists).
     Collaborative,
     /// One of the best items by the latent-factor model's score for the user
     /// ([`crate::latent::Latent::score`]).
@@ -78,7 +78,7 @@ impl Default for CandidateOptions {
 /// The item side of ranking: stats per item, and the popular lists. Popularity is a log-space
 /// score at a fixed reference time, so its order does not change with the time it is read at.
 #[derive(Debug, Clone, Default)]
-pub struct Catalog {
+pub struct ItemPool {
     /// Stats per item.
     pub items: HashMap<String, ItemStats>,
     /// Items by popularity, best first.
@@ -87,9 +87,9 @@ pub struct Catalog {
     pub by_category: HashMap<String, Vec<String>>,
 }
 
-impl Catalog {
-    /// The catalog of `items`, keeping `top` items overall and per category.
-    pub fn new(items: HashMap<String, ItemStats>, top: usize) -> Catalog {
+impl ItemPool {
+    /// The pool of `items`, keeping `top` items overall and per category.
+    pub fn new(items: HashMap<String, ItemStats>, top: usize) -> ItemPool {
         let mut order: Vec<(&String, &ItemStats)> = items
             .iter()
             .filter(|(_, s)| s.popularity > f64::NEG_INFINITY)
@@ -113,7 +113,7 @@ impl Catalog {
             .take(top)
             .map(|(id, _)| (*id).clone())
             .collect();
-        Catalog {
+        ItemPool {
             items,
             popular,
             by_category,
@@ -121,7 +121,7 @@ impl Catalog {
     }
 }
 
-/// One candidate, borrowing its id from the profile, the catalog or the similar lists: building
+/// One candidate, borrowing its id from the profile, the pool or the similar lists: building
 /// the candidates of a request allocates only their list (serving builds ~200 per request).
 /// `T` is how the item is named: its id, or (in serving) a handle into the snapshot's rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,13 +133,13 @@ pub struct Candidate<'a, T = &'a str> {
 }
 
 /// The candidates for the user of `profile`: the best items by the collaborative scores `cf`
-/// ([`crate::features::cf_scores`]; ties by item id), the best by the latent-factor model
+/// ([`crate::vectors::cf_scores`]; ties by item id), the best by the latent-factor model
 /// (`latent`, best first: [`crate::latent::Latent::best`]), top items of the strongest
 /// categories, popular items; each item once, under its first source; items in `exclude` left
 /// out.
 pub fn candidates<'a, S: BuildHasher>(
     profile: &'a Profile,
-    catalog: &'a Catalog,
+    pool: &'a ItemPool,
     cf: &Cf<&'a str>,
     latent: &[&'a str],
     exclude: &HashSet<&str, S>,
@@ -153,14 +153,13 @@ pub fn candidates<'a, S: BuildHasher>(
         latent.iter().copied(),
         |i| i,
         |c| {
-            catalog
-                .by_category
+            pool.by_category
                 .get(c)
                 .into_iter()
                 .flatten()
                 .map(String::as_str)
         },
-        catalog.popular.iter().map(String::as_str),
+        pool.popular.iter().map(String::as_str),
         |i| !exclude.contains(i) && seen.insert(i),
         opts,
     )
@@ -234,7 +233,7 @@ where
 }
 
 /// The recent items of the user of `profile` whose similar lists give the collaborative scores
-/// ([`crate::features::cf_scores`]), most recent first.
+/// ([`crate::vectors::cf_scores`]), most recent first.
 pub fn similar_sources<'a>(
     profile: &'a Profile,
     opts: &CandidateOptions,

@@ -4,18 +4,19 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`features`] | the model features, from the mergeable profile and item features, versioned |
+//! | [`vectors`] | the model feature vectors, from the mergeable profile and item features (`tandem_common::features`) at a time; versioned |
 //! | [`latent`] | implicit-feedback ALS: item factors, users folded in from their recent items |
 //! | [`segments`] | k-means over scaled user features, `k` chosen by the mean silhouette |
 //! | [`linear`] | standardised logistic regression (the ranker, the propensity model), AUC |
 //! | [`candidates`] | candidates by source (item-item, latent factors, category, popular) and ranking |
 //! | [`training`] | the time split, the history fold, training and the offline evaluation |
+//! | [`manifest`] | a snapshot's manifest: what the run made and how its models scored |
 //! | [`error`] | the crate's errors |
 //!
 //! # Example
 //!
 //! ```
-//! use tandem_common::generate::{GenerateOptions, Generator};
+//! use tandem_testkit::generate::{GenerateOptions, Generator};
 //! use tandem_models::training::{History, Split, TrainOptions, train};
 //!
 //! let end = 1_763_769_600_000; // 2025-11-22
@@ -36,11 +37,12 @@
 
 pub mod candidates;
 pub mod error;
-pub mod features;
 pub mod latent;
 pub mod linear;
+pub mod manifest;
 pub mod segments;
 pub mod training;
+pub mod vectors;
 
 pub use error::{Error, Result};
 

@@ -1,4 +1,4 @@
-//! User segments: k-means (linfa) over the scaled [`user_features`](crate::features::user_features).
+//! User segments: k-means (linfa) over the scaled [`user_features`](crate::vectors::user_features).
 //!
 //! The number of segments `k` is chosen by the **mean silhouette** over a fixed sample of users,
 //! trying `k = 2..=max_k` and keeping the best (the smaller `k` on a tie): each segment should be
@@ -11,8 +11,8 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::features::USER_FEATURES;
 use crate::linear::Scaler;
+use crate::vectors::USER_FEATURES;
 
 /// Users used to choose `k` (the silhouette is quadratic in them).
 pub const SILHOUETTE_SAMPLE: usize = 2_000;

@@ -3,16 +3,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use ndarray::Array2;
 use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile, recompute};
-use tandem_common::generate::{GenerateOptions, Generator};
+use tandem_testkit::generate::{GenerateOptions, Generator};
 
-use crate::candidates::{CandidateOptions, Catalog, SimilarLists, Source, candidates};
-use crate::features::{
-    FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PAIR_FEATURES, USER_FEATURES, cf_scores,
-};
+use crate::candidates::{CandidateOptions, ItemPool, SimilarLists, Source, candidates};
 use crate::latent::{Latent, LatentOptions, Rows};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
 use crate::training::{History, Models, Split, TrainOptions, score_list, train};
+use crate::vectors::{
+    FEATURE_SCHEMA_VERSION, ItemSide, ItemTerms, PAIR_FEATURES, USER_FEATURES, cf_scores,
+};
 
 const END: i64 = 1_763_769_600_000; // 2025-11-22T00:00:00Z
 const DAY: i64 = 86_400_000;
@@ -109,8 +109,8 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let catalog = Catalog::new(items, 10);
-    assert_eq!(catalog.popular, ["d", "a", "b", "c"]);
+    let pool = ItemPool::new(items, 10);
+    assert_eq!(pool.popular, ["d", "a", "b", "c"]);
     let mut p = Profile::new();
     p.affinity.insert("shoes".into(), 3.0);
     p.affinity.insert("hats".into(), 1.0);
@@ -144,7 +144,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
     };
-    let got = named(candidates(&p, &catalog, &cf, &[], &exclude, &opts));
+    let got = named(candidates(&p, &pool, &cf, &[], &exclude, &opts));
     let want = [
         ("b", "cf:item_knn"),
         ("e", "cf:item_knn"),
@@ -155,7 +155,7 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
     // The latent model's best items follow, each once, the excluded left out: "b" is taken.
     let got = named(candidates(
         &p,
-        &catalog,
+        &pool,
         &cf,
         &["a", "b", "c"],
         &exclude,
@@ -173,14 +173,14 @@ fn candidates_keep_their_first_source_and_leave_out_excluded_items() {
         collaborative: 1,
         ..opts
     };
-    let got = named(candidates(&p, &catalog, &cf, &[], &exclude, &one));
+    let got = named(candidates(&p, &pool, &cf, &[], &exclude, &one));
     let want = [("b", "cf:item_knn"), ("d", "popular"), ("c", "popular")];
     assert_eq!(got, pairs(&want));
     // A cold user gets popular items only.
     let nobody = Profile::new();
     let cold = candidates(
         &nobody,
-        &catalog,
+        &pool,
         &Default::default(),
         &[],
         &HashSet::new(),
@@ -375,7 +375,7 @@ fn trained_models_beat_popularity_and_round_trip() {
     let segments = models.segments.as_ref().unwrap();
     let mut sizes = vec![0u64; segments.k()];
     for p in profiles.values() {
-        sizes[segments.assign(&crate::features::user_features(p, END))] += 1;
+        sizes[segments.assign(&crate::vectors::user_features(p, END))] += 1;
     }
     assert_eq!(sizes, segments.sizes);
     assert_eq!(USER_FEATURES.len(), segments.centroids[0].len());

@@ -13,6 +13,9 @@
 //! held-out last one, beside the popularity baseline; the models shipped are the ones evaluated.
 //! The history is a fold over deduplicated events ([`History::add`]), in any order and in
 //! parallel parts ([`History::merge`]), using the mergeable features of `tandem_common`.
+//!
+//! One file (~700 lines), on purpose: the time split, the history fold, each model's training and
+//! the offline evaluation share the split's periods and read as one pipeline, in order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -22,15 +25,15 @@ use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile};
 
 use crate::candidates::{
-    CandidateOptions, Catalog, SimilarLists, candidates, latent_depth, rank, similar_sources,
+    CandidateOptions, ItemPool, SimilarLists, candidates, latent_depth, rank, similar_sources,
 };
 use crate::error::{Error, Result};
-use crate::features::{
-    Cf, FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, cf_scores, user_features,
-};
 use crate::latent::{Latent, LatentOptions};
 use crate::linear::{LinearModel, auc};
 use crate::segments::Segments;
+use crate::vectors::{
+    Cf, FEATURE_SCHEMA_VERSION, PAIR_FEATURES, PairContext, USER_FEATURES, cf_scores, user_features,
+};
 
 /// The time split, epoch ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,7 +463,7 @@ pub fn train(
     // The ranker: features at T₁, labels in [T₁, T).
     let empty = Profile::new();
     let no_stats = ItemStats::default();
-    let catalog_t1 = Catalog::new(history.before.items.clone(), opts.catalog_top);
+    let catalog_t1 = ItemPool::new(history.before.items.clone(), opts.catalog_top);
     let (mut x, mut y, mut train_users) = (Vec::new(), Vec::new(), 0);
     for user in sample(history.train.engaged.keys().collect(), opts.max_train_users) {
         let p = history.before.profiles.get(user).unwrap_or(&empty);
@@ -560,7 +563,7 @@ pub fn train(
     // The state at T: the two folds merged.
     let mut at_t = history.before;
     at_t.merge(history.between);
-    let catalog_t = Catalog::new(at_t.items, opts.catalog_top);
+    let catalog_t = ItemPool::new(at_t.items, opts.catalog_top);
 
     // Propensity on the held-out period.
     let labels: Vec<bool> = at_t

@@ -4,297 +4,53 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`api`] | the v1 routes and the OpenAPI document generated from them |
+//! | [`api`] | the v1 routes, per resource |
+//! | [`openapi`] | the OpenAPI document, generated from the routes |
+//! | [`state`] | the server's state and the followers that keep it current |
 //! | [`auth`] | bearer API keys with scopes |
 //! | [`snapshot`] | following the snapshot pointer; the bounded in-memory cache of its rows |
-//! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, request metrics |
+//! | [`ops`] | `/healthz`, `/readyz`, `/metrics`, request metrics |
 //! | [`edge`] | the HTTP edge: header and body timeouts, connection and in-flight limits, request ids, graceful shutdown |
 //! | [`error`] | `{code, message}` errors |
 //!
 //! ```no_run
 //! # async fn run(store: std::sync::Arc<dyn tandem_common::store::OnlineStore>,
-//! #              bus: std::sync::Arc<dyn tandem_stream::bus::Bus>,
+//! #              bus: std::sync::Arc<dyn tandem_common::bus::Bus>,
 //! #              lake: tandem_common::lake::Lake) -> std::io::Result<()> {
 //! use tandem_serving::{App, ServeOptions, auth::Keys};
-//! let cancel = tokio_util::sync::CancellationToken::new();
-//! let app = App::start(store, bus, lake, Keys::disabled(), ServeOptions::default(), cancel.clone()).await;
+//! use tandem_common::task::Tasks;
+//! let mut tasks: Tasks<std::io::Error> = Tasks::new(&tokio_util::sync::CancellationToken::new());
+//! let app = App::start(store, bus, lake, Keys::disabled(), ServeOptions::default(), &mut tasks).await;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! tandem_serving::serve(listener, app, cancel).await
+//! tasks.spawn("the API", |stop| tandem_serving::serve(listener, app, stop));
+//! tasks.join().await.map_err(std::io::Error::other)
 //! # }
 //! ```
 
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use tandem_stream::bus::{Bus, partition_for};
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
 pub mod auth;
 pub mod edge;
 pub mod error;
+pub mod openapi;
 pub mod ops;
 pub mod snapshot;
+pub mod state;
 
 #[cfg(test)]
 mod tests;
 
-use snapshot::Snapshots;
+pub use state::{App, ServeOptions};
 
 /// The demo's web page (`tandem demo` serves it at `/`): plain HTML and script, no build step
 /// and no external hosts; it calls the v1 API with the key in the URL's fragment.
 pub const DEMO_PAGE: &str = include_str!("demo.html");
-
-/// How the server behaves.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// Longest wait for one online-store call before the answer degrades.
-    pub store_timeout: Duration,
-    /// Longest wait for the bus to take a request's events before answering 503.
-    pub bus_timeout: Duration,
-    /// How far an event's time may be past its ingest time (ms).
-    pub max_future_ms: i64,
-    /// Snapshot rows (users and items, each) cached in memory.
-    pub cache_rows: usize,
-    /// Memory of the row caches, bytes ([`Snapshots::with_cache_bytes`]).
-    pub cache_bytes: u64,
-    /// How often the snapshot pointer and the consumer lag are read.
-    pub poll: Duration,
-    /// Recommendations leave out the items the user already had an event with (the default of
-    /// the request's `exclude_seen`).
-    pub exclude_seen: bool,
-    /// The speed layer's consumer group, whose lag the freshness block reports.
-    pub speed_group: String,
-    /// Longest wait for a request's body (then 408).
-    pub body_timeout: Duration,
-    /// Requests served at once (more get 503 `overloaded`).
-    pub max_in_flight: usize,
-    /// The connection limits of [`serve`].
-    pub edge: edge::EdgeOptions,
-    /// Browser origins allowed to call the API (CORS); `*` allows every origin.
-    pub cors_origins: Vec<String>,
-    /// Operations are on an admin listener ([`admin_router`]): the public one leaves out
-    /// `/metrics`.
-    pub admin_listener: bool,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            store_timeout: Duration::from_millis(100),
-            bus_timeout: Duration::from_secs(5),
-            max_future_ms: 5 * 60 * 1000,
-            cache_rows: 200_000,
-            cache_bytes: 512 << 20,
-            poll: Duration::from_secs(1),
-            exclude_seen: false,
-            speed_group: "speed".into(),
-            body_timeout: Duration::from_secs(30),
-            max_in_flight: 256,
-            edge: edge::EdgeOptions::default(),
-            cors_origins: Vec::new(),
-            admin_listener: false,
-        }
-    }
-}
-
-impl ServeOptions {
-    /// The options of `config`.
-    pub fn from_config(config: &tandem_common::config::Config) -> Self {
-        ServeOptions {
-            store_timeout: config.server.store_timeout,
-            max_future_ms: config.events.max_future.as_millis() as i64,
-            cache_rows: config.server.cache_rows,
-            cache_bytes: config.server.cache_mib << 20,
-            exclude_seen: config.server.exclude_seen,
-            body_timeout: config.server.body_timeout,
-            max_in_flight: config.server.max_in_flight,
-            edge: edge::EdgeOptions::from_config(config),
-            cors_origins: config.server.cors_origins.clone(),
-            admin_listener: !config.server.admin_listen.is_empty(),
-            ..Default::default()
-        }
-    }
-}
-
-/// Every erasure of the lake (user → latest erasure time), or None when the lake cannot say in
-/// `patience`.
-async fn lake_erasures(
-    lake: &tandem_common::lake::Lake,
-    patience: Duration,
-) -> Option<std::collections::HashMap<String, i64>> {
-    match tokio::time::timeout(patience.max(Duration::from_secs(5)), lake.erasures()).await {
-        Ok(Ok(e)) => Some(e.into_iter().collect()),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not read the lake's erasures");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("the lake did not list its erasures in time");
-            None
-        }
-    }
-}
-
-/// The server's state, shared by every request.
-pub struct App {
-    /// The online store.
-    pub store: Arc<dyn tandem_common::store::OnlineStore>,
-    /// The bus events are produced to.
-    pub bus: Arc<dyn Bus>,
-    /// The lake, where erasures leave their tombstones for the batch layer.
-    pub lake: tandem_common::lake::Lake,
-    /// The snapshot followed.
-    pub snapshots: Arc<Snapshots>,
-    /// The accepted API keys.
-    pub keys: auth::Keys,
-    /// Options.
-    pub opts: ServeOptions,
-    /// Per partition: records the speed layer has yet to apply, when last measured.
-    lag: RwLock<Vec<Option<u64>>>,
-    /// The erasures known from the lake's tombstones (read at start, and again whenever the
-    /// store is found to have lost its data, its erasure markers with it) and from this
-    /// server's own erasures: a user erased counts as erased whatever the store says.
-    erasures: RwLock<std::collections::HashMap<String, i64>>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .field("opts", &self.opts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl App {
-    /// The state of a server on `store` and `bus`; loads the current snapshot (if the store
-    /// answers) and starts following the pointer and the consumer lag until `cancel`.
-    pub async fn start(
-        store: Arc<dyn tandem_common::store::OnlineStore>,
-        bus: Arc<dyn Bus>,
-        lake: tandem_common::lake::Lake,
-        keys: auth::Keys,
-        opts: ServeOptions,
-        cancel: CancellationToken,
-    ) -> Arc<App> {
-        ops::prometheus();
-        let snapshots = Arc::new(
-            Snapshots::new(store.clone(), opts.cache_rows, opts.store_timeout)
-                .with_cache_bytes(opts.cache_bytes),
-        );
-        if let Err(e) = snapshots.refresh_noted().await {
-            tracing::warn!(error = %e, "no snapshot loaded at start; retrying in the background");
-        }
-        let known = lake_erasures(&lake, opts.store_timeout).await;
-        let erasures_loaded = known.is_some();
-        let erasures = RwLock::new(known.unwrap_or_default());
-        let app = Arc::new(App {
-            lag: RwLock::new(vec![None; bus.partitions() as usize]),
-            erasures,
-            store,
-            bus,
-            lake,
-            snapshots: snapshots.clone(),
-            keys,
-            opts,
-        });
-        tokio::spawn(snapshots.follow(app.opts.poll, cancel.clone()));
-        tokio::spawn(app.clone().follow_erasures(erasures_loaded, cancel.clone()));
-        tokio::spawn(app.clone().follow_lag(cancel));
-        app
-    }
-
-    /// When `user` was erased, as far as this server knows without the store.
-    pub fn erased_at(&self, user: &str) -> Option<i64> {
-        self.erasures
-            .read()
-            .expect("erasures lock")
-            .get(user)
-            .copied()
-    }
-
-    /// Notes an erasure this server made.
-    pub fn note_erasure(&self, user: &str, at_ms: i64) {
-        let mut e = self.erasures.write().expect("erasures lock");
-        let at = e.entry(user.to_string()).or_insert(at_ms);
-        *at = (*at).max(at_ms);
-    }
-
-    /// Reads the lake's erasures again each time the snapshot follower finds the store lost its
-    /// data (checked every `opts.poll`; and until they are read once, if they could not be at
-    /// start), until `cancel`.
-    async fn follow_erasures(self: Arc<Self>, loaded: bool, cancel: CancellationToken) {
-        let mut seen = match loaded {
-            true => Some(self.snapshots.losses()),
-            false => None,
-        };
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.opts.poll) => {}
-            }
-            let losses = self.snapshots.losses();
-            if seen == Some(losses) {
-                continue;
-            }
-            match lake_erasures(
-                &self.lake,
-                self.opts.store_timeout.max(Duration::from_secs(5)),
-            )
-            .await
-            {
-                Some(found) => {
-                    for (user, at) in found {
-                        self.note_erasure(&user, at);
-                    }
-                    seen = Some(losses);
-                }
-                None => tracing::warn!("could not read the lake's erasures; trying again"),
-            }
-        }
-    }
-
-    /// The speed layer's lag on `user`'s partition, when last measured.
-    pub fn lag_of(&self, user: &str) -> Option<u64> {
-        let p = partition_for(user.as_bytes(), self.bus.partitions()) as usize;
-        self.lag.read().expect("lag lock").get(p).copied().flatten()
-    }
-
-    /// Measures the speed layer's lag per partition every `opts.poll`:
-    /// `tandem_serving_freshness_lag_events{partition}`.
-    async fn follow_lag(self: Arc<Self>, cancel: CancellationToken) {
-        loop {
-            for p in 0..self.bus.partitions() {
-                let end = self.bus.end_offset(p).await;
-                let done = self.bus.committed(&self.opts.speed_group, p).await;
-                let lag = match (end, done) {
-                    (Ok(end), Ok(done)) => Some(end.saturating_sub(done.unwrap_or(0))),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::debug!(partition = p, error = %e, "could not measure the lag");
-                        None
-                    }
-                };
-                if let Some(l) = lag {
-                    metrics::gauge!("tandem_serving_freshness_lag_events", "partition" => p.to_string())
-                        .set(l as f64);
-                }
-                if let Some(slot) = self.lag.write().expect("lag lock").get_mut(p as usize) {
-                    *slot = lag;
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.opts.poll) => {}
-            }
-        }
-    }
-}
 
 /// The router of the whole API.
 pub fn router(app: Arc<App>) -> Router {
@@ -313,7 +69,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/items/{id}/similar", get(api::get_similar))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(openapi::openapi));
     let v1 = if app.opts.admin_listener {
         v1
     } else {

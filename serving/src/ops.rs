@@ -11,10 +11,9 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::IntoResponse;
 use metrics::{Counter, Histogram};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-use crate::App;
-use crate::api::ApiDoc;
+use crate::state::App;
 
 pub use tandem_common::telemetry::prometheus;
 
@@ -161,9 +160,4 @@ pub async fn metrics_text() -> impl IntoResponse {
         )],
         prometheus().render(),
     )
-}
-
-/// The OpenAPI document of the v1 API.
-pub async fn openapi() -> impl IntoResponse {
-    Json(ApiDoc::openapi())
 }

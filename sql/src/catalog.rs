@@ -20,9 +20,11 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::SessionContext;
-use tandem_batch::context::{LAKE_URL, LakeContext};
-use tandem_batch::snapshot::{Manifest, ModelsEntry, complete, file_path};
-use tandem_common::lake::Lake;
+use tandem_common::lake::{Lake, snapshot_file};
+use tandem_models::manifest::{Manifest, ModelsEntry};
+
+use crate::context::{LAKE_URL, LakeContext};
+use crate::snapshots::complete;
 
 use crate::{Error, Result};
 
@@ -69,7 +71,7 @@ impl Catalog {
             for table in SNAPSHOT_TABLES {
                 let url = ListingTableUrl::parse(format!(
                     "{LAKE_URL}/{}",
-                    lake.path(&file_path(id, &format!("{table}.parquet")))
+                    lake.path(&snapshot_file(id, &format!("{table}.parquet")))
                 ))?;
                 let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                     .with_file_extension(".parquet");

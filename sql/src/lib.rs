@@ -1,9 +1,12 @@
-//! Tandem's analyst SQL (ARCHITECTURE.md §1): one DataFusion catalog over the lake (events) and the
-//! snapshots (profiles, items, similar items, segments), with output as a table, CSV, JSON or
-//! Parquet.
+//! Tandem's lake as SQL (ARCHITECTURE.md §1): the DataFusion session over the lake that the batch
+//! layer computes its views in, the reader of the snapshots it writes, and the analyst catalog
+//! over both, with output as a table, CSV, JSON or Parquet. The batch layer builds on this crate.
 //!
 //! | module | what |
 //! |---|---|
+//! | [`context`] | a DataFusion session over the lake: `events_all`, and `events` up to a cutoff, deduplicated |
+//! | [`log_sum_exp`] | the `log_sum_exp` aggregate the views decay interest with |
+//! | [`snapshots`] | the snapshots in the lake: manifests, complete ones, their Parquet files |
 //! | [`catalog`] | the tables: `events`, `events_all`, a snapshot's views, `snapshots` |
 //! | [`output`] | writing results as table, CSV, JSON lines or Parquet |
 //!
@@ -24,9 +27,10 @@
 //! ```
 
 pub mod catalog;
+pub mod context;
+pub mod error;
+pub mod log_sum_exp;
 pub mod output;
+pub mod snapshots;
 
-/// Errors of the SQL layer: DataFusion's own messages, and the catalog's.
-pub type Error = tandem_batch::Error;
-/// The SQL crate's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use error::{Error, Result};

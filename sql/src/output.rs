@@ -65,7 +65,7 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Re
                     "the query returned no batches to write as Parquet".into(),
                 ));
             }
-            out.write_all(&tandem_batch::snapshot::parquet_bytes(batches)?)
+            out.write_all(&crate::snapshots::parquet_bytes(batches)?)
                 .map_err(io)?;
         }
     }

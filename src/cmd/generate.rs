@@ -8,8 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use tandem_common::config::Config;
 use tandem_common::event::now_ms;
-use tandem_common::generate::{GenerateOptions, Generator};
 use tandem_common::ingest::{IngestOptions, InputFormat};
+use tandem_testkit::generate::{GenerateOptions, Generator};
 
 use super::{open_bus, open_lake, parse_time};
 
@@ -92,7 +92,7 @@ pub(crate) async fn generate(args: GenerateArgs, config: &Config) -> Result<()> 
     if let Some(url) = &args.lake {
         let lake = open_lake(Some(url), config)?;
         let options = IngestOptions::from_config(config, InputFormat::Jsonl);
-        let summary = tandem_common::generate::write_to_lake(generator, &lake, options).await?;
+        let summary = tandem_testkit::generate::write_to_lake(generator, &lake, options).await?;
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());
     }

@@ -3,6 +3,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod config;
+pub(crate) mod demo;
 pub(crate) mod generate;
 pub(crate) mod ingest;
 pub(crate) mod lake;
@@ -144,4 +145,15 @@ pub(crate) async fn serve_metrics(listen: Option<std::net::SocketAddr>) -> Resul
     });
     tracing::info!(%addr, "Serving metrics.");
     Ok(())
+}
+
+/// The error a process exits with when one of its tasks failed: the task's own (it names the
+/// task in its context), or its panic.
+pub fn task_failure(f: tandem_common::task::TaskFailure<anyhow::Error>) -> anyhow::Error {
+    match f {
+        tandem_common::task::TaskFailure::Failed { error, .. } => error,
+        tandem_common::task::TaskFailure::Panicked { task, message } => {
+            anyhow::anyhow!("{task} panicked: {message}")
+        }
+    }
 }

@@ -3,8 +3,9 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tandem_common::config::Config;
+use tandem_common::task::Tasks;
 
-use super::{open_bus, open_lake, open_shared_store, stop_on_signals};
+use super::{open_bus, open_lake, open_shared_store, stop_on_signals, task_failure};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -57,36 +58,40 @@ pub(crate) async fn serve_command(args: ServeArgs, config: &Config) -> Result<()
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let stop = stop_on_signals()?;
+    // The API, the admin listener and the server's followers: one supervisor, so that a part
+    // that fails stops the others and the process exits with its error.
+    let mut tasks: Tasks<anyhow::Error> = Tasks::new(&stop);
     let app = App::start(
         store,
         bus,
         lake,
         Keys::new(&config.server.api_keys),
         ServeOptions::from_config(config),
-        stop.clone(),
+        &mut tasks,
     )
     .await;
-    let admin = if config.server.admin_listen.is_empty() {
-        None
-    } else {
+    if !config.server.admin_listen.is_empty() {
         let at = &config.server.admin_listen;
         let l = tokio::net::TcpListener::bind(at)
             .await
             .with_context(|| format!("server.admin_listen {at}: cannot listen there"))?;
         tracing::info!(addr = %l.local_addr()?, "Serving /metrics and /readyz details.");
-        let (router, opts, stop) = (
+        let (router, opts) = (
             tandem_serving::admin_router(app.clone()),
             app.opts.edge.clone(),
-            stop.clone(),
         );
-        Some(tokio::spawn(async move {
-            tandem_serving::edge::serve_router(l, router, &opts, stop).await
-        }))
-    };
-    tracing::info!(addr = %listener.local_addr()?, "Serving the API.");
-    tandem_serving::serve(listener, app, stop).await?;
-    if let Some(admin) = admin {
-        admin.await.context("the admin listener")??;
+        tasks.spawn("the admin listener", |stop| async move {
+            tandem_serving::edge::serve_router(l, router, &opts, stop)
+                .await
+                .context("the admin listener")
+        });
     }
+    tracing::info!(addr = %listener.local_addr()?, "Serving the API.");
+    tasks.spawn("the API", |stop| async move {
+        tandem_serving::serve(listener, app, stop)
+            .await
+            .context("the API")
+    });
+    tasks.join().await.map_err(task_failure)?;
     Ok(())
 }

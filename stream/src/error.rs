@@ -59,5 +59,18 @@ impl Error {
     }
 }
 
+impl From<tandem_common::bus::Error> for Error {
+    fn from(e: tandem_common::bus::Error) -> Error {
+        use tandem_common::bus::Error as Bus;
+        match e {
+            Bus::Config(m) => Error::Config(m),
+            Bus::Corrupt(m) => Error::Corrupt(m),
+            Bus::Io(e) => Error::Io(e),
+            Bus::Bus(m) => Error::Bus(m),
+            Bus::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
 /// The stream crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

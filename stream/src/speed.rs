@@ -10,6 +10,10 @@
 //! applied offset. Memory is bounded by `batch` records per partition: a task fetches again
 //! only once its batch is applied, so a slow store slows the reading (backpressure), never
 //! piles records up.
+//!
+//! One file (~740 lines), on purpose: the partition loop, the in-flight apply of a batch and the
+//! recovery of a store that lost its data are one state machine over each user's stored position;
+//! split, its invariant would span files.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

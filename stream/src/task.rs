@@ -1,35 +1,32 @@
-//! Running the per-partition loops: named tasks that stop together, and retries of what may
-//! succeed on a second try.
+//! Running the per-partition loops: the process's task supervisor with the stream's error, and
+//! retries of what may succeed on a second try.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tandem_common::task::TaskFailure;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 
-/// Named tasks sharing one cancellation token: when one fails, the others are cancelled, and
-/// [`join`](Tasks::join) returns the first failure.
-pub struct Tasks {
-    set: JoinSet<(String, Result<()>)>,
-    token: CancellationToken,
-}
+/// The stream's tasks: [`tandem_common::task::Tasks`] with the stream's error, a task that
+/// gave up because a stop was asked for ([`Error::Stopped`]) counting as done.
+pub struct Tasks(tandem_common::task::Tasks<Error>);
 
 impl Tasks {
     /// Tasks stopped when `parent` is cancelled (or when one of them fails).
     pub fn new(parent: CancellationToken) -> Tasks {
-        Tasks {
-            set: JoinSet::new(),
-            token: parent.child_token(),
-        }
+        Tasks(
+            tandem_common::task::Tasks::new(&parent)
+                .stopped_when(|e| matches!(e, Error::Stopped(_))),
+        )
     }
 
     /// The token the tasks watch.
     pub fn token(&self) -> CancellationToken {
-        self.token.clone()
+        self.0.token()
     }
 
     /// Spawns `f(token)` as the task `name`.
@@ -38,29 +35,17 @@ impl Tasks {
         F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        let fut = f(self.token.clone());
-        self.set.spawn(async move { (name, fut.await) });
+        self.0.spawn(name, f)
     }
 
-    /// Waits for every task. A task stopped by cancellation counts as done.
-    pub async fn join(mut self) -> Result<()> {
-        let mut first: Option<Error> = None;
-        while let Some(joined) = self.set.join_next().await {
-            let failure = match joined {
-                Ok((_, Ok(()))) | Ok((_, Err(Error::Stopped(_)))) => continue,
-                Ok((name, Err(e))) => {
-                    error!(task = %name, error = %e, "Task failed; stopping the others.");
-                    Error::Task(name, Box::new(e))
-                }
-                Err(e) => Error::Internal(format!("a task panicked: {e}")),
-            };
-            self.token.cancel();
-            first.get_or_insert(failure);
-        }
-        match first {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+    /// Waits for every task; returns the first failure, named.
+    pub async fn join(self) -> Result<()> {
+        self.0.join().await.map_err(|f| match f {
+            TaskFailure::Failed { task, error } => Error::Task(task, Box::new(error)),
+            TaskFailure::Panicked { task, message } => {
+                Error::Internal(format!("{task} panicked: {message}"))
+            }
+        })
     }
 }
 

@@ -1,6 +1,6 @@
 //! `tandem batch run` (issue #3): the real binary over a generated lake, into a real Redis.
 
-use tandem_common::testkit::RedisServer;
+use tandem_testkit::RedisServer;
 
 use crate::harness::{Scratch, summary};
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tandem_common::testkit::free_port;
+use tandem_testkit::free_port;
 
 use crate::harness::{Listening, Scratch};
 use crate::serve::http;

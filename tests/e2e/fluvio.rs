@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
 use serde_json::{Value, json};
 use tandem_common::features::recompute;
-use tandem_common::testkit::{FluvioCluster, RedisServer};
+use tandem_testkit::{FluvioCluster, RedisServer};
 
 use crate::harness::{Running, Scratch, summary};
 use crate::serve::{Server, http};
@@ -455,7 +455,7 @@ fn the_speed_layer_on_fluvio_killed_mid_batch_loses_nothing() {
 
 /// How many keys match `pattern` in `redis`.
 fn redis_keys(redis: &RedisServer, pattern: &str) -> u64 {
-    tandem_common::testkit::cli(
+    tandem_testkit::cli(
         redis.port(),
         &["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern],
     )

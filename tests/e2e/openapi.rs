@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use tandem_common::testkit::RedisServer;
+use tandem_testkit::RedisServer;
 
 use crate::harness::Running;
 use crate::serve::{KEY, Server, http, keyed_scratch};

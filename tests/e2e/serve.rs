@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tandem_common::testkit::{RedisServer, free_port};
+use tandem_testkit::{RedisServer, free_port};
 
 use crate::harness::{Listening, Scratch, summary};
 

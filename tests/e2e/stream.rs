@@ -7,7 +7,7 @@ use tandem_common::event::{Event, from_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::speed::partition_marker_key;
 use tandem_common::store::{OnlineStore, RedisStore, UserRow, user_key};
-use tandem_common::testkit::{RedisCluster, RedisServer};
+use tandem_testkit::{RedisCluster, RedisServer};
 
 use crate::harness::{Scratch, summary};
 
@@ -524,11 +524,7 @@ fn a_redis_restarted_without_persistence_under_the_running_lambda_comes_back_who
     // Every partition found the loss (its marker is back, written after its position went back
     // to the start), every position is at the end again, and the pointer is back.
     let port = redis.port();
-    let get = |key: &str| {
-        tandem_common::testkit::cli(port, &["GET", key])
-            .trim()
-            .to_string()
-    };
+    let get = |key: &str| tandem_testkit::cli(port, &["GET", key]).trim().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !(0..8).all(|p| !get(&partition_marker_key("speed", p)).is_empty()) {
         speed.assert_running();
@@ -663,8 +659,7 @@ fn batch_run_killed_before_and_after_the_flip_then_rerun_merges_exactly() {
         run(&["stream", "run", "--store", &store, "--until-caught-up"]);
         let batch = ["batch", "run", "--store", &store, "--cutoff", &cutoff_arg];
         killed_at(&s, &batch, point);
-        let named =
-            tandem_common::testkit::cli(redis.port(), &["GET", tandem_common::store::POINTER_KEY]);
+        let named = tandem_testkit::cli(redis.port(), &["GET", tandem_common::store::POINTER_KEY]);
         match point {
             "batch-flip" => assert!(named.trim().is_empty(), "nothing published yet: {named}"),
             _ => assert!(named.contains(&cutoff_arg), "published: {named}"),
@@ -820,7 +815,7 @@ fn the_speed_layer_shows_its_metrics_at_metrics_listen() {
     let s = Scratch::new();
     let redis = RedisServer::start();
     let sent = generate_to_bus(&s, "100", "7")["sent"].as_u64().unwrap();
-    let port = tandem_common::testkit::free_port();
+    let port = tandem_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let cmd = s.tandem(&[
         "stream",

@@ -261,8 +261,8 @@ pub(super) fn fold_batch(b: &RecordBatch, h: &mut History) -> Result<()> {
 pub(super) fn popular_row(items: &BTreeMap<String, ItemStats>) -> PopularRow {
     let map: HashMap<String, ItemStats> =
         items.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let catalog = Catalog::new(map, POPULAR_TOP);
-    let mut categories: Vec<(String, Vec<String>)> = catalog.by_category.into_iter().collect();
+    let pool = ItemPool::new(map, POPULAR_TOP);
+    let mut categories: Vec<(String, Vec<String>)> = pool.by_category.into_iter().collect();
     if categories.len() > MAX_POPULAR_CATEGORIES {
         // The categories whose best item is the most popular; ties by name.
         let best = |list: &[String]| {
@@ -278,7 +278,7 @@ pub(super) fn popular_row(items: &BTreeMap<String, ItemStats>) -> PopularRow {
         categories.truncate(MAX_POPULAR_CATEGORIES);
     }
     PopularRow {
-        overall: catalog.popular,
+        overall: pool.popular,
         by_category: categories.into_iter().collect(),
     }
 }

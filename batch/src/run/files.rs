@@ -17,7 +17,7 @@ pub(super) async fn write_lake(
             lake,
             id,
             &format!("{name}.parquet"),
-            snapshot::parquet_bytes(batches)?,
+            snapshots::parquet_bytes(batches)?,
         )
         .await?;
     }
@@ -26,7 +26,7 @@ pub(super) async fn write_lake(
         lake,
         id,
         "segments.parquet",
-        snapshot::parquet_bytes(&[seg])?,
+        snapshots::parquet_bytes(&[seg])?,
     )
     .await?;
     if let Some(m) = &c.models {
@@ -45,13 +45,13 @@ pub(super) async fn write_lake(
 /// A complete snapshot read back from the lake, to publish it without recomputing.
 pub(super) async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
     let id = &m.snapshot;
-    let profile_batches = snapshot::read_parquet(lake, id, "profiles.parquet").await?;
+    let profile_batches = snapshots::read_parquet(lake, id, "profiles.parquet").await?;
     let profiles = profiles_from(&profile_batches)?;
     let user_items = histories_from(&profile_batches)?;
-    let items = items_from(&snapshot::read_parquet(lake, id, "items.parquet").await?)?;
-    let similar = similar_from(&snapshot::read_parquet(lake, id, "similar_items.parquet").await?)?;
+    let items = items_from(&snapshots::read_parquet(lake, id, "items.parquet").await?)?;
+    let similar = similar_from(&snapshots::read_parquet(lake, id, "similar_items.parquet").await?)?;
     let mut scores = BTreeMap::new();
-    for b in snapshot::read_parquet(lake, id, "segments.parquet").await? {
+    for b in snapshots::read_parquet(lake, id, "segments.parquet").await? {
         let users = cast(b.column(0), &DataType::Utf8)?;
         let users = users.as_string::<i32>();
         let seg = b
@@ -70,7 +70,7 @@ pub(super) async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
     }
     let models = match &m.models {
         ModelsEntry::Trained(_) => Some(Models::from_json(
-            &snapshot::read_file(lake, id, "models.json").await?,
+            &snapshots::read_file(lake, id, "models.json").await?,
         )?),
         ModelsEntry::Skipped(_) => None,
     };

@@ -4,9 +4,8 @@
 //! The views and models are computed in `compute`, the snapshot's files written and read back in
 //! `files`; here the run's steps, its lease and its summary.
 
-use crate::context::LakeContext;
 use crate::error::{Error, Result};
-use crate::snapshot::{self, Checkpoint, Manifest, Materialised, ModelsEntry, Step};
+use crate::snapshot::{self, Checkpoint, Materialised, Step};
 use crate::views::{
     Baskets, Similar, View, baskets_before, histories_from, items_from, profiles_from,
     similar_from, similar_of,
@@ -26,12 +25,16 @@ use std::time::Instant;
 use tandem_common::event::{Event, Kind, format_rfc3339_ms};
 use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
+use tandem_common::lake::revision_id;
 use tandem_common::store::{OnlineStore, Pointer, PopularRow};
-use tandem_models::candidates::Catalog;
+use tandem_models::candidates::ItemPool;
 use tandem_models::candidates::SimilarLists;
-use tandem_models::features::{FEATURE_SCHEMA_VERSION, user_features};
 use tandem_models::latent::{Latent, LatentOptions, Rows};
+use tandem_models::manifest::{Manifest, ModelsEntry};
 use tandem_models::training::{History, Models, Split, TrainOptions, train};
+use tandem_models::vectors::{FEATURE_SCHEMA_VERSION, user_features};
+use tandem_sql::context::LakeContext;
+use tandem_sql::snapshots;
 
 mod compute;
 mod files;
@@ -267,7 +270,7 @@ pub async fn restore(
     let cutoff = match store.pointer().await? {
         Some(p) if snapshot::materialised(store, &p.snapshot).await? => return Ok(None),
         Some(p) => p.cutoff_ms,
-        None => match snapshot::complete(lake).await?.last() {
+        None => match snapshots::complete(lake).await?.last() {
             Some(m) => m.cutoff_ms,
             None => return Ok(None),
         },
@@ -380,7 +383,7 @@ async fn run_leased(
     let inputs = snapshot::inputs_below(lake, cutoff).await?;
     let (id, existing) = match snapshot::latest_revision(lake, cutoff).await? {
         Some((r, m)) if m.inputs.is_empty() || m.inputs == inputs => {
-            (snapshot::revision_id(cutoff, r), Some(m))
+            (revision_id(cutoff, r), Some(m))
         }
         Some((r, m)) => {
             tracing::info!(
@@ -389,9 +392,9 @@ async fn run_leased(
                 now = %inputs,
                 "The lake below the cutoff changed since the last snapshot at it; making the next revision."
             );
-            (snapshot::revision_id(cutoff, r + 1), None)
+            (revision_id(cutoff, r + 1), None)
         }
-        None => (snapshot::revision_id(cutoff, 1), None),
+        None => (revision_id(cutoff, 1), None),
     };
     let new = Pointer {
         snapshot: id.clone(),

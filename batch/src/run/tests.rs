@@ -1,15 +1,14 @@
 //! Whole batch runs over a generated lake, into `memory://` and a real `redis-server`.
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use tandem_common::features::recompute;
 use tandem_common::schema::Stamp;
 use tandem_common::store::{
-    ItemRow, MemoryStore, PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, item_key,
-    snapshot_key, user_key,
+    ItemRow, MemoryStore, PopularRow, RedisStore, SpeedEvent, UserRow, item_key, snapshot_key,
+    user_key,
 };
-use tandem_common::testkit::{RedisServer, RestartAfter, RestartingRedis};
+use tandem_testkit::{FaultyStore, RedisServer, RestartAfter, RestartingRedis};
 
 use super::*;
 use crate::error::ErrorKind;
@@ -116,11 +115,11 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
         ModelsEntry::Trained(models.metrics.clone())
     );
     assert_eq!(
-        snapshot::manifest(&lake, &s.snapshot).await.unwrap(),
+        snapshots::manifest(&lake, &s.snapshot).await.unwrap(),
         Some(manifest.clone())
     );
     for f in ["profiles", "items", "similar_items", "segments"] {
-        let rows: usize = snapshot::read_parquet(&lake, &s.snapshot, &format!("{f}.parquet"))
+        let rows: usize = snapshots::read_parquet(&lake, &s.snapshot, &format!("{f}.parquet"))
             .await
             .unwrap()
             .iter()
@@ -133,7 +132,7 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
     let again = run_at(&lake, &store, cutoff).await.unwrap();
     assert_eq!(again.outcome, Outcome::AlreadyPublished);
     assert_eq!(
-        snapshot::manifest(&lake, &s.snapshot).await.unwrap(),
+        snapshots::manifest(&lake, &s.snapshot).await.unwrap(),
         Some(manifest)
     );
 
@@ -157,82 +156,16 @@ async fn a_run_publishes_the_views_and_models_and_a_second_is_a_no_op() {
     assert!(d.event_files > 0);
     assert_eq!(store.pointer().await.unwrap().unwrap().snapshot, s.snapshot);
     assert_eq!(
-        snapshot::manifest(&lake, "20251125T0000Z").await.unwrap(),
+        snapshots::manifest(&lake, "20251125T0000Z").await.unwrap(),
         None
     );
-}
-
-/// A store whose writes fail after the first `ok` calls (a Redis going away mid-run).
-#[derive(Debug)]
-struct Flaky {
-    inner: MemoryStore,
-    ok: Mutex<u32>,
-}
-
-#[async_trait]
-impl OnlineStore for Flaky {
-    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
-        {
-            let mut ok = self.ok.lock().unwrap();
-            if *ok == 0 {
-                return Err(tandem_common::Error::External(
-                    "injected: connection reset".into(),
-                ));
-            }
-            *ok -= 1;
-        }
-        self.inner.put(rows).await
-    }
-    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
-        self.inner.get(keys).await
-    }
-    async fn pointer(&self) -> tandem_common::Result<Option<Pointer>> {
-        self.inner.pointer().await
-    }
-    async fn flip(&self, e: Option<&Pointer>, n: &Pointer) -> tandem_common::Result<bool> {
-        self.inner.flip(e, n).await
-    }
-    async fn lease(
-        &self,
-        name: &str,
-        op: tandem_common::store::LeaseOp,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
-        self.inner.lease(name, op, owner, ttl_ms).await
-    }
-    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
-        self.inner.note_erasure(user, at_ms).await
-    }
-    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
-        self.inner.drop_snapshots_older(keep).await
-    }
-    async fn drop_epochs_before(&self, c: i64) -> tandem_common::Result<u64> {
-        self.inner.drop_epochs_before(c).await
-    }
-    async fn apply(
-        &self,
-        log: &str,
-        events: &[SpeedEvent<'_>],
-    ) -> tandem_common::Result<tandem_common::store::ApplyCounts> {
-        self.inner.apply(log, events).await
-    }
-    async fn speed(&self, user: &str, from: i64) -> tandem_common::Result<SpeedState> {
-        self.inner.speed(user, from).await
-    }
-    async fn erase_user(&self, user: &str, at: i64, ids: &[String]) -> tandem_common::Result<u64> {
-        self.inner.erase_user(user, at, ids).await
-    }
 }
 
 #[tokio::test]
 async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
     let events = stamped_with(150, 12, 3);
     let (c1, c2) = (END - DAY, END + DAY);
-    let store = Flaky {
-        inner: MemoryStore::default(),
-        ok: Mutex::new(u32::MAX),
-    };
+    let store = FaultyStore::default();
     let lake = lake_of(&events).await;
     let first = run_at(&lake, &store, c1).await.unwrap();
     // Speed epochs on both sides of the next cutoff.
@@ -264,7 +197,7 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
         }
     };
     let first_keys: Vec<String> = store
-        .inner
+        .inner()
         .keys()
         .unwrap()
         .into_iter()
@@ -283,7 +216,7 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
             // that the next run removes.
             assert_eq!(pointer.cutoff_ms, c2);
             let new_keys: Vec<String> = store
-                .inner
+                .inner()
                 .keys()
                 .unwrap()
                 .into_iter()
@@ -305,12 +238,9 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
     }
 
     // A store failing its writes during materialisation changes nothing served either.
-    let fresh = Flaky {
-        inner: MemoryStore::default(),
-        ok: Mutex::new(u32::MAX),
-    };
+    let fresh = FaultyStore::default();
     let a = run_at(&lake, &fresh, c1).await.unwrap();
-    *fresh.ok.lock().unwrap() = 0;
+    fresh.puts_left.store(0, Ordering::SeqCst);
     let err = run_at(&lake, &fresh, c2).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::External, "{err}");
     assert_eq!(fresh.pointer().await.unwrap().unwrap().snapshot, a.snapshot);
@@ -324,7 +254,7 @@ async fn a_failure_at_any_step_leaves_what_serving_reads_untouched() {
     );
     assert!(
         store
-            .inner
+            .inner()
             .keys()
             .unwrap()
             .iter()
@@ -442,8 +372,8 @@ async fn overlapping_runs_are_refused_and_cleanup_spares_newer_snapshots() {
     );
     assert_eq!(store.pointer().await.unwrap(), None, "nothing published");
     // A newer snapshot's rows, as a later run writes them, and an older snapshot's.
-    let newer = snapshot::snapshot_id(cutoff + DAY);
-    let older = snapshot::snapshot_id(cutoff - DAY);
+    let newer = tandem_common::lake::snapshot_id(cutoff + DAY);
+    let older = tandem_common::lake::snapshot_id(cutoff - DAY);
     let rows: Vec<(String, Bytes)> = [&newer, &older]
         .iter()
         .map(|id| (user_key("someone", id), Bytes::from_static(b"{}")))
@@ -485,7 +415,7 @@ async fn ingest_jsonl(lake: &Lake, jsonl: Vec<u8>) -> u64 {
 /// cutoff, with both loads in it; a third run has nothing new to do.
 #[tokio::test]
 async fn a_history_just_loaded_is_in_the_next_batch() {
-    use tandem_common::generate::{GenerateOptions, Generator};
+    use tandem_testkit::generate::{GenerateOptions, Generator};
     let lake = Lake::open("memory://").unwrap();
     let store = MemoryStore::default();
     let load = |seed: u64| {
@@ -518,7 +448,10 @@ async fn a_history_just_loaded_is_in_the_next_batch() {
     if pointer.cutoff_ms == cutoff {
         // Same epoch (the usual case): the next revision at the same cutoff.
         assert_eq!(s.outcome, Outcome::Published);
-        assert_eq!(s.snapshot, format!("{}-r2", snapshot::snapshot_id(cutoff)));
+        assert_eq!(
+            s.snapshot,
+            format!("{}-r2", tandem_common::lake::snapshot_id(cutoff))
+        );
     }
     assert_eq!(s.events, first + second, "both loads are in it");
     let again = run(&lake, &store, &now_options(), &snapshot::NoFaults, &())
@@ -710,7 +643,7 @@ async fn a_redis_restarted_during_materialise_gets_the_whole_snapshot_and_restor
         "whole: nothing to do"
     );
     // The pointer left, the rows gone: written again.
-    tandem_common::testkit::cli(
+    tandem_testkit::cli(
         store.port(),
         &["DEL", &snapshot_key(&s.snapshot, "manifest")],
     );

@@ -2,9 +2,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tandem_common::event::{Event, Kind, date_of_ms};
 use tandem_common::features::recompute;
-use tandem_common::generate::{GenerateOptions, Generator};
 use tandem_common::lake::{EventFileWriter, Lake, WriterOptions};
 use tandem_common::schema::{EventBatchBuilder, Stamp};
+use tandem_testkit::generate::{GenerateOptions, Generator};
 
 use super::*;
 

@@ -46,7 +46,7 @@ pub fn rfc3339_ascii(ms: i64) -> Option<[u8; 24]> {
 }
 
 /// Writes `YYYY-MM-DDTHH:MM:SS.mmmZ` for a time in the years 0–9999 into `out`.
-pub(crate) fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
+pub fn write_rfc3339_ms(ms: i64, out: &mut [u8; 24]) {
     let days = ms.div_euclid(86_400_000);
     let rem = ms.rem_euclid(86_400_000);
     let (y, m, d) = civil_from_days(days);

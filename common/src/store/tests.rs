@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::*;
 use crate::event::{Event, Kind};
 use crate::features::Profile;
-use crate::testkit::{RedisCluster, RedisServer};
+use tandem_testkit::{RedisCluster, RedisServer};
 
 fn rows(id: &str, users: usize) -> Vec<(String, Bytes)> {
     let mut out: Vec<(String, Bytes)> = (0..users)
@@ -102,7 +102,7 @@ async fn redis_store_conforms() {
     hostile_users(&store).await;
     lease_conformance(&store).await;
     reloads_lost_functions(&store, || {
-        crate::testkit::cli(server.port(), &["FUNCTION", "FLUSH"]);
+        tandem_testkit::cli(server.port(), &["FUNCTION", "FLUSH"]);
     })
     .await;
 }
@@ -155,14 +155,14 @@ async fn redis_cluster_store_conforms() {
     lease_conformance(store.as_ref()).await;
     // The function library is on every primary, and the rows are spread over them.
     for node in cluster.nodes() {
-        let keys = crate::testkit::cli(node.port(), &["DBSIZE"]);
+        let keys = tandem_testkit::cli(node.port(), &["DBSIZE"]);
         assert_ne!(keys.trim(), "0", "node {}: no keys", node.port());
-        let libs = crate::testkit::cli(node.port(), &["FUNCTION", "LIST"]);
+        let libs = tandem_testkit::cli(node.port(), &["FUNCTION", "LIST"]);
         assert!(libs.contains("tandem_apply_v5"), "{libs}");
     }
     reloads_lost_functions(store.as_ref(), || {
         for node in cluster.nodes() {
-            crate::testkit::cli(node.port(), &["FUNCTION", "FLUSH"]);
+            tandem_testkit::cli(node.port(), &["FUNCTION", "FLUSH"]);
         }
     })
     .await;
@@ -900,7 +900,7 @@ async fn bad_urls_are_named() {
         err.contains("online_store.url") && err.contains("memory://"),
         "{err}"
     );
-    let port = crate::testkit::free_port();
+    let port = tandem_testkit::free_port();
     let err = open(&format!("redis://127.0.0.1:{port}"))
         .await
         .unwrap_err();
@@ -958,8 +958,8 @@ async fn a_store_of_the_layout_before_reads_merges_and_is_cleaned() {
           end
         end
         return 1"#;
-    crate::testkit::cli(server.port(), &["EVAL", to_legacy, "0"]);
-    let keys = crate::testkit::cli(server.port(), &["KEYS", "*:recent"]);
+    tandem_testkit::cli(server.port(), &["EVAL", to_legacy, "0"]);
+    let keys = tandem_testkit::cli(server.port(), &["KEYS", "*:recent"]);
     assert_eq!(keys.lines().count(), 4, "{keys}");
     let fold = |events: &[SpeedEvent<'_>], user: &str| {
         let mut by_epoch: BTreeMap<i64, Profile> = BTreeMap::new();
@@ -1010,7 +1010,7 @@ async fn a_store_of_the_layout_before_reads_merges_and_is_cleaned() {
         "old-b after the cleanup",
     );
     store.erase_user("old-a", base + 2 * H, &[]).await.unwrap();
-    let left = crate::testkit::cli(server.port(), &["KEYS", "*"]);
+    let left = tandem_testkit::cli(server.port(), &["KEYS", "*"]);
     let mut left: Vec<&str> = left.lines().collect();
     left.sort_unstable();
     let b = format!("tandem:u:{{old-b}}:epoch:{}", base + H);

@@ -122,8 +122,8 @@ pub async fn get_popular(
 /// Popular items (overall or of `category`), from memory.
 pub(crate) fn popular_items<'a>(snap: Option<&'a Loaded>, category: Option<&str>) -> &'a [String] {
     match (snap, category) {
-        (Some(s), None) => &s.catalog.popular,
-        (Some(s), Some(c)) => s.catalog.by_category.get(c).map_or(&[], Vec::as_slice),
+        (Some(s), None) => &s.pool.popular,
+        (Some(s), Some(c)) => s.pool.by_category.get(c).map_or(&[], Vec::as_slice),
         (None, _) => &[],
     }
 }

@@ -28,13 +28,13 @@ use tandem_common::store::SpeedState;
 use tandem_models::candidates::{
     Candidate, CandidateOptions, Scored, Source, gather, keep_best, latent_depth, rank_logits,
 };
-use tandem_models::features::{Cf, PairContext, cf_max, cf_scores, user_features};
 use tandem_models::latent::Latent;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use tandem_models::vectors::{Cf, PairContext, cf_max, cf_scores, user_features};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::App;
 use crate::error::{ApiError, ErrorBody, rejection};
 use crate::snapshot::{Folded, ItemId, ItemRef, ListedItem, Loaded, StoreFailure, timed};
+use crate::state::App;
 
 /// Events per `POST /v1/events`.
 pub const MAX_BATCH: usize = 1000;
@@ -42,48 +42,6 @@ pub const MAX_BATCH: usize = 1000;
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest `n` of the list routes.
 pub const MAX_N: usize = 100;
-
-/// The OpenAPI document, served at `/openapi.json`.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Tandem",
-        description = "Real-time personalization: events in; profiles, segments, propensity and recommendations out."
-    ),
-    paths(
-        post_events,
-        get_profile,
-        get_recommendations,
-        delete_user,
-        get_similar,
-        get_popular,
-        crate::ops::healthz,
-        crate::ops::readyz
-    ),
-    components(schemas(ErrorBody, EventDoc, EventsBody, InvalidEventsBody)),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "An API key from `[server].api_keys`, with the route's scope.",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
 
 /// An epoch-ms time, shown as RFC 3339 in UTC with milliseconds (`2026-11-22T07:00:00.000Z`),
 /// written straight into the answer: a profile shows some forty times, and a `String` each

@@ -302,7 +302,7 @@ pub(crate) fn personal<'a>(
     }
 }
 
-/// The collaborative scores ([`tandem_models::features::cf_scores`]) of the user whose
+/// The collaborative scores ([`tandem_models::vectors::cf_scores`]) of the user whose
 /// [`similar_sources`] have the rows `similar_rows`, by item as the snapshot names them: summed
 /// in the order of the sources and their lists, as the models sum them.
 pub(crate) fn collaborative<'a>(
@@ -356,7 +356,7 @@ pub(crate) fn candidate_ids<'a>(
 ///   is the request's, so a new request clears nothing (~200 candidates a request, against up to
 ///   `server.cache_rows` rows);
 /// - each row's ranker popularity term
-///   ([`tandem_models::features::PairScorer::popularity_term`]) at the millisecond it was
+///   ([`tandem_models::vectors::PairScorer::popularity_term`]) at the millisecond it was
 ///   computed at: requests ranked in the same millisecond share it (most of a request's
 ///   candidates are in the popular lists every request has). The term depends only on the
 ///   snapshot and the time, so a shared term is exactly the one the request would compute.
@@ -447,7 +447,7 @@ pub(crate) fn resolve_rows<'a>(
 /// the parts of the features are found by number (their category, their place among the user's
 /// recent items) and the logit is summed from terms computed once: per snapshot (the item's
 /// own, [`ListedItem::terms`], of this same ranker), per request (the user's,
-/// [`tandem_models::features::PairScorer`]) and per millisecond and thread (the item's
+/// [`tandem_models::vectors::PairScorer`]) and per millisecond and thread (the item's
 /// popularity term, the same for every request at one time: [`RowMemo`]).
 pub(crate) fn rank_resolved<'a>(
     s: &Loaded,

@@ -1,86 +1,11 @@
 //! Failing dependencies: a store that fails, a bus that is down.
 
 use super::*;
-
-/// A store whose calls fail while `down` is set.
-#[derive(Debug, Default)]
-struct Flaky {
-    inner: MemoryStore,
-    speed_down: AtomicBool,
-    all_down: AtomicBool,
-}
-
-impl Flaky {
-    fn check(&self, speed: bool) -> tandem_common::Result<()> {
-        if self.all_down.load(Ordering::SeqCst) || (speed && self.speed_down.load(Ordering::SeqCst))
-        {
-            return Err(tandem_common::Error::Io(std::io::Error::other(
-                "connection refused",
-            )));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl OnlineStore for Flaky {
-    async fn put(&self, rows: &[(String, Bytes)]) -> tandem_common::Result<()> {
-        self.inner.put(rows).await
-    }
-    async fn get(&self, keys: &[String]) -> tandem_common::Result<Vec<Option<Bytes>>> {
-        self.check(false)?;
-        self.inner.get(keys).await
-    }
-    async fn pointer(&self) -> tandem_common::Result<Option<Pointer>> {
-        self.check(false)?;
-        self.inner.pointer().await
-    }
-    async fn flip(&self, expected: Option<&Pointer>, new: &Pointer) -> tandem_common::Result<bool> {
-        self.inner.flip(expected, new).await
-    }
-    async fn lease(
-        &self,
-        name: &str,
-        op: tandem_common::store::LeaseOp,
-        owner: &str,
-        ttl_ms: u64,
-    ) -> tandem_common::Result<tandem_common::store::LeaseState> {
-        self.inner.lease(name, op, owner, ttl_ms).await
-    }
-    async fn note_erasure(&self, user: &str, at_ms: i64) -> tandem_common::Result<()> {
-        self.inner.note_erasure(user, at_ms).await
-    }
-    async fn drop_snapshots_older(&self, keep: &str) -> tandem_common::Result<u64> {
-        self.inner.drop_snapshots_older(keep).await
-    }
-    async fn drop_epochs_before(&self, cutoff_ms: i64) -> tandem_common::Result<u64> {
-        self.inner.drop_epochs_before(cutoff_ms).await
-    }
-    async fn apply(
-        &self,
-        log: &str,
-        events: &[SpeedEvent<'_>],
-    ) -> tandem_common::Result<ApplyCounts> {
-        self.inner.apply(log, events).await
-    }
-    async fn speed(&self, user: &str, from_epoch_ms: i64) -> tandem_common::Result<SpeedState> {
-        self.check(true)?;
-        self.inner.speed(user, from_epoch_ms).await
-    }
-    async fn erase_user(
-        &self,
-        user: &str,
-        at_ms: i64,
-        snapshots: &[String],
-    ) -> tandem_common::Result<u64> {
-        self.check(false)?;
-        self.inner.erase_user(user, at_ms, snapshots).await
-    }
-}
+use tandem_testkit::FaultyStore;
 
 #[tokio::test]
 async fn a_failing_store_degrades_answers_instead_of_failing() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(FaultyStore::default());
     let f = fixture(store.clone()).await;
     let mut row = Profile::new();
     row.apply(&event(
@@ -119,7 +44,7 @@ async fn a_failing_store_degrades_answers_instead_of_failing() {
         (StatusCode::OK, json!("popular_only")),
         "{b}"
     );
-    store.all_down.store(true, Ordering::SeqCst);
+    store.reads_down.store(true, Ordering::SeqCst);
     // erin's row is cached from the call above; a user never read gets popular items.
     let (status, b) = f.get("/v1/users/frank/recommendations?n=5").await;
     assert_eq!(status, StatusCode::OK, "{b}");
@@ -164,8 +89,8 @@ impl Bus for DownBus {
     fn partitions(&self) -> u32 {
         1
     }
-    async fn produce(&self, _: Vec<(Bytes, Bytes)>) -> tandem_stream::Result<Vec<Position>> {
-        Err(tandem_stream::Error::Io(std::io::Error::other(
+    async fn produce(&self, _: Vec<(Bytes, Bytes)>) -> tandem_common::bus::Result<Vec<Position>> {
+        Err(tandem_common::bus::Error::Io(std::io::Error::other(
             "bus unreachable",
         )))
     }
@@ -175,19 +100,19 @@ impl Bus for DownBus {
         _: u64,
         _: usize,
         _: Duration,
-    ) -> tandem_stream::Result<Vec<Record>> {
+    ) -> tandem_common::bus::Result<Vec<Record>> {
         Ok(Vec::new())
     }
-    async fn end_offset(&self, _: u32) -> tandem_stream::Result<u64> {
+    async fn end_offset(&self, _: u32) -> tandem_common::bus::Result<u64> {
         Ok(0)
     }
-    async fn log_id(&self, _: u32) -> tandem_stream::Result<Option<String>> {
+    async fn log_id(&self, _: u32) -> tandem_common::bus::Result<Option<String>> {
         Ok(None)
     }
-    async fn committed(&self, _: &str, _: u32) -> tandem_stream::Result<Option<u64>> {
+    async fn committed(&self, _: &str, _: u32) -> tandem_common::bus::Result<Option<u64>> {
         Ok(None)
     }
-    async fn commit(&self, _: &str, _: u32, _: u64) -> tandem_stream::Result<()> {
+    async fn commit(&self, _: &str, _: u32, _: u64) -> tandem_common::bus::Result<()> {
         Ok(())
     }
 }

@@ -17,20 +17,21 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tandem_common::bus::{Bus, Position, Record};
 use tandem_common::config::{ApiKey, Scope, Secret};
 use tandem_common::event::{Event, Kind};
 use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
 use tandem_common::store::{
-    ApplyCounts, BATCH_FAILURE_KEY, BatchOutcome, ItemRow, MemoryStore, OnlineStore, Pointer,
-    PopularRow, RedisStore, SpeedEvent, SpeedState, UserRow, history_key, item_key, snapshot_key,
-    user_key,
+    BATCH_FAILURE_KEY, BatchOutcome, ItemRow, MemoryStore, OnlineStore, Pointer, PopularRow,
+    RedisStore, SpeedEvent, UserRow, history_key, item_key, snapshot_key, user_key,
 };
-use tandem_common::testkit::RedisServer;
-use tandem_stream::bus::{Bus, Position, Record};
+use tandem_common::task::Tasks;
+use tandem_models::manifest::{Manifest, ModelsEntry};
 use tandem_stream::speed::{SpeedOptions, run};
+use tandem_testkit::RedisServer;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -47,6 +48,8 @@ struct Fixture {
     lake: Lake,
     _dir: tempfile::TempDir,
     cancel: CancellationToken,
+    /// The server's followers (aborted on drop, as well as cancelled).
+    _tasks: Tasks<std::io::Error>,
 }
 
 impl Drop for Fixture {
@@ -93,13 +96,14 @@ async fn fixture_opts(
         ..opts
     };
     let lake = Lake::open("memory://").unwrap();
+    let mut tasks = Tasks::new(&cancel);
     let app = App::start(
         store.clone(),
         bus.clone(),
         lake.clone(),
         keys(),
         opts,
-        cancel.clone(),
+        &mut tasks,
     )
     .await;
     Fixture {
@@ -109,6 +113,7 @@ async fn fixture_opts(
         bus,
         _dir: dir,
         cancel,
+        _tasks: tasks,
     }
 }
 
@@ -203,9 +208,22 @@ impl Fixture {
         ));
         rows.push((
             snapshot_key(id, "manifest"),
-            serde_json::to_vec(&json!({"snapshot": id, "created_at": "2026-11-20T00:00:00Z"}))
-                .unwrap()
-                .into(),
+            serde_json::to_vec(&Manifest {
+                snapshot: id.into(),
+                cutoff: tandem_common::event::format_rfc3339_ms(cutoff_ms),
+                cutoff_ms,
+                created_at: "2026-11-20T00:00:00Z".into(),
+                code_version: env!("CARGO_PKG_VERSION").into(),
+                feature_schema_version: tandem_models::vectors::FEATURE_SCHEMA_VERSION,
+                events: 0,
+                set_aside: 0,
+                rows: Default::default(),
+                durations_s: Default::default(),
+                models: ModelsEntry::Skipped("a test fixture".into()),
+                inputs: String::new(),
+            })
+            .unwrap()
+            .into(),
         ));
         self.store.put(&rows).await.unwrap();
         let old = self.store.pointer().await.unwrap();

@@ -237,20 +237,18 @@ async fn recommendations_redis() {
 }
 
 /// The ranking path of serving (candidates named by number, features from precomputed parts)
-/// gives exactly what the models' own `candidates` and `rank` give over the whole catalog:
+/// gives exactly what the models' own `candidates` and `rank` give over the whole pool:
 /// same items, sources and scores, for listed items, items only on similar lists (listed or
 /// not), an item without a row, a category no listed item has, exclusions and recent items of both kinds.
 #[tokio::test]
 async fn serving_ranks_exactly_as_the_models_do() {
     use std::collections::HashMap;
 
-    use tandem_models::candidates::{CandidateOptions, Catalog, candidates, latent_depth, rank};
-    use tandem_models::features::{
-        FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, cf_scores,
-    };
+    use tandem_models::candidates::{CandidateOptions, ItemPool, candidates, latent_depth, rank};
     use tandem_models::latent::{Latent, LatentOptions, Rows};
     use tandem_models::linear::{LinearModel, Scaler};
     use tandem_models::training::personal as models_personal;
+    use tandem_models::vectors::{FEATURE_SCHEMA_VERSION, PAIR_FEATURES, USER_FEATURES, cf_scores};
 
     use crate::api::{
         Exclude, candidate_ids, personal, rank_resolved, resolve_rows, similar_sources, unlisted,
@@ -415,9 +413,9 @@ async fn serving_ranks_exactly_as_the_models_do() {
     let mut exclude: Exclude = ["l9", "u2"].into_iter().collect();
     exclude.extend(p.recent_purchases.iter().map(|(i, _)| i.as_str()));
 
-    // The models' way, over the whole catalog.
+    // The models' way, over the whole pool.
     let by_id: HashMap<&str, &ItemRow> = rows.iter().map(|(i, r)| (i.as_str(), r)).collect();
-    let catalog = Catalog {
+    let pool = ItemPool {
         items: Default::default(),
         popular: popular.overall.clone(),
         by_category: popular.by_category.clone().into_iter().collect(),
@@ -429,7 +427,7 @@ async fn serving_ranks_exactly_as_the_models_do() {
     assert!(cf.len() > 3, "{cf:?}");
     let (pair, top) = models_personal(&p, cf, Some(&latent), at, exclude.len(), &opts);
     assert!(top.len() >= opts.latent, "{top:?}");
-    let want_cands = candidates(&p, &catalog, pair.cf(), &top, &exclude, &opts);
+    let want_cands = candidates(&p, &pool, pair.cf(), &top, &exclude, &opts);
     assert!(
         want_cands
             .iter()

@@ -18,6 +18,10 @@
 //! Durability: with `?fsync=always` (the default) a produce returns after `fdatasync`;
 //! with `?fsync=never`, after the write reaches the page cache (survives a process crash,
 //! not a power cut).
+//!
+//! One file (~780 lines), on purpose: the segment format, the recovery of a torn tail, the produce
+//! path and the fetch path share the segments and their locks, and together keep one invariant (no
+//! gap, no duplicate, nothing acknowledged lost); they are reviewed as one.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -33,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{Bus, Position, Record, partition_for};
-use crate::error::{Error, Result};
+use tandem_common::bus::{Error, Result};
 
 /// Bytes after which a segment is sealed and the next one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use tandem_common::event::{Event, Kind, to_bus_value};
 use tandem_common::features::{Profile, recompute};
 use tandem_common::store::{MemoryStore, OnlineStore, RedisStore};
-use tandem_common::testkit::{RedisCluster, RedisServer, RestartAfter, RestartingRedis};
+use tandem_testkit::{RedisCluster, RedisServer, RestartAfter, RestartingRedis};
 
 use super::*;
 use crate::bus::local::LocalBus;
@@ -228,7 +228,7 @@ fn merge_on_redis(url: &str, cases: u32, flush: impl Fn()) {
 fn merge_equals_recompute_redis() {
     let server = RedisServer::start();
     merge_on_redis(&server.url(), 24, || {
-        tandem_common::testkit::cli(server.port(), &["FLUSHALL"]);
+        tandem_testkit::cli(server.port(), &["FLUSHALL"]);
     });
 }
 
@@ -288,7 +288,7 @@ async fn refused_users_go_to_the_dead_letter_and_the_partition_moves_on() {
     let bus = bus(dir.path(), 1);
     let lake = Lake::open("memory://").unwrap();
     // user-7's recent-id set is a string: every apply of user-7 fails with WRONGTYPE.
-    tandem_common::testkit::cli(server.port(), &["SET", "tandem:u:{user-7}:seen", "junk"]);
+    tandem_testkit::cli(server.port(), &["SET", "tandem:u:{user-7}:seen", "junk"]);
     let sent: Vec<Sent> = (0..60)
         .map(|i| Sent {
             event: event(i, (i % 10) as u8, i, (i % 7) as u8, T0 + i as i64),
@@ -353,15 +353,15 @@ async fn refused_users_go_to_the_dead_letter_and_the_partition_moves_on() {
     );
 
     // The cause fixed, a replay brings user-7's events back; the invalid record stays.
-    tandem_common::testkit::cli(server.port(), &["DEL", "tandem:u:{user-7}:seen"]);
+    tandem_testkit::cli(server.port(), &["DEL", "tandem:u:{user-7}:seen"]);
     let r = replay(&lake, bus.as_ref()).await.unwrap();
     assert_eq!((r.replayed, r.kept), (6, 1));
     // Meanwhile Redis is full: the apply waits (OOM passes), and nothing is set aside.
-    tandem_common::testkit::cli(
+    tandem_testkit::cli(
         server.port(),
         &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
     );
-    tandem_common::testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "1"]);
+    tandem_testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "1"]);
     let consumer = tokio::spawn(run(
         bus.clone(),
         store.clone(),
@@ -369,7 +369,7 @@ async fn refused_users_go_to_the_dead_letter_and_the_partition_moves_on() {
         CancellationToken::new(),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    tandem_common::testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "0"]);
+    tandem_testkit::cli(server.port(), &["CONFIG", "SET", "maxmemory", "0"]);
     let s = consumer.await.unwrap().unwrap();
     assert_eq!((s.counts.applied, s.rejected), (6, 0), "{s:?}");
     assert_same(&merged(store.as_ref(), &sent, 0).await, &sent, "all");

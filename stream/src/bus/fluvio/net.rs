@@ -24,7 +24,7 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use futures_rustls::pki_types::ServerName;
 
 use crate::bus::BusTls;
-use crate::error::{Error, Result};
+use tandem_common::bus::{Error, Result};
 
 /// A socket's reading side that asks for an immediate acknowledgement after each read.
 struct QuickAck(TcpStream);

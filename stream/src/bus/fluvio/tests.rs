@@ -10,12 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tandem_common::testkit::FluvioCluster;
+use tandem_testkit::FluvioCluster;
 
 use super::FluvioBus;
 use crate::bus::conformance::{self, Harness};
 use crate::bus::{Bus, BusOptions};
-use crate::error::Error;
+use tandem_common::bus::Error;
 
 struct Cluster {
     addr: String,

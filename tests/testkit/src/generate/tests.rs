@@ -1,7 +1,13 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::event::{Acceptance, parse_event};
+use std::io::Cursor;
+
+use tandem_common::config::Config;
+use tandem_common::event::{Acceptance, parse_event};
+use tandem_common::ingest::{IngestOptions, InputFormat, Quiet, ingest};
+use tandem_common::lake::Lake;
+use tandem_common::schema::events_from_batch;
 
 const END: i64 = 1_763_769_600_000;
 
@@ -136,4 +142,50 @@ fn max_events_and_bad_options() {
     opts.categories = 200;
     opts.items = 100;
     assert!(Generator::new(opts).is_err());
+}
+
+/// The ingest path over the generator's output: every valid line is stored, in order, and the
+/// bad ones are counted.
+#[tokio::test]
+async fn generated_history_round_trips_through_ingest_in_count_and_content_round_trips_in_count_and_content()
+ {
+    let mut opts = GenerateOptions::new(300, 3, 11, 1_763_769_600_000);
+    opts.bad_rate = 0.02;
+    opts.dup_rate = 0.01;
+    let mut g = Generator::new(opts.clone()).unwrap();
+    let mut jsonl = Vec::new();
+    while g.next_json(&mut jsonl) {}
+    let lines = jsonl.iter().filter(|b| **b == b'\n').count() as u64;
+    let lake = Lake::open("memory://").unwrap();
+    let mut o = IngestOptions::from_config(&Config::defaults(), InputFormat::Jsonl);
+    o.chunk_bytes = 64 << 10;
+    let s = ingest(&lake, Box::new(Cursor::new(jsonl)), o, &mut Quiet)
+        .await
+        .unwrap();
+    assert_eq!(s.accepted + s.rejected, lines);
+    assert!(
+        s.rejected > 0 && s.rejected < lines / 20,
+        "about 2% bad: {} of {lines}",
+        s.rejected
+    );
+    // The valid events of the same generator are exactly what the lake holds.
+    opts.bad_rate = 0.02;
+    let mut again = Generator::new(opts).unwrap();
+    let mut expected = Vec::new();
+    while let Some(e) = again.next_event() {
+        expected.push(e);
+    }
+    let got: Vec<_> = lake
+        .read_events()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|b| events_from_batch(b).unwrap())
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(got.len(), expected.len());
+    assert!(
+        got == expected,
+        "the lake holds the generator's valid events, in order"
+    );
 }

@@ -1,19 +1,25 @@
-//! Test helpers: a real `redis-server` of the test's own, a real Redis Cluster, or a real Fluvio
-//! cluster ([`FluvioCluster`]).
+//! What Tandem's tests and demos stand on: a synthetic storefront ([`generate`], also the
+//! binary's `generate` and `demo`), and real servers owned by a test — a `redis-server`, a Redis
+//! Cluster or a Fluvio cluster — plus store doubles that fail or restart on cue.
 //!
 //! [`RedisServer::start`] runs `redis-server` on a free loopback port with its own temporary
 //! directory and nothing persisted; dropping it stops the server and removes the directory. Tests
 //! therefore run in parallel, leave nothing behind, and never touch a Redis that happens to run
 //! on 6379. [`RedisCluster::start`] forms a cluster of three such servers. [`RestartingRedis`]
-//! is a store whose server restarts empty at a chosen call.
+//! is a store whose server restarts empty at a chosen call; [`FluvioCluster`] one SC and one SPU.
+//!
+//! A dev-dependency of every crate (a normal one of the `tandem` binary, for the generator).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod faulty;
 mod fluvio;
+pub mod generate;
 mod restarting;
+pub use faulty::FaultyStore;
 pub use fluvio::{FluvioCluster, FluvioTls, fluvio_bin};
 pub use restarting::{RestartAfter, RestartingRedis};
 

@@ -18,94 +18,34 @@ use tandem_common::store::{
     BATCH_FAILURE_KEY, BATCH_SUCCESS_KEY, BatchOutcome, ItemRow, OnlineStore, Pointer, PopularRow,
     UserRow, history_key, item_key, snapshot_key, user_key,
 };
-use tandem_models::candidates::Catalog;
-use tandem_models::features::{ItemSide, ItemTerms};
+use tandem_models::candidates::ItemPool;
 use tandem_models::latent::Latent;
 use tandem_models::linear::LinearModel;
+use tandem_models::manifest::Manifest;
 use tandem_models::training::Models;
+use tandem_models::vectors::{ItemSide, ItemTerms};
 use tokio_util::sync::CancellationToken;
 
-/// Why a store call gave nothing: it failed, it took longer than the store timeout, or what it
-/// gave cannot be decoded.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreFailure {
-    /// The store answered with an error.
-    #[error("online store error: {0}")]
-    Error(String),
-    /// No answer within the timeout.
-    #[error("online store timed out after {0:?}")]
-    Timeout(Duration),
-    /// A snapshot row is there but is not a row this server can read (written by a faulty or
-    /// newer batch): logged with its key and counted (`tandem_serving_row_errors_total`).
-    #[error("{0}")]
-    BadRow(String),
-}
+mod listed;
+mod store_call;
+mod weights;
 
-impl StoreFailure {
-    /// Why an answer is degraded, as its `degraded_reason` says.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            StoreFailure::Error(_) => "store_error",
-            StoreFailure::Timeout(_) => "store_timeout",
-            StoreFailure::BadRow(_) => "bad_snapshot_row",
-        }
-    }
-}
-
-/// A snapshot row of `kind` at `key` that does not decode: logged with its key, counted, and
-/// the failure the request degrades on.
-fn bad_row(kind: &'static str, key: &str, e: serde_json::Error) -> StoreFailure {
-    metrics::counter!("tandem_serving_row_errors_total", "kind" => kind).increment(1);
-    tracing::error!(key, error = %e, "A snapshot row cannot be decoded; the answer is degraded.");
-    StoreFailure::BadRow(format!("{kind} row `{key}` cannot be decoded: {e}"))
-}
-
-/// Runs one store call under `timeout`, recording its latency as
-/// `tandem_serving_store_seconds{op}` and its failures as `tandem_serving_store_errors_total{op}`.
-pub async fn timed<T>(
-    op: &'static str,
-    timeout: Duration,
-    call: impl Future<Output = tandem_common::Result<T>>,
-) -> Result<T, StoreFailure> {
-    let start = Instant::now();
-    let out = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreFailure::Error(e.to_string())),
-        Err(_) => Err(StoreFailure::Timeout(timeout)),
-    };
-    store_latency(op).record(start.elapsed().as_secs_f64());
-    if let Err(e) = &out {
-        metrics::counter!("tandem_serving_store_errors_total", "op" => op).increment(1);
-        tracing::warn!(op, error = %e, "online store call failed");
-    }
-    out
-}
-
-/// The handle of `tandem_serving_store_seconds{op}`, registered on first use and then shared
-/// (a read lock and a lookup among a few ops, not a registry lookup by labels per call).
-fn store_latency(op: &'static str) -> metrics::Histogram {
-    static HANDLES: OnceLock<RwLock<HashMap<&'static str, metrics::Histogram>>> = OnceLock::new();
-    let handles = HANDLES.get_or_init(Default::default);
-    if let Some(h) = handles.read().expect("store metrics lock").get(op) {
-        return h.clone();
-    }
-    // A handle taken before the recorder is installed would record nowhere, for good.
-    crate::ops::prometheus();
-    let made = metrics::histogram!("tandem_serving_store_seconds", "op" => op);
-    let mut handles = handles.write().expect("store metrics lock");
-    handles.entry(op).or_insert(made).clone()
-}
+pub use listed::{ItemId, ItemRef, ListedItem};
+use listed::{Listed, fetch_item_rows};
+use store_call::bad_row;
+pub use store_call::{StoreFailure, timed};
+use weights::{ByBytes, ENTRY_BYTES, Weighed, item_bytes, user_bytes};
 
 /// One loaded snapshot.
 pub struct Loaded {
     /// The pointer that named it.
     pub pointer: Pointer,
-    /// Its manifest as the batch wrote it (JSON), if present.
-    pub manifest: Option<serde_json::Value>,
+    /// Its manifest as the batch wrote it, if present and readable.
+    pub manifest: Option<Manifest>,
     /// Its models, if the batch trained them (and this code can use them).
     pub models: Option<Models>,
-    /// Its popular lists (the catalog's `items` are left empty: rows come from the cache).
-    pub catalog: Catalog,
+    /// Its popular lists (the pool's `items` are left empty: rows come from the cache).
+    pub pool: ItemPool,
     /// When this process loaded it.
     pub loaded_at: Instant,
     /// A number no other snapshot loaded by this process has (memos of per-row values key on it).
@@ -121,74 +61,6 @@ pub struct Loaded {
     /// user whose recent items did not change since their last request costs no visit of the
     /// model's items.
     folded: Cache<Box<[u32]>, Weighed<Arc<Folded>>, ByBytes>,
-}
-
-/// A cached value and what it weighs in memory, estimated once, when it is cached.
-#[derive(Debug, Clone)]
-struct Weighed<T> {
-    value: T,
-    bytes: u64,
-}
-
-/// Weighs the entries of a row cache by their [`Weighed::bytes`], so that the caches are
-/// bounded by memory (a user with 5,000 categories weighs what it weighs), but at least by a
-/// floor: with `capacity / rows` as the floor, the cache holds at most `rows` entries and
-/// `capacity` bytes, whichever bound is met first. (At least 64 entries: the cache's shards
-/// refuse an entry heavier than about their share of the capacity.)
-#[derive(Debug, Clone, Copy)]
-struct ByBytes {
-    floor: u64,
-}
-
-impl ByBytes {
-    /// A cache of at most `rows` entries (64 at least) and `bytes` of memory.
-    fn cache<K, T>(rows: usize, bytes: u64) -> Cache<K, Weighed<T>, ByBytes>
-    where
-        K: Eq + std::hash::Hash,
-        T: Clone,
-    {
-        let floor = (bytes / rows.max(64) as u64).max(1);
-        Cache::with_weighter(rows, bytes.max(1), ByBytes { floor })
-    }
-}
-
-impl<K, T> Weighter<K, Weighed<T>> for ByBytes {
-    fn weight(&self, _: &K, v: &Weighed<T>) -> u64 {
-        v.bytes.max(self.floor)
-    }
-}
-
-/// What a cache entry costs beside its key and value (its slot, the Arc's counts), roughly.
-const ENTRY_BYTES: usize = 64;
-
-fn text_bytes(s: &str) -> usize {
-    size_of::<String>() + s.len()
-}
-
-/// The memory of a cached user row under `key`.
-fn user_bytes(key: &str, row: Option<&UserRow>) -> u64 {
-    let mut n = ENTRY_BYTES + text_bytes(key);
-    if let Some(r) = row {
-        let p = &r.profile;
-        // A B-tree entry: the key, the value and about a node slot's share.
-        let categories = p.affinity.keys().map(|c| text_bytes(c) + 16);
-        let items = p.recent_items.iter().chain(&p.recent_purchases);
-        n += size_of::<UserRow>()
-            + categories.sum::<usize>()
-            + items.map(|(i, _)| text_bytes(i) + 8).sum::<usize>();
-    }
-    n as u64
-}
-
-/// The memory of a cached item row under `key`.
-fn item_bytes(key: &str, row: Option<&ItemRow>) -> u64 {
-    let mut n = ENTRY_BYTES + text_bytes(key);
-    if let Some(r) = row {
-        let category = r.stats.category.as_ref().map_or(0, |(c, _)| c.len());
-        let similar = r.similar.iter().map(|(i, _)| text_bytes(i) + 8);
-        n += size_of::<ItemRow>() + category + similar.sum::<usize>();
-    }
-    n as u64
 }
 
 /// A user folded into a snapshot's latent model: their vector ([`Latent::user`]) and the
@@ -244,7 +116,7 @@ impl Loaded {
 
     /// When the batch run that made it started (RFC 3339), from the manifest.
     pub fn created_at(&self) -> Option<&str> {
-        self.manifest.as_ref()?.get("created_at")?.as_str()
+        Some(&self.manifest.as_ref()?.created_at)
     }
 
     /// The user's row, from the cache or the store (`None`: the user is not in the snapshot).
@@ -340,7 +212,7 @@ impl Loaded {
 
     /// The popular list, resolved.
     pub fn popular_ids(&self) -> impl Iterator<Item = ItemId<'_>> + '_ {
-        let names = self.catalog.popular.iter();
+        let names = self.pool.popular.iter();
         names
             .zip(&self.listed.popular)
             .map(|(n, k)| ItemId::of(n, *k))
@@ -348,7 +220,7 @@ impl Loaded {
 
     /// The popular list of `category`, resolved (empty for a category without one).
     pub fn category_ids(&self, category: &str) -> impl Iterator<Item = ItemId<'_>> + '_ {
-        let names = self.catalog.by_category.get(category).into_iter().flatten();
+        let names = self.pool.by_category.get(category).into_iter().flatten();
         let ks = self.listed.by_category.get(category).into_iter().flatten();
         names.zip(ks).map(|(n, k)| ItemId::of(n, *k))
     }
@@ -403,144 +275,6 @@ impl Loaded {
             }
         }
         Ok(out.into_iter().map(Option::flatten).collect())
-    }
-}
-
-/// The rows of `items` in snapshot `snapshot`, in order (`None`: the item has no row), in one
-/// store call timed as `op`.
-async fn fetch_item_rows(
-    store: &dyn OnlineStore,
-    snapshot: &str,
-    items: &[&str],
-    op: &'static str,
-    timeout: Duration,
-) -> Result<Vec<Option<ItemRow>>, StoreFailure> {
-    let keys: Vec<String> = items.iter().map(|i| item_key(i, snapshot)).collect();
-    let got = timed(op, timeout, store.get(&keys)).await?;
-    let decode = |(key, value): (&String, Option<bytes::Bytes>)| match value {
-        Some(b) => serde_json::from_slice::<ItemRow>(&b)
-            .map(Some)
-            .map_err(|e| bad_row("item", key, e)),
-        None => Ok(None),
-    };
-    keys.iter().zip(got).map(decode).collect()
-}
-
-/// An item as a request's candidates name it: one of the snapshot's listed rows by its place,
-/// any other by its id. An item has one name only (see [`Loaded::resolve`]), so equal names are
-/// equal items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ItemId<'a> {
-    /// The listed row of this number ([`Loaded::listed`]).
-    Listed(u32),
-    /// An item not among the listed rows.
-    Unlisted(&'a str),
-}
-
-impl<'a> ItemId<'a> {
-    fn of(name: &'a str, listed: Option<u32>) -> ItemId<'a> {
-        listed.map_or(ItemId::Unlisted(name), ItemId::Listed)
-    }
-}
-
-/// A listed row, loaded with the snapshot, with what ranking reads of it ready.
-#[derive(Debug)]
-pub struct ListedItem {
-    /// Its number ([`ItemId::Listed`]).
-    pub number: u32,
-    /// The item.
-    pub id: String,
-    /// Its row.
-    pub row: ItemRow,
-    /// Its side of the ranker's features.
-    pub side: ItemSide,
-    /// Its terms of the snapshot's ranker's logit (zero without a ranker).
-    pub terms: ItemTerms,
-    /// The number of its category ([`Loaded::category_number`]).
-    pub category: Option<u32>,
-    /// Per item of `row.similar`, its number if it is listed too.
-    pub similar: Vec<Option<u32>>,
-    /// Its number in the snapshot's latent-factor model, if the model has it.
-    pub latent: Option<u32>,
-}
-
-/// The listed rows: numbered, with the popular lists and similar lists in numbers.
-#[derive(Debug, Default)]
-struct Listed {
-    items: Vec<ListedItem>,
-    index: HashMap<String, u32, foldhash::fast::RandomState>,
-    categories: HashMap<String, u32, foldhash::fast::RandomState>,
-    /// Per item of the catalog's popular list, its number if it has a row.
-    popular: Vec<Option<u32>>,
-    /// Likewise per category list.
-    by_category: HashMap<String, Vec<Option<u32>>, foldhash::fast::RandomState>,
-}
-
-impl Listed {
-    /// Numbers `rows` (those of `catalog`'s lists' items and of items similar to them),
-    /// resolves the lists and computes each row's terms of `ranker`.
-    fn new(
-        rows: Vec<(String, ItemRow)>,
-        catalog: &Catalog,
-        ranker: Option<&LinearModel>,
-        latent: Option<&Latent>,
-    ) -> Listed {
-        let mut l = Listed::default();
-        for (k, (id, _)) in rows.iter().enumerate() {
-            l.index.insert(id.clone(), k as u32);
-        }
-        for (number, (id, row)) in (0..).zip(rows) {
-            let category = row.stats.category.as_ref().map(|(c, _)| {
-                let next = l.categories.len() as u32;
-                *l.categories.entry(c.clone()).or_insert(next)
-            });
-            let similar = row
-                .similar
-                .iter()
-                .map(|(s, _)| l.index.get(s).copied())
-                .collect();
-            let side = ItemSide::of(&row.stats);
-            l.items.push(ListedItem {
-                number,
-                terms: ranker.map_or_else(ItemTerms::default, |r| ItemTerms::of(&side, r)),
-                side,
-                category,
-                similar,
-                latent: latent.and_then(|m| m.index(&id)),
-                id,
-                row,
-            });
-        }
-        let numbers = |list: &[String]| list.iter().map(|i| l.index.get(i).copied()).collect();
-        let popular = numbers(&catalog.popular);
-        let by_category = catalog
-            .by_category
-            .iter()
-            .map(|(c, list)| (c.clone(), numbers(list)))
-            .collect();
-        l.popular = popular;
-        l.by_category = by_category;
-        l
-    }
-}
-
-/// An item row: one of the snapshot's listed rows, or one shared from the cache.
-#[derive(Debug)]
-pub enum ItemRef<'a> {
-    /// Loaded with the snapshot.
-    Listed(&'a ListedItem),
-    /// From the bounded cache (or the store).
-    Cached(Arc<ItemRow>),
-}
-
-impl Deref for ItemRef<'_> {
-    type Target = ItemRow;
-
-    fn deref(&self) -> &ItemRow {
-        match self {
-            ItemRef::Listed(l) => &l.row,
-            ItemRef::Cached(r) => r,
-        }
     }
 }
 
@@ -670,11 +404,17 @@ impl Snapshots {
             }
             None => None,
         };
-        let manifest = manifest.and_then(|b| serde_json::from_slice(&b).ok());
+        let manifest = manifest.and_then(|b| match serde_json::from_slice::<Manifest>(&b) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(snapshot = %pointer.snapshot, error = %e, "the snapshot's manifest cannot be read; answers carry no snapshot time");
+                None
+            }
+        });
         let rows = self
             .listed_rows(&pointer.snapshot, &popular, patience)
             .await?;
-        let catalog = Catalog {
+        let pool = ItemPool {
             items: Default::default(),
             popular: popular.overall,
             by_category: popular.by_category.into_iter().collect(),
@@ -684,14 +424,14 @@ impl Snapshots {
         }
         let listed = Listed::new(
             rows,
-            &catalog,
+            &pool,
             models.as_ref().and_then(|m| m.ranker.as_ref()),
             models.as_ref().and_then(|m| m.latent.as_ref()),
         );
         static SERIAL: AtomicU64 = AtomicU64::new(0);
         let loaded = Arc::new(Loaded {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
-            catalog,
+            pool,
             models,
             manifest,
             loaded_at: Instant::now(),

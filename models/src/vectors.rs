@@ -1,4 +1,4 @@
-//! The model features, computed from the mergeable features of `tandem_common::features` at a
+//! The model feature vectors, computed from the mergeable features of `tandem_common::features` at a
 //! time `now`, so that the batch layer (training at a past time) and the serving layer (scoring
 //! a merged profile now) compute them the same way.
 //!

@@ -7,6 +7,10 @@
 //! ratings after purchases, and loyal users coming back to buy again. Events come out in
 //! event-time order, day by day. `bad_rate` mixes in invalid events of several sorts, and
 //! `dup_rate` repeats events as a retrying producer would (same `event_id`).
+//!
+//! One file (~700 lines), on purpose: the storefront (catalogue, users, sessions, the funnel) is
+//! one simulation drawing from one seeded generator; split, the order of its draws — what makes a
+//! seed reproduce the same events — would span files.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -16,7 +20,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, LogNormal, Poisson, Zipf};
 
-use crate::event::{Event, Kind, write_rfc3339_ms};
+use tandem_common::event::{Event, Kind, write_rfc3339_ms};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -167,8 +171,8 @@ fn splitmix(mut z: u64) -> u64 {
 
 impl Generator {
     /// A generator for `opts`. Fails when the options make no sense.
-    pub fn new(opts: GenerateOptions) -> crate::Result<Generator> {
-        let bad = |m: String| crate::Error::Config(m);
+    pub fn new(opts: GenerateOptions) -> tandem_common::Result<Generator> {
+        let bad = |m: String| tandem_common::Error::Config(m);
         if opts.users == 0 || opts.items == 0 || opts.categories == 0 || opts.days == 0 {
             return Err(bad(
                 "users, items, categories and days must all be at least 1".into(),
@@ -213,7 +217,7 @@ impl Generator {
         let item_zipf = by_category
             .iter()
             .map(|v| zipf(v.len() as u32, 1.1))
-            .collect::<crate::Result<Vec<_>>>()?;
+            .collect::<tandem_common::Result<Vec<_>>>()?;
         let activity = LogNormal::new(0.0, 1.0).map_err(|e| bad(e.to_string()))?;
         // E[lognormal(0,1)] = e^0.5: scale so the mean rate is as asked.
         let scale = opts.sessions_per_user_day / 0.5f64.exp();
@@ -644,14 +648,14 @@ impl Generator {
 
 /// Generates straight into the lake, as `tandem ingest` would store the same events (invalid
 /// ones are skipped: they cannot be stored), stamped as a bulk load is
-/// ([`crate::lake::bulk_stamp`]).
+/// ([`tandem_common::lake::bulk_stamp`]).
 pub async fn write_to_lake(
     mut generator: Generator,
-    lake: &crate::lake::Lake,
-    options: crate::ingest::IngestOptions,
-) -> crate::Result<crate::ingest::IngestSummary> {
-    use crate::lake::{RunWriter, new_run_id};
-    use crate::schema::{EventBatchBuilder, Stamp};
+    lake: &tandem_common::lake::Lake,
+    options: tandem_common::ingest::IngestOptions,
+) -> tandem_common::Result<tandem_common::ingest::IngestSummary> {
+    use tandem_common::lake::{RunWriter, new_run_id};
+    use tandem_common::schema::{EventBatchBuilder, Stamp};
     let started = std::time::Instant::now();
     let mut writer = RunWriter::start(
         lake,
@@ -689,9 +693,9 @@ pub async fn write_to_lake(
         accepted += batch.num_rows() as u64;
     }
     make.await
-        .map_err(|e| crate::Error::Internal(format!("generator failed: {e}")))?;
+        .map_err(|e| tandem_common::Error::Internal(format!("generator failed: {e}")))?;
     let files = writer.finish().await?;
-    Ok(crate::ingest::IngestSummary::new(
+    Ok(tandem_common::ingest::IngestSummary::new(
         run_id, accepted, 0, &files, 0, started,
     ))
 }

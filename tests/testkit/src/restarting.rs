@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::RedisServer;
-use crate::error::Result;
-use crate::store::{
+use tandem_common::error::Result;
+use tandem_common::store::{
     ApplyCounts, LeaseOp, LeaseState, OnlineStore, Pointer, RedisStore, SpeedEvent, SpeedState,
 };
 

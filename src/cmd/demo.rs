@@ -19,11 +19,12 @@ use axum::routing::get;
 use clap::Args;
 use tandem_common::config::{ApiKey, Config, Scope, Secret};
 use tandem_common::event::{Event, now_ms};
-use tandem_common::generate::{GenerateOptions, Generator};
 use tandem_common::ingest::{IngestOptions, InputFormat};
 use tandem_common::lake::Lake;
 use tandem_common::store::OnlineStore;
+use tandem_common::task::Tasks;
 use tandem_serving::{App, ServeOptions, auth::Keys};
+use tandem_testkit::generate::{GenerateOptions, Generator};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -105,7 +106,7 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         );
         let opts =
             GenerateOptions::new(args.users, args.days, 42, now_ms() / 3_600_000 * 3_600_000);
-        let summary = tandem_common::generate::write_to_lake(
+        let summary = tandem_testkit::generate::write_to_lake(
             Generator::new(opts)?,
             &lake,
             IngestOptions::from_config(config, InputFormat::Jsonl),
@@ -149,10 +150,11 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         roll_age: Duration::from_secs(30),
         ..tandem_stream::archive::ArchiveOptions::from_config(config)
     };
-    let mut tasks = tokio::task::JoinSet::new();
+    // Every part below runs under one supervisor: a part that fails stops the others.
+    let mut tasks: Tasks<anyhow::Error> = Tasks::new(&stop);
     {
-        let (bus, store, stop) = (bus.clone(), store.clone(), stop.clone());
-        tasks.spawn(async move {
+        let (bus, store) = (bus.clone(), store.clone());
+        tasks.spawn("the speed layer", |stop| async move {
             tandem_stream::speed::run(bus, store, speed_opts, stop)
                 .await
                 .map(|_| ())
@@ -160,8 +162,8 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         });
     }
     {
-        let (bus, lake, stop) = (bus.clone(), lake.clone(), stop.clone());
-        tasks.spawn(async move {
+        let (bus, lake) = (bus.clone(), lake.clone());
+        tasks.spawn("the archiver", |stop| async move {
             tandem_stream::archive::run(bus, lake, archive_opts, stop)
                 .await
                 .map(|_| ())
@@ -189,7 +191,7 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         lake.clone(),
         keys,
         opts,
-        stop.clone(),
+        &mut tasks,
     )
     .await;
     let live = Arc::new(Live::default());
@@ -204,9 +206,9 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
         .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
     let addr = listener.local_addr()?;
     {
-        let (router, stop) = (demo.merge(api.clone()), stop.clone());
+        let router = demo.merge(api.clone());
         let edge = tandem_serving::edge::EdgeOptions::from_config(config);
-        tasks.spawn(async move {
+        tasks.spawn("the API", |stop| async move {
             tandem_serving::edge::serve_router(listener, router, &edge, stop)
                 .await
                 .context("the API")
@@ -215,15 +217,16 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
 
     // 5. Live traffic, through the API's own handler, and the batch again every so often.
     if args.rate > 0.0 {
-        let (stop, key, live) = (stop.clone(), key.clone(), live.clone());
+        let (key, live) = (key.clone(), live.clone());
         let (users, rate) = (args.users, args.rate);
-        tasks.spawn(async move { simulate(api, &key, users, rate, live, stop).await });
+        tasks.spawn("the traffic simulator", |stop| async move {
+            simulate(api, &key, users, rate, live, stop).await
+        });
     }
     {
-        let (lake, store, stop, config) =
-            (lake.clone(), store.clone(), stop.clone(), config.clone());
+        let (lake, store, config) = (lake.clone(), store.clone(), config.clone());
         let every = args.batch_every;
-        tasks.spawn(async move {
+        tasks.spawn("the periodic batch", |stop| async move {
             loop {
                 tokio::select! {
                     biased;
@@ -239,24 +242,9 @@ pub async fn run(args: DemoArgs, config: &Config, stop: CancellationToken) -> Re
     }
 
     print_banner(addr, if args.no_auth { None } else { Some(&key) });
-    let mut first_error = None;
-    while let Some(done) = tasks.join_next().await {
-        let failed = match done {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(e) => Some(anyhow::anyhow!("a demo task panicked: {e}")),
-        };
-        if let Some(e) = failed
-            && first_error.is_none()
-        {
-            eprintln!("error: {e:#}");
-            stop.cancel();
-            first_error = Some(e);
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => {
+    match tasks.join().await {
+        Err(f) => Err(super::task_failure(f)),
+        Ok(()) => {
             eprintln!(
                 "Stopped. Run `tandem demo` again to continue from {}.",
                 data.display()

@@ -1,0 +1,51 @@
+//! The SQL crate's errors.
+
+pub use tandem_common::ErrorKind;
+
+/// Errors of the lake's DataFusion session and the analyst catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A query, snapshot id or option is wrong.
+    #[error("{0}")]
+    User(String),
+    /// DataFusion failed (a query over the lake).
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Arrow failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    /// Parquet encoding or decoding of a snapshot file failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// JSON of a snapshot file failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An error of the common crate (the lake, config).
+    #[error(transparent)]
+    Common(#[from] tandem_common::Error),
+    /// An invariant was broken.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::User(_) => ErrorKind::User,
+            Error::ObjectStore(_) => ErrorKind::External,
+            Error::Common(e) => e.kind(),
+            Error::DataFusion(_)
+            | Error::Arrow(_)
+            | Error::Parquet(_)
+            | Error::Json(_)
+            | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The SQL crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
