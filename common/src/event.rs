@@ -32,7 +32,7 @@ pub const MAX_PROP_VALUE_CHARS: usize = 1024;
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Highest unit `price`: a billion currency units. With [`MAX_QUANTITY`] it keeps every
 /// purchase line's money finite in micro-units; sums of money saturate at
-/// [`MAX_MONEY_MICROS`](crate::features::MAX_MONEY_MICROS).
+/// `features::MAX_MONEY_MICROS`.
 pub const MAX_PRICE: f64 = 1e9;
 /// Highest `quantity` of one purchase line.
 pub const MAX_QUANTITY: u32 = 1_000_000;

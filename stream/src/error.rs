@@ -74,3 +74,28 @@ impl From<tandem_common::bus::Error> for Error {
 
 /// The stream crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_common::bus::Error as BusError;
+
+    /// A backend's error keeps its kind, and so whether the speed layer retries it, when it
+    /// becomes the stream's.
+    #[test]
+    fn a_bus_error_keeps_its_kind() {
+        let cases = [
+            BusError::Config("bad url".into()),
+            BusError::Corrupt("torn segment".into()),
+            BusError::Io(std::io::Error::other("disk")),
+            BusError::Bus("SPU gone".into()),
+            BusError::Internal("gap".into()),
+        ];
+        for e in cases {
+            let (kind, retryable, text) = (e.kind(), e.is_retryable(), e.to_string());
+            let s = Error::from(e);
+            assert_eq!((s.kind(), s.is_retryable()), (kind, retryable), "{text}");
+            assert_eq!(s.to_string(), text);
+        }
+    }
+}

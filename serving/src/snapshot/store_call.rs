@@ -67,7 +67,7 @@ fn store_latency(op: &'static str) -> metrics::Histogram {
         return h.clone();
     }
     // A handle taken before the recorder is installed would record nowhere, for good.
-    crate::ops::prometheus();
+    tandem_common::telemetry::prometheus();
     let made = metrics::histogram!("tandem_serving_store_seconds", "op" => op);
     let mut handles = handles.write().expect("store metrics lock");
     handles.entry(op).or_insert(made).clone()

@@ -304,7 +304,9 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
     let Some(shed) = shed else {
         // What became of the request that should hold the slot, to say why.
         let got = answer(&mut stalled, Duration::from_millis(500)).await;
-        panic!("no request was refused while the only slot was held; the stalled POST got: {got:?}");
+        panic!(
+            "no request was refused while the only slot was held; the stalled POST got: {got:?}"
+        );
     };
     assert!(shed.contains("retry-after"), "{shed}");
     let mut probe = TcpStream::connect(addr).await.unwrap();
