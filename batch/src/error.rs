@@ -2,33 +2,20 @@
 
 pub use tandem_common::ErrorKind;
 
-/// Errors of the batch layer.
+/// Errors of the batch layer. What fails in DataFusion, arrow, Parquet, the object store or
+/// JSON is the lake's, and is kept as the SQL crate's error ([`Error::Sql`]), whose kinds it
+/// takes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A cutoff, option or input is wrong.
     #[error("{0}")]
     User(String),
-    /// DataFusion failed (a query over the lake).
-    #[error("datafusion: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
-    /// Arrow failed.
-    #[error("arrow: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    /// The object store failed.
-    #[error("object store: {0}")]
-    ObjectStore(#[from] object_store::Error),
-    /// Parquet encoding or decoding of a snapshot file failed.
-    #[error("parquet: {0}")]
-    Parquet(#[from] datafusion::parquet::errors::ParquetError),
-    /// JSON of a snapshot file or store row failed.
-    #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
+    /// The lake: its DataFusion session, a snapshot file, the object store.
+    #[error(transparent)]
+    Sql(#[from] tandem_sql::Error),
     /// Training failed.
     #[error("models: {0}")]
     Models(#[from] tandem_models::Error),
-    /// The lake's DataFusion session or the snapshot reader failed.
-    #[error(transparent)]
-    Sql(#[from] tandem_sql::Error),
     /// An error of the common crate (the lake, config).
     #[error(transparent)]
     Common(#[from] tandem_common::Error),
@@ -37,20 +24,34 @@ pub enum Error {
     Internal(String),
 }
 
+/// The lake's failures reach the batch as the SQL crate's error.
+macro_rules! via_sql {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Sql(e.into())
+            }
+        }
+    )*};
+}
+
+via_sql!(
+    datafusion::error::DataFusionError,
+    datafusion::arrow::error::ArrowError,
+    datafusion::parquet::errors::ParquetError,
+    object_store::Error,
+    serde_json::Error
+);
+
 impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::User(_) => ErrorKind::User,
-            Error::ObjectStore(_) => ErrorKind::External,
+            Error::Sql(e) => e.kind(),
             Error::Common(e) => e.kind(),
             Error::Models(e) => e.kind(),
-            Error::Sql(e) => e.kind(),
-            Error::DataFusion(_)
-            | Error::Arrow(_)
-            | Error::Parquet(_)
-            | Error::Json(_)
-            | Error::Internal(_) => ErrorKind::Internal,
+            Error::Internal(_) => ErrorKind::Internal,
         }
     }
 }

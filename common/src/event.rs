@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize, Serializer};
 
 mod raw;
 mod time;
+pub use raw::FIELDS;
+use raw::RawEvent;
 pub use raw::key_id_problem;
-use raw::{FIELDS, RawEvent};
 pub use time::write_rfc3339_ms;
 pub use time::{date_of_ms, format_rfc3339_ms, now_ms, parse_rfc3339_ms, rfc3339_ascii};
 

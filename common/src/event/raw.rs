@@ -3,7 +3,8 @@
 
 use super::*;
 
-pub(super) const FIELDS: [&str; 12] = [
+/// The event's fields, as JSON keys and CSV columns name them.
+pub const FIELDS: [&str; 12] = [
     "event_id",
     "user_id",
     "kind",

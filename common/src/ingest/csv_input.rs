@@ -9,20 +9,8 @@ use std::io::Read;
 use super::{Chunk, CountingReader, Lines, Stamper};
 use crate::error::{Error, Result};
 
-const COLUMNS: [&str; 12] = [
-    "event_id",
-    "user_id",
-    "kind",
-    "item_id",
-    "category",
-    "price",
-    "quantity",
-    "rating",
-    "query",
-    "ts",
-    "session_id",
-    "props",
-];
+/// The columns a CSV header may name: the event's fields.
+const COLUMNS: [&str; 12] = crate::event::FIELDS;
 
 pub(super) fn read_csv(
     input: CountingReader,
