@@ -8,15 +8,12 @@ pub enum Error {
     /// A bus URL or option is wrong.
     #[error("{0}")]
     Config(String),
-    /// The bus's files are not what they should be (another partition count, a damaged sealed segment).
-    #[error("bus data: {0}")]
-    Corrupt(String),
     /// Local I/O failed.
     #[error("bus i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The bus's server (Fluvio) failed or could not be reached.
-    #[error("{0}")]
-    Bus(String),
+    /// The bus failed: its files, its server, its records ([`tandem_common::bus::Error`]).
+    #[error(transparent)]
+    Bus(#[from] tandem_common::bus::Error),
     /// A background task failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -36,8 +33,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::User,
-            Error::Io(_) | Error::Bus(_) => ErrorKind::External,
-            Error::Corrupt(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Io(_) => ErrorKind::External,
+            Error::Bus(e) => e.kind(),
+            Error::Internal(_) => ErrorKind::Internal,
             Error::Common(e) => e.kind(),
             Error::Stopped(_) => ErrorKind::Internal,
             Error::Task(_, e) => e.kind(),
@@ -55,19 +53,6 @@ impl Error {
             Error::Common(tandem_common::Error::Rejected(_)) => true,
             Error::Task(_, e) => e.is_rejected(),
             _ => false,
-        }
-    }
-}
-
-impl From<tandem_common::bus::Error> for Error {
-    fn from(e: tandem_common::bus::Error) -> Error {
-        use tandem_common::bus::Error as Bus;
-        match e {
-            Bus::Config(m) => Error::Config(m),
-            Bus::Corrupt(m) => Error::Corrupt(m),
-            Bus::Io(e) => Error::Io(e),
-            Bus::Bus(m) => Error::Bus(m),
-            Bus::Internal(m) => Error::Internal(m),
         }
     }
 }
