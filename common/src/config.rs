@@ -39,6 +39,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// `[stream]`: the speed layer and the archiver.
     pub stream: StreamConfig,
+    /// `[sql]`: the analysts' SQL server.
+    pub sql: SqlConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -189,6 +191,9 @@ pub enum Scope {
     Read,
     /// Erasure and operations.
     Admin,
+    /// Analyst SQL over the Postgres wire (`tandem sql serve`): the key's name is the user
+    /// name, the key the password.
+    Sql,
 }
 
 /// `[events]`.
@@ -220,6 +225,40 @@ pub struct BatchConfig {
     /// second run is refused meanwhile, and a killed run holds the next one back this long.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// Complete snapshots kept in the lake (analysts query them as of their cutoff); a run
+    /// deletes the older ones after it publishes. At least 1.
+    pub keep_snapshots: usize,
+}
+
+/// `[sql]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Address the Postgres-wire server listens on.
+    pub listen: String,
+    /// Connections open at once; more are refused.
+    pub max_connections: usize,
+    /// The longest a query message may run, planning and every row sent included; then it is
+    /// cancelled (SQLSTATE 57014). A client cannot raise it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Memory, MiB, one session's queries may hold at once (DataFusion's memory pool); past
+    /// it a query spills where it can, else fails with "resources exhausted".
+    pub memory_limit_mib: usize,
+    /// How often the server looks for a newer snapshot and new event files.
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+    /// PEM certificate chain and PKCS#8 key: both set, the server speaks TLS (and refuses
+    /// plain connections); both empty, plain TCP.
+    pub tls_cert: String,
+    /// See `tls_cert`.
+    pub tls_key: String,
+    /// Users a scan of `live_profiles` without a `user_id` filter reads at most (it reads the
+    /// online store user by user); past it the query fails and says how to name users.
+    pub live_scan_limit: usize,
+    /// Rows a terminal's table output shows before it stops with a note (`tandem sql`);
+    /// 0 for no limit. Files and pipes get every row.
+    pub max_display_rows: usize,
 }
 
 /// `[stream]`.
@@ -441,7 +480,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let f = figment(sources, &mut problems);
 
     // Extract section by section so that a bad value in one does not hide those in another.
-    const SECTIONS: [&str; 8] = [
+    const SECTIONS: [&str; 9] = [
         "lake",
         "bus",
         "online_store",
@@ -449,6 +488,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         "events",
         "batch",
         "stream",
+        "sql",
         "log",
     ];
     match f.extract::<toml::Table>() {
@@ -500,6 +540,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
     let events = section::<EventsConfig>(&f, sources, "events", &mut problems);
     let batch = section::<BatchConfig>(&f, sources, "batch", &mut problems);
     let stream = section::<StreamConfig>(&f, sources, "stream", &mut problems);
+    let sql = section::<SqlConfig>(&f, sources, "sql", &mut problems);
     let log = section::<LogConfig>(&f, sources, "log", &mut problems);
     // Sections that did not parse stand in with their defaults, so the semantic checks of the
     // others still run; problems of a stand-in are not reported (it is the defaults).
@@ -510,6 +551,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         && events.is_some()
         && batch.is_some()
         && stream.is_some()
+        && sql.is_some()
         && log.is_some();
     let d: Config = Figment::from(Toml::string(DEFAULT_TOML))
         .extract()
@@ -522,6 +564,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         ("events", events.is_none()),
         ("batch", batch.is_none()),
         ("stream", stream.is_none()),
+        ("sql", sql.is_none()),
         ("log", log.is_none()),
     ]
     .into_iter()
@@ -535,6 +578,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
         events: events.unwrap_or(d.events),
         batch: batch.unwrap_or(d.batch),
         stream: stream.unwrap_or(d.stream),
+        sql: sql.unwrap_or(d.sql),
         log: log.unwrap_or(d.log),
     };
     for (key, p) in merged.problems() {
@@ -589,6 +633,36 @@ impl Config {
         }
         if self.stream.wait > Duration::from_secs(60) {
             p.push(("stream.wait", "must be at most 60s".to_string()));
+        }
+        if self.sql.listen.parse::<SocketAddr>().is_err() {
+            p.push((
+                "sql.listen",
+                format!("`{}` is not a host:port address", self.sql.listen),
+            ));
+        }
+        if self.batch.keep_snapshots == 0 {
+            p.push(("batch.keep_snapshots", "must be at least 1".to_string()));
+        }
+        if self.sql.max_connections == 0 {
+            p.push(("sql.max_connections", "must be at least 1".to_string()));
+        }
+        if self.sql.memory_limit_mib < 16 {
+            p.push((
+                "sql.memory_limit_mib",
+                format!("must be at least 16, got {}", self.sql.memory_limit_mib),
+            ));
+        }
+        if self.sql.statement_timeout.is_zero() {
+            p.push(("sql.statement_timeout", "must be more than 0".to_string()));
+        }
+        if self.sql.refresh < Duration::from_secs(1) {
+            p.push(("sql.refresh", "must be at least 1s".to_string()));
+        }
+        if self.sql.tls_cert.is_empty() != self.sql.tls_key.is_empty() {
+            p.push((
+                "sql.tls_cert",
+                "tls_cert and tls_key are set together or not at all".to_string(),
+            ));
         }
         if self.stream.commit_interval > Duration::from_secs(600) {
             p.push(("stream.commit_interval", "must be at most 10m".to_string()));

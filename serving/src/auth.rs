@@ -92,6 +92,7 @@ pub fn scope_name(scope: Scope) -> &'static str {
         Scope::Ingest => "ingest",
         Scope::Read => "read",
         Scope::Admin => "admin",
+        Scope::Sql => "sql",
     }
 }
 

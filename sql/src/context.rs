@@ -56,6 +56,13 @@ impl LakeContext {
         ctx.register_udaf(crate::log_sum_exp::udaf());
         let url = ObjectStoreUrl::parse(LAKE_URL)?;
         ctx.register_object_store(url.as_ref(), lake.store().clone());
+        LakeContext::over(ctx, lake).await
+    }
+
+    /// The lake's tables registered (again) on `ctx`, a session made by [`LakeContext::new`]:
+    /// `events_all`, and `erasures` as the lake holds it now (a long-lived session refreshes
+    /// with this).
+    pub async fn over(ctx: SessionContext, lake: &Lake) -> Result<LakeContext> {
         let root = lake.path(EVENTS_DIR);
         let table_url = ListingTableUrl::parse(format!("{LAKE_URL}/{root}/"))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
@@ -64,10 +71,10 @@ impl LakeContext {
         let config = ListingTableConfig::new(table_url)
             .with_listing_options(options)
             .with_schema(event_schema());
-        ctx.register_table("events_all", Arc::new(ListingTable::try_new(config)?))?;
+        replace_table(&ctx, "events_all", Arc::new(ListingTable::try_new(config)?))?;
         let erasures = lake.erasures().await?;
         let table = erasures_table(&erasures)?;
-        ctx.register_table("erasures", Arc::new(table))?;
+        replace_table(&ctx, "erasures", Arc::new(table))?;
         Ok(LakeContext {
             ctx,
             cutoff_ms: None,
@@ -173,10 +180,20 @@ impl LakeContext {
             parts[i % n].push(b.clone());
         }
         let table = MemTable::try_new(schema, parts)?;
-        self.ctx.deregister_table("events")?;
-        self.ctx.register_table("events", Arc::new(table))?;
+        replace_table(&self.ctx, "events", Arc::new(table))?;
         Ok(batches)
     }
+}
+
+/// Registers `table` as `name` on `ctx`, in place of the table of that name if there is one.
+pub fn replace_table(
+    ctx: &SessionContext,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> Result<()> {
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, table)?;
+    Ok(())
 }
 
 /// The rows ingested before `cutoff_ms`, by the date folders (pruned unread) and `ingest_ts`.

@@ -8,7 +8,11 @@
 //! | [`log_sum_exp`] | the `log_sum_exp` aggregate the views decay interest with |
 //! | [`snapshots`] | the snapshots in the lake: manifests, complete ones, their Parquet files |
 //! | [`catalog`] | the tables: `events`, `events_all`, a snapshot's views, `snapshots` |
+//! | [`guard`] | read-only: the statements and plans an analyst may run |
+//! | [`script`] | where a statement of a script ends |
+//! | [`live`] | `live_profiles`: what the API answers now, read from the online store |
 //! | [`output`] | writing results as table, CSV, JSON lines or Parquet |
+//! | [`wire`] | `tandem sql serve`: the catalog over the Postgres wire protocol |
 //!
 //! # Example
 //!
@@ -21,7 +25,8 @@
 //! let catalog = Catalog::open(&lake, None).await.unwrap();
 //! let batches = catalog.sql("SELECT count(*) AS n FROM events").await.unwrap();
 //! let mut out = Vec::new();
-//! tandem_sql::output::write(&batches, tandem_sql::output::Format::Csv, &mut out).unwrap();
+//! let schema = batches[0].schema();
+//! tandem_sql::output::write(schema, &batches, tandem_sql::output::Format::Csv, &mut out).unwrap();
 //! assert_eq!(String::from_utf8(out).unwrap(), "n\n0\n");
 //! # });
 //! ```
@@ -29,8 +34,14 @@
 pub mod catalog;
 pub mod context;
 pub mod error;
+pub mod guard;
+pub mod live;
 pub mod log_sum_exp;
 pub mod output;
+pub mod script;
 pub mod snapshots;
+pub mod wire;
 
+/// The DataFusion this crate is built on, for callers that stream its results.
+pub use datafusion;
 pub use error::{Error, Result};

@@ -69,3 +69,31 @@ pub async fn complete(lake: &Lake) -> Result<Vec<Manifest>> {
 pub async fn manifest(lake: &Lake, id: &str) -> Result<Option<Manifest>> {
     Ok(lake.get_json(&snapshot_file(id, "manifest.json")).await?)
 }
+
+/// Deletes the complete snapshots of the lake beyond the `keep` newest (by cutoff), never
+/// `current` (the one the store serves) nor a snapshot without a manifest (a run may be writing
+/// it). Returns the ids deleted, oldest first. The analyst catalog lists complete snapshots
+/// only, so a half-deleted one (a crash in the middle) is never shown: its manifest goes first.
+pub async fn prune(lake: &Lake, keep: usize, current: &str) -> Result<Vec<String>> {
+    use futures::TryStreamExt;
+    let manifests = complete(lake).await?;
+    let n = manifests.len().saturating_sub(keep.max(1));
+    let mut deleted = Vec::new();
+    for m in manifests.iter().take(n).filter(|m| m.snapshot != current) {
+        let store = lake.store();
+        store
+            .delete(&lake.path(&snapshot_file(&m.snapshot, "manifest.json")))
+            .await?;
+        let prefix = lake.path(&format!("{SNAPSHOTS_DIR}/{}", m.snapshot));
+        let files: Vec<object_store::path::Path> = store
+            .list(Some(&prefix))
+            .map_ok(|o| o.location)
+            .try_collect()
+            .await?;
+        for f in files {
+            store.delete(&f).await?;
+        }
+        deleted.push(m.snapshot.clone());
+    }
+    Ok(deleted)
+}

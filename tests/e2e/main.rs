@@ -9,4 +9,5 @@ mod fluvio;
 mod harness;
 mod openapi;
 mod serve;
+mod sql;
 mod stream;

@@ -67,6 +67,8 @@ pub struct RunOptions {
     /// How long the run's lease on the store ([`BATCH_LEASE`]) lives unless renewed (every
     /// third of it): how long a killed run holds the next one back.
     pub run_lease: std::time::Duration,
+    /// Complete snapshots kept in the lake; older ones are deleted after a publish.
+    pub keep_snapshots: usize,
 }
 
 impl RunOptions {
@@ -86,6 +88,7 @@ impl RunOptions {
             },
             cleanup_grace: c.batch.cleanup_grace,
             run_lease: c.batch.lease,
+            keep_snapshots: c.batch.keep_snapshots,
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct Summary {
     pub store_rows: u64,
     /// Keys of older snapshots and speed epochs before the cutoff deleted.
     pub deleted_keys: u64,
+    /// Snapshots deleted from the lake, beyond `batch.keep_snapshots`.
+    pub pruned_snapshots: Vec<String>,
     /// Seconds per step, and `total`.
     pub durations_s: BTreeMap<String, f64>,
     /// Peak resident memory of the process, MiB.
@@ -412,6 +417,7 @@ async fn run_leased(
         rows: BTreeMap::new(),
         store_rows: 0,
         deleted_keys: 0,
+        pruned_snapshots: Vec::new(),
         durations_s: BTreeMap::new(),
         peak_rss_mb: None,
         models: existing.as_ref().map(|m| m.models.clone()),
@@ -432,6 +438,7 @@ async fn run_leased(
         begin(Step::Cleanup, checkpoint, progress)?;
         let (a, b) = snapshot::cleanup(store, &new).await?;
         summary.deleted_keys = a + b;
+        summary.pruned_snapshots = snapshots::prune(lake, opts.keep_snapshots, &id).await?;
         summary.outcome = Outcome::AlreadyPublished;
         return Ok(finish(summary, durations));
     }
@@ -569,6 +576,7 @@ async fn run_leased(
     tokio::time::sleep(opts.cleanup_grace).await;
     let (a, b) = snapshot::cleanup(store, &new).await?;
     summary.deleted_keys = a + b;
+    summary.pruned_snapshots = snapshots::prune(lake, opts.keep_snapshots, &id).await?;
     durations.insert(name(Step::Cleanup).into(), t.elapsed().as_secs_f64());
     Ok(finish(summary, durations))
 }

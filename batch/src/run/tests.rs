@@ -29,6 +29,7 @@ fn options(cutoff_ms: Option<i64>) -> RunOptions {
         train: TrainOptions::default(),
         cleanup_grace: std::time::Duration::ZERO,
         run_lease: std::time::Duration::from_secs(60),
+        keep_snapshots: 30,
     }
 }
 
@@ -352,6 +353,56 @@ async fn a_user_erased_after_the_snapshot_was_computed_is_not_published() {
 /// Two runs at once: the second is refused while the first holds the lease (naming the
 /// holder), and a run's cleanup spares the rows of a newer snapshot another run is writing (it
 /// deleted every snapshot's rows but its own). The lease is given back at the end.
+#[tokio::test]
+async fn the_lake_keeps_the_newest_snapshots_and_the_one_served() {
+    let events = stamped_with(50, 4, 3);
+    let lake = lake_of(&events).await;
+    let store = MemoryStore::default();
+    let keep = RunOptions {
+        keep_snapshots: 2,
+        ..options(None)
+    };
+    let mut ids = Vec::new();
+    for day in 0..4 {
+        let opts = RunOptions {
+            cutoff_ms: Some(END + day * DAY),
+            ..keep.clone()
+        };
+        let s = run(&lake, &store, &opts, &snapshot::NoFaults, &())
+            .await
+            .unwrap();
+        assert_eq!(s.outcome, Outcome::Published, "{s:?}");
+        ids.push(s.snapshot.clone());
+        if day >= 2 {
+            assert_eq!(s.pruned_snapshots, vec![ids[(day - 2) as usize].clone()]);
+        }
+    }
+    let left: Vec<String> = snapshots::complete(&lake)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.snapshot)
+        .collect();
+    assert_eq!(left, ids[2..].to_vec());
+    // Nothing of the deleted ones is left in the lake either.
+    let prefix = lake.path(&format!(
+        "{}/{}",
+        tandem_common::lake::SNAPSHOTS_DIR,
+        ids[0]
+    ));
+    let files = lake
+        .store()
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .unwrap()
+        .objects;
+    assert!(files.is_empty(), "{files:?}");
+    // The one the store serves is kept even past the count.
+    let served = store.pointer().await.unwrap().unwrap().snapshot;
+    let pruned = snapshots::prune(&lake, 1, &ids[2]).await.unwrap();
+    assert!(pruned.is_empty(), "{pruned:?} (the served one is {served})");
+}
+
 #[tokio::test]
 async fn overlapping_runs_are_refused_and_cleanup_spares_newer_snapshots() {
     use tandem_common::store::LeaseOp;
