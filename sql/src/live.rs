@@ -62,7 +62,7 @@ impl LiveProfiles {
         fields.extend(
             Kind::ALL
                 .iter()
-                .map(|k| Field::new(format!("{}s", k.as_str()), DataType::Int64, false)),
+                .map(|k| Field::new(count_column(*k), DataType::Int64, false)),
         );
         fields.extend([
             Field::new("events", DataType::Int64, false),
@@ -83,6 +83,14 @@ impl LiveProfiles {
             scan_limit,
             schema: Arc::new(Schema::new(fields)),
         }
+    }
+}
+
+/// The column of a kind's count, as the snapshot's `profiles` names it (`views`, `searches`).
+fn count_column(k: Kind) -> String {
+    match k.as_str() {
+        s if s.ends_with("ch") => format!("{s}es"),
+        s => format!("{s}s"),
     }
 }
 
@@ -375,6 +383,23 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     use super::*;
+
+    #[test]
+    fn count_columns_are_named_as_the_snapshot_names_them() {
+        let names: Vec<String> = Kind::ALL.iter().map(|k| count_column(*k)).collect();
+        assert_eq!(
+            names,
+            [
+                "views",
+                "clicks",
+                "add_to_carts",
+                "remove_from_carts",
+                "purchases",
+                "searches",
+                "rates"
+            ]
+        );
+    }
 
     #[test]
     fn user_filters_are_read_off_the_predicate() {

@@ -488,16 +488,18 @@ fn timed_out(timeout: Duration) -> PgWireError {
 const CLIENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
 
 impl Session {
-    /// The timeout of the next query: the configured one, or the client's when shorter.
-    fn timeout_for<C: ClientInfo>(&self, client: &C) -> Duration {
-        client
+    /// The timeout of the next query and its deadline from now: the configured timeout, or
+    /// the client's when shorter.
+    fn deadline<C: ClientInfo>(&self, client: &C) -> (Duration, Instant) {
+        let timeout = client
             .metadata()
             .get(CLIENT_TIMEOUT_KEY)
             .and_then(|ms| ms.parse::<u64>().ok())
             .filter(|ms| *ms > 0)
             .map_or(self.timeout, |ms| {
                 self.timeout.min(Duration::from_millis(ms))
-            })
+            });
+        (timeout, Instant::now() + timeout)
     }
 
     /// `response` with its rows cut off at `deadline` by the timeout error.
@@ -523,8 +525,14 @@ impl Session {
     }
 }
 
-/// Counts a query message by its outcome up to its first row, and times it.
-fn counted<T>(started: Instant, r: PgWireResult<PgWireResult<T>>) -> PgWireResult<T> {
+/// `query` up to its first row, cut off at `deadline`; counted by outcome and timed.
+async fn limited<T>(
+    timeout: Duration,
+    deadline: Instant,
+    query: impl Future<Output = PgWireResult<T>>,
+) -> PgWireResult<T> {
+    let started = Instant::now();
+    let r = tokio::time::timeout_at(deadline, query).await;
     let outcome = match &r {
         Ok(Ok(_)) => "ok",
         Ok(Err(_)) => "error",
@@ -532,7 +540,7 @@ fn counted<T>(started: Instant, r: PgWireResult<PgWireResult<T>>) -> PgWireResul
     };
     metrics::counter!("tandem_sql_queries_total", "outcome" => outcome).increment(1);
     metrics::histogram!("tandem_sql_query_seconds").record(started.elapsed().as_secs_f64());
-    r?
+    r.map_err(|_| timed_out(timeout))?
 }
 
 /// Rows until the deadline, then the timeout error.
@@ -570,18 +578,13 @@ impl SimpleQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let timeout = self.timeout_for(client);
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let responses = counted(
-            started,
-            tokio::time::timeout_at(
-                deadline,
-                SimpleQueryHandler::do_query(&self.inner, client, query),
-            )
-            .await
-            .map_err(|_| timed_out(timeout)),
-        )?;
+        let (timeout, deadline) = self.deadline(client);
+        let responses = limited(
+            timeout,
+            deadline,
+            SimpleQueryHandler::do_query(&self.inner, client, query),
+        )
+        .await?;
         Ok(responses
             .into_iter()
             .map(|r| self.bounded(r, deadline, timeout))
@@ -610,18 +613,13 @@ impl ExtendedQueryHandler for Session {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let timeout = self.timeout_for(client);
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let response = counted(
-            started,
-            tokio::time::timeout_at(
-                deadline,
-                ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows),
-            )
-            .await
-            .map_err(|_| timed_out(timeout)),
-        )?;
+        let (timeout, deadline) = self.deadline(client);
+        let response = limited(
+            timeout,
+            deadline,
+            ExtendedQueryHandler::do_query(&self.inner, client, portal, max_rows),
+        )
+        .await?;
         Ok(self.bounded(response, deadline, timeout))
     }
 }

@@ -2,16 +2,7 @@
 
 use tandem_testkit::RedisServer;
 
-use crate::harness::{Scratch, summary};
-
-/// Waits until the wall clock is past the next whole second: with one-second epochs, every
-/// event ingested before the call is then below the latest possible cutoff.
-fn next_epoch() {
-    let ms = tandem_common::event::now_ms();
-    std::thread::sleep(std::time::Duration::from_millis(
-        (1_000 - ms % 1_000 + 50) as u64,
-    ));
-}
+use crate::harness::{Scratch, next_epoch, summary};
 
 #[test]
 fn batch_run_publishes_a_snapshot_once_and_says_what_is_wrong() {

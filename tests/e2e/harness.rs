@@ -234,3 +234,10 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until the wall clock is past the next whole second: with one-second epochs, every
+/// event ingested before the call is then below the latest possible cutoff.
+pub fn next_epoch() {
+    let ms = tandem_common::event::now_ms();
+    std::thread::sleep(Duration::from_millis((1_000 - ms % 1_000 + 50) as u64));
+}

@@ -6,17 +6,11 @@ use std::time::Duration;
 
 use tandem_testkit::{RedisServer, free_port};
 
-use crate::harness::{Listening, Scratch, summary};
+use crate::harness::{Listening, Scratch, next_epoch, summary};
 
 const ANALYST: &str = "analyst";
 const ANALYST_KEY: &str = "analyst-key-0123456789";
 const READER_KEY: &str = "reader-key-0123456789";
-
-/// Waits until the wall clock is past the next whole second (one-second epochs).
-fn next_epoch() {
-    let ms = tandem_common::event::now_ms();
-    std::thread::sleep(Duration::from_millis((1_000 - ms % 1_000 + 50) as u64));
-}
 
 /// A lake of events from 1998 with two published snapshots; returns their ids, oldest first.
 fn two_snapshots(s: &Scratch, redis: &RedisServer) -> (String, String) {
@@ -74,6 +68,13 @@ fn psql(port: u16, user: &str, password: &str, sql: &str) -> Output {
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql runs (make deps installs postgresql-client)")
+}
+
+/// Runs `sql` as the analyst, which must fail; its standard error.
+fn psql_err(port: u16, sql: &str) -> String {
+    let out = psql(port, ANALYST, ANALYST_KEY, sql);
+    assert!(!out.status.success(), "{sql} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn psql_ok(port: u16, sql: &str) -> String {
@@ -187,15 +188,9 @@ fn postgres_clients_query_the_catalog_read_only() {
     assert!(0 < n_old && n_old < n_new, "{n_old} vs {n_new}");
     let listed = psql_ok(port, "SELECT snapshot FROM snapshots ORDER BY snapshot");
     assert_eq!(listed.trim(), format!("{older}\n{newest}"));
-    let out = psql(
-        port,
-        ANALYST,
-        ANALYST_KEY,
-        "SELECT count(*) FROM profiles_at('19990101T0000Z')",
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = psql_err(port, "SELECT count(*) FROM profiles_at('19990101T0000Z')");
     assert!(
-        !out.status.success() && err.contains(&older) && err.contains(&newest),
+        err.contains(&older) && err.contains(&newest),
         "an unknown snapshot lists the known ones: {err}"
     );
 
@@ -215,39 +210,24 @@ fn postgres_clients_query_the_catalog_read_only() {
     let live = psql_ok(
         port,
         &format!(
-            "SELECT user_id, views, purchases, spend, snapshot FROM live_profiles \
+            "SELECT user_id, views, searches, purchases, spend, first_ts, snapshot FROM live_profiles \
              WHERE user_id IN ({list}) ORDER BY user_id"
         ),
     );
     let lake = psql_ok(
         port,
         &format!(
-            "SELECT user_id, views, purchases, spend, '{newest}' FROM profiles \
+            "SELECT user_id, views, searches, purchases, spend, first_ts, '{newest}' FROM profiles \
              WHERE user_id IN ({list}) ORDER BY user_id"
         ),
     );
     assert_eq!(live, lake);
     // A scan without a user filter is bounded (450 users, a limit of 100) and says so.
-    let out = psql(
-        port,
-        ANALYST,
-        ANALYST_KEY,
-        "SELECT count(*) FROM live_profiles",
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("at most 100 users"),
-        "{err}"
-    );
+    let err = psql_err(port, "SELECT count(*) FROM live_profiles");
+    assert!(err.contains("at most 100 users"), "{err}");
     // An id that breaks the key rules never reaches Redis.
-    let out = psql(
-        port,
-        ANALYST,
-        ANALYST_KEY,
-        "SELECT * FROM live_profiles WHERE user_id = 'a{b}'",
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("user_id"), "{err}");
+    let err = psql_err(port, "SELECT * FROM live_profiles WHERE user_id = 'a{b}'");
+    assert!(err.contains("user_id"), "{err}");
 
     // Read-only: writes, COPY and files outside the lake are refused, and nothing changed.
     let files_before = crate::harness::lake_rows(&s.lake_url());
@@ -266,9 +246,8 @@ fn postgres_clients_query_the_catalog_read_only() {
         ("CREATE TABLE t AS SELECT 1", "read-only: CREATE TABLE"),
         ("SELECT * FROM '/etc/hostname'", "hostname"),
     ] {
-        let out = psql(port, ANALYST, ANALYST_KEY, sql);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(says), "{sql}: {err}");
+        let err = psql_err(port, sql);
+        assert!(err.contains(says), "{sql}: {err}");
     }
     assert!(!std::path::Path::new("/tmp/tandem-copy.csv").exists());
     assert_eq!(crate::harness::lake_rows(&s.lake_url()), files_before);
@@ -287,17 +266,11 @@ fn postgres_clients_query_the_catalog_read_only() {
     }
 
     // One session's query over its memory fails alone; the server answers the next one.
-    let out = psql(
+    let err = psql_err(
         port,
-        ANALYST,
-        ANALYST_KEY,
         "SELECT cardinality(a) FROM (SELECT array_agg(v) AS a FROM generate_series(1, 30000000) AS t(v))",
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("Resources exhausted"),
-        "{err}"
-    );
+    assert!(err.contains("Resources exhausted"), "{err}");
     // A session's own statement timeout cancels a long query with 57014.
     let out = Command::new("psql")
         .args([
