@@ -259,9 +259,10 @@ impl Shell {
             self.results += 1;
             if self.timing {
                 eprintln!(
-                    "Time: {:.3} ms ({} rows)",
+                    "Time: {:.3} ms ({} row{})",
                     started.elapsed().as_secs_f64() * 1e3,
-                    written.rows
+                    written.rows,
+                    if written.rows == 1 { "" } else { "s" }
                 );
             }
         }
