@@ -390,17 +390,6 @@ pub fn similar_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<Simi
         .collect())
 }
 
-/// The count columns of both views, in [`Kind::ALL`](tandem_common::event::Kind::ALL) order.
-const COUNT_COLUMNS: [&str; 7] = [
-    "views",
-    "clicks",
-    "add_to_carts",
-    "remove_from_carts",
-    "purchases",
-    "searches",
-    "rates",
-];
-
 struct Columns<'a>(&'a RecordBatch);
 
 impl Columns<'_> {
@@ -419,7 +408,7 @@ impl Columns<'_> {
     }
     /// The per-kind count columns, read as `[u64; 7]` per row.
     fn counts(&self) -> Result<impl Fn(usize) -> [u64; 7]> {
-        let cols = COUNT_COLUMNS
+        let cols = tandem_common::features::COUNT_COLUMNS
             .iter()
             .map(|n| self.i64s(n))
             .collect::<Result<Vec<_>>>()?;

@@ -66,6 +66,18 @@ pub fn logaddexp(a: f64, b: f64) -> f64 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
+/// The columns of the counts per kind in the snapshot's `profiles` and `items` (and the
+/// analysts' `live_profiles`), in [`Kind::ALL`](crate::event::Kind::ALL) order.
+pub const COUNT_COLUMNS: [&str; 7] = [
+    "views",
+    "clicks",
+    "add_to_carts",
+    "remove_from_carts",
+    "purchases",
+    "searches",
+    "rates",
+];
+
 /// A log-space decayed score read at time `now_ms`.
 pub fn decayed_at(log_score: f64, now_ms: i64) -> f64 {
     (log_score - (now_ms - DECAY_REF_MS) as f64 / DECAY_TAU_MS).exp()

@@ -28,7 +28,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use tandem_common::event::{Kind, key_id_problem};
-use tandem_common::features::Profile;
+use tandem_common::features::{COUNT_COLUMNS, Profile};
 use tandem_common::store::{OnlineStore, SpeedState, UserRow, snapshot_key, user_key};
 use tandem_models::training::Models;
 use tandem_models::vectors::user_features;
@@ -60,9 +60,9 @@ impl LiveProfiles {
         let ts = || DataType::Timestamp(TimeUnit::Millisecond, None);
         let mut fields = vec![Field::new("user_id", DataType::Utf8, false)];
         fields.extend(
-            Kind::ALL
+            COUNT_COLUMNS
                 .iter()
-                .map(|k| Field::new(count_column(*k), DataType::Int64, false)),
+                .map(|c| Field::new(*c, DataType::Int64, false)),
         );
         fields.extend([
             Field::new("events", DataType::Int64, false),
@@ -83,14 +83,6 @@ impl LiveProfiles {
             scan_limit,
             schema: Arc::new(Schema::new(fields)),
         }
-    }
-}
-
-/// The column of a kind's count, as the snapshot's `profiles` names it (`views`, `searches`).
-fn count_column(k: Kind) -> String {
-    match k.as_str() {
-        s if s.ends_with("ch") => format!("{s}es"),
-        s => format!("{s}s"),
     }
 }
 
@@ -383,23 +375,6 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     use super::*;
-
-    #[test]
-    fn count_columns_are_named_as_the_snapshot_names_them() {
-        let names: Vec<String> = Kind::ALL.iter().map(|k| count_column(*k)).collect();
-        assert_eq!(
-            names,
-            [
-                "views",
-                "clicks",
-                "add_to_carts",
-                "remove_from_carts",
-                "purchases",
-                "searches",
-                "rates"
-            ]
-        );
-    }
 
     #[test]
     fn user_filters_are_read_off_the_predicate() {
