@@ -46,25 +46,36 @@ fn two_snapshots(s: &Scratch, redis: &RedisServer) -> (String, String) {
 }
 
 fn psql(port: u16, user: &str, password: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            user,
-            "-d",
-            "tandem",
-            "-X",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", password)
+    psql_session(port, user, password, &[sql])
+}
+
+/// `statements` in one session (one `-c` each), stopping at the first error; errors carry
+/// their SQLSTATE.
+fn psql_session(port: u16, user: &str, password: &str, statements: &[&str]) -> Output {
+    let mut c = Command::new("psql");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-d",
+        "tandem",
+    ])
+    .args([
+        "-X",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-v",
+        "VERBOSITY=verbose",
+    ]);
+    for sql in statements {
+        c.args(["-c", sql]);
+    }
+    c.env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("psql runs (make deps installs postgresql-client)")
@@ -272,26 +283,15 @@ fn postgres_clients_query_the_catalog_read_only() {
     );
     assert!(err.contains("Resources exhausted"), "{err}");
     // A session's own statement timeout cancels a long query with 57014.
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            ANALYST,
-            "-d",
-            "tandem",
-        ])
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose"])
-        .args(["-c", "SET statement_timeout = '1s'"])
-        .args([
-            "-c",
+    let out = psql_session(
+        port,
+        ANALYST,
+        ANALYST_KEY,
+        &[
+            "SET statement_timeout = '1s'",
             "SELECT sum(v % 7) FROM generate_series(1, 100000000000) AS t(v)",
-        ])
-        .env("PGPASSWORD", ANALYST_KEY)
-        .output()
-        .unwrap();
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("57014") && err.contains("statement timeout"),
