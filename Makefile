@@ -9,7 +9,7 @@ endif
 CARGO ?= cargo
 APT := $(shell command -v apt-get 2>/dev/null)
 
-.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-sql bench-stream bench-serve bench-lua
+.PHONY: help deps deps-infra deps-fluvio deps-eval eval fmt fmt-check lint test test-only test-infra build bench bench-sql bench-stream bench-serve bench-lua bench-batch
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -82,11 +82,12 @@ test-infra: deps-infra ## The deployment checks (infra/check.py): manifests, CLI
 build: ## Release build of the tandem binary.
 	$(CARGO) build --release
 
-bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,sql,stream,serve}.md.
+bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,sql,batch,stream,serve}.md.
 	# One command for all, so that features unify once and none rebuilds the others.
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/run.sh
 	bench/sql.sh
+	bench/batch.sh
 	bench/stream.sh
 	bench/serve.sh
 
@@ -111,6 +112,10 @@ eval: deps deps-eval ## Recommendations on MovieLens 100k beside popularity, Ite
 bench-sql: deps ## The analyst SQL benchmark alone: the Postgres wire beside `tandem sql -e` and DuckDB (bench/results/sql.md).
 	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
 	bench/sql.sh
+
+bench-batch: deps ## Full and incremental batch runs at 1M–30M events, and the views on Ballista (bench/results/batch.md).
+	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	bench/batch.sh
 
 bench-lua: ## Redis's instructions per event of the speed layer's functions, under callgrind (bench/speed_lua.sh; LUA="a.lua b.lua" compares variants).
 	INSTRUCTIONS=1 ROUNDS=1 USERS=500 bench/speed_lua.sh $(LUA)

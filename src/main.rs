@@ -59,6 +59,11 @@ enum Command {
     /// The batch layer: recompute the views, retrain the models, publish a snapshot.
     #[command(subcommand)]
     Batch(BatchCommand),
+    /// The Ballista cluster a full batch run's views can run on (`batch.engine`): its scheduler
+    /// and executors, with the lake and Tandem's SQL functions.
+    #[cfg(feature = "ballista")]
+    #[command(subcommand)]
+    Ballista(cmd::ballista::BallistaCommand),
     /// Analyst SQL over the lake and a snapshot: `-e "…"`, a script on standard input, or a REPL.
     Sql(SqlArgs),
     /// The speed layer and the archiver: consumers of the event bus.
@@ -105,6 +110,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Lake(LakeCommand::Status) => lake_status(&config).await,
             Command::Batch(BatchCommand::Run(args)) => batch_run(args, &config).await,
             Command::Sql(args) => sql_command(args, &config).await,
+            #[cfg(feature = "ballista")]
+            Command::Ballista(cmd) => cmd::ballista::ballista_command(cmd, &config).await,
             Command::Stream(cmd) => stream_command(cmd, &config).await,
             Command::Serve(args) => serve_command(args, &config).await,
             Command::Demo(args) => cmd::demo::run(args, &config, stop_on_signals()?).await,

@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`cutoff`] | the snapshot cutoff: an epoch boundary at or below the lake's watermark |
+//! | `engine` | where a full run's views run: here, or on a Ballista cluster (feature `ballista`) |
 //! | [`views`] | the views as SQL files (profiles, items, similar items); the first two compute `tandem_common::features` |
 //! | [`snapshot`] | the snapshot: Parquet + models + manifest in the lake, materialisation, the pointer flip |
 //! | [`run`] | `tandem batch run`: every step in order, with a JSON summary |
@@ -25,6 +26,8 @@
 //! ```
 
 pub mod cutoff;
+#[cfg(feature = "ballista")]
+pub mod engine;
 pub mod error;
 pub mod run;
 pub mod snapshot;

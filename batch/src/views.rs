@@ -108,12 +108,18 @@ fn cutoff_of(lc: &LakeContext) -> Result<i64> {
 /// The baskets of the similar-items view (`similar_items.sql`): sessions and users' latest
 /// items, of the interest events of event time before `ts_before_ms`.
 pub async fn baskets_before(lc: &LakeContext, ts_before_ms: i64) -> Result<Baskets> {
+    Baskets::from_batches(&basket_rows(lc, ts_before_ms).await?)
+}
+
+/// The rows of the baskets query (`basket`, `by_user`, `items`, `last_ts`): what
+/// [`baskets_before`] reads, and the state an incremental run merges into.
+pub async fn basket_rows(lc: &LakeContext, ts_before_ms: i64) -> Result<Vec<RecordBatch>> {
     let sql = fill_before(
         View::SimilarItems.sql_template(),
         cutoff_of(lc)?,
         ts_before_ms,
     );
-    Baskets::from_batches(&run_script(lc, &sql).await?)
+    run_script(lc, &sql).await
 }
 
 /// The similar-items view's rows from its baskets: the pairs counted, the best
@@ -285,8 +291,19 @@ pub fn profiles_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Profile
 }
 
 /// The `history` column of the profiles view (each user's latest items, at most
-/// [`HISTORY_ITEMS`], in no order), by user; empty for a snapshot written before it existed.
+/// [`HISTORY_ITEMS`]), by user, newest first; empty for a snapshot written before it existed.
 pub fn histories_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<String>>> {
+    Ok(timed_histories_from(batches)?
+        .into_iter()
+        .map(|(u, items)| (u, items.into_iter().map(|(i, _)| i).collect()))
+        .collect())
+}
+
+/// The `history` column with each item's latest time, by user, newest first (ties by item id).
+/// A snapshot of an older version holds the items alone: their times read as 0.
+pub fn timed_histories_from(
+    batches: &[RecordBatch],
+) -> Result<BTreeMap<String, Vec<(String, i64)>>> {
     let mut out = BTreeMap::new();
     for b in batches {
         let Some(col) = b.column_by_name("history") else {
@@ -300,9 +317,23 @@ pub fn histories_from(batches: &[RecordBatch]) -> Result<BTreeMap<String, Vec<St
             if list.is_null(i) {
                 continue;
             }
-            let items = cast(&list.value(i), &DataType::Utf8)?;
-            let items = items.as_string::<i32>();
-            let items: Vec<String> = items.iter().flatten().map(str::to_string).collect();
+            let row = list.value(i);
+            let mut items: Vec<(String, i64)> = match row.as_struct_opt() {
+                Some(s) => {
+                    let (ids, ts) = (field_strings(s, "item_id")?, field_i64s(s, "ts")?);
+                    (0..s.len())
+                        .filter(|&j| ids.is_valid(j))
+                        .map(|j| (ids.value(j).to_string(), ts.value(j)))
+                        .collect()
+                }
+                None => cast(&row, &DataType::Utf8)?
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(|id| (id.to_string(), 0))
+                    .collect(),
+            };
+            items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             if !items.is_empty() {
                 out.insert(users.value(i).to_string(), items);
             }

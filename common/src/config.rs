@@ -228,6 +228,46 @@ pub struct BatchConfig {
     /// Complete snapshots kept in the lake (analysts query them as of their cutoff); a run
     /// deletes the older ones after it publishes. At least 1.
     pub keep_snapshots: usize,
+    /// A run is a full recomputation (which retrains the models) when the last one is at
+    /// least this old (by cutoff); otherwise it merges the previous snapshot with the events
+    /// since. Zero: every run is full.
+    #[serde(with = "humantime_serde")]
+    pub full_every: Duration,
+    /// Where the views run: `local`, or `ballista://HOST:PORT` (a Ballista scheduler).
+    pub engine: String,
+}
+
+/// Where the batch views run (`batch.engine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchEngine {
+    /// In the batch process.
+    Local,
+    /// On the Ballista cluster of this scheduler (`host:port`).
+    Ballista(String),
+}
+
+impl BatchEngine {
+    /// `local`, or `ballista://HOST[:PORT]` (port 50050 when left out).
+    pub fn parse(s: &str) -> Result<BatchEngine, String> {
+        if s == "local" {
+            return Ok(BatchEngine::Local);
+        }
+        let bad = || format!("`{s}` is neither `local` nor `ballista://HOST:PORT`");
+        let rest = s.strip_prefix("ballista://").ok_or_else(bad)?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad())?),
+            None => (rest, 50050),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !host_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(BatchEngine::Ballista(format!("{host}:{port}")))
+    }
 }
 
 /// `[sql]`.
@@ -642,6 +682,9 @@ impl Config {
         }
         if self.batch.keep_snapshots == 0 {
             p.push(("batch.keep_snapshots", "must be at least 1".to_string()));
+        }
+        if let Err(e) = BatchEngine::parse(&self.batch.engine) {
+            p.push(("batch.engine", e));
         }
         if self.sql.max_connections == 0 {
             p.push(("sql.max_connections", "must be at least 1".to_string()));

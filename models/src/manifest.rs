@@ -37,6 +37,20 @@ pub struct Manifest {
     /// of older versions, taken as unchanged).
     #[serde(default)]
     pub inputs: String,
+    /// The snapshot this one was merged from (an incremental run: that snapshot and the events
+    /// ingested between the two cutoffs); `None`: recomputed from the whole lake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from: Option<String>,
+    /// The cutoff of the full run this snapshot descends from through incremental runs (its
+    /// own for a full run), epoch ms; the models were trained then. `None` in manifests of older
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_cutoff_ms: Option<i64>,
+    /// The layout version of the snapshot's mergeable state (`baskets.parquet`, the profiles'
+    /// timed `history`) an incremental run starts from; 0 (older versions): none, the next run
+    /// is a full one.
+    #[serde(default)]
+    pub state_version: u32,
 }
 
 /// The models of a snapshot, in its manifest.

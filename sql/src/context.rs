@@ -86,12 +86,17 @@ impl LakeContext {
     /// erasures removed and those set aside ([`valid_row`]); the join is left out when nobody
     /// was erased.
     fn kept_rows(&self, cutoff_ms: i64) -> String {
+        self.kept_rows_joined(cutoff_ms, "")
+    }
+
+    /// [`Self::kept_rows`] with `join` (`JOIN t ON …`, or "") after `events_all a`.
+    fn kept_rows_joined(&self, cutoff_ms: i64, join: &str) -> String {
         let before = format!("{} AND {}", before(cutoff_ms), valid_row());
         if self.erased_users == 0 {
-            return format!("FROM events_all a WHERE {before}");
+            return format!("FROM events_all a {join} WHERE {before}");
         }
         format!(
-            "FROM events_all a LEFT JOIN erasures x ON a.user_id = x.user_id \
+            "FROM events_all a {join} LEFT JOIN erasures x ON a.user_id = x.user_id \
              WHERE {before} AND (x.user_id IS NULL OR a.ingest_ts > to_timestamp_millis(x.erased_ms))"
         )
     }
@@ -99,12 +104,18 @@ impl LakeContext {
     /// Stored rows ingested before the cutoff that validation would refuse today
     /// ([`valid_row`]): they are left out of `events`, and the batch's summary counts them.
     pub async fn set_aside(&self) -> Result<u64> {
+        self.set_aside_since(i64::MIN).await
+    }
+
+    /// [`Self::set_aside`], of the rows ingested at or after `from_ms` only.
+    pub async fn set_aside_since(&self, from_ms: i64) -> Result<u64> {
         let cutoff = self
             .cutoff_ms
             .ok_or_else(|| Error::Internal("set_aside needs a LakeContext with a cutoff".into()))?;
         let sql = format!(
-            "SELECT count(*) FROM events_all a WHERE {} AND NOT ({})",
+            "SELECT count(*) FROM events_all a WHERE {} AND {} AND NOT ({})",
             before(cutoff),
+            since(from_ms),
             valid_row()
         );
         let batches = self.ctx.sql(&sql).await?.collect().await?;
@@ -153,6 +164,115 @@ impl LakeContext {
         );
         let scanned = self.ctx.sql(&sql).await?.collect().await?;
         let keep = first_copies(&scanned)?;
+        self.register_events(scanned, keep)
+    }
+
+    /// The events an incremental batch run adds to the snapshot at `from_ms`: those of the view
+    /// `events` at the cutoff that the view at `from_ms` does not hold — ingested in
+    /// `[from_ms, cutoff)`, first copies among themselves, and whose (`user_id`, `event_id`) no
+    /// kept row ingested before `from_ms` holds already (a duplicate sent again later). Only the
+    /// date folders from `from_ms`'s date on are read whole; the earlier ones are read for the
+    /// two id columns, joined with the new ids. Makes `events` these rows and returns them, as
+    /// [`Self::materialise`] does.
+    ///
+    /// Erasures at or after `from_ms` are not handled here (they remove rows the snapshot at
+    /// `from_ms` holds): the caller recomputes fully then.
+    pub async fn materialise_since(&self, from_ms: i64) -> Result<Vec<RecordBatch>> {
+        let cutoff = self.cutoff_ms.ok_or_else(|| {
+            Error::Internal("materialise_since needs a LakeContext with a cutoff".into())
+        })?;
+        let sql = format!(
+            "SELECT {cols}, a.event_id, a.ingest_ts, a.\"partition\", a.\"offset\" {rows} AND {since}",
+            cols = MATERIALISED_COLUMNS.map(|c| format!("a.{c}")).join(", "),
+            rows = self.kept_rows(cutoff),
+            since = since(from_ms),
+        );
+        let scanned = self.ctx.sql(&sql).await?.collect().await?;
+        let mut keep = first_copies(&scanned)?;
+        // The new rows' ids, to find those kept before `from_ms` already.
+        let mut users = Vec::new();
+        let mut ids = Vec::new();
+        for (b, mask) in scanned.iter().zip(&keep) {
+            let n = b.num_columns();
+            let (u, e) = (
+                cast(b.column(0), &DataType::Utf8)?,
+                cast(b.column(n - 4), &DataType::Utf8)?,
+            );
+            let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
+            for row in 0..b.num_rows() {
+                if mask.as_ref().is_none_or(|m| m.value(row)) {
+                    users.push(u.value(row).to_string());
+                    ids.push(e.value(row).to_string());
+                }
+            }
+        }
+        if !users.is_empty() && from_ms > i64::MIN {
+            use datafusion::arrow::datatypes::{Field, Schema};
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Utf8, false),
+                Field::new("event_id", DataType::Utf8, false),
+            ]));
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(users)),
+                    Arc::new(StringArray::from(ids)),
+                ],
+            )?;
+            replace_table(
+                &self.ctx,
+                "new_ids",
+                Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
+            )?;
+            let sql = format!(
+                "SELECT DISTINCT a.user_id, a.event_id {}",
+                self.kept_rows_joined(
+                    from_ms,
+                    "JOIN new_ids n ON a.user_id = n.user_id AND a.event_id = n.event_id"
+                )
+            );
+            let seen = self.ctx.sql(&sql).await?.collect().await;
+            self.ctx.deregister_table("new_ids")?;
+            let mut known: std::collections::HashSet<(String, String)> = Default::default();
+            for b in seen? {
+                let (u, e) = (
+                    cast(b.column(0), &DataType::Utf8)?,
+                    cast(b.column(1), &DataType::Utf8)?,
+                );
+                let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
+                for row in 0..b.num_rows() {
+                    known.insert((u.value(row).to_string(), e.value(row).to_string()));
+                }
+            }
+            if !known.is_empty() {
+                for (b, mask) in scanned.iter().zip(keep.iter_mut()) {
+                    let n = b.num_columns();
+                    let (u, e) = (
+                        cast(b.column(0), &DataType::Utf8)?,
+                        cast(b.column(n - 4), &DataType::Utf8)?,
+                    );
+                    let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
+                    let bits: Vec<bool> = (0..b.num_rows())
+                        .map(|row| {
+                            mask.as_ref().is_none_or(|m| m.value(row))
+                                && !known
+                                    .contains(&(u.value(row).to_string(), e.value(row).to_string()))
+                        })
+                        .collect();
+                    *mask = Some(BooleanArray::from(bits));
+                }
+            }
+        }
+        self.register_events(scanned, keep)
+    }
+
+    /// Makes `events` the rows of `scanned` that `keep` keeps (all of a batch with `None`),
+    /// projected to [`MATERIALISED_COLUMNS`]; returns them.
+    fn register_events(
+        &self,
+        scanned: Vec<RecordBatch>,
+        keep: Vec<Option<BooleanArray>>,
+    ) -> Result<Vec<RecordBatch>> {
         let kept: Vec<usize> = (0..MATERIALISED_COLUMNS.len()).collect();
         let mut batches = Vec::with_capacity(scanned.len());
         for (b, keep) in scanned.into_iter().zip(keep) {
@@ -200,6 +320,16 @@ pub fn replace_table(
 fn before(cutoff_ms: i64) -> String {
     let date = date_of_ms(cutoff_ms);
     format!("a.date <= '{date}' AND a.ingest_ts < to_timestamp_millis({cutoff_ms})")
+}
+
+/// The rows ingested at or after `from_ms`, by the date folders (pruned unread) and `ingest_ts`
+/// (`TRUE` for `i64::MIN`).
+fn since(from_ms: i64) -> String {
+    if from_ms == i64::MIN {
+        return "TRUE".into();
+    }
+    let date = date_of_ms(from_ms);
+    format!("a.date >= '{date}' AND a.ingest_ts >= to_timestamp_millis({from_ms})")
 }
 
 /// Rows an event's validation accepts today. Events accepted before the price, quantity and id

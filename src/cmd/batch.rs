@@ -25,6 +25,10 @@ pub(crate) struct BatchRunArgs {
     /// Say what would be done (cutoff, snapshot id, files) and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Recompute every view from the whole lake and retrain the models, even when the previous
+    /// snapshot could be merged with the events since (see `batch.full_every`).
+    #[arg(long)]
+    full: bool,
     /// The lake URL [default: lake.url of the configuration].
     #[arg(long, value_name = "URL")]
     lake: Option<String>,
@@ -52,6 +56,7 @@ pub(crate) async fn batch_run(args: BatchRunArgs, config: &Config) -> Result<()>
     let opts = RunOptions {
         cutoff_ms,
         dry_run: args.dry_run,
+        full: args.full,
         ..RunOptions::from_config(config)
     };
     let show = !args.no_progress && std::io::stderr().is_terminal();

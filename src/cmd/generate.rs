@@ -48,6 +48,12 @@ pub(crate) struct GenerateArgs {
     /// Write into this lake (URL) instead of printing JSON lines; `config` means lake.url.
     #[arg(long, value_name = "URL", conflicts_with = "bus")]
     lake: Option<String>,
+    /// With --lake: write the events as the archiver would have had they streamed in, each
+    /// stamped with its event time plus a delivery delay (5% hours to days late), into its
+    /// ingest date's folder, instead of as one bulk load stamped now. A history spread over
+    /// ingest time: what incremental batch runs (`tandem batch run`) see in production.
+    #[arg(long, requires = "lake")]
+    streamed: bool,
     /// Send onto this bus (URL) instead, stamped with the ingest time of sending, as the API
     /// does; `config` means bus.url.
     #[arg(long, value_name = "URL")]
@@ -92,6 +98,26 @@ pub(crate) async fn generate(args: GenerateArgs, config: &Config) -> Result<()> 
     if let Some(url) = &args.lake {
         let lake = open_lake(Some(url), config)?;
         let options = IngestOptions::from_config(config, InputFormat::Jsonl);
+        if args.streamed {
+            let started = std::time::Instant::now();
+            let (events, files) = tandem_testkit::generate::write_streamed_to_lake(
+                generator,
+                &lake,
+                options.writer,
+                args.seed,
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "events": events,
+                    "files": files.len(),
+                    "bytes": files.iter().map(|f| f.bytes).sum::<u64>(),
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
+            return Ok(());
+        }
         let summary = tandem_testkit::generate::write_to_lake(generator, &lake, options).await?;
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());

@@ -1,6 +1,8 @@
 //! One module per command; here what several of them share (logging, the lake, the store, the
 //! bus, signals, the metrics endpoint).
 
+#[cfg(feature = "ballista")]
+pub(crate) mod ballista;
 pub(crate) mod batch;
 pub(crate) mod config;
 pub(crate) mod demo;

@@ -27,9 +27,28 @@ pub(super) async fn compute(
 ) -> Result<Computed> {
     begin(Step::Views, checkpoint, progress)?;
     let t = Instant::now();
-    let lc = LakeContext::new(lake).await?.with_cutoff(cutoff).await?;
-    let events = lc.materialise().await?;
-    let n_events: u64 = events.iter().map(|b| b.num_rows() as u64).sum();
+    // The run's scratch files in the lake (a remote engine's), removed at the end.
+    let scratch = format!("{cutoff}-{}-{}", std::process::id(), opts.now_ms);
+    let lc = views_context(lake, &opts.engine, &scratch)
+        .await?
+        .with_cutoff(cutoff)
+        .await?;
+    // Locally the deduplicated events are computed once and kept in memory for the views and
+    // the models. On a cluster the views read the lake there, and the models' inputs stream
+    // here: the event times first (the window), then the events folded as they come.
+    let events = match opts.engine {
+        BatchEngine::Local => Some(lc.materialise().await?),
+        BatchEngine::Ballista(_) => None,
+    };
+    let remote_times = match events {
+        Some(_) => None,
+        None => Some(event_times(&lc).await?),
+    };
+    let n_events: u64 = match (&events, &remote_times) {
+        (Some(ev), _) => ev.iter().map(|b| b.num_rows() as u64).sum(),
+        (None, Some(t)) => t.len() as u64,
+        (None, None) => 0,
+    };
     let set_aside = lc.set_aside().await?;
     if set_aside > 0 {
         tracing::warn!(
@@ -39,7 +58,8 @@ pub(super) async fn compute(
     }
     let profile_batches = View::Profiles.collect(&lc).await?;
     let item_batches = View::Items.collect(&lc).await?;
-    let baskets = Arc::new(baskets_before(&lc, i64::MAX).await?);
+    let basket_rows = basket_rows(&lc, i64::MAX).await?;
+    let baskets = Arc::new(Baskets::from_batches(&basket_rows)?);
     let similar_batches = similar_of(baskets.clone()).await?;
     let profiles = profiles_from(&profile_batches)?;
     let user_items = histories_from(&profile_batches)?;
@@ -50,29 +70,37 @@ pub(super) async fn compute(
     begin(Step::Train, checkpoint, progress)?;
     let t = Instant::now();
     // Event time ends at the cutoff, or earlier for history loaded in bulk after the fact.
-    let max_ts = events
-        .iter()
-        .filter_map(|b| b.column_by_name("ts"))
-        .filter_map(|c| {
-            datafusion::arrow::compute::max(c.as_primitive::<TimestampMillisecondType>())
-        })
-        .max();
+    let max_ts = match &remote_times {
+        Some(t) => t.iter().copied().max(),
+        None => events
+            .iter()
+            .flatten()
+            .filter_map(|b| b.column_by_name("ts"))
+            .filter_map(|c| {
+                datafusion::arrow::compute::max(c.as_primitive::<TimestampMillisecondType>())
+            })
+            .max(),
+    };
     let end = max_ts.map_or(cutoff, |t| (t + 1).min(cutoff));
     // The window widens when the data is too sparse near its end for the configured one: a
     // spread sample of at most ~1M event times tells.
     let step = (n_events as usize / 1_000_000).max(1);
-    let mut times: Vec<i64> = events
-        .iter()
-        .filter_map(|b| b.column_by_name("ts"))
-        .flat_map(|c| {
-            c.as_primitive::<TimestampMillisecondType>()
-                .values()
-                .iter()
-                .step_by(step)
-                .copied()
-                .collect::<Vec<i64>>()
-        })
-        .collect();
+    let mut times: Vec<i64> = match remote_times {
+        Some(t) => t.into_iter().step_by(step).collect(),
+        None => events
+            .iter()
+            .flatten()
+            .filter_map(|b| b.column_by_name("ts"))
+            .flat_map(|c| {
+                c.as_primitive::<TimestampMillisecondType>()
+                    .values()
+                    .iter()
+                    .step_by(step)
+                    .copied()
+                    .collect::<Vec<i64>>()
+            })
+            .collect(),
+    };
     let window = tandem_models::training::adapt_window(&mut times, end, opts.window_ms);
     drop(times);
     if window != opts.window_ms {
@@ -98,7 +126,10 @@ pub(super) async fn compute(
         "Similar items before the label period listed."
     );
     let folding = Instant::now();
-    let history = fold_history(&events, split)?;
+    let history = match &events {
+        Some(events) => fold_history(events, split)?,
+        None => fold_stream(&lc, split).await?,
+    };
     tracing::info!(
         seconds = folding.elapsed().as_secs_f64(),
         events = history.events(),
@@ -106,6 +137,12 @@ pub(super) async fn compute(
     );
     drop(events);
     drop(lc);
+    #[cfg(feature = "ballista")]
+    if let BatchEngine::Ballista(_) = opts.engine
+        && let Err(e) = crate::engine::remove_scratch(lake, &scratch).await
+    {
+        tracing::warn!(error = %e, "Could not remove the run's scratch files.");
+    }
     // Off the async threads; the profiles go along and come back rather than being copied.
     let (train_opts, latent_opts) = (opts.train.clone(), opts.train.latent);
     let (trained, profiles) = tokio::task::spawn_blocking(move || {
@@ -149,7 +186,52 @@ pub(super) async fn compute(
         }
         Err(e) => return Err(e.into()),
     };
-    let scores: BTreeMap<String, (Option<u32>, Option<f64>)> = match &models {
+    let scores = scores_of(models.as_ref(), &profiles, cutoff);
+    durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
+
+    let rows = rows_of(&profiles, &items, &similar, &scores);
+    Ok(Computed {
+        events: n_events,
+        set_aside,
+        profiles,
+        user_items,
+        items,
+        similar,
+        scores,
+        models,
+        models_entry,
+        rows,
+        batches: Some([profile_batches, item_batches, similar_batches]),
+        baskets: Some(basket_rows),
+        full_cutoff_ms: None,
+    })
+}
+
+/// Rows per output file.
+pub(super) fn rows_of(
+    profiles: &BTreeMap<String, Profile>,
+    items: &BTreeMap<String, ItemStats>,
+    similar: &BTreeMap<String, Vec<Similar>>,
+    scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
+) -> BTreeMap<String, u64> {
+    BTreeMap::from([
+        ("profiles".into(), profiles.len() as u64),
+        ("items".into(), items.len() as u64),
+        (
+            "similar_items".into(),
+            similar.values().map(|v| v.len() as u64).sum(),
+        ),
+        ("segments".into(), scores.len() as u64),
+    ])
+}
+
+/// Each user's segment and propensity under `models` (none without models).
+pub(super) fn scores_of(
+    models: Option<&Models>,
+    profiles: &BTreeMap<String, Profile>,
+    cutoff: i64,
+) -> BTreeMap<String, (Option<u32>, Option<f64>)> {
+    match models {
         Some(m) if m.segments.is_some() || m.propensity.is_some() => profiles
             .iter()
             .map(|(u, p)| {
@@ -164,30 +246,61 @@ pub(super) async fn compute(
             })
             .collect(),
         _ => BTreeMap::new(),
-    };
-    durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
+    }
+}
 
-    let mut rows = BTreeMap::new();
-    rows.insert("profiles".into(), profiles.len() as u64);
-    rows.insert("items".into(), items.len() as u64);
-    rows.insert(
-        "similar_items".into(),
-        similar.values().map(|v| v.len() as u64).sum(),
-    );
-    rows.insert("segments".into(), scores.len() as u64);
-    Ok(Computed {
-        events: n_events,
-        set_aside,
-        profiles,
-        user_items,
-        items,
-        similar,
-        scores,
-        models,
-        models_entry,
-        rows,
-        batches: Some([profile_batches, item_batches, similar_batches]),
-    })
+/// A lake session on `engine`, with the lake's tables.
+async fn views_context(lake: &Lake, engine: &BatchEngine, scratch: &str) -> Result<LakeContext> {
+    match engine {
+        BatchEngine::Local => Ok(LakeContext::new(lake).await?),
+        #[cfg(feature = "ballista")]
+        BatchEngine::Ballista(scheduler) => {
+            crate::engine::lake_context(lake, scheduler, scratch).await
+        }
+        #[cfg(not(feature = "ballista"))]
+        BatchEngine::Ballista(_) => {
+            let _ = scratch;
+            Err(Error::User(
+                "batch.engine names a Ballista scheduler, but this tandem was built without the `ballista` feature".into(),
+            ))
+        }
+    }
+}
+
+/// The event time of every event of the view `events` (epoch ms), as the engine sends them.
+async fn event_times(lc: &LakeContext) -> Result<Vec<i64>> {
+    let batches = lc
+        .ctx
+        .sql("SELECT CAST(ts AS BIGINT) AS t FROM events")
+        .await?
+        .collect()
+        .await?;
+    let mut out = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for b in &batches {
+        let c = cast(b.column(0), &DataType::Int64)?;
+        out.extend_from_slice(
+            c.as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .values(),
+        );
+    }
+    Ok(out)
+}
+
+/// Folds the events of the view `events` into the models' history as they stream from the
+/// engine: the batch process never holds them all.
+async fn fold_stream(lc: &LakeContext, split: Split) -> Result<History> {
+    use futures::StreamExt;
+    let mut stream = lc
+        .ctx
+        .sql("SELECT user_id, kind, item_id, category, price, quantity, ts FROM events")
+        .await?
+        .execute_stream()
+        .await?;
+    let mut h = History::new(split);
+    while let Some(b) = stream.next().await {
+        fold_batch(&b?, &mut h)?;
+    }
+    Ok(h)
 }
 
 /// Folds the deduplicated events into the models' history, on two threads.

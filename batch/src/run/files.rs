@@ -21,6 +21,9 @@ pub(super) async fn write_lake(
         )
         .await?;
     }
+    if let Some(b) = &c.baskets {
+        snapshot::put_file(lake, id, "baskets.parquet", snapshots::parquet_bytes(b)?).await?;
+    }
     let seg = segments_batch(&c.scores, c.models.as_ref())?;
     snapshot::put_file(
         lake,
@@ -86,5 +89,7 @@ pub(super) async fn load(lake: &Lake, m: &Manifest) -> Result<Computed> {
         models_entry: m.models.clone(),
         rows: m.rows.clone(),
         batches: None,
+        baskets: None,
+        full_cutoff_ms: m.full_cutoff_ms,
     })
 }

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Checkpoint, Materialised, Step};
 use crate::views::{
-    Baskets, Similar, View, baskets_before, histories_from, items_from, profiles_from,
+    Baskets, Similar, View, basket_rows, baskets_before, histories_from, items_from, profiles_from,
     similar_from, similar_of,
 };
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
+use tandem_common::config::BatchEngine;
 use tandem_common::event::{Event, Kind, format_rfc3339_ms};
 use tandem_common::features::{ItemStats, Profile};
 use tandem_common::lake::Lake;
@@ -38,6 +39,7 @@ use tandem_sql::snapshots;
 
 mod compute;
 mod files;
+pub mod incremental;
 
 use compute::*;
 pub use compute::{MAX_POPULAR_CATEGORIES, POPULAR_TOP};
@@ -69,6 +71,13 @@ pub struct RunOptions {
     pub run_lease: std::time::Duration,
     /// Complete snapshots kept in the lake; older ones are deleted after a publish.
     pub keep_snapshots: usize,
+    /// Recompute from the whole lake even when the previous snapshot could be merged.
+    pub full: bool,
+    /// A run is a full one when the last full run's cutoff is at least this much older (ms;
+    /// 0: always full). See [`incremental`].
+    pub full_every_ms: i64,
+    /// Where the views run.
+    pub engine: BatchEngine,
 }
 
 impl RunOptions {
@@ -89,6 +98,10 @@ impl RunOptions {
             cleanup_grace: c.batch.cleanup_grace,
             run_lease: c.batch.lease,
             keep_snapshots: c.batch.keep_snapshots,
+            full: false,
+            full_every_ms: c.batch.full_every.as_millis() as i64,
+            // Validated with the configuration.
+            engine: BatchEngine::parse(&c.batch.engine).unwrap_or(BatchEngine::Local),
         }
     }
 }
@@ -119,6 +132,11 @@ pub struct Summary {
     pub cutoff: String,
     /// The snapshot the pointer named before the run.
     pub previous: Option<String>,
+    /// The snapshot this run merged with the events ingested since its cutoff (an incremental
+    /// run); `None` when it recomputed from the whole lake or loaded a snapshot already written.
+    pub merged_from: Option<String>,
+    /// Why the run recomputed from the whole lake (a full run).
+    pub full_reason: Option<String>,
     /// Deduplicated events read (0 when nothing was recomputed).
     pub events: u64,
     /// Stored events set aside: rows that validation refuses today, e.g. a price above the
@@ -190,6 +208,12 @@ struct Computed {
     rows: BTreeMap<String, u64>,
     /// The view batches, to write into the lake (None when read back from it).
     batches: Option<[Vec<RecordBatch>; 3]>,
+    /// The baskets (`views::basket_rows`), the mergeable state of the similar items, to write
+    /// into the lake (None when read back from it).
+    baskets: Option<Vec<RecordBatch>>,
+    /// The cutoff of the full run whose models this snapshot carries (an incremental run);
+    /// `None`: this run's own.
+    full_cutoff_ms: Option<i64>,
 }
 
 /// The online store's lease a batch run holds from start to end: two runs at once would
@@ -410,6 +434,8 @@ async fn run_leased(
         snapshot: id.clone(),
         cutoff: format_rfc3339_ms(cutoff),
         previous: previous.as_ref().map(|p| p.snapshot.clone()),
+        merged_from: None,
+        full_reason: None,
         events: 0,
         set_aside: 0,
         event_files,
@@ -452,7 +478,18 @@ async fn run_leased(
             c
         }
         None => {
-            let c = compute(lake, cutoff, opts, checkpoint, progress, &mut durations).await?;
+            let c = match incremental::basis(lake, cutoff, opts).await? {
+                incremental::Basis::Merge(base) => {
+                    summary.merged_from = Some(base.snapshot.clone());
+                    incremental::merge(lake, &base, cutoff, checkpoint, progress, &mut durations)
+                        .await?
+                }
+                incremental::Basis::Full(why) => {
+                    tracing::info!(reason = %why, "Recomputing from the whole lake.");
+                    summary.full_reason = Some(why);
+                    compute(lake, cutoff, opts, checkpoint, progress, &mut durations).await?
+                }
+            };
             summary.outcome = Outcome::Published;
             c
         }
@@ -480,10 +517,14 @@ async fn run_leased(
                 durations_s: durations.clone(),
                 models: computed.models_entry.clone(),
                 inputs: inputs.clone(),
+                merged_from: summary.merged_from.clone(),
+                full_cutoff_ms: Some(computed.full_cutoff_ms.unwrap_or(cutoff)),
+                state_version: incremental::STATE_VERSION,
             };
             write_lake(lake, &id, &computed, &mut m).await?;
             durations.insert(name(Step::WriteLake).into(), t.elapsed().as_secs_f64());
             drop(computed.batches.take());
+            drop(computed.baskets.take());
             m
         }
     };

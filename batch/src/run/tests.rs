@@ -30,6 +30,9 @@ fn options(cutoff_ms: Option<i64>) -> RunOptions {
         cleanup_grace: std::time::Duration::ZERO,
         run_lease: std::time::Duration::from_secs(60),
         keep_snapshots: 30,
+        full: false,
+        full_every_ms: 7 * DAY,
+        engine: BatchEngine::Local,
     }
 }
 

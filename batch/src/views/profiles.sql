@@ -49,19 +49,17 @@ affinity AS (
     )
     GROUP BY user_id
 ),
--- distinct_items is for analysts only: a distinct count cannot be merged, so it is not served.
 recent AS (
     SELECT user_id,
            -- the last ${RECENT} items and their last times; a set, in no order
            array_agg(named_struct('item_id', item_id, 'ts', last_ts)) FILTER (WHERE rank <= ${RECENT})
                                                              AS recent,
-           -- the last ${HISTORY} items, for exclude_seen; a set, in no order
-           array_agg(item_id)                                AS history,
-           max(distinct_items)                               AS distinct_items
+           -- the last ${HISTORY} items and their last times, for exclude_seen; a set, in no
+           -- order (the times make it mergeable: an incremental run keeps the latest of both)
+           array_agg(named_struct('item_id', item_id, 'ts', last_ts)) AS history
     FROM (
         SELECT user_id, item_id, last_ts,
-               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank,
-               count(*) OVER (PARTITION BY user_id)                                    AS distinct_items
+               row_number() OVER (PARTITION BY user_id ORDER BY last_ts DESC, item_id) AS rank
         FROM (SELECT user_id, item_id, max(ts_ms) AS last_ts
               FROM e WHERE item_id IS NOT NULL GROUP BY user_id, item_id)
     )
@@ -82,7 +80,6 @@ bought AS (
     GROUP BY user_id
 )
 SELECT b.*, a.affinity, r.recent, r.history, bo.bought,
-       coalesce(r.distinct_items, 0)                    AS distinct_items,
        -- recency / frequency / monetary at the cutoff
        (${CUTOFF_MS} - b.last_ts) / 86400000.0          AS recency_days,
        b.purchases                                      AS frequency,

@@ -221,6 +221,9 @@ impl Fixture {
                 durations_s: Default::default(),
                 models: ModelsEntry::Skipped("a test fixture".into()),
                 inputs: String::new(),
+                merged_from: None,
+                full_cutoff_ms: None,
+                state_version: 0,
             })
             .unwrap()
             .into(),

@@ -700,5 +700,68 @@ pub async fn write_to_lake(
     ))
 }
 
+/// Writes the generated events into `lake` as the archiver would have written them had they
+/// streamed in: each stamped with its event time plus a delivery delay (100 ms to 10 minutes;
+/// 5% hours to 3 days late, as from a device that was offline), a bus partition by user and an
+/// offset, into the folder of its ingest date. A history spread over ingest time, for the
+/// incremental batch runs' benchmark and tests; no bulk-load run is recorded. Returns the
+/// events written and the files.
+pub async fn write_streamed_to_lake(
+    mut generator: Generator,
+    lake: &tandem_common::lake::Lake,
+    writer: tandem_common::lake::WriterOptions,
+    seed: u64,
+) -> tandem_common::Result<(u64, Vec<tandem_common::lake::FileWritten>)> {
+    use tandem_common::event::date_of_ms;
+    use tandem_common::lake::EventFileWriter;
+    use tandem_common::schema::{EventBatchBuilder, Stamp};
+    const PARTITIONS: u64 = 4;
+    const DAY: i64 = 86_400_000;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0fa4_c4c4);
+    let mut files = EventFileWriter::new(lake.clone(), "streamed", writer)?;
+    let mut offsets = [0i64; PARTITIONS as usize];
+    // Events buffered per ingest date; a date is written once event time is two days past it
+    // (the late ones beyond that go into a batch of their own date when it fills or at the end).
+    let mut open: BTreeMap<String, (i64, EventBatchBuilder)> = BTreeMap::new();
+    let mut written = 0u64;
+    loop {
+        let e = generator.next_event();
+        let now = e.as_ref().map_or(i64::MAX, |e| e.ts);
+        let due: Vec<String> = open
+            .iter()
+            .filter(|(_, (at, b))| *at < now.saturating_sub(2 * DAY) || b.len() >= 1 << 20)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in due {
+            if let Some((at, mut b)) = open.remove(&d) {
+                written += b.len() as u64;
+                files.write(&b.finish()?, at).await?;
+            }
+        }
+        let Some(e) = e else { break };
+        let delay = if rng.random_bool(0.05) {
+            rng.random_range(3_600_000..3 * DAY)
+        } else {
+            rng.random_range(100..600_000)
+        };
+        let partition = e
+            .user_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+            % PARTITIONS;
+        offsets[partition as usize] += 1;
+        let stamp = Stamp {
+            ingest_ts: e.ts + delay,
+            partition: Some(partition as i32),
+            offset: Some(offsets[partition as usize]),
+        };
+        let (_, b) = open
+            .entry(date_of_ms(stamp.ingest_ts))
+            .or_insert_with(|| (stamp.ingest_ts, EventBatchBuilder::with_capacity(65_536)));
+        b.append(&e, stamp);
+    }
+    Ok((written, files.finish().await?))
+}
+
 #[cfg(test)]
 mod tests;
