@@ -167,3 +167,95 @@ fn batch_run_publishes_a_snapshot_once_and_says_what_is_wrong() {
         assert!(!out.status.success() && err.contains(says), "{a:?}: {err}");
     }
 }
+
+/// The nightly runs over a history that streamed in (`generate --streamed`): the first is a
+/// full one, the next merges the day since (`merged_from`), and a `--full` run at the same
+/// cutoff over a copy of the lake publishes the same rows.
+#[test]
+fn the_next_run_merges_the_day_since_and_equals_a_full_one() {
+    let s = Scratch::new();
+    let redis = RedisServer::start();
+    let lake = s.lake_url();
+    let gen_ = summary(&s.ok(
+        &[
+            "generate",
+            "--users",
+            "300",
+            "--days",
+            "10",
+            "--end",
+            "2026-11-01T00:00:00Z",
+            "--seed",
+            "5",
+            "--dup-rate",
+            "0.02",
+            "--lake",
+            &lake,
+            "--streamed",
+        ],
+        b"",
+    ));
+    assert!(gen_["events"].as_u64() > Some(1000), "{gen_}");
+    // The copy publishes into a store of its own.
+    let other = RedisServer::start();
+    let run = |lake: &str, store: &str, cutoff: &str, full: bool| {
+        let mut args = vec![
+            "batch",
+            "run",
+            "--lake",
+            lake,
+            "--store",
+            store,
+            "--cutoff",
+            cutoff,
+            "--set",
+            "batch.cleanup_grace=0s",
+            "--set",
+            "batch.window=2d",
+        ];
+        if full {
+            args.push("--full");
+        }
+        summary(&s.ok(&args, b""))
+    };
+    let first = run(&lake, &redis.url(), "2026-10-31T00:00:00Z", false);
+    assert_eq!(
+        first["full_reason"], "no earlier snapshot in the lake",
+        "{first}"
+    );
+    let copy = s.path("lake-copy");
+    let status = std::process::Command::new("cp")
+        .args([
+            "-r",
+            s.path("lake").to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let next = run(&lake, &redis.url(), "2026-11-01T00:00:00Z", false);
+    assert_eq!(next["merged_from"], first["snapshot"], "{next}");
+    assert!(next["events"].as_u64() > first["events"].as_u64(), "{next}");
+    let full = run(
+        &format!("file://{}", copy.display()),
+        &other.url(),
+        "2026-11-01T00:00:00Z",
+        true,
+    );
+    assert_eq!(full["full_reason"], "--full", "{full}");
+    assert_eq!(
+        (
+            &next["events"],
+            &next["rows"]["profiles"],
+            &next["rows"]["items"],
+            &next["rows"]["similar_items"]
+        ),
+        (
+            &full["events"],
+            &full["rows"]["profiles"],
+            &full["rows"]["items"],
+            &full["rows"]["similar_items"]
+        ),
+        "{next}\n{full}"
+    );
+}

@@ -147,3 +147,30 @@ fn api_keys_are_checked() {
     assert!(text.contains("key `a` has no scopes"), "{text}");
     assert!(text.contains("name `a` is used twice"), "{text}");
 }
+
+#[test]
+fn the_batch_engine_is_local_or_a_ballista_scheduler() {
+    use super::BatchEngine;
+    assert_eq!(Config::defaults().batch.engine, "local");
+    assert_eq!(BatchEngine::parse("local"), Ok(BatchEngine::Local));
+    assert_eq!(
+        BatchEngine::parse("ballista://sched.ns.svc:50050"),
+        Ok(BatchEngine::Ballista("sched.ns.svc:50050".into()))
+    );
+    assert_eq!(
+        BatchEngine::parse("ballista://10.0.0.7/"),
+        Ok(BatchEngine::Ballista("10.0.0.7:50050".into()))
+    );
+    for bad in [
+        "",
+        "remote",
+        "ballista://",
+        "ballista://h:0",
+        "ballista://h:x",
+        "ballista://a b:1",
+        "http://h:1",
+    ] {
+        let e = BatchEngine::parse(bad).unwrap_err();
+        assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
+    }
+}
