@@ -86,17 +86,12 @@ impl LakeContext {
     /// erasures removed and those set aside ([`valid_row`]); the join is left out when nobody
     /// was erased.
     fn kept_rows(&self, cutoff_ms: i64) -> String {
-        self.kept_rows_joined(cutoff_ms, "")
-    }
-
-    /// [`Self::kept_rows`] with `join` (`JOIN t ON …`, or "") after `events_all a`.
-    fn kept_rows_joined(&self, cutoff_ms: i64, join: &str) -> String {
         let before = format!("{} AND {}", before(cutoff_ms), valid_row());
         if self.erased_users == 0 {
-            return format!("FROM events_all a {join} WHERE {before}");
+            return format!("FROM events_all a WHERE {before}");
         }
         format!(
-            "FROM events_all a {join} LEFT JOIN erasures x ON a.user_id = x.user_id \
+            "FROM events_all a LEFT JOIN erasures x ON a.user_id = x.user_id \
              WHERE {before} AND (x.user_id IS NULL OR a.ingest_ts > to_timestamp_millis(x.erased_ms))"
         )
     }
@@ -172,8 +167,8 @@ impl LakeContext {
     /// `[from_ms, cutoff)`, first copies among themselves, and whose (`user_id`, `event_id`) no
     /// kept row ingested before `from_ms` holds already (a duplicate sent again later). Only the
     /// date folders from `from_ms`'s date on are read whole; the earlier ones are read for the
-    /// two id columns, joined with the new ids. Makes `events` these rows and returns them, as
-    /// [`Self::materialise`] does.
+    /// columns of the ids and of validation, semi-joined with the new ids. Makes `events` these
+    /// rows and returns them, as [`Self::materialise`] does.
     ///
     /// Erasures at or after `from_ms` are not handled here (they remove rows the snapshot at
     /// `from_ms` holds): the caller recomputes fully then.
@@ -224,12 +219,12 @@ impl LakeContext {
                 "new_ids",
                 Arc::new(MemTable::try_new(schema, vec![vec![batch]])?),
             )?;
+            // The new ids are the join's small side: the older rows stream past them.
             let sql = format!(
-                "SELECT DISTINCT a.user_id, a.event_id {}",
-                self.kept_rows_joined(
-                    from_ms,
-                    "JOIN new_ids n ON a.user_id = n.user_id AND a.event_id = n.event_id"
-                )
+                "SELECT n.user_id, n.event_id FROM new_ids n LEFT SEMI JOIN \
+                 (SELECT a.user_id, a.event_id {}) k \
+                 ON n.user_id = k.user_id AND n.event_id = k.event_id",
+                self.kept_rows(from_ms)
             );
             let seen = self.ctx.sql(&sql).await?.collect().await;
             self.ctx.deregister_table("new_ids")?;
