@@ -76,19 +76,8 @@ pub async fn lake_context(lake: &Lake, scheduler: &str, run: &str) -> Result<Lak
     ctx.register_udaf(tandem_sql::log_sum_exp::udaf());
     let lc = LakeContext::over(ctx, lake).await?;
     if lc.erased_users > 0 {
-        use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        let erased = lake.erasures().await?;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("user_id", DataType::Utf8, false),
-            Field::new("erased_ms", DataType::Int64, false),
-        ]));
-        let batches = vec![RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from_iter_values(erased.keys())),
-                Arc::new(Int64Array::from_iter_values(erased.values().copied())),
-            ],
+        let batches = vec![tandem_sql::context::erasures_batch(
+            &lake.erasures().await?,
         )?];
         let path = format!("{SCRATCH_DIR}/{run}/erasures/erasures.parquet");
         lake.store()

@@ -184,21 +184,28 @@ impl LakeContext {
         );
         let scanned = self.ctx.sql(&sql).await?.collect().await?;
         let mut keep = first_copies(&scanned)?;
-        // The new rows' ids, to find those kept before `from_ms` already.
-        let mut users = Vec::new();
-        let mut ids = Vec::new();
-        for (b, mask) in scanned.iter().zip(&keep) {
-            let n = b.num_columns();
-            let (u, e) = (
-                cast(b.column(0), &DataType::Utf8)?,
-                cast(b.column(n - 4), &DataType::Utf8)?,
-            );
-            let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
-            for row in 0..b.num_rows() {
-                if mask.as_ref().is_none_or(|m| m.value(row)) {
-                    users.push(u.value(row).to_string());
-                    ids.push(e.value(row).to_string());
-                }
+        // The new rows' ids (as strings, once per batch), to find those kept before `from_ms`.
+        let id_cols = scanned
+            .iter()
+            .map(|b| {
+                let n = b.num_columns();
+                Ok((
+                    cast(b.column(0), &DataType::Utf8)?
+                        .as_string::<i32>()
+                        .clone(),
+                    cast(b.column(n - 4), &DataType::Utf8)?
+                        .as_string::<i32>()
+                        .clone(),
+                ))
+            })
+            .collect::<Result<Vec<(StringArray, StringArray)>>>()?;
+        let kept =
+            |mask: &Option<BooleanArray>, row: usize| mask.as_ref().is_none_or(|m| m.value(row));
+        let (mut users, mut ids) = (Vec::new(), Vec::new());
+        for ((u, e), mask) in id_cols.iter().zip(&keep) {
+            for row in (0..u.len()).filter(|&r| kept(mask, r)) {
+                users.push(u.value(row));
+                ids.push(e.value(row));
             }
         }
         if !users.is_empty() && from_ms > i64::MIN {
@@ -228,31 +235,27 @@ impl LakeContext {
             );
             let seen = self.ctx.sql(&sql).await?.collect().await;
             self.ctx.deregister_table("new_ids")?;
-            let mut known: std::collections::HashSet<(String, String)> = Default::default();
-            for b in seen? {
-                let (u, e) = (
-                    cast(b.column(0), &DataType::Utf8)?,
-                    cast(b.column(1), &DataType::Utf8)?,
-                );
-                let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
-                for row in 0..b.num_rows() {
-                    known.insert((u.value(row).to_string(), e.value(row).to_string()));
-                }
-            }
+            let seen = seen?
+                .iter()
+                .map(|b| {
+                    Ok((
+                        cast(b.column(0), &DataType::Utf8)?
+                            .as_string::<i32>()
+                            .clone(),
+                        cast(b.column(1), &DataType::Utf8)?
+                            .as_string::<i32>()
+                            .clone(),
+                    ))
+                })
+                .collect::<Result<Vec<(StringArray, StringArray)>>>()?;
+            let known: std::collections::HashSet<(&str, &str)> = seen
+                .iter()
+                .flat_map(|(u, e)| (0..u.len()).map(move |r| (u.value(r), e.value(r))))
+                .collect();
             if !known.is_empty() {
-                for (b, mask) in scanned.iter().zip(keep.iter_mut()) {
-                    let n = b.num_columns();
-                    let (u, e) = (
-                        cast(b.column(0), &DataType::Utf8)?,
-                        cast(b.column(n - 4), &DataType::Utf8)?,
-                    );
-                    let (u, e) = (u.as_string::<i32>(), e.as_string::<i32>());
-                    let bits: Vec<bool> = (0..b.num_rows())
-                        .map(|row| {
-                            mask.as_ref().is_none_or(|m| m.value(row))
-                                && !known
-                                    .contains(&(u.value(row).to_string(), e.value(row).to_string()))
-                        })
+                for ((u, e), mask) in id_cols.iter().zip(keep.iter_mut()) {
+                    let bits: Vec<bool> = (0..u.len())
+                        .map(|r| kept(mask, r) && !known.contains(&(u.value(r), e.value(r))))
                         .collect();
                     *mask = Some(BooleanArray::from(bits));
                 }
@@ -346,19 +349,25 @@ const KEY_UNSAFE: &str = r"[{}\p{Cc}]";
 
 /// The `erasures` table: each erased user and their latest erasure (epoch ms).
 fn erasures_table(erasures: &std::collections::BTreeMap<String, i64>) -> Result<MemTable> {
+    let batch = erasures_batch(erasures)?;
+    Ok(MemTable::try_new(batch.schema(), vec![vec![batch]])?)
+}
+
+/// The rows of the `erasures` table (`user_id`, `erased_ms`), for an engine that reads them
+/// from a file rather than memory.
+pub fn erasures_batch(erasures: &std::collections::BTreeMap<String, i64>) -> Result<RecordBatch> {
     use datafusion::arrow::datatypes::{Field, Schema};
     let schema = Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, false),
         Field::new("erased_ms", DataType::Int64, false),
     ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
+    Ok(RecordBatch::try_new(
+        schema,
         vec![
             Arc::new(StringArray::from_iter_values(erasures.keys())),
             Arc::new(Int64Array::from_iter_values(erasures.values().copied())),
         ],
-    )?;
-    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+    )?)
 }
 
 /// The columns of `events` that [`LakeContext::materialise`] keeps: those the views and the
