@@ -12,10 +12,13 @@
 //! written last: a snapshot folder without it is an unfinished run's, and is rewritten.
 
 use bytes::Bytes;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use tandem_common::features::{ItemStats, MAX_INTERESTS, Profile};
+use std::collections::{BTreeMap, HashSet};
+use tandem_common::features::{ItemStats, MAX_INTERESTS};
 use tandem_common::lake::{Lake, revision_id, snapshot_file};
 use tandem_common::store::{
     ItemRow, OnlineStore, Pointer, PopularRow, UserRow, history_key, item_key, snapshot_key,
@@ -25,7 +28,7 @@ use tandem_models::manifest::Manifest;
 use tandem_sql::snapshots::manifest;
 
 use crate::error::Result;
-use crate::views::Similar;
+use crate::views::{Similar, histories_from, profiles_from};
 
 /// Rows written to the online store per call (each call is pipelined).
 const MATERIALISE_CHUNK: usize = 10_000;
@@ -116,16 +119,16 @@ pub async fn put_file(lake: &Lake, id: &str, name: &str, bytes: Bytes) -> Result
     Ok(())
 }
 
-/// What a snapshot materialises: per user, per item, and snapshot-wide rows.
+/// What a snapshot materialises: per user (streamed from the snapshot's files in the lake), per
+/// item, and snapshot-wide rows.
 pub struct Materialised<'a> {
     /// The snapshot id.
     pub id: &'a str,
-    /// Profiles by user.
-    pub profiles: &'a BTreeMap<String, Profile>,
-    /// Each user's latest items (`exclude_seen`), by user.
-    pub user_items: &'a BTreeMap<String, Vec<String>>,
-    /// Segment and propensity by user.
-    pub scores: &'a BTreeMap<String, (Option<u32>, Option<f64>)>,
+    /// The lake holding the snapshot's files: the users' rows are read from its
+    /// `profiles.parquet` and `segments.parquet` a row group at a time.
+    pub lake: &'a Lake,
+    /// Users left out (erased since the snapshot was computed).
+    pub leave_out: &'a HashSet<String>,
     /// Item stats by item.
     pub items: &'a BTreeMap<String, ItemStats>,
     /// Similar items by item.
@@ -136,6 +139,41 @@ pub struct Materialised<'a> {
     pub models: Option<Bytes>,
     /// The manifest.
     pub manifest: &'a Manifest,
+    /// What an incremental run can take from the snapshot it merged from.
+    pub carry: Option<Carry<'a>>,
+}
+
+/// The rows a snapshot merged from `from` shares with it: the latest items of every user no new
+/// event touched are the same, and are copied in the store (`COPY`, the value never leaves it)
+/// rather than read from the lake and written again. A row `from` lacks in the store (it was
+/// lost, or never published there) is written from the lake as any other.
+pub struct Carry<'a> {
+    /// The snapshot merged from.
+    pub from: &'a str,
+    /// The users the new events touched.
+    pub touched: &'a HashSet<String>,
+}
+
+/// Segment and propensity by user, from a snapshot's `segments.parquet`.
+pub async fn scores(lake: &Lake, id: &str) -> Result<BTreeMap<String, (Option<u32>, Option<f64>)>> {
+    use datafusion::arrow::datatypes::{Float64Type, UInt32Type};
+    let mut out = BTreeMap::new();
+    for b in tandem_sql::snapshots::read_parquet(lake, id, "segments.parquet").await? {
+        let users = cast(b.column(0), &DataType::Utf8)?;
+        let users = users.as_string::<i32>();
+        let seg = b.column(1).as_primitive::<UInt32Type>();
+        let prop = b.column(3).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            out.insert(
+                users.value(i).to_string(),
+                (
+                    seg.is_valid(i).then(|| seg.value(i)),
+                    prop.is_valid(i).then(|| prop.value(i)),
+                ),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Calls `f` until it succeeds or fails with an error retrying cannot fix, six times at most
@@ -160,8 +198,11 @@ where
 }
 
 /// Writes a snapshot's rows into the store, pipelined in chunks, the manifest's key last (so
-/// that its presence says every row is there); returns the rows written.
+/// that its presence says every row is there); returns the rows written. The users' rows come
+/// from the snapshot's files a row group at a time: what is held is one group's profiles, the
+/// scores and the items, never every user's history.
 pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Result<u64> {
+    use futures::TryStreamExt;
     let mut chunk: Vec<(String, Bytes)> = Vec::with_capacity(MATERIALISE_CHUNK);
     let mut written = 0u64;
     async fn flush(
@@ -178,26 +219,81 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
         chunk.clear();
         Ok(())
     }
+    let scores = scores(m.lake, m.id).await?;
     let mut capped = 0u64;
-    for (user, profile) in m.profiles {
-        let (segment, propensity) = m.scores.get(user).copied().unwrap_or((None, None));
-        let mut profile = profile.clone();
-        capped += u64::from(profile.keep_strongest_interests(MAX_INTERESTS) > 0);
-        let row = UserRow {
-            profile,
-            segment,
-            propensity,
-        };
-        chunk.push((user_key(user, m.id), Bytes::from(serde_json::to_vec(&row)?)));
-        if let Some(items) = m.user_items.get(user) {
+    let (mut copied, mut copy_failed) = (0u64, 0u64);
+    let mut groups =
+        tandem_sql::snapshots::stream_parquet(m.lake, m.id, "profiles.parquet").await?;
+    while let Some(group) = groups.try_next().await? {
+        // The latest items of the users carried over: copied in the store; those whose row in
+        // the earlier snapshot is not there, and everybody else's, read from the group.
+        let mut read = None;
+        if let Some(c) = &m.carry {
+            let users = profile_users(&group)?;
+            let carried: Vec<usize> = (0..users.len())
+                .filter(|&i| {
+                    let u = users.value(i);
+                    !c.touched.contains(u) && !m.leave_out.contains(u)
+                })
+                .collect();
+            let pairs: Vec<(String, String)> = carried
+                .iter()
+                .map(|&i| {
+                    let u = users.value(i);
+                    (history_key(u, c.from), history_key(u, m.id))
+                })
+                .collect();
+            let pairs = &pairs;
+            let done = retrying("copy snapshot rows", || async move {
+                Ok(store.copy(pairs).await?)
+            })
+            .await?;
+            let mut mask = vec![true; users.len()];
+            for (&i, ok) in carried.iter().zip(&done) {
+                mask[i] = !ok;
+                copied += u64::from(*ok);
+                copy_failed += u64::from(!ok);
+                written += u64::from(*ok);
+            }
+            read = Some(datafusion::arrow::compute::filter_record_batch(
+                &group,
+                &datafusion::arrow::array::BooleanArray::from(mask),
+            )?);
+        }
+        let mut histories = histories_from(std::slice::from_ref(read.as_ref().unwrap_or(&group)))?;
+        let group = std::slice::from_ref(&group);
+        for (user, mut profile) in profiles_from(group)? {
+            if m.leave_out.contains(&user) {
+                continue;
+            }
+            let (segment, propensity) = scores.get(&user).copied().unwrap_or((None, None));
+            capped += u64::from(profile.keep_strongest_interests(MAX_INTERESTS) > 0);
+            let row = UserRow {
+                profile,
+                segment,
+                propensity,
+            };
             chunk.push((
-                history_key(user, m.id),
-                Bytes::from(serde_json::to_vec(items)?),
+                user_key(&user, m.id),
+                Bytes::from(serde_json::to_vec(&row)?),
             ));
+            if let Some(items) = histories.remove(&user) {
+                chunk.push((
+                    history_key(&user, m.id),
+                    Bytes::from(serde_json::to_vec(&items)?),
+                ));
+            }
+            if chunk.len() >= MATERIALISE_CHUNK {
+                flush(store, &mut chunk, &mut written).await?;
+            }
         }
-        if chunk.len() >= MATERIALISE_CHUNK {
-            flush(store, &mut chunk, &mut written).await?;
-        }
+    }
+    if m.carry.is_some() {
+        tracing::info!(
+            copied,
+            not_there = copy_failed,
+            "Copied the latest items of the users no new event touched from the snapshot merged from."
+        );
     }
     if capped > 0 {
         tracing::info!(
@@ -234,6 +330,14 @@ pub async fn materialise(store: &dyn OnlineStore, m: &Materialised<'_>) -> Resul
     }
     flush(store, &mut chunk, &mut written).await?;
     Ok(written)
+}
+
+/// The `user_id` column of a profiles batch, as strings.
+fn profile_users(b: &RecordBatch) -> Result<StringArray> {
+    let users = b
+        .column_by_name("user_id")
+        .ok_or_else(|| crate::error::Error::Internal("profiles have no column `user_id`".into()))?;
+    Ok(cast(users, &DataType::Utf8)?.as_string::<i32>().clone())
 }
 
 /// Whether the store holds every key of snapshot `id` (its manifest's key, written last, is

@@ -215,6 +215,11 @@ pub trait OnlineStore: Send + Sync + std::fmt::Debug {
     async fn put(&self, rows: &[(String, Bytes)]) -> Result<()>;
     /// The values of `keys`, in order (one round trip).
     async fn get(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
+    /// Copies the value of each pair's first key to its second (replacing it), pipelined, in
+    /// the store: the value never travels. For each pair, whether its first key existed (when
+    /// it did not, nothing was written). The two keys of a pair share a hash tag (one slot of
+    /// a cluster).
+    async fn copy(&self, pairs: &[(String, String)]) -> Result<Vec<bool>>;
     /// The current snapshot pointer.
     async fn pointer(&self) -> Result<Option<Pointer>>;
     /// Sets the pointer to `new` if it still is `expected`, atomically; false if it was not.

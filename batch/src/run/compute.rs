@@ -62,7 +62,6 @@ pub(super) async fn compute(
     let baskets = Arc::new(Baskets::from_batches(&basket_rows)?);
     let similar_batches = similar_of(baskets.clone()).await?;
     let profiles = profiles_from(&profile_batches)?;
-    let user_items = histories_from(&profile_batches)?;
     let items = items_from(&item_batches)?;
     let similar = similar_from(&similar_batches)?;
     durations.insert(name(Step::Views).into(), t.elapsed().as_secs_f64());
@@ -189,39 +188,53 @@ pub(super) async fn compute(
     let scores = scores_of(models.as_ref(), &profiles, cutoff);
     durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
 
-    let rows = rows_of(&profiles, &items, &similar, &scores);
+    let rows = rows_of(
+        profiles.len(),
+        items.len(),
+        similar.values().map(Vec::len).sum(),
+        scores.len(),
+    );
+    let segments = segments_batch(&scores, models.as_ref())?;
     Ok(Computed {
         events: n_events,
         set_aside,
-        profiles,
-        user_items,
-        items,
-        similar,
-        scores,
         models,
         models_entry,
         rows,
-        batches: Some([profile_batches, item_batches, similar_batches]),
-        baskets: Some(basket_rows),
+        files: vec![
+            ("profiles", profile_batches),
+            ("items", item_batches),
+            ("similar_items", similar_batches),
+            ("baskets", basket_rows),
+            ("segments", vec![segments]),
+        ],
         full_cutoff_ms: None,
+        carry: None,
     })
+}
+
+/// The columns of `segments.parquet`.
+pub(super) fn segments_schema() -> datafusion::arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("segment", DataType::UInt32, true),
+        Field::new("segment_label", DataType::Utf8, true),
+        Field::new("propensity", DataType::Float64, true),
+    ]))
 }
 
 /// Rows per output file.
 pub(super) fn rows_of(
-    profiles: &BTreeMap<String, Profile>,
-    items: &BTreeMap<String, ItemStats>,
-    similar: &BTreeMap<String, Vec<Similar>>,
-    scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
+    profiles: usize,
+    items: usize,
+    similar: usize,
+    segments: usize,
 ) -> BTreeMap<String, u64> {
     BTreeMap::from([
-        ("profiles".into(), profiles.len() as u64),
-        ("items".into(), items.len() as u64),
-        (
-            "similar_items".into(),
-            similar.values().map(|v| v.len() as u64).sum(),
-        ),
-        ("segments".into(), scores.len() as u64),
+        ("profiles".into(), profiles as u64),
+        ("items".into(), items as u64),
+        ("similar_items".into(), similar as u64),
+        ("segments".into(), segments as u64),
     ])
 }
 
@@ -409,12 +422,7 @@ pub(super) fn segments_batch(
     scores: &BTreeMap<String, (Option<u32>, Option<f64>)>,
     models: Option<&Models>,
 ) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Utf8, false),
-        Field::new("segment", DataType::UInt32, true),
-        Field::new("segment_label", DataType::Utf8, true),
-        Field::new("propensity", DataType::Float64, true),
-    ]));
+    let schema = segments_schema();
     let label = |s: Option<u32>| {
         let segments = models.and_then(|m| m.segments.as_ref())?;
         segments.labels.get(s? as usize).cloned()

@@ -21,11 +21,15 @@
 use super::*;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::compute::kernels::boolean::not;
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
+use object_store::buffered::BufWriter;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use tandem_common::store::HISTORY_ITEMS;
 
+use crate::views::cooccurrence::BasketsBuilder;
 use crate::views::{MAX_SESSION_ITEMS, MAX_USER_ITEMS, timed_histories_from};
 
 /// The layout version of a snapshot's mergeable state: `baskets.parquet` and the timed
@@ -105,10 +109,19 @@ pub async fn basis(lake: &Lake, cutoff: i64, opts: &RunOptions) -> Result<Basis>
     Ok(Basis::Merge(Box::new(base)))
 }
 
-/// The snapshot at `cutoff`: `base` merged with the events ingested from its cutoff on.
+/// The snapshot `id` at `cutoff`: `base` merged with the events ingested from its cutoff on.
+///
+/// What is held is in proportion to the new events and the catalogue, not the history: the
+/// new events' rows by user, item and basket, and the items; the users' files
+/// (`profiles.parquet`, `segments.parquet`) and the baskets are streamed — `base`'s file read a
+/// row group at a time, the rows of users and baskets no new event touches passed through as
+/// they are (the profiles' cutoff-dependent `recency_days` computed again), the touched ones
+/// decoded and merged, every row group written to the new snapshot's file as it comes. The
+/// similar items are counted from the merged baskets, held as item numbers.
 pub(super) async fn merge(
     lake: &Lake,
     base: &Manifest,
+    id: &str,
     cutoff: i64,
     checkpoint: &dyn Checkpoint,
     progress: &dyn Progress,
@@ -116,16 +129,19 @@ pub(super) async fn merge(
 ) -> Result<Computed> {
     begin(Step::Views, checkpoint, progress)?;
     let t = Instant::now();
+    let mut at = Instant::now();
     let from = base.cutoff_ms;
     let lc = LakeContext::new(lake).await?.with_cutoff(cutoff).await?;
     let events = lc.materialise_since(from).await?;
     let n_events: u64 = events.iter().map(|b| b.num_rows() as u64).sum();
     drop(events);
     let set_aside = base.set_aside + lc.set_aside_since(from).await?;
+    lap(durations, &mut at, "new_events");
     let new_profiles = View::Profiles.collect(&lc).await?;
     let new_items = View::Items.collect(&lc).await?;
     let new_baskets = basket_rows(&lc, i64::MAX).await?;
     drop(lc);
+    lap(durations, &mut at, "delta_views");
     tracing::info!(
         events = n_events,
         since = %base.snapshot,
@@ -133,18 +149,17 @@ pub(super) async fn merge(
         "New events folded."
     );
 
-    let id = &base.snapshot;
-    let old_profiles = snapshots::read_parquet(lake, id, "profiles.parquet").await?;
-    let mut profiles = profiles_from(&old_profiles)?;
-    let mut histories = timed_histories_from(&old_profiles)?;
-    drop(old_profiles);
-    for (user, p) in profiles_from(&new_profiles)? {
-        profiles.entry(user).or_default().merge(&p);
-    }
-    for (user, h) in timed_histories_from(&new_profiles)? {
-        merge_latest(histories.entry(user).or_default(), &h, HISTORY_ITEMS);
-    }
-    let mut items = items_from(&snapshots::read_parquet(lake, id, "items.parquet").await?)?;
+    let old = &base.snapshot;
+    // The models of the full run this snapshot descends from score the users as they merge.
+    let models = match &base.models {
+        ModelsEntry::Trained(_) => Some(Models::from_json(
+            &snapshots::read_file(lake, old, "models.json").await?,
+        )?),
+        ModelsEntry::Skipped(_) => None,
+    };
+
+    // Items: a row per item, merged whole.
+    let mut items = items_from(&snapshots::read_parquet(lake, old, "items.parquet").await?)?;
     for (item, s) in items_from(&new_items)? {
         match items.get_mut(&item) {
             Some(mine) => mine.merge(&s),
@@ -153,45 +168,301 @@ pub(super) async fn merge(
             }
         }
     }
-    let old_baskets = snapshots::read_parquet(lake, id, "baskets.parquet").await?;
-    let baskets = merge_baskets(old_baskets, &new_baskets)?;
-    drop(new_baskets);
-    let similar_batches = similar_of(Arc::new(Baskets::from_batches(&baskets)?)).await?;
-    let similar = similar_from(&similar_batches)?;
-    let profile_batches = profile_rows(new_profiles[0].schema(), &profiles, &histories, cutoff)?;
     let item_batches = item_rows(new_items[0].schema(), &items)?;
-    durations.insert(name(Step::Views).into(), t.elapsed().as_secs_f64());
 
-    // The models of the full run this snapshot descends from, applied to the merged profiles.
-    begin(Step::Train, checkpoint, progress)?;
-    let t = Instant::now();
-    let models = match &base.models {
-        ModelsEntry::Trained(_) => Some(Models::from_json(
-            &snapshots::read_file(lake, id, "models.json").await?,
-        )?),
-        ModelsEntry::Skipped(_) => None,
+    // The users' files and the baskets stream side by side, each mostly one core's work.
+    let models = models.map(Arc::new);
+    let users = tokio::spawn(merge_users(
+        lake.clone(),
+        id.to_string(),
+        old.clone(),
+        new_profiles,
+        models.clone(),
+        cutoff,
+    ));
+    let baskets = tokio::spawn(merge_baskets(
+        lake.clone(),
+        id.to_string(),
+        old.clone(),
+        new_baskets,
+    ));
+    let joined =
+        |e: tokio::task::JoinError| Error::Internal(format!("incremental merge task: {e}"));
+    let users = match users.await.map_err(joined) {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) | Err(e) => {
+            baskets.abort();
+            return Err(e);
+        }
     };
-    let scores = scores_of(models.as_ref(), &profiles, cutoff);
-    durations.insert(name(Step::Train).into(), t.elapsed().as_secs_f64());
-    let user_items = histories
-        .into_iter()
-        .map(|(u, h)| (u, h.into_iter().map(|(i, _)| i).collect()))
-        .collect();
+    let (similar_batches, baskets_s, similar_s) = baskets.await.map_err(joined)??;
+    let n_similar = similar_batches.iter().map(|b| b.num_rows()).sum();
+    let views = name(Step::Views);
+    durations.insert(format!("{views}.profiles"), users.seconds);
+    durations.insert(format!("{views}.baskets"), baskets_s);
+    durations.insert(format!("{views}.similar"), similar_s);
+    lap(durations, &mut at, "users_and_baskets");
+    durations.insert(views.into(), t.elapsed().as_secs_f64());
+    // The models were not trained again: the users were scored with the base's as they merged.
+    begin(Step::Train, checkpoint, progress)?;
+    durations.insert(name(Step::Train).into(), users.scoring_s);
+    let models = models.map(|m| Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone()));
+
     Ok(Computed {
         events: base.events + n_events,
         set_aside,
-        rows: rows_of(&profiles, &items, &similar, &scores),
-        profiles,
-        user_items,
-        items,
-        similar,
-        scores,
+        rows: rows_of(users.rows, items.len(), n_similar, users.scored),
         models,
         models_entry: base.models.clone(),
-        batches: Some([profile_batches, item_batches, similar_batches]),
-        baskets: Some(baskets),
+        files: vec![("items", item_batches), ("similar_items", similar_batches)],
         full_cutoff_ms: Some(base.full_cutoff_ms.unwrap_or(base.cutoff_ms)),
+        carry: Some((old.clone(), users.touched)),
     })
+}
+
+/// What [`merge_users`] did.
+struct UsersMerged {
+    /// Profile rows written.
+    rows: usize,
+    /// Users scored (segment rows written).
+    scored: usize,
+    /// Seconds spent scoring.
+    scoring_s: f64,
+    /// Seconds in all.
+    seconds: f64,
+    /// The users the new events touched.
+    touched: HashSet<String>,
+}
+
+/// The profiles and segments of snapshot `id`: those of `old` merged with the new events'
+/// profiles `new`, a row group at a time, the users scored with `models`.
+async fn merge_users(
+    lake: Lake,
+    id: String,
+    old: String,
+    new: Vec<RecordBatch>,
+    models: Option<Arc<Models>>,
+    cutoff: i64,
+) -> Result<UsersMerged> {
+    use futures::TryStreamExt;
+    let t = Instant::now();
+    let schema = new[0].schema();
+    let touched = profiles_from(&new)?;
+    let touched_users: HashSet<String> = touched.keys().cloned().collect();
+    let mut users = UserMerge {
+        touched,
+        histories: timed_histories_from(&new)?,
+        schema: schema.clone(),
+        cutoff,
+        models: models.as_deref(),
+        profiles: snapshots::parquet_writer(&lake, &id, "profiles.parquet", schema)?,
+        segments: snapshots::parquet_writer(&lake, &id, "segments.parquet", segments_schema())?,
+        rows: 0,
+        scored: 0,
+        scoring_s: 0.0,
+    };
+    drop(new);
+    let mut groups = snapshots::stream_parquet(&lake, &old, "profiles.parquet").await?;
+    while let Some(group) = groups.try_next().await? {
+        users.old_group(&group).await?;
+    }
+    let (rows, scored, scoring_s) = users.finish().await?;
+    Ok(UsersMerged {
+        rows,
+        scored,
+        scoring_s,
+        seconds: t.elapsed().as_secs_f64(),
+        touched: touched_users,
+    })
+}
+
+/// The baskets of snapshot `id` — those of `old` merged with the new events' baskets `new`,
+/// streamed into the new file and into the numbered baskets the pairs are counted from — and
+/// the similar items counted from them; with the seconds each took.
+async fn merge_baskets(
+    lake: Lake,
+    id: String,
+    old: String,
+    new: Vec<RecordBatch>,
+) -> Result<(Vec<RecordBatch>, f64, f64)> {
+    use futures::TryStreamExt;
+    let t = Instant::now();
+    let mut groups = snapshots::stream_parquet(&lake, &old, "baskets.parquet").await?;
+    let schema = new
+        .first()
+        .map_or_else(|| groups.schema().clone(), |b| b.schema());
+    let mut baskets = BasketMerge::new(&new, schema.clone())?;
+    drop(new);
+    let mut out = snapshots::parquet_writer(&lake, &id, "baskets.parquet", schema)?;
+    let mut numbered = BasketsBuilder::default();
+    while let Some(group) = groups.try_next().await? {
+        let kept = baskets.old_group(&group)?;
+        numbered.push(&kept)?;
+        out.write(&kept).await?;
+    }
+    for b in baskets.finish()? {
+        numbered.push(&b)?;
+        out.write(&b).await?;
+    }
+    out.close().await?;
+    let baskets_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let similar = similar_of(Arc::new(numbered.finish())).await?;
+    Ok((similar, baskets_s, t.elapsed().as_secs_f64()))
+}
+
+/// The profiles and segments of an incremental run, merged a row group of the base snapshot's
+/// profiles at a time and written as they come.
+struct UserMerge<'a> {
+    /// The new events' profiles of the users not merged yet.
+    touched: BTreeMap<String, Profile>,
+    /// Their latest items.
+    histories: BTreeMap<String, Vec<(String, i64)>>,
+    /// The profiles view's columns.
+    schema: SchemaRef,
+    cutoff: i64,
+    models: Option<&'a Models>,
+    profiles: AsyncArrowWriter<BufWriter>,
+    segments: AsyncArrowWriter<BufWriter>,
+    rows: usize,
+    scored: usize,
+    /// Seconds spent scoring the users.
+    scoring_s: f64,
+}
+
+impl UserMerge<'_> {
+    /// One row group of the base's profiles: the rows of users without new events as they are
+    /// (`recency_days` at the new cutoff), the others merged with their new events.
+    async fn old_group(&mut self, group: &RecordBatch) -> Result<()> {
+        let users = cast(
+            group
+                .column_by_name("user_id")
+                .ok_or_else(|| Error::Internal("profiles have no column `user_id`".into()))?,
+            &DataType::Utf8,
+        )?;
+        let users = users.as_string::<i32>();
+        let touched: BooleanArray = users
+            .iter()
+            .map(|u| Some(u.is_some_and(|u| self.touched.contains_key(u))))
+            .collect();
+        let same = filter_record_batch(group, &not(&touched)?)?;
+        let same = with_recency(&cast_to(&same, &self.schema)?, self.cutoff)?;
+        let same_profiles = profiles_from(std::slice::from_ref(&same))?;
+        self.write(same, &same_profiles).await?;
+
+        let changed = filter_record_batch(group, &touched)?;
+        let changed = std::slice::from_ref(&changed);
+        let mut histories = timed_histories_from(changed)?;
+        let mut profiles = profiles_from(changed)?;
+        for (user, p) in profiles.iter_mut() {
+            if let Some(new) = self.touched.remove(user) {
+                p.merge(&new);
+            }
+            if let Some(new) = self.histories.remove(user) {
+                merge_latest(
+                    histories.entry(user.clone()).or_default(),
+                    &new,
+                    HISTORY_ITEMS,
+                );
+            }
+        }
+        self.merged(&profiles, &histories).await
+    }
+
+    /// Rows of merged (or new) users, computed from their profiles and histories.
+    async fn merged(
+        &mut self,
+        profiles: &BTreeMap<String, Profile>,
+        histories: &BTreeMap<String, Vec<(String, i64)>>,
+    ) -> Result<()> {
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        for b in profile_rows(self.schema.clone(), profiles, histories, self.cutoff)? {
+            let p = profiles_from(std::slice::from_ref(&b))?;
+            self.write(b, &p).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes profile rows and their users' segments.
+    async fn write(
+        &mut self,
+        rows: RecordBatch,
+        profiles: &BTreeMap<String, Profile>,
+    ) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows += rows.num_rows();
+        self.profiles.write(&rows).await?;
+        let t = Instant::now();
+        let scores = scores_of(self.models, profiles, self.cutoff);
+        self.scoring_s += t.elapsed().as_secs_f64();
+        if !scores.is_empty() {
+            self.scored += scores.len();
+            self.segments
+                .write(&segments_batch(&scores, self.models)?)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The users new since the base, then both files closed; their rows, and the seconds spent
+    /// scoring.
+    async fn finish(mut self) -> Result<(usize, usize, f64)> {
+        let profiles = std::mem::take(&mut self.touched);
+        let histories = std::mem::take(&mut self.histories);
+        self.merged(&profiles, &histories).await?;
+        // An empty file still has its columns.
+        if self.rows == 0 {
+            self.profiles
+                .write(&RecordBatch::new_empty(self.schema.clone()))
+                .await?;
+        }
+        if self.scored == 0 {
+            self.segments
+                .write(&RecordBatch::new_empty(segments_schema()))
+                .await?;
+        }
+        self.profiles.close().await?;
+        self.segments.close().await?;
+        Ok((self.rows, self.scored, self.scoring_s))
+    }
+}
+
+/// `b` with its `recency_days` at `cutoff`, from its `last_ts` — as `profiles.sql` computes it,
+/// in the same floating-point operations.
+fn with_recency(b: &RecordBatch, cutoff: i64) -> Result<RecordBatch> {
+    let schema = b.schema();
+    let at = schema.index_of("recency_days")?;
+    let last = cast(
+        b.column_by_name("last_ts")
+            .ok_or_else(|| Error::Internal("profiles have no column `last_ts`".into()))?,
+        &DataType::Int64,
+    )?;
+    let recency: Float64Array = last
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|t| t.map(|t| (cutoff as f64 - t as f64) / 86_400_000.0))
+        .collect();
+    let mut columns = b.columns().to_vec();
+    columns[at] = cast(&recency, schema.field(at).data_type())?;
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Records the seconds since `at` as the views step's part `part` (`views.<part>`), logs them
+/// with the resident memory, and starts the next part.
+fn lap(durations: &mut BTreeMap<String, f64>, at: &mut Instant, part: &str) {
+    let seconds = at.elapsed().as_secs_f64();
+    durations.insert(format!("{}.{part}", name(Step::Views)), seconds);
+    tracing::info!(
+        part,
+        seconds,
+        rss_mb = tandem_common::sys::rss_bytes().map(|b| b >> 20),
+        "Part of the views step done."
+    );
+    *at = Instant::now();
 }
 
 /// Adds `other`'s items to a "latest N" list (newest first, ties by id): the union, the newest
@@ -319,22 +590,30 @@ impl BasketColumns {
     }
 }
 
-/// The baskets at the new cutoff: those of `old` that no new basket touches, as they are, and
-/// each basket of `new` merged with the old one of its key.
-fn merge_baskets(old: Vec<RecordBatch>, new: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-    let mut touched = baskets_by_key(new)?;
-    let keys: HashSet<String> = touched.keys().cloned().collect();
-    let mut out = Vec::with_capacity(old.len() + 1);
-    let schema = match new.first().or(old.first()) {
-        Some(b) => b.schema(),
-        None => return Ok(Vec::new()),
-    };
-    for b in old {
-        let cols = BasketColumns::of(&b)?;
+/// The baskets at the new cutoff, a row group of the old file at a time: the old baskets no new
+/// basket touches as they are, then each new basket merged with the old one of its key.
+struct BasketMerge {
+    /// The new baskets by key, each merged with its old one once that has been read.
+    touched: HashMap<String, Basket>,
+    /// The baskets query's columns.
+    schema: SchemaRef,
+}
+
+impl BasketMerge {
+    fn new(new: &[RecordBatch], schema: SchemaRef) -> Result<BasketMerge> {
+        Ok(BasketMerge {
+            touched: baskets_by_key(new)?,
+            schema,
+        })
+    }
+
+    /// The untouched baskets of an old row group (in the query's column types); the touched
+    /// ones merged into the new.
+    fn old_group(&mut self, b: &RecordBatch) -> Result<RecordBatch> {
+        let cols = BasketColumns::of(b)?;
         let mut keep = Vec::with_capacity(b.num_rows());
         for row in 0..b.num_rows() {
-            let key = cols.key(row);
-            match touched.get_mut(key) {
+            match self.touched.get_mut(cols.key(row)) {
                 Some(fresh) => {
                     let mut merged = cols.basket(row);
                     merged.merge(std::mem::replace(
@@ -351,33 +630,32 @@ fn merge_baskets(old: Vec<RecordBatch>, new: &[RecordBatch]) -> Result<Vec<Recor
                 None => keep.push(true),
             }
         }
-        let b = filter_record_batch(&b, &BooleanArray::from(keep))?;
-        // The old file's column types, cast to the query's, so that every batch has one schema.
-        out.push(cast_to(&b, &schema)?);
+        let b = filter_record_batch(b, &BooleanArray::from(keep))?;
+        cast_to(&b, &self.schema)
     }
-    let mut keys: Vec<String> = keys.into_iter().collect();
-    keys.sort_unstable();
-    let rows: Vec<Value> = keys
-        .iter()
-        .map(|k| {
-            let b = &touched[k];
-            json!({
-                "basket": k,
-                "by_user": b.by_user,
-                "items": b.items,
-                "last_ts": b.last_ts,
+
+    /// The touched baskets, merged, by key.
+    fn finish(self) -> Result<Vec<RecordBatch>> {
+        let mut keys: Vec<&String> = self.touched.keys().collect();
+        keys.sort_unstable();
+        let rows: Vec<Value> = keys
+            .into_iter()
+            .map(|k| {
+                let b = &self.touched[k];
+                json!({
+                    "basket": k,
+                    "by_user": b.by_user,
+                    "items": b.items,
+                    "last_ts": b.last_ts,
+                })
             })
-        })
-        .collect();
-    out.extend(decode(schema, &rows)?);
-    Ok(out)
+            .collect();
+        decode(self.schema.clone(), &rows)
+    }
 }
 
 /// `b` with its columns cast to `schema`'s types (same names, same order).
-fn cast_to(
-    b: &RecordBatch,
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-) -> Result<RecordBatch> {
+fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
     let columns = schema
         .fields()
         .iter()
@@ -392,10 +670,7 @@ fn cast_to(
 }
 
 /// JSON rows as record batches of `schema` (names and types of the view's own output).
-fn decode(
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    rows: &[Value],
-) -> Result<Vec<RecordBatch>> {
+fn decode(schema: SchemaRef, rows: &[Value]) -> Result<Vec<RecordBatch>> {
     use datafusion::arrow::json::ReaderBuilder;
     let mut out = Vec::new();
     for chunk in rows.chunks(8192) {
@@ -428,7 +703,7 @@ fn timed_list(items: &[(String, i64)]) -> Value {
 /// of users at a time. The `history` lists (up to 1000 items a user) are built as Arrow arrays
 /// directly; the other columns through JSON.
 fn profile_rows(
-    schema: datafusion::arrow::datatypes::SchemaRef,
+    schema: SchemaRef,
     profiles: &BTreeMap<String, Profile>,
     histories: &BTreeMap<String, Vec<(String, i64)>>,
     cutoff: i64,
@@ -535,10 +810,7 @@ fn history_array<'a>(lists: impl Iterator<Item = &'a [(String, i64)]>) -> Result
 }
 
 /// The items view's rows for `items` (the columns of `items.sql`, in `schema`).
-fn item_rows(
-    schema: datafusion::arrow::datatypes::SchemaRef,
-    items: &BTreeMap<String, ItemStats>,
-) -> Result<Vec<RecordBatch>> {
+fn item_rows(schema: SchemaRef, items: &BTreeMap<String, ItemStats>) -> Result<Vec<RecordBatch>> {
     let rows: Vec<Value> = items
         .iter()
         .map(|(item, s)| {

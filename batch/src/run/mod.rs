@@ -7,8 +7,7 @@
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Checkpoint, Materialised, Step};
 use crate::views::{
-    Baskets, Similar, View, basket_rows, baskets_before, histories_from, items_from, profiles_from,
-    similar_from, similar_of,
+    Baskets, View, basket_rows, baskets_before, items_from, profiles_from, similar_from, similar_of,
 };
 use bytes::Bytes;
 use datafusion::arrow::array::{
@@ -19,7 +18,7 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Schema, TimestampMillisecondType,
 };
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_common::config::BatchEngine;
@@ -193,27 +192,22 @@ fn begin(step: Step, checkpoint: &dyn Checkpoint, progress: &dyn Progress) -> Re
     checkpoint.before(step)
 }
 
-/// Everything a snapshot holds, in memory.
+/// What a run computed: its counts and models, and the snapshot files still to write.
 struct Computed {
     events: u64,
     set_aside: u64,
-    profiles: BTreeMap<String, Profile>,
-    /// Each user's latest items, for `exclude_seen`.
-    user_items: BTreeMap<String, Vec<String>>,
-    items: BTreeMap<String, ItemStats>,
-    similar: BTreeMap<String, Vec<Similar>>,
-    scores: BTreeMap<String, (Option<u32>, Option<f64>)>,
     models: Option<Models>,
     models_entry: ModelsEntry,
     rows: BTreeMap<String, u64>,
-    /// The view batches, to write into the lake (None when read back from it).
-    batches: Option<[Vec<RecordBatch>; 3]>,
-    /// The baskets (`views::basket_rows`), the mergeable state of the similar items, to write
-    /// into the lake (None when read back from it).
-    baskets: Option<Vec<RecordBatch>>,
+    /// The Parquet files to write into the lake (name without `.parquet`, batches). An
+    /// incremental run wrote its users' files as it merged them, a row group at a time.
+    files: Vec<(&'static str, Vec<RecordBatch>)>,
     /// The cutoff of the full run whose models this snapshot carries (an incremental run);
     /// `None`: this run's own.
     full_cutoff_ms: Option<i64>,
+    /// An incremental run's base snapshot and the users its new events touched: the others'
+    /// rows that do not depend on the cutoff are copied from the base's in the store.
+    carry: Option<(String, HashSet<String>)>,
 }
 
 /// The online store's lease a batch run holds from start to end: two runs at once would
@@ -469,20 +463,30 @@ async fn run_leased(
         return Ok(finish(summary, durations));
     }
 
-    let mut computed = match &existing {
+    let mut carry = None;
+    let manifest = match existing {
         Some(m) => {
-            let t = Instant::now();
-            let c = load(lake, m).await?;
-            durations.insert("load".into(), t.elapsed().as_secs_f64());
             summary.outcome = Outcome::Republished;
-            c
+            summary.events = m.events;
+            summary.set_aside = m.set_aside;
+            summary.rows = m.rows.clone();
+            summary.models = Some(m.models.clone());
+            m
         }
         None => {
-            let c = match incremental::basis(lake, cutoff, opts).await? {
+            let mut computed = match incremental::basis(lake, cutoff, opts).await? {
                 incremental::Basis::Merge(base) => {
                     summary.merged_from = Some(base.snapshot.clone());
-                    incremental::merge(lake, &base, cutoff, checkpoint, progress, &mut durations)
-                        .await?
+                    incremental::merge(
+                        lake,
+                        &base,
+                        &id,
+                        cutoff,
+                        checkpoint,
+                        progress,
+                        &mut durations,
+                    )
+                    .await?
                 }
                 incremental::Basis::Full(why) => {
                     tracing::info!(reason = %why, "Recomputing from the whole lake.");
@@ -491,17 +495,10 @@ async fn run_leased(
                 }
             };
             summary.outcome = Outcome::Published;
-            c
-        }
-    };
-    summary.events = computed.events;
-    summary.set_aside = computed.set_aside;
-    summary.rows = computed.rows.clone();
-    summary.models = Some(computed.models_entry.clone());
-
-    let manifest = match existing {
-        Some(m) => m,
-        None => {
+            summary.events = computed.events;
+            summary.set_aside = computed.set_aside;
+            summary.rows = computed.rows.clone();
+            summary.models = Some(computed.models_entry.clone());
             begin(Step::WriteLake, checkpoint, progress)?;
             let t = Instant::now();
             let mut m = Manifest {
@@ -521,10 +518,9 @@ async fn run_leased(
                 full_cutoff_ms: Some(computed.full_cutoff_ms.unwrap_or(cutoff)),
                 state_version: incremental::STATE_VERSION,
             };
-            write_lake(lake, &id, &computed, &mut m).await?;
+            carry = computed.carry.take();
+            write_lake(lake, &id, computed, &mut m).await?;
             durations.insert(name(Step::WriteLake).into(), t.elapsed().as_secs_f64());
-            drop(computed.batches.take());
-            drop(computed.baskets.take());
             m
         }
     };
@@ -534,37 +530,40 @@ async fn run_leased(
     // Users erased since the views read the tombstones — or since a republished snapshot's
     // files were written — lose their rows here: an erasure at or after the cutoff removes
     // every event the snapshot holds of them (an earlier one the views applied already).
-    let erased = lake.erasures().await?;
-    let late: Vec<String> = computed
-        .profiles
-        .keys()
-        .filter(|u| erased.get(*u).is_some_and(|at| *at >= cutoff))
-        .cloned()
+    let leave_out: HashSet<String> = lake
+        .erasures()
+        .await?
+        .into_iter()
+        .filter(|(_, at)| *at >= cutoff)
+        .map(|(u, _)| u)
         .collect();
-    for u in &late {
-        computed.profiles.remove(u);
-        computed.user_items.remove(u);
-        computed.scores.remove(u);
-    }
-    if !late.is_empty() {
+    if !leave_out.is_empty() {
         tracing::info!(
-            users = late.len(),
-            "Left out the rows of users erased since the snapshot was computed."
+            users = leave_out.len(),
+            "Leaving out the rows of users erased since the snapshot's cutoff."
         );
     }
-    let popular = popular_row(&computed.items);
-    let models_json = computed.models.as_ref().map(|m| m.to_json()).transpose()?;
-    let models_bytes = models_json.map(Bytes::from);
+    // The items' files are small (a row per item); the users' are streamed by `materialise`.
+    let items = items_from(&snapshots::read_parquet(lake, &id, "items.parquet").await?)?;
+    let similar =
+        similar_from(&snapshots::read_parquet(lake, &id, "similar_items.parquet").await?)?;
+    let popular = popular_row(&items);
+    let models_bytes = match &manifest.models {
+        ModelsEntry::Trained(_) => Some(snapshots::read_file(lake, &id, "models.json").await?),
+        ModelsEntry::Skipped(_) => None,
+    };
     let rows = Materialised {
         id: &id,
-        profiles: &computed.profiles,
-        user_items: &computed.user_items,
-        scores: &computed.scores,
-        items: &computed.items,
-        similar: &computed.similar,
+        lake,
+        leave_out: &leave_out,
+        items: &items,
+        similar: &similar,
         popular: &popular,
         models: models_bytes,
         manifest: &manifest,
+        carry: carry
+            .as_ref()
+            .map(|(from, touched)| snapshot::Carry { from, touched }),
     };
     // A store that loses its data meanwhile (a Redis restarted without persistence) loses the
     // rows written so far, and the pointer: the lease, gone with them, says so (the run takes

@@ -37,58 +37,11 @@ pub struct Baskets {
 impl Baskets {
     /// The baskets of the script's query rows: `by_user BOOLEAN, items LIST<STRING>`.
     pub fn from_batches(batches: &[RecordBatch]) -> Result<Baskets> {
-        let mut number: HashMap<String, u32> = HashMap::new();
-        let mut raw: Vec<u32> = Vec::new();
-        let mut offsets = vec![0];
-        let mut by_user = Vec::new();
+        let mut builder = BasketsBuilder::default();
         for b in batches {
-            let col = |name: &str| {
-                b.column_by_name(name).ok_or_else(|| {
-                    Error::Internal(format!("the baskets query has no column `{name}`"))
-                })
-            };
-            let users = col("by_user")?;
-            let users: &BooleanArray = users
-                .as_boolean_opt()
-                .ok_or_else(|| Error::Internal("baskets column `by_user` is not boolean".into()))?;
-            let list_of_strings =
-                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
-            let lists = cast(col("items")?, &list_of_strings)?;
-            let lists = lists.as_list::<i32>();
-            let offsets_of = lists.value_offsets();
-            let values: &StringArray = lists.values().as_string::<i32>();
-            for row in 0..b.num_rows() {
-                let (from, to) = (offsets_of[row] as usize, offsets_of[row + 1] as usize);
-                for j in from..to {
-                    if values.is_null(j) {
-                        continue;
-                    }
-                    let id = values.value(j);
-                    let next = number.len() as u32;
-                    let n = match number.get(id) {
-                        Some(&n) => n,
-                        None => *number.entry(id.to_string()).or_insert(next),
-                    };
-                    raw.push(n);
-                }
-                offsets.push(raw.len());
-                by_user.push(users.is_valid(row) && users.value(row));
-            }
+            builder.push(b)?;
         }
-        // Numbers in id order.
-        let mut items: Vec<(String, u32)> = number.into_iter().collect();
-        items.sort_unstable();
-        let mut renumber = vec![0u32; items.len()];
-        for (new, (_, old)) in items.iter().enumerate() {
-            renumber[*old as usize] = new as u32;
-        }
-        let members = raw.into_iter().map(|n| renumber[n as usize]).collect();
-        Ok(Baskets {
-            items: items.into_iter().map(|(id, _)| id).collect(),
-            offsets,
-            members,
-            by_user,
-        })
+        Ok(builder.finish())
     }
 
     /// Number of baskets.
@@ -113,6 +66,78 @@ impl Baskets {
             members: &self.members,
         };
         rows.transpose(self.items.len())
+    }
+}
+
+/// [`Baskets`] built a batch of rows at a time (an incremental run streams its baskets file
+/// through one): what it holds is the items' numbers, four bytes an entry, not the rows.
+#[derive(Default)]
+pub struct BasketsBuilder {
+    number: HashMap<String, u32>,
+    raw: Vec<u32>,
+    offsets: Vec<usize>,
+    by_user: Vec<bool>,
+}
+
+impl BasketsBuilder {
+    /// Adds the baskets of a batch of rows (`by_user BOOLEAN, items LIST<STRING>`).
+    pub fn push(&mut self, b: &RecordBatch) -> Result<()> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| Error::Internal(format!("the baskets query has no column `{name}`")))
+        };
+        let users = cast(col("by_user")?, &DataType::Boolean)?;
+        let users: &BooleanArray = users
+            .as_boolean_opt()
+            .ok_or_else(|| Error::Internal("baskets column `by_user` is not boolean".into()))?;
+        let list_of_strings = DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)));
+        let lists = cast(col("items")?, &list_of_strings)?;
+        let lists = lists.as_list::<i32>();
+        let offsets_of = lists.value_offsets();
+        let values: &StringArray = lists.values().as_string::<i32>();
+        for row in 0..b.num_rows() {
+            let (from, to) = (offsets_of[row] as usize, offsets_of[row + 1] as usize);
+            for j in from..to {
+                if values.is_null(j) {
+                    continue;
+                }
+                let id = values.value(j);
+                let next = self.number.len() as u32;
+                let n = match self.number.get(id) {
+                    Some(&n) => n,
+                    None => *self.number.entry(id.to_string()).or_insert(next),
+                };
+                self.raw.push(n);
+            }
+            self.offsets.push(self.raw.len());
+            self.by_user.push(users.is_valid(row) && users.value(row));
+        }
+        Ok(())
+    }
+
+    /// The baskets, their items numbered in id order.
+    pub fn finish(self) -> Baskets {
+        let mut items: Vec<(String, u32)> = self.number.into_iter().collect();
+        items.sort_unstable();
+        let mut renumber = vec![0u32; items.len()];
+        for (new, (_, old)) in items.iter().enumerate() {
+            renumber[*old as usize] = new as u32;
+        }
+        let members = self.raw.into_iter().map(|n| renumber[n as usize]).collect();
+        let offsets = if self.offsets.is_empty() {
+            vec![0]
+        } else {
+            self.offsets
+        };
+        Baskets {
+            items: items.into_iter().map(|(id, _)| id).collect(),
+            offsets,
+            members,
+            by_user: self.by_user,
+        }
     }
 }
 
@@ -189,6 +214,9 @@ pub fn top_k(baskets: &Baskets, k: usize, threads: usize) -> Vec<Vec<Neighbour>>
                             list.truncate(k);
                         }
                         list.sort_unstable_by(order);
+                        // Kept to the end: without its spare room (an item's candidates run to
+                        // thousands; all items' held ~1 GiB at 10M events).
+                        list.shrink_to_fit();
                         lists.push((a, list));
                     }
                     lists

@@ -118,6 +118,20 @@ impl OnlineStore for MemoryStore {
         Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
     }
 
+    async fn copy(&self, pairs: &[(String, String)]) -> Result<Vec<bool>> {
+        let mut map = self.map()?;
+        Ok(pairs
+            .iter()
+            .map(|(from, to)| match map.get(from).cloned() {
+                Some(v) => {
+                    map.insert(to.clone(), v);
+                    true
+                }
+                None => false,
+            })
+            .collect())
+    }
+
     async fn pointer(&self) -> Result<Option<Pointer>> {
         let map = self.map()?;
         map.get(POINTER_KEY)

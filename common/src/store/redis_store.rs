@@ -367,6 +367,24 @@ impl OnlineStore for RedisStore {
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
+    async fn copy(&self, pairs: &[(String, String)]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for (from, to) in chunk {
+                pipe.cmd("COPY").arg(from).arg(to).arg("REPLACE");
+            }
+            let got = self
+                .run_calls(&pipe)
+                .await
+                .map_err(|e| external("COPY", e))?;
+            for v in got {
+                out.push(i64::from_redis_value(v).map_err(|e| external("COPY", e))? == 1);
+            }
+        }
+        Ok(out)
+    }
+
     async fn pointer(&self) -> Result<Option<Pointer>> {
         let mut conn = self.conn.clone();
         let v: Option<Vec<u8>> = conn

@@ -75,6 +75,9 @@ impl OnlineStore for FaultyStore {
         }
         self.inner.put(rows).await
     }
+    async fn copy(&self, pairs: &[(String, String)]) -> Result<Vec<bool>> {
+        self.inner.copy(pairs).await
+    }
     async fn get(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
         self.read(false)?;
         self.inner.get(keys).await

@@ -80,6 +80,9 @@ impl OnlineStore for RestartingRedis {
         self.after(&self.puts, at);
         r
     }
+    async fn copy(&self, pairs: &[(String, String)]) -> Result<Vec<bool>> {
+        self.inner.copy(pairs).await
+    }
     async fn get(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
         self.inner.get(keys).await
     }

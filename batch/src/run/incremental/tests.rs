@@ -119,6 +119,46 @@ pub(crate) async fn assert_same_views(la: &Lake, a: &str, lb: &Lake, b: &str) {
     );
 }
 
+/// Asserts that the store holds what snapshot `id`'s files in the lake hold (the rows are
+/// published from them): every user's profile, segment and propensity, and latest items; none
+/// of a user erased at or after the cutoff.
+pub(crate) async fn assert_published(lake: &Lake, store: &MemoryStore, id: &str) {
+    use tandem_common::features::MAX_INTERESTS;
+    use tandem_common::store::{UserRow, history_key, user_key};
+    let m = snapshots::manifest(lake, id).await.unwrap().unwrap();
+    let l = load(lake, &m).await.unwrap();
+    assert!(
+        l.scores.is_empty() || l.scores.len() == l.profiles.len(),
+        "{id}: every user scored, or none"
+    );
+    let erased = lake.erasures().await.unwrap();
+    for (user, p) in &l.profiles {
+        let got = store
+            .get(&[user_key(user, id), history_key(user, id)])
+            .await
+            .unwrap();
+        let Some(row) = &got[0] else {
+            assert!(
+                erased.get(user).is_some_and(|at| *at >= m.cutoff_ms),
+                "{id}: {user} has no row"
+            );
+            continue;
+        };
+        let row: UserRow = serde_json::from_slice(row).unwrap();
+        let mut p = p.clone();
+        p.keep_strongest_interests(MAX_INTERESTS);
+        assert!(row.profile.approx_eq(&p), "{id}: {user}");
+        assert_eq!(
+            (row.segment, row.propensity),
+            l.scores.get(user).copied().unwrap_or((None, None)),
+            "{id}: {user}"
+        );
+        let items: Option<Vec<String>> =
+            got[1].as_ref().map(|b| serde_json::from_slice(b).unwrap());
+        assert_eq!(items.as_ref(), l.user_items.get(user), "{id}: {user}");
+    }
+}
+
 /// One history: generated events (5% sent twice, 5% ingested hours late), some sent again
 /// days later (a client retrying after a crash: another date folder), an erasure perhaps; and
 /// cutoffs hours to days apart.
@@ -182,6 +222,8 @@ async fn check(seed: u64, resent: usize, erase_at: Option<i64>, steps: Vec<i64>)
             (_, false) => assert!(inc.merged_from.is_some(), "{inc:?}"),
         }
         assert_same_views(&inc_lake, &inc.snapshot, &full_lake, &full.snapshot).await;
+        assert_published(&inc_lake, &inc_store, &inc.snapshot).await;
+        assert_published(&full_lake, &full_store, &full.snapshot).await;
     }
 }
 
