@@ -16,6 +16,7 @@ SCALES="${SCALES:-1000000 3000000 10000000 30000000}"
 BALLISTA_EVENTS="${BALLISTA_EVENTS:-10000000}"
 BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/tandem-bench-batch.XXXXXX)}"
+mkdir -p "$WORK"
 OUT=bench/results/batch.md
 END=2026-11-01T00:00:00Z
 BEFORE=2026-10-31T00:00:00Z
