@@ -19,18 +19,16 @@
 //! an incremental run scores every user with the models of the full run it descends from.
 
 use super::*;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray};
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::parquet::arrow::async_writer::AsyncArrowWriter;
 use object_store::buffered::BufWriter;
-use serde_json::{Value, json};
 use std::collections::HashSet;
 use tandem_common::store::HISTORY_ITEMS;
 
-use crate::views::cooccurrence::BasketsBuilder;
-use crate::views::{MAX_SESSION_ITEMS, MAX_USER_ITEMS, timed_histories_from};
+use crate::views::timed_histories_from;
 
 /// The layout version of a snapshot's mergeable state: `baskets.parquet` and the timed
 /// `history` of `profiles.parquet`. A snapshot of another version is not merged from.
@@ -276,41 +274,6 @@ async fn merge_users(
     })
 }
 
-/// The baskets of snapshot `id` — those of `old` merged with the new events' baskets `new`,
-/// streamed into the new file and into the numbered baskets the pairs are counted from — and
-/// the similar items counted from them; with the seconds each took.
-async fn merge_baskets(
-    lake: Lake,
-    id: String,
-    old: String,
-    new: Vec<RecordBatch>,
-) -> Result<(Vec<RecordBatch>, f64, f64)> {
-    use futures::TryStreamExt;
-    let t = Instant::now();
-    let mut groups = snapshots::stream_parquet(&lake, &old, "baskets.parquet").await?;
-    let schema = new
-        .first()
-        .map_or_else(|| groups.schema().clone(), |b| b.schema());
-    let mut baskets = BasketMerge::new(&new, schema.clone())?;
-    drop(new);
-    let mut out = snapshots::parquet_writer(&lake, &id, "baskets.parquet", schema)?;
-    let mut numbered = BasketsBuilder::default();
-    while let Some(group) = groups.try_next().await? {
-        let kept = baskets.old_group(&group)?;
-        numbered.push(&kept)?;
-        out.write(&kept).await?;
-    }
-    for b in baskets.finish()? {
-        numbered.push(&b)?;
-        out.write(&b).await?;
-    }
-    out.close().await?;
-    let baskets_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let similar = similar_of(Arc::new(numbered.finish())).await?;
-    Ok((similar, baskets_s, t.elapsed().as_secs_f64()))
-}
-
 /// The profiles and segments of an incremental run, merged a row group of the base snapshot's
 /// profiles at a time and written as they come.
 struct UserMerge<'a> {
@@ -379,10 +342,9 @@ impl UserMerge<'_> {
             return Ok(());
         }
         for b in profile_rows(self.schema.clone(), profiles, histories, self.cutoff)? {
-            let p = profiles_from(std::slice::from_ref(&b))?;
-            self.write(b, &p).await?;
+            self.write_rows(b).await?;
         }
-        Ok(())
+        self.score(profiles).await
     }
 
     /// Writes profile rows and their users' segments.
@@ -391,11 +353,21 @@ impl UserMerge<'_> {
         rows: RecordBatch,
         profiles: &BTreeMap<String, Profile>,
     ) -> Result<()> {
-        if rows.num_rows() == 0 {
-            return Ok(());
+        self.write_rows(rows).await?;
+        self.score(profiles).await
+    }
+
+    /// Writes profile rows.
+    async fn write_rows(&mut self, rows: RecordBatch) -> Result<()> {
+        if rows.num_rows() > 0 {
+            self.rows += rows.num_rows();
+            self.profiles.write(&rows).await?;
         }
-        self.rows += rows.num_rows();
-        self.profiles.write(&rows).await?;
+        Ok(())
+    }
+
+    /// Scores `profiles` and writes their segment rows.
+    async fn score(&mut self, profiles: &BTreeMap<String, Profile>) -> Result<()> {
         let t = Instant::now();
         let scores = scores_of(self.models, profiles, self.cutoff);
         self.scoring_s += t.elapsed().as_secs_f64();
@@ -478,377 +450,11 @@ fn merge_latest(mine: &mut Vec<(String, i64)>, other: &[(String, i64)], n: usize
     mine.truncate(n);
 }
 
-/// One basket: its items, and for a user's basket each item's latest time.
-struct Basket {
-    by_user: bool,
-    items: Vec<String>,
-    last_ts: Option<Vec<i64>>,
-}
+mod baskets;
+mod rows;
 
-impl Basket {
-    /// Adds `other`'s items (a basket of the same key over other events): a session keeps its
-    /// first [`MAX_SESSION_ITEMS`] items by id, a user the latest [`MAX_USER_ITEMS`] — what
-    /// `similar_items.sql` keeps of all the events.
-    fn merge(&mut self, other: Basket) {
-        match (self.last_ts.take(), other.last_ts) {
-            (Some(ts), Some(other_ts)) if self.by_user => {
-                let mut latest: Vec<(String, i64)> = std::mem::take(&mut self.items)
-                    .into_iter()
-                    .zip(ts)
-                    .collect();
-                let other: Vec<(String, i64)> = other.items.into_iter().zip(other_ts).collect();
-                merge_latest(&mut latest, &other, MAX_USER_ITEMS);
-                let (items, ts) = latest.into_iter().unzip();
-                self.items = items;
-                self.last_ts = Some(ts);
-            }
-            _ => {
-                let mut all: Vec<String> = std::mem::take(&mut self.items);
-                all.extend(other.items);
-                all.sort_unstable();
-                all.dedup();
-                all.truncate(MAX_SESSION_ITEMS);
-                self.items = all;
-            }
-        }
-    }
-}
-
-/// The rows of a baskets query or file, by key.
-fn baskets_by_key(batches: &[RecordBatch]) -> Result<HashMap<String, Basket>> {
-    let mut out = HashMap::new();
-    for b in batches {
-        let cols = BasketColumns::of(b)?;
-        for row in 0..b.num_rows() {
-            out.insert(cols.key(row).to_string(), cols.basket(row));
-        }
-    }
-    Ok(out)
-}
-
-/// The columns of a baskets batch.
-struct BasketColumns {
-    keys: StringArray,
-    by_user: BooleanArray,
-    items: ListArray,
-    last_ts: ListArray,
-}
-
-impl BasketColumns {
-    fn of(b: &RecordBatch) -> Result<BasketColumns> {
-        let col = |name: &str| {
-            b.column_by_name(name)
-                .ok_or_else(|| Error::Internal(format!("baskets have no column `{name}`")))
-        };
-        let list = |name: &str, of: DataType| -> Result<ListArray> {
-            let t = DataType::List(Arc::new(Field::new_list_field(of, true)));
-            Ok(cast(col(name)?, &t)?.as_list::<i32>().clone())
-        };
-        Ok(BasketColumns {
-            keys: cast(col("basket")?, &DataType::Utf8)?
-                .as_string::<i32>()
-                .clone(),
-            by_user: cast(col("by_user")?, &DataType::Boolean)?
-                .as_boolean()
-                .clone(),
-            items: list("items", DataType::Utf8)?,
-            last_ts: list("last_ts", DataType::Int64)?,
-        })
-    }
-
-    fn key(&self, row: usize) -> &str {
-        self.keys.value(row)
-    }
-
-    fn basket(&self, row: usize) -> Basket {
-        let items: Vec<String> = if self.items.is_null(row) {
-            Vec::new()
-        } else {
-            self.items
-                .value(row)
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .map(str::to_string)
-                .collect()
-        };
-        let last_ts = (!self.last_ts.is_null(row)).then(|| {
-            self.last_ts
-                .value(row)
-                .as_primitive::<Int64Type>()
-                .iter()
-                .map(|t| t.unwrap_or(i64::MIN))
-                .collect::<Vec<i64>>()
-        });
-        Basket {
-            by_user: self.by_user.is_valid(row) && self.by_user.value(row),
-            // A user basket's two lists have one entry per item; anything else is read as a
-            // session's.
-            last_ts: last_ts.filter(|t| t.len() == items.len()),
-            items,
-        }
-    }
-}
-
-/// The baskets at the new cutoff, a row group of the old file at a time: the old baskets no new
-/// basket touches as they are, then each new basket merged with the old one of its key.
-struct BasketMerge {
-    /// The new baskets by key, each merged with its old one once that has been read.
-    touched: HashMap<String, Basket>,
-    /// The baskets query's columns.
-    schema: SchemaRef,
-}
-
-impl BasketMerge {
-    fn new(new: &[RecordBatch], schema: SchemaRef) -> Result<BasketMerge> {
-        Ok(BasketMerge {
-            touched: baskets_by_key(new)?,
-            schema,
-        })
-    }
-
-    /// The untouched baskets of an old row group (in the query's column types); the touched
-    /// ones merged into the new.
-    fn old_group(&mut self, b: &RecordBatch) -> Result<RecordBatch> {
-        let cols = BasketColumns::of(b)?;
-        let mut keep = Vec::with_capacity(b.num_rows());
-        for row in 0..b.num_rows() {
-            match self.touched.get_mut(cols.key(row)) {
-                Some(fresh) => {
-                    let mut merged = cols.basket(row);
-                    merged.merge(std::mem::replace(
-                        fresh,
-                        Basket {
-                            by_user: false,
-                            items: Vec::new(),
-                            last_ts: None,
-                        },
-                    ));
-                    *fresh = merged;
-                    keep.push(false);
-                }
-                None => keep.push(true),
-            }
-        }
-        let b = filter_record_batch(b, &BooleanArray::from(keep))?;
-        cast_to(&b, &self.schema)
-    }
-
-    /// The touched baskets, merged, by key.
-    fn finish(self) -> Result<Vec<RecordBatch>> {
-        let mut keys: Vec<&String> = self.touched.keys().collect();
-        keys.sort_unstable();
-        let rows: Vec<Value> = keys
-            .into_iter()
-            .map(|k| {
-                let b = &self.touched[k];
-                json!({
-                    "basket": k,
-                    "by_user": b.by_user,
-                    "items": b.items,
-                    "last_ts": b.last_ts,
-                })
-            })
-            .collect();
-        decode(self.schema.clone(), &rows)
-    }
-}
-
-/// `b` with its columns cast to `schema`'s types (same names, same order).
-fn cast_to(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let c = b
-                .column_by_name(f.name())
-                .ok_or_else(|| Error::Internal(format!("baskets have no column `{}`", f.name())))?;
-            Ok(cast(c, f.data_type())?)
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-/// JSON rows as record batches of `schema` (names and types of the view's own output).
-fn decode(schema: SchemaRef, rows: &[Value]) -> Result<Vec<RecordBatch>> {
-    use datafusion::arrow::json::ReaderBuilder;
-    let mut out = Vec::new();
-    for chunk in rows.chunks(8192) {
-        let mut decoder = ReaderBuilder::new(schema.clone())
-            .with_batch_size(chunk.len().max(1))
-            .build_decoder()?;
-        decoder.serialize(chunk)?;
-        if let Some(b) = decoder.flush()? {
-            out.push(b);
-        }
-    }
-    if out.is_empty() {
-        out.push(RecordBatch::new_empty(schema));
-    }
-    Ok(out)
-}
-
-/// A latest-items list as the views write it (`[{item_id, ts}]`), or null when empty.
-fn timed_list(items: &[(String, i64)]) -> Value {
-    if items.is_empty() {
-        return Value::Null;
-    }
-    items
-        .iter()
-        .map(|(i, t)| json!({"item_id": i, "ts": t}))
-        .collect()
-}
-
-/// The profiles view's rows for `profiles` (the columns of `profiles.sql`, in `schema`), a chunk
-/// of users at a time. The `history` lists (up to 1000 items a user) are built as Arrow arrays
-/// directly; the other columns through JSON.
-fn profile_rows(
-    schema: SchemaRef,
-    profiles: &BTreeMap<String, Profile>,
-    histories: &BTreeMap<String, Vec<(String, i64)>>,
-    cutoff: i64,
-) -> Result<Vec<RecordBatch>> {
-    let history_at = schema.index_of("history")?;
-    let rest: Vec<usize> = (0..schema.fields().len())
-        .filter(|&i| i != history_at)
-        .collect();
-    let rest_schema = Arc::new(schema.project(&rest)?);
-    let users: Vec<(&String, &Profile)> = profiles.iter().collect();
-    let mut out = Vec::new();
-    for chunk in users.chunks(8192) {
-        let rows: Vec<Value> = chunk
-            .iter()
-            .map(|(user, p)| profile_json(user, p, cutoff))
-            .collect();
-        let decoded = decode(rest_schema.clone(), &rows)?;
-        let history = history_array(
-            chunk
-                .iter()
-                .map(|(user, _)| histories.get(*user).map_or(&[][..], Vec::as_slice)),
-        )?;
-        let history = cast(&history, schema.field(history_at).data_type())?;
-        let rest_batch = datafusion::arrow::compute::concat_batches(&rest_schema, &decoded)?;
-        let mut columns = rest_batch.columns().to_vec();
-        columns.insert(history_at, history);
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    if out.is_empty() {
-        out.push(RecordBatch::new_empty(schema));
-    }
-    Ok(out)
-}
-
-/// A user's profile row but `history`, as JSON.
-fn profile_json(user: &str, p: &Profile, cutoff: i64) -> Value {
-    let mut row = serde_json::Map::new();
-    row.insert("user_id".into(), json!(user));
-    for (name, n) in tandem_common::features::COUNT_COLUMNS.iter().zip(p.counts) {
-        row.insert((*name).into(), json!(n));
-    }
-    let affinity: Value = if p.affinity.is_empty() {
-        Value::Null
-    } else {
-        p.affinity
-            .iter()
-            .map(|(c, s)| json!({"category": c, "score": s}))
-            .collect()
-    };
-    for (k, v) in [
-        ("units", json!(p.units)),
-        ("spend_micros", json!(p.spend_micros)),
-        ("first_ts", json!(p.first_ts)),
-        ("last_ts", json!(p.last_ts)),
-        ("last_purchase_ts", json!(p.last_purchase_ts)),
-        ("affinity", affinity),
-        ("recent", timed_list(&p.recent_items)),
-        ("bought", timed_list(&p.recent_purchases)),
-        // As profiles.sql computes them, in the same floating-point operations.
-        (
-            "recency_days",
-            json!((cutoff as f64 - p.last_ts as f64) / 86_400_000.0),
-        ),
-        ("frequency", json!(p.count(Kind::Purchase))),
-        ("monetary", json!(p.spend_micros as f64 / 1_000_000.0)),
-    ] {
-        row.insert(k.into(), v);
-    }
-    Value::Object(row)
-}
-
-/// A `LIST<STRUCT<item_id, ts>>` column of latest-items lists (null for an empty one).
-fn history_array<'a>(lists: impl Iterator<Item = &'a [(String, i64)]>) -> Result<ArrayRef> {
-    use datafusion::arrow::array::{Int64Builder, ListBuilder, StringBuilder, StructBuilder};
-    let fields = vec![
-        Field::new("item_id", DataType::Utf8, true),
-        Field::new("ts", DataType::Int64, true),
-    ];
-    let mut b = ListBuilder::new(StructBuilder::new(
-        fields,
-        vec![
-            Box::new(StringBuilder::new()),
-            Box::new(Int64Builder::new()),
-        ],
-    ));
-    for list in lists {
-        if list.is_empty() {
-            b.append(false);
-            continue;
-        }
-        let s = b.values();
-        for (item, ts) in list {
-            s.field_builder::<StringBuilder>(0)
-                .ok_or_else(|| Error::Internal("history builder".into()))?
-                .append_value(item);
-            s.field_builder::<Int64Builder>(1)
-                .ok_or_else(|| Error::Internal("history builder".into()))?
-                .append_value(*ts);
-            s.append(true);
-        }
-        b.append(true);
-    }
-    Ok(Arc::new(b.finish()))
-}
-
-/// The items view's rows for `items` (the columns of `items.sql`, in `schema`).
-fn item_rows(schema: SchemaRef, items: &BTreeMap<String, ItemStats>) -> Result<Vec<RecordBatch>> {
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|(item, s)| {
-            let mut row = serde_json::Map::new();
-            row.insert("item_id".into(), json!(item));
-            for (name, n) in tandem_common::features::COUNT_COLUMNS.iter().zip(s.counts) {
-                row.insert((*name).into(), json!(n));
-            }
-            let (views, purchases) = (s.count(Kind::View), s.count(Kind::Purchase));
-            for (k, v) in [
-                ("units", json!(s.units)),
-                ("revenue_micros", json!(s.revenue_micros)),
-                (
-                    "popularity",
-                    if s.popularity.is_finite() {
-                        json!(s.popularity)
-                    } else {
-                        Value::Null
-                    },
-                ),
-                ("category", json!(s.category.as_ref().map(|c| &c.0))),
-                ("category_ts", json!(s.category.as_ref().map(|c| c.1))),
-                (
-                    "conversion",
-                    if views == 0 {
-                        Value::Null
-                    } else {
-                        json!(purchases as f64 / views as f64)
-                    },
-                ),
-            ] {
-                row.insert(k.into(), v);
-            }
-            Value::Object(row)
-        })
-        .collect();
-    decode(schema, &rows)
-}
+use baskets::*;
+use rows::*;
 
 #[cfg(test)]
 pub(crate) mod tests;
