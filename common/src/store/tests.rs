@@ -81,6 +81,42 @@ async fn conformance(store: &dyn OnlineStore) {
     let present: Vec<bool> = left.iter().map(Option::is_some).collect();
     assert_eq!(present, [false, true, true, true, true, true]);
     assert_eq!(store.pointer().await.unwrap(), Some(pb));
+
+    // Copies inside the store, beyond one pipeline, each pair within one user's slot: a missing
+    // source is reported and writes nothing; an existing target is replaced.
+    const D: &str = "20251122T0200Z";
+    store.put(&rows(B, 1_200)).await.unwrap();
+    store
+        .put(&[(user_key("user-1", D), Bytes::from_static(b"stale"))])
+        .await
+        .unwrap();
+    let pairs: Vec<(String, String)> = (0..1_201)
+        .map(|u| {
+            let user = format!("user-{u}");
+            (user_key(&user, B), user_key(&user, D))
+        })
+        .collect();
+    let done = store.copy(&pairs).await.unwrap();
+    assert_eq!(done.len(), 1_201);
+    assert!(done[..1_200].iter().all(|d| *d));
+    assert!(!done[1_200], "user-1200 has no row in {B}");
+    let got = store
+        .get(&[
+            user_key("user-1", D),
+            user_key("user-1199", D),
+            user_key("user-1200", D),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            Some(Bytes::from(format!("{B}/1"))),
+            Some(Bytes::from(format!("{B}/1199"))),
+            None
+        ]
+    );
+    assert_eq!(store.copy(&[]).await.unwrap(), Vec::<bool>::new());
 }
 
 #[tokio::test]
