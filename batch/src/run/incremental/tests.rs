@@ -122,7 +122,7 @@ pub(crate) async fn assert_same_views(la: &Lake, a: &str, lb: &Lake, b: &str) {
 /// Asserts that the store holds what snapshot `id`'s files in the lake hold (the rows are
 /// published from them): every user's profile, segment and propensity, and latest items; none
 /// of a user erased at or after the cutoff.
-pub(crate) async fn assert_published(lake: &Lake, store: &MemoryStore, id: &str) {
+pub(crate) async fn assert_published(lake: &Lake, store: &dyn OnlineStore, id: &str) {
     use tandem_common::features::MAX_INTERESTS;
     use tandem_common::store::{UserRow, history_key, user_key};
     let m = snapshots::manifest(lake, id).await.unwrap().unwrap();
@@ -248,6 +248,47 @@ proptest! {
             .unwrap()
             .block_on(check(seed, resent, erase_at, steps));
     }
+}
+
+/// A Redis that restarts without persistence while an incremental run publishes: the base's rows
+/// are gone with everything else, so the latest items the run would have copied from them are
+/// written from the lake when the run writes its snapshot again; the store ends up holding
+/// every row of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_run_whose_store_restarts_while_it_publishes_writes_what_it_copied() {
+    use tandem_testkit::{RedisServer, RestartAfter, RestartingRedis};
+    let events = stamped_with(60, 6, 3);
+    let lake = lake_of(&events).await;
+    // The base's publish is one write of rows (fewer than a chunk); the restart comes right
+    // after the incremental run's first.
+    let store = RestartingRedis::new(RedisServer::start(), RestartAfter::Put(2)).await;
+    let base = run(
+        &lake,
+        &store,
+        &options(END - DAY, false),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.puts(), 1, "the base's rows in one write");
+    let s = run(
+        &lake,
+        &store,
+        &options(END - DAY + 6 * HOUR, false),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.merged_from.as_deref(),
+        Some(base.snapshot.as_str()),
+        "{s:?}"
+    );
+    assert!(store.puts() > 2, "restarted, written again");
+    assert_eq!(store.pointer().await.unwrap().unwrap().snapshot, s.snapshot);
+    assert_published(&lake, &store, &s.snapshot).await;
 }
 
 #[tokio::test]
