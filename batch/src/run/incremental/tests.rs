@@ -30,6 +30,19 @@ pub(crate) fn options(cutoff: i64, full: bool) -> RunOptions {
     }
 }
 
+/// A run at `cutoff` (a full one on request) that must succeed.
+async fn run_to(lake: &Lake, store: &dyn OnlineStore, cutoff: i64, full: bool) -> Summary {
+    run(
+        lake,
+        store,
+        &options(cutoff, full),
+        &snapshot::NoFaults,
+        &(),
+    )
+    .await
+    .unwrap()
+}
+
 /// The baskets of a snapshot, by key, each one's items sorted.
 async fn baskets(lake: &Lake, id: &str) -> BTreeMap<String, (bool, Vec<String>)> {
     let batches = snapshots::read_parquet(lake, id, "baskets.parquet")
@@ -190,24 +203,8 @@ async fn check(seed: u64, resent: usize, erase_at: Option<i64>, steps: Vec<i64>)
     let mut cutoff = END - 3 * DAY;
     for (i, step) in steps.into_iter().enumerate() {
         cutoff += step;
-        let inc = run(
-            &inc_lake,
-            &inc_store,
-            &options(cutoff, false),
-            &snapshot::NoFaults,
-            &(),
-        )
-        .await
-        .unwrap();
-        let full = run(
-            &full_lake,
-            &full_store,
-            &options(cutoff, true),
-            &snapshot::NoFaults,
-            &(),
-        )
-        .await
-        .unwrap();
+        let inc = run_to(&inc_lake, &inc_store, cutoff, false).await;
+        let full = run_to(&full_lake, &full_store, cutoff, true).await;
         assert_eq!(full.full_reason.as_deref(), Some("--full"));
         let prev = cutoff - step;
         let erased_between = erase_at.is_some_and(|at| i > 0 && at >= prev);
@@ -262,25 +259,9 @@ async fn an_incremental_run_whose_store_restarts_while_it_publishes_writes_what_
     // The base's publish is one write of rows (fewer than a chunk); the restart comes right
     // after the incremental run's first.
     let store = RestartingRedis::new(RedisServer::start(), RestartAfter::Put(2)).await;
-    let base = run(
-        &lake,
-        &store,
-        &options(END - DAY, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let base = run_to(&lake, &store, END - DAY, false).await;
     assert_eq!(store.puts(), 1, "the base's rows in one write");
-    let s = run(
-        &lake,
-        &store,
-        &options(END - DAY + 6 * HOUR, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END - DAY + 6 * HOUR, false).await;
     assert_eq!(
         s.merged_from.as_deref(),
         Some(base.snapshot.as_str()),
@@ -296,39 +277,15 @@ async fn a_run_is_full_on_request_on_schedule_and_after_a_bulk_load() {
     let events = stamped_with(40, 4, 5);
     let lake = lake_of(&events).await;
     let store = MemoryStore::default();
-    let s = run(
-        &lake,
-        &store,
-        &options(END, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END, false).await;
     assert_eq!(
         s.full_reason.as_deref(),
         Some("no earlier snapshot in the lake")
     );
-    let s = run(
-        &lake,
-        &store,
-        &options(END + HOUR, true),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END + HOUR, true).await;
     assert_eq!(s.full_reason.as_deref(), Some("--full"));
     let first = s.snapshot;
-    let s = run(
-        &lake,
-        &store,
-        &options(END + 2 * HOUR, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END + 2 * HOUR, false).await;
     assert_eq!(s.merged_from.as_deref(), Some(first.as_str()), "{s:?}");
     let m = snapshots::manifest(&lake, &s.snapshot)
         .await
@@ -364,40 +321,16 @@ async fn a_run_is_full_on_request_on_schedule_and_after_a_bulk_load() {
     )
     .await
     .unwrap();
-    let s = run(
-        &lake,
-        &store,
-        &options(END + 5 * HOUR, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END + 5 * HOUR, false).await;
     let why = s.full_reason.unwrap();
     assert!(why.contains("no mergeable state"), "{why}");
     // History loaded in bulk below the previous cutoff since it was made.
-    let s = run(
-        &lake,
-        &store,
-        &options(END + 6 * HOUR, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END + 6 * HOUR, false).await;
     assert!(s.merged_from.is_some(), "{s:?}");
     tandem_common::lake::IngestRun::start(&lake, "a-late-load", END + 7 * HOUR, END - DAY)
         .await
         .unwrap();
-    let s = run(
-        &lake,
-        &store,
-        &options(END + 7 * HOUR, false),
-        &snapshot::NoFaults,
-        &(),
-    )
-    .await
-    .unwrap();
+    let s = run_to(&lake, &store, END + 7 * HOUR, false).await;
     let why = s.full_reason.unwrap();
     assert!(why.contains("history was loaded"), "{why}");
 }
