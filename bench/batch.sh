@@ -20,7 +20,7 @@ mkdir -p "$WORK"
 OUT=bench/results/batch.md
 END=2026-11-01T00:00:00Z
 BEFORE=2026-10-31T00:00:00Z
-[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+[ -x "$BIN" ] || { echo "build first: make bench"; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server is missing: make deps"; exit 1; }
 PIDS=()
 cleanup() {

@@ -16,7 +16,7 @@ OUT=bench/results/latest.md
 END="2026-11-01T00:00:00Z"
 USERS=$(( EVENTS / 110 + 1 ))   # about 135 events per user over 30 days with the default knobs: a margin to reach EVENTS
 trap 'rm -rf "$WORK"' EXIT
-[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+[ -x "$BIN" ] || { echo "build first: make bench"; exit 1; }
 python3 -c "import duckdb, pyarrow" 2>/dev/null || pip install --quiet duckdb pyarrow
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 

@@ -14,7 +14,7 @@ BIN="${CARGO_TARGET_DIR:-target}/release/tandem"
 WORK="${BENCH_DIR:-$(mktemp -d /tmp/tandem-bench-sql.XXXXXX)}"
 OUT=bench/results/sql.md
 USERS=$(( EVENTS / 110 + 1 ))
-[ -x "$BIN" ] || { echo "build first: cargo build --release"; exit 1; }
+[ -x "$BIN" ] || { echo "build first: make bench"; exit 1; }
 command -v psql >/dev/null || { echo "psql is missing: make deps"; exit 1; }
 python3 -c "import duckdb" 2>/dev/null || pip install --quiet duckdb
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
