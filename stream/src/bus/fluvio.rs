@@ -34,12 +34,12 @@
 //!   that first record. The fingerprint is the same whichever process computes it.
 //!
 //! The topic is created when missing with the configured partitions and replication, and
-//! `connect` waits until its partitions are provisioned; a topic with another partition count
-//! is refused. Connections are Tandem's own ([`net`]): TLS as `bus.tls` says (verified with a
+//! `connect` waits until its partitions are provisioned, connecting again when a client never
+//! receives the cluster's metadata; a topic with another partition count is refused. Connections are Tandem's own ([`net`]): TLS as `bus.tls` says (verified with a
 //! CA, a client certificate and key, or anonymous), and acknowledgements sent at once, without
 //! which every event waited up to 40 ms on its way to a consumer.
 //!
-//! One file (~770 lines), on purpose: each rule above involves both the producer and the consumer
+//! One file (~790 lines), on purpose: each rule above involves both the producer and the consumer
 //! side of the adapter, and reads best beside both; the connector's own socket code is
 //! `fluvio/net.rs`, its tests `fluvio/tests.rs`.
 
@@ -92,6 +92,8 @@ const LOG_ID_PREFIX: &str = "tandem-log-";
 const CONSUMER_OFFSETS_TOPIC: &str = "consumer-offset";
 /// How long `connect` waits for a new topic's partitions to be provisioned.
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `connect` lets one client wait for the cluster's metadata before connecting again.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
 
 type Stream = Box<
     dyn ConsumerStream<Item = std::result::Result<FluvioRecord, fluvio::dataplane::link::ErrorCode>>
@@ -230,9 +232,12 @@ impl FluvioBus {
         let (addr, topic) = parse_url(url)?;
         let partitions = opts.partitions;
         let config = FluvioClusterConfig::new(addr.clone());
-        let fluvio = Fluvio::connect_with_connector(net::Connector::for_tls(&opts.tls)?, &config)
-            .await
-            .map_err(|e| Error::Bus(format!("fluvio at {addr}: {e:#}")))?;
+        let connect = || async {
+            Fluvio::connect_with_connector(net::Connector::for_tls(&opts.tls)?, &config)
+                .await
+                .map_err(|e| Error::Bus(format!("fluvio at {addr}: {e:#}")))
+        };
+        let mut fluvio = connect().await?;
         let admin = fluvio.admin().await;
         let found = admin
             .list::<TopicSpec, String>(vec![topic.clone()])
@@ -274,12 +279,28 @@ impl FluvioBus {
         // Consumer positions live in Fluvio's own (system) topic, which a new cluster creates
         // once its first SPU is online, and which the client learns of a moment later.
         wait_provisioned(&admin, CONSUMER_OFFSETS_TOPIC, true, url).await?;
+        // A client learns the partitions' leaders from the SC by a watch. Once, right after an
+        // SC restart, a new client's first update never came (the library waits 60 s for it,
+        // then fails): such a client is dropped and a new one connects.
         let deadline = Instant::now() + PROVISION_TIMEOUT;
-        while let Err(e) = fluvio.consumer_offsets().await {
-            if Instant::now() >= deadline {
-                return Err(fluvio_err("consumer offsets")(e));
+        loop {
+            match tokio::time::timeout(METADATA_WAIT, fluvio.consumer_offsets()).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) if Instant::now() >= deadline => {
+                    return Err(fluvio_err("consumer offsets")(e));
+                }
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(Error::Bus(format!(
+                        "bus `{url}`: the cluster's metadata did not reach the client within \
+                         {METADATA_WAIT:?}, {PROVISION_TIMEOUT:?} in all"
+                    )));
+                }
+                Err(_) => {
+                    tracing::warn!(%addr, "Fluvio's metadata did not arrive; connecting again.");
+                    fluvio = connect().await?;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let producer_config = TopicProducerConfigBuilder::default()
             .linger(opts.linger)
