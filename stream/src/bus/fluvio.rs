@@ -35,9 +35,10 @@
 //!
 //! The topic is created when missing with the configured partitions and replication, and
 //! `connect` waits until its partitions are provisioned, connecting again when a client never
-//! receives the cluster's metadata; a topic with another partition count is refused. Connections are Tandem's own ([`net`]): TLS as `bus.tls` says (verified with a
-//! CA, a client certificate and key, or anonymous), and acknowledgements sent at once, without
-//! which every event waited up to 40 ms on its way to a consumer.
+//! receives the cluster's metadata; a topic with another partition count is refused.
+//! Connections are Tandem's own ([`net`]): TLS as `bus.tls` says (verified with a CA, a client
+//! certificate and key, or anonymous), and acknowledgements sent at once, without which every
+//! event waited up to 40 ms on its way to a consumer.
 //!
 //! One file (~790 lines), on purpose: each rule above involves both the producer and the consumer
 //! side of the adapter, and reads best beside both; the connector's own socket code is
