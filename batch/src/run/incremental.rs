@@ -341,8 +341,11 @@ impl UserMerge<'_> {
         if profiles.is_empty() {
             return Ok(());
         }
-        for b in profile_rows(self.schema.clone(), profiles, histories, self.cutoff)? {
-            self.write_rows(b).await?;
+        // A row group of users at a time: the rows of a day's new users are never all held.
+        let users: Vec<(&String, &Profile)> = profiles.iter().collect();
+        for chunk in users.chunks(snapshots::ROW_GROUP_ROWS) {
+            let rows = profile_rows(self.schema.clone(), chunk, histories, self.cutoff)?;
+            self.write_rows(rows).await?;
         }
         self.score(profiles).await
     }

@@ -7,7 +7,6 @@ use crate::views::{MAX_SESSION_ITEMS, MAX_USER_ITEMS};
 use datafusion::arrow::array::{BooleanArray, ListArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
-use serde_json::{Value, json};
 
 /// The baskets of snapshot `id` — those of `old` merged with the new events' baskets `new`,
 /// streamed into the new file and into the numbered baskets the pairs are counted from — and
@@ -26,14 +25,16 @@ pub(super) async fn merge_baskets(
         .map_or_else(|| groups.schema().clone(), |b| b.schema());
     let mut baskets = BasketMerge::new(&new, schema.clone())?;
     drop(new);
-    let mut out = snapshots::parquet_writer(&lake, &id, "baskets.parquet", schema)?;
+    let mut out = snapshots::parquet_writer(&lake, &id, "baskets.parquet", schema.clone())?;
     let mut numbered = BasketsBuilder::default();
     while let Some(group) = groups.try_next().await? {
         let kept = baskets.old_group(&group)?;
         numbered.push(&kept)?;
         out.write(&kept).await?;
     }
-    for b in baskets.finish()? {
+    // The touched baskets, a row group at a time: what is held is the baskets, not their rows.
+    for chunk in baskets.finish().chunks(snapshots::ROW_GROUP_ROWS) {
+        let b = basket_batch(&schema, chunk)?;
         numbered.push(&b)?;
         out.write(&b).await?;
     }
@@ -200,22 +201,44 @@ impl BasketMerge {
         cast_to(&b, &self.schema)
     }
 
-    /// The touched baskets, merged, by key.
-    fn finish(self) -> Result<Vec<RecordBatch>> {
-        let mut keys: Vec<&String> = self.touched.keys().collect();
-        keys.sort_unstable();
-        let rows: Vec<Value> = keys
-            .into_iter()
-            .map(|k| {
-                let b = &self.touched[k];
-                json!({
-                    "basket": k,
-                    "by_user": b.by_user,
-                    "items": b.items,
-                    "last_ts": b.last_ts,
-                })
-            })
-            .collect();
-        decode(self.schema.clone(), &rows)
+    /// The touched baskets, merged, in key order.
+    fn finish(self) -> Vec<(String, Basket)> {
+        let mut baskets: Vec<(String, Basket)> = self.touched.into_iter().collect();
+        baskets.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        baskets
     }
+}
+
+/// The rows of `baskets` in the baskets query's columns `schema`: a user's basket with its
+/// items' latest times, a session's with none (null).
+fn basket_batch(schema: &SchemaRef, baskets: &[(String, Basket)]) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanBuilder, Int64Builder, ListBuilder, StringBuilder,
+    };
+    let mut keys = StringBuilder::new();
+    let mut by_user = BooleanBuilder::new();
+    let mut items = ListBuilder::new(StringBuilder::new());
+    let mut last_ts = ListBuilder::new(Int64Builder::new());
+    for (key, b) in baskets {
+        keys.append_value(key);
+        by_user.append_value(b.by_user);
+        for item in &b.items {
+            items.values().append_value(item);
+        }
+        items.append(true);
+        match &b.last_ts {
+            Some(ts) => {
+                last_ts.values().append_slice(ts);
+                last_ts.append(true);
+            }
+            None => last_ts.append(false),
+        }
+    }
+    let b = RecordBatch::try_from_iter([
+        ("basket", Arc::new(keys.finish()) as ArrayRef),
+        ("by_user", Arc::new(by_user.finish())),
+        ("items", Arc::new(items.finish())),
+        ("last_ts", Arc::new(last_ts.finish())),
+    ])?;
+    cast_to(&b, schema)
 }

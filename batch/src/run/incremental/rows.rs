@@ -50,43 +50,36 @@ pub(super) fn timed_list(items: &[(String, i64)]) -> Value {
         .collect()
 }
 
-/// The profiles view's rows for `profiles` (the columns of `profiles.sql`, in `schema`), a chunk
-/// of users at a time. The `history` lists (up to 1000 items a user) are built as Arrow arrays
-/// directly; the other columns through JSON.
+/// The profiles view's rows for `users` (the columns of `profiles.sql`, in `schema`): the
+/// `history` lists (up to 1000 items a user) built as Arrow arrays directly, the other columns
+/// through JSON. Callers pass a row group's worth of users at a time.
 pub(super) fn profile_rows(
     schema: SchemaRef,
-    profiles: &BTreeMap<String, Profile>,
+    users: &[(&String, &Profile)],
     histories: &BTreeMap<String, Vec<(String, i64)>>,
     cutoff: i64,
-) -> Result<Vec<RecordBatch>> {
+) -> Result<RecordBatch> {
     let history_at = schema.index_of("history")?;
     let rest: Vec<usize> = (0..schema.fields().len())
         .filter(|&i| i != history_at)
         .collect();
     let rest_schema = Arc::new(schema.project(&rest)?);
-    let users: Vec<(&String, &Profile)> = profiles.iter().collect();
-    let mut out = Vec::new();
-    for chunk in users.chunks(8192) {
-        let rows: Vec<Value> = chunk
+    let rows: Vec<Value> = users
+        .iter()
+        .map(|(user, p)| profile_json(user, p, cutoff))
+        .collect();
+    let decoded = decode(rest_schema.clone(), &rows)?;
+    drop(rows);
+    let history = history_array(
+        users
             .iter()
-            .map(|(user, p)| profile_json(user, p, cutoff))
-            .collect();
-        let decoded = decode(rest_schema.clone(), &rows)?;
-        let history = history_array(
-            chunk
-                .iter()
-                .map(|(user, _)| histories.get(*user).map_or(&[][..], Vec::as_slice)),
-        )?;
-        let history = cast(&history, schema.field(history_at).data_type())?;
-        let rest_batch = datafusion::arrow::compute::concat_batches(&rest_schema, &decoded)?;
-        let mut columns = rest_batch.columns().to_vec();
-        columns.insert(history_at, history);
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-    }
-    if out.is_empty() {
-        out.push(RecordBatch::new_empty(schema));
-    }
-    Ok(out)
+            .map(|(user, _)| histories.get(*user).map_or(&[][..], Vec::as_slice)),
+    )?;
+    let history = cast(&history, schema.field(history_at).data_type())?;
+    let rest_batch = datafusion::arrow::compute::concat_batches(&rest_schema, &decoded)?;
+    let mut columns = rest_batch.columns().to_vec();
+    columns.insert(history_at, history);
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// A user's profile row but `history`, as JSON.

@@ -44,7 +44,9 @@ async fn run_to(lake: &Lake, store: &dyn OnlineStore, cutoff: i64, full: bool) -
 }
 
 /// The baskets of a snapshot, by key, each one's items sorted.
-async fn baskets(lake: &Lake, id: &str) -> BTreeMap<String, (bool, Vec<String>)> {
+/// The baskets of snapshot `id`: whether each is a user's, and its items with their latest
+/// times (a user's; what the next merge keeps the latest items by), in item order.
+async fn baskets(lake: &Lake, id: &str) -> BTreeMap<String, (bool, Vec<(String, Option<i64>)>)> {
     let batches = snapshots::read_parquet(lake, id, "baskets.parquet")
         .await
         .unwrap();
@@ -52,7 +54,11 @@ async fn baskets(lake: &Lake, id: &str) -> BTreeMap<String, (bool, Vec<String>)>
         .unwrap()
         .into_iter()
         .map(|(k, b)| {
-            let mut items = b.items;
+            let ts: Vec<Option<i64>> = match b.last_ts {
+                Some(ts) => ts.into_iter().map(Some).collect(),
+                None => vec![None; b.items.len()],
+            };
+            let mut items: Vec<(String, Option<i64>)> = b.items.into_iter().zip(ts).collect();
             items.sort();
             (k, (b.by_user, items))
         })
