@@ -31,27 +31,11 @@ impl Harness for Cluster {
             self.addr,
             self.n.fetch_add(1, Ordering::Relaxed)
         );
-        let bus = FluvioBus::connect_with(&url, &suite_options(partitions))
-            .await
-            .unwrap();
+        let bus = FluvioBus::connect(&url, partitions).await.unwrap();
         (url, Arc::new(bus))
     }
     async fn reopen(&self, url: &String, partitions: u32) -> Arc<dyn Bus> {
-        Arc::new(
-            FluvioBus::connect_with(url, &suite_options(partitions))
-                .await
-                .unwrap(),
-        )
-    }
-}
-
-/// The suite checks what the bus delivers, not how fast: on a loaded CI machine (every test
-/// binary's clusters at once) four producers at once were once not acknowledged within the
-/// default 10 s. A hang still fails, after a minute.
-fn suite_options(partitions: u32) -> BusOptions {
-    BusOptions {
-        produce_timeout: Duration::from_secs(60),
-        ..BusOptions::new(partitions)
+        Arc::new(FluvioBus::connect(url, partitions).await.unwrap())
     }
 }
 
