@@ -43,7 +43,6 @@ async fn run_to(lake: &Lake, store: &dyn OnlineStore, cutoff: i64, full: bool) -
     .unwrap()
 }
 
-/// The baskets of a snapshot, by key, each one's items sorted.
 /// The baskets of snapshot `id`: whether each is a user's, and its items with their latest
 /// times (a user's; what the next merge keeps the latest items by), in item order.
 async fn baskets(lake: &Lake, id: &str) -> BTreeMap<String, (bool, Vec<(String, Option<i64>)>)> {
