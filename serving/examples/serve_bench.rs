@@ -12,7 +12,7 @@
 //! - `serve_bench ceiling LISTEN STORE SNAPSHOT`: the ceiling's server, a bare axum handler
 //!   doing one GET of the user's snapshot row (`GET /u/{id}`) through the same Redis client.
 //!
-//! ROUTE: `profile`, `recs` or `ceiling`. Users come from the file `$BENCH_USERS` (one id per
+//! ROUTE: `profile`, `recs`, `ceiling`, or `events` (POST one new event per request, 202 expected). Users come from the file `$BENCH_USERS` (one id per
 //! line); the API key from `$BENCH_KEY`.
 
 use std::sync::Arc;
@@ -137,14 +137,37 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn path_of(route: &str, user: &str) -> Res<String> {
+/// Request `k` of a load on `route` for `user`: method, path, body, and the status that means
+/// success. `events` posts one new event per request (ids unique to the run).
+fn request_of(route: &str, user: &str, k: u64) -> Res<(&'static str, String, String, u16)> {
+    let get = |path: String| ("GET", path, String::new(), 200);
     Ok(match route {
-        "profile" => format!("/v1/users/{user}/profile"),
-        "recs" => format!("/v1/users/{user}/recommendations?n=10"),
-        "ceiling" => format!("/u/{user}"),
+        "profile" => get(format!("/v1/users/{user}/profile")),
+        "recs" => get(format!("/v1/users/{user}/recommendations?n=10")),
+        "ceiling" => get(format!("/u/{user}")),
+        "events" => (
+            "POST",
+            "/v1/events".to_string(),
+            format!(
+                r#"{{"event_id":"load-{}-{k}","user_id":"{user}","kind":"view","item_id":"load-item-{}","ts":{}}}"#,
+                *RUN,
+                k % 1000,
+                chrono::Utc::now().timestamp_millis()
+            ),
+            202,
+        ),
         other => return Err(format!("unknown route `{other}`").into()),
     })
 }
+
+/// This run's id, in the events it posts: the process id and the start time.
+static RUN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    )
+});
 
 struct LoadResult {
     route: String,
@@ -182,6 +205,7 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
 }
 
 async fn load(addr: &str, route: &str, rate: f64, seconds: f64) -> Res<LoadResult> {
+    request_of(route, "x", 0)?;
     let users = Arc::new(users()?);
     let total = (rate * seconds).round() as u64;
     let next = Arc::new(AtomicU64::new(0));
@@ -206,10 +230,10 @@ async fn load(addr: &str, route: &str, rate: f64, seconds: f64) -> Res<LoadResul
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let user = &users[(pick >> 33) as usize % users.len()];
-                let path = path_of(&route, user).expect("route checked");
-                let ok = match conn.call("GET", &path, b"").await {
-                    Ok((200, _)) => true,
-                    Ok(_) => false,
+                let (method, path, body, success) =
+                    request_of(&route, user, k).expect("route checked");
+                let ok = match conn.call(method, &path, body.as_bytes()).await {
+                    Ok((status, _)) => status == success,
                     Err(_) => {
                         if let Ok(c) = Conn::open(&addr).await {
                             conn = c;
@@ -224,7 +248,6 @@ async fn load(addr: &str, route: &str, rate: f64, seconds: f64) -> Res<LoadResul
             }
         }));
     }
-    path_of(route, "x")?;
     let mut all = Vec::with_capacity(total as usize);
     for t in tasks {
         all.extend(t.await?);

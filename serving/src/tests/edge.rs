@@ -272,9 +272,9 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
     assert!(got.starts_with("HTTP/1.1 401"), "{got}");
 
     // An authenticated POST whose body stalls holds the one in-flight slot, then gets 408.
-    let mut stalled = TcpStream::connect(addr).await.unwrap();
-    stalled
-        .write_all(
+    let stalled_post = || async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
             format!(
                 "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{{\"event_id\""
             )
@@ -282,11 +282,16 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
         )
         .await
         .unwrap();
+        s
+    };
+    let mut stalled = stalled_post().await;
     let get = |path: &str, id: Option<&str>| {
         let id = id.map_or(String::new(), |i| format!("x-request-id: {i}\r\n"));
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{id}\r\n")
     };
-    // Once the stalled POST is in its handler, another request finds no slot.
+    // Once the stalled POST is in its handler, another request finds no slot. A request sent
+    // after it can still reach its handler first (each connection is its own task): then the
+    // stalled POST is the one refused, and it is sent again.
     let mut shed = None;
     for _ in 0..40 {
         let mut other = TcpStream::connect(addr).await.unwrap();
@@ -298,6 +303,16 @@ async fn the_edge_bounds_slow_and_hostile_clients() {
         if got.starts_with("HTTP/1.1 503") {
             shed = Some(got);
             break;
+        }
+        let mut buf = [0u8; 1024];
+        match stalled.try_read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 503") => stalled = stalled_post().await,
+            Ok(n) => panic!(
+                "the stalled POST got {:?} before its body came",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the stalled POST's connection: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

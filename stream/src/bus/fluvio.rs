@@ -3,7 +3,8 @@
 //! - **Produce.** Tandem's partitioning ([`partition_for`]) is the producer's partitioner;
 //!   records are sent, flushed and their positions returned once the SPU acknowledged them, or
 //!   an error after `produce_timeout` (the caller answers 503; a retry is deduplicated by event
-//!   id downstream). After an error the producer's error state is cleared so that the next
+//!   id downstream). Flushes run one at a time, shared by the concurrent produces they cover
+//!   ([`Flushes`]: two at once could hang in the client library). After an error the producer's error state is cleared so that the next
 //!   produce can succeed once the cluster is back.
 //! - **Fetch.** One reader task per partition owns a Fluvio consumer stream and pumps what it
 //!   yields into a bounded channel; a fetch only takes from the channel, so no future of the
@@ -33,14 +34,15 @@
 //!   the name lives exactly as long as the log, and still names it once retention has deleted
 //!   that first record. The fingerprint is the same whichever process computes it.
 //!
-//! The topic is created when missing with the configured partitions and replication, and
+//! The topic is created when missing with the configured partitions and replication (once
+//! enough SPUs are online: up to 10 s for SPUs starting with the cluster), and
 //! `connect` waits until its partitions are provisioned, connecting again when a client never
 //! receives the cluster's metadata; a topic with another partition count is refused.
 //! Connections are Tandem's own ([`net`]): TLS as `bus.tls` says (verified with a CA, a client
 //! certificate and key, or anonymous), and acknowledgements sent at once, without which every
 //! event waited up to 40 ms on its way to a consumer.
 //!
-//! One file (~790 lines), on purpose: each rule above involves both the producer and the consumer
+//! One file (~830 lines), on purpose: each rule above involves both the producer and the consumer
 //! side of the adapter, and reads best beside both; the connector's own socket code is
 //! `fluvio/net.rs`, its tests `fluvio/tests.rs`.
 
@@ -93,6 +95,8 @@ const LOG_ID_PREFIX: &str = "tandem-log-";
 const CONSUMER_OFFSETS_TOPIC: &str = "consumer-offset";
 /// How long `connect` waits for a new topic's partitions to be provisioned.
 const PROVISION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `connect` waits for enough SPUs to be online to create a topic.
+const SPU_WAIT: Duration = Duration::from_secs(10);
 /// How long `connect` lets one client wait for the cluster's metadata before connecting again.
 const METADATA_WAIT: Duration = Duration::from_secs(10);
 
@@ -181,6 +185,7 @@ pub struct FluvioBus {
     topic: String,
     partitions: u32,
     producer: TopicProducerPool,
+    flushes: Flushes,
     produce_timeout: Duration,
     fetch_bytes: i32,
     slots: Vec<Mutex<Slot>>,
@@ -189,6 +194,39 @@ pub struct FluvioBus {
     rereads: [metrics::Counter; 4],
     /// Every reader thrown away, for tests (the metric counts them for operators).
     rereads_seen: AtomicU64,
+}
+
+/// The producer's flushes, one at a time, shared by the produces waiting on them (a group
+/// commit).
+///
+/// The client library (fluvio 0.50) cannot flush twice at once: each partition producer tells
+/// the flushers it is done with `event_listener`'s `notify(1)`, which wakes nobody new while an
+/// earlier wake-up is still pending, so of two flushes waiting on one partition, one can wait
+/// for ever (seen: two of four concurrent producers never acknowledged, until the produce
+/// timeout answered 503). Here one flush runs at a time, and a produce whose records were all
+/// sent before a flush began needs no flush of its own once that one ended well.
+#[derive(Default)]
+struct Flushes {
+    one: Mutex<()>,
+    /// Flushes begun, and the number of the last one that ended well (they run in order).
+    begun: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Flushes {
+    /// Returns once every record sent before the call was flushed to its SPU.
+    async fn flush(&self, producer: &TopicProducerPool) -> Result<()> {
+        // A flush begun after this load sends every record sent so far.
+        let covering = self.begun.load(Ordering::Acquire) + 1;
+        let _one = self.one.lock().await;
+        if self.ended.load(Ordering::Acquire) >= covering {
+            return Ok(());
+        }
+        let this = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        producer.flush().await.map_err(fluvio_err("flush"))?;
+        self.ended.store(this, Ordering::Release);
+        Ok(())
+    }
 }
 
 fn fluvio_err<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
@@ -254,18 +292,27 @@ impl FluvioBus {
             Some(_) => {}
             None => {
                 // The SC waits (and the call times out) for SPUs that are not there: say so.
-                let online = admin
-                    .all::<SpuSpec>()
-                    .await
-                    .map_err(fluvio_err("list SPUs"))?
-                    .iter()
-                    .filter(|s| s.status.is_online())
-                    .count();
-                if online < opts.replication as usize {
-                    return Err(Error::Config(format!(
-                        "bus `{url}`: creating topic `{topic}` with {} replicas (bus.replication) needs as many SPUs online; the cluster has {online}",
-                        opts.replication
-                    )));
+                // SPUs that are starting with the cluster (a listening SPU registers with the
+                // SC a moment later) are waited for, up to `SPU_WAIT`.
+                let deadline = Instant::now() + SPU_WAIT;
+                loop {
+                    let online = admin
+                        .all::<SpuSpec>()
+                        .await
+                        .map_err(fluvio_err("list SPUs"))?
+                        .iter()
+                        .filter(|s| s.status.is_online())
+                        .count();
+                    if online >= opts.replication as usize {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Error::Config(format!(
+                            "bus `{url}`: creating topic `{topic}` with {} replicas (bus.replication) needs as many SPUs online; the cluster has {online} (waited {SPU_WAIT:?})",
+                            opts.replication
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 let spec = TopicSpec::new_computed(partitions, opts.replication, None);
                 match admin.create(topic.clone(), false, spec).await {
@@ -322,6 +369,7 @@ impl FluvioBus {
             topic,
             partitions,
             producer,
+            flushes: Flushes::default(),
             produce_timeout: opts.produce_timeout,
             fetch_bytes: opts.fetch_bytes.clamp(64 << 10, i32::MAX as usize) as i32,
             rereads_seen: AtomicU64::new(0),
@@ -516,7 +564,7 @@ impl Bus for FluvioBus {
                         .map_err(fluvio_err("produce"))?,
                 );
             }
-            self.producer.flush().await.map_err(fluvio_err("flush"))?;
+            self.flushes.flush(&self.producer).await?;
             let mut positions = Vec::with_capacity(outputs.len());
             for o in outputs {
                 let meta = o.wait().await.map_err(fluvio_err("produce"))?;
