@@ -42,7 +42,7 @@
 //! certificate and key, or anonymous), and acknowledgements sent at once, without which every
 //! event waited up to 40 ms on its way to a consumer.
 //!
-//! One file (~830 lines), on purpose: each rule above involves both the producer and the consumer
+//! One file (~840 lines), on purpose: each rule above involves both the producer and the consumer
 //! side of the adapter, and reads best beside both; the connector's own socket code is
 //! `fluvio/net.rs`, its tests `fluvio/tests.rs`.
 
