@@ -215,7 +215,7 @@ freshness() { # bus URL -> "p50 p99 ingest-rate ingest-p99" (freshness: medians 
   ing=$("$LOAD" max "127.0.0.1:$port" events 25 3)
   kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null || true
   echo "$(printf '%s\n' "${f50[@]}" | median) $(printf '%s\n' "${f99[@]}" | median)" \
-    "$(python3 -c "import json,sys;r=json.loads(sys.argv[1]);print(r['rate'], r['p99_ms'])" "$ing")"
+    "$(python3 -c "import json,sys;r=json.loads(sys.argv[1]);print(r['rate'], r['p99_ms'] if r['p99_ms'] is not None else '-')" "$ing")"
 }
 read -r LF50 LF99 LIN LIN99 < <(freshness "local://$WORK/fresh-bus")
 printf 'freshness on the local bus: p50 %.1f ms, p99 %.1f ms\n' "$LF50" "$LF99"

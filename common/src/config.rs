@@ -76,7 +76,8 @@ pub struct BusConfig {
     pub max_produce_delay: Duration,
     /// Replicas of each partition when Tandem creates the topic (Fluvio).
     pub replication: u32,
-    /// How long the producer waits to batch records of concurrent callers together (Fluvio).
+    /// How long the producer waits to batch records of concurrent callers together (Fluvio);
+    /// part of every produce's acknowledgement (a produce does not flush).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// How long a produce waits for the cluster's acknowledgement before it fails (the API then

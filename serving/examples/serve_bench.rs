@@ -5,8 +5,8 @@
 //!   connection was free, so a slow server is not hidden by a slower load (no coordinated
 //!   omission). Prints one JSON line: rate asked, rate done, p50/p90/p99/max in ms, errors.
 //! - `serve_bench max ADDR ROUTE P99_MS SECONDS`: the highest load with p99 ≤ P99_MS, found by
-//!   raising the rate by a quarter from 1,000 requests/s until p99 or the rate done fails
-//!   twice in a row at one rate.
+//!   raising the rate by a quarter from 1,000 requests/s (or halving it, when that fails) until
+//!   p99 or the rate done fails twice in a row at one rate.
 //! - `serve_bench freshness ADDR N`: N times, POST one event for a user and GET the user's
 //!   profile until it shows; prints the p50/p99 of the wait in ms.
 //! - `serve_bench ceiling LISTEN STORE SNAPSHOT`: the ceiling's server, a bare axum handler
@@ -289,18 +289,31 @@ async fn step(
     Ok(None)
 }
 
-/// The highest rate with p99 ≤ `p99_ms`: up by a quarter from 1,000/s until a step fails, then
-/// three halvings of the interval between the last step passed and the one failed (a
-/// resolution of 3%).
+/// The highest rate with p99 ≤ `p99_ms`: up by a quarter from 1,000/s until a step fails (or,
+/// when 1,000/s fails, down by halves until one passes, to 62.5/s), then three halvings of the
+/// interval between the last step passed and the one failed (a resolution of 3%).
 async fn max(addr: &str, route: &str, p99_ms: f64, seconds: f64) -> Res<()> {
     let mut rate = 1000.0;
-    let mut best: Option<LoadResult> = None;
-    while let Some(r) = step(addr, route, rate, p99_ms, seconds).await? {
-        best = Some(r);
-        rate *= 1.25;
+    let mut best = step(addr, route, rate, p99_ms, seconds).await?;
+    let mut failed = rate;
+    if best.is_some() {
+        loop {
+            rate *= 1.25;
+            match step(addr, route, rate, p99_ms, seconds).await? {
+                Some(r) => best = Some(r),
+                None => break,
+            }
+        }
+        failed = rate;
+    } else {
+        while best.is_none() && rate > 62.5 {
+            failed = rate;
+            rate /= 2.0;
+            best = step(addr, route, rate, p99_ms, seconds).await?;
+        }
     }
     if let Some(b) = &best {
-        let (mut lo, mut hi) = (b.rate, rate);
+        let (mut lo, mut hi) = (b.rate, failed);
         for _ in 0..3 {
             let mid = (lo + hi) / 2.0;
             match step(addr, route, mid, p99_ms, seconds).await? {
