@@ -12,8 +12,9 @@
 //! - `serve_bench ceiling LISTEN STORE SNAPSHOT`: the ceiling's server, a bare axum handler
 //!   doing one GET of the user's snapshot row (`GET /u/{id}`) through the same Redis client.
 //!
-//! ROUTE: `profile`, `recs`, `ceiling`, or `events` (POST one new event per request, 202 expected). Users come from the file `$BENCH_USERS` (one id per
-//! line); the API key from `$BENCH_KEY`.
+//! ROUTE: `profile`, `recs`, `ceiling`, or `events` (POST one new event per request, 202
+//! expected). Users come from the file `$BENCH_USERS` (one id per line); the API key from
+//! `$BENCH_KEY`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
