@@ -198,7 +198,7 @@ sleep 2
 export BENCH_USERS="$WORK/fresh-users.txt"
 # Then the ingest ceiling on that bus: POST /v1/events, one new event per request, on 64
 # connections; the highest rate with p99 ≤ 25 ms and every request answered 202.
-freshness() { # bus URL -> "p50 p99 ingest-rate ingest-p99" (freshness: medians of RUNS runs of 300)
+freshness_and_ingest() { # bus URL -> "p50 p99 ingest-rate ingest-p99" (freshness: medians of RUNS runs of 300)
   local port pids=() f50=() f99=()
   port=$(free_port)
   "$BIN" serve --listen "127.0.0.1:$port" --store "$STORE" --bus "$1" --lake "file://$WORK/flake-fresh" "${FSET[@]}" &
@@ -217,10 +217,10 @@ freshness() { # bus URL -> "p50 p99 ingest-rate ingest-p99" (freshness: medians 
   echo "$(printf '%s\n' "${f50[@]}" | median) $(printf '%s\n' "${f99[@]}" | median)" \
     "$(python3 -c "import json,sys;r=json.loads(sys.argv[1]);print(r['rate'], r['p99_ms'] if r['p99_ms'] is not None else '-')" "$ing")"
 }
-read -r LF50 LF99 LIN LIN99 < <(freshness "local://$WORK/fresh-bus")
+read -r LF50 LF99 LIN LIN99 < <(freshness_and_ingest "local://$WORK/fresh-bus")
 printf 'freshness on the local bus: p50 %.1f ms, p99 %.1f ms\n' "$LF50" "$LF99"
 printf 'POST /v1/events on the local bus: %.0f req/s at p99 %s ms\n' "$LIN" "$LIN99"
-read -r FF50 FF99 FIN FIN99 < <(freshness "$FLUVIO/fresh")
+read -r FF50 FF99 FIN FIN99 < <(freshness_and_ingest "$FLUVIO/fresh")
 printf 'freshness through Fluvio: p50 %.1f ms, p99 %.1f ms\n' "$FF50" "$FF99"
 printf 'POST /v1/events through Fluvio: %.0f req/s at p99 %s ms\n' "$FIN" "$FIN99"
 
